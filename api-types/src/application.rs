@@ -64,7 +64,8 @@ impl FromStr for LabelRef {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (name, version) = match s.split_once(':') {
             Some((n, v)) => {
-                let v: u32 = v.parse().map_err(|_| format!("invalid label version {v:?}: must be a positive integer"))?;
+                let v: u32 =
+                    v.parse().map_err(|_| format!("invalid label version {v:?}: must be a positive integer"))?;
                 if v == 0 {
                     return Err("label version must be >= 1".into());
                 }
@@ -144,10 +145,9 @@ impl fmt::Display for Phase {
 impl FromStr for Phase {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Phase::ALL
-            .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown phase {s:?}: expected one of NEW, ELECTED, ALLOCATED, DEALLOCATE, DEALLOCATED, ERROR"))
+        Phase::ALL.into_iter().find(|p| p.as_str().eq_ignore_ascii_case(s)).ok_or_else(|| {
+            format!("unknown phase {s:?}: expected one of NEW, ELECTED, ALLOCATED, DEALLOCATE, DEALLOCATED, ERROR")
+        })
     }
 }
 

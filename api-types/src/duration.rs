@@ -40,8 +40,9 @@ impl Serialize for HumanDuration {
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse()
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e} (write it like 30s, 10m or 2h)")))
+        s.parse().map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {s:?}: {e} (write it like 30s, 10m or 2h)"))
+        })
     }
 }
 

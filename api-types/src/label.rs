@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::Metadata;
 use crate::duration::HumanDuration;
 use crate::meta::{ApiVersion, ObjectMeta, literal_marker};
 use crate::validate::{Validate, Violations};
-use crate::Metadata;
 
 literal_marker!(
     /// `kind: Label`.
@@ -171,7 +171,10 @@ impl Validate for Label {
             }
             for (name, disk) in &r.disks {
                 if name.parse::<crate::Name>().is_err() {
-                    v.push(format!("{at}.resources.disks.{name}"), "disk name may contain only letters, digits, '-', '_' and '.'");
+                    v.push(
+                        format!("{at}.resources.disks.{name}"),
+                        "disk name may contain only letters, digits, '-', '_' and '.'",
+                    );
                 }
                 if disk.size == 0 {
                     v.push(format!("{at}.resources.disks.{name}.size"), "must be > 0");

@@ -25,7 +25,9 @@ pub use name::{Name, NameError};
 pub use node::{DriverStatus, Node, NodeCapacity, NodeStatus};
 pub use user::{Role, User, UserSpec, UserStatus};
 pub use validate::{FieldError, Validate};
-pub use wire::{ApplyAction, ApplyResponse, ApplyResult, ErrorBody, ErrorReason, List, ListMeta, WatchEvent, WatchEventType};
+pub use wire::{
+    ApplyAction, ApplyResponse, ApplyResult, ErrorBody, ErrorReason, List, ListMeta, WatchEvent, WatchEventType,
+};
 
 /// Free-form metadata handed to resources: string keys, JSON values.
 pub type Metadata = std::collections::BTreeMap<String, serde_json::Value>;

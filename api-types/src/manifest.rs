@@ -9,12 +9,12 @@
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::API_VERSION;
 use crate::application::Application;
 use crate::label::Label;
 use crate::meta::ObjectMeta;
 use crate::user::User;
 use crate::validate::{FieldError, Validate};
-use crate::API_VERSION;
 
 /// Most documents one apply may carry: a large manifest repository, not a flood.
 pub const MAX_DOCUMENTS: usize = 1000;
@@ -310,7 +310,8 @@ spec: {label: "ubuntu-ci:1", metadata: {JENKINS_AGENT_SECRET: s}}
 
     #[test]
     fn validation_reports_every_problem() {
-        let bad = LABEL.replace("driver: test", "driver: \"Bad Driver\"").replace("lifetime: 2h", "lifetime: 0s, slots: 0");
+        let bad =
+            LABEL.replace("driver: test", "driver: \"Bad Driver\"").replace("lifetime: 2h", "lifetime: 0s, slots: 0");
         match parse(&bad) {
             Err(ManifestError::Invalid { errors, .. }) => {
                 let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
@@ -344,7 +345,9 @@ spec: {label: "ubuntu-ci:1", metadata: {JENKINS_AGENT_SECRET: s}}
         let mut s = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 1..12 {
             let p = i - 1;
-            s.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+            s.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
         }
         let start = std::time::Instant::now();
         assert!(matches!(parse(&s), Err(ManifestError::Syntax { .. })));

@@ -1,1 +1,6 @@
+//! fishd: the Aquarium daemon of one node.
+//!
+//! Layers, pointing inward: `api` (HTTP) and `reconcile` (control loops) both use the
+//! `store`; only `reconcile` calls `drivers`; only [`run`] wires them together.
 
+pub mod drivers;

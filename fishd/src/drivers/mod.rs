@@ -1,0 +1,148 @@
+//! Drivers: the only code that touches real resources.
+//!
+//! A driver instance allocates, inspects and deallocates resources of its kind and can
+//! list the ones it owns, so the reconciler can adopt them after a restart and remove
+//! orphans. Drivers never touch the store: the reconciler hands them what they need
+//! and records what they answer. Every external object a driver creates is named from
+//! the application uid, so a retried `allocate` after a crash finds what the crash
+//! left instead of creating a second resource.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use api_types::{Definition, FieldError, Metadata, NodeCapacity};
+use async_trait::async_trait;
+use uuid::Uuid;
+
+pub mod docker;
+pub mod process;
+pub mod test;
+
+/// Everything a driver needs to allocate one resource.
+#[derive(Clone, Debug)]
+pub struct AllocateRequest {
+    /// The application's uid; external objects are named from it.
+    pub uid: Uuid,
+    /// The application's name, for humans reading `docker ps` or `ps`.
+    pub name: String,
+    /// The definition chosen by the election.
+    pub definition: Definition,
+    /// Label metadata overlaid by the application's, plus `FISH_APPLICATION`,
+    /// `FISH_NODE` and `FISH_META_TOKEN`.
+    pub metadata: Metadata,
+    /// The node's name, recorded on owned objects (e.g. a container label).
+    pub node: String,
+}
+
+/// What a driver allocated.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Allocated {
+    /// The driver's own id: container id, pid, simulated resource name.
+    pub identifier: String,
+    pub ip_addr: Option<String>,
+    pub hw_addr: Option<String>,
+    /// Facts worth showing in `describe` (pid, container name, log path).
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a driver observes of a resource it allocated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResourceState {
+    /// Still there and running.
+    Running,
+    /// Ended by itself; the message says how (`exited with code 3`).
+    Ended(String),
+    /// Vanished without us releasing it.
+    Lost(String),
+}
+
+/// A resource a driver finds on the host and owns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedResource {
+    /// The application the resource was allocated for.
+    pub uid: Uuid,
+    pub identifier: String,
+}
+
+/// Why a driver call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The definition cannot work on this driver (bad options, missing image, bad sum).
+    /// Retrying the same definition will fail the same way.
+    #[error("{0}")]
+    Invalid(String),
+    /// The driver's backend is not reachable now (engine down, socket missing).
+    #[error("driver unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else; worth retrying.
+    #[error("{message}")]
+    Failed {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl DriverError {
+    /// A failure with a message and no underlying cause.
+    pub fn failed(message: impl Into<String>) -> Self {
+        DriverError::Failed { message: message.into(), source: None }
+    }
+
+    /// A failure caused by `source`.
+    pub fn with_source(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        DriverError::Failed { message: message.into(), source: Some(Box::new(source)) }
+    }
+}
+
+/// A driver instance.
+///
+/// # Guarantees the reconciler gives
+/// - Never two calls for one application at once.
+/// - `deallocate` may be called for a resource whose `allocate` never finished, or
+///   twice: it must tolerate both and succeed when nothing is left.
+///
+/// # What a driver must guarantee
+/// - `allocate` is idempotent per `uid`: calling it again after a crash returns the
+///   resource already there (or replaces a half-made one), never a second resource.
+/// - `list_owned` lists every resource this instance owns on this node, so orphans can
+///   be removed after a restart.
+#[async_trait]
+pub trait Driver: Send + Sync {
+    /// The instance name, e.g. `docker` or `docker/dev`.
+    fn name(&self) -> &str;
+
+    /// Checks a definition's options and images when a label is created; each error's
+    /// field is relative to the definition (`options.command`, `images[0].sum`).
+    fn validate(&self, definition: &Definition) -> Vec<FieldError>;
+
+    /// Whether the backend answers now, and why not. Cheap: called on every election.
+    async fn available(&self) -> Result<(), String>;
+
+    /// This instance's own limit, on top of the node's capacity (the test driver's
+    /// configured capacity, a docker engine's cpus and memory). `None`: no limit.
+    fn capacity(&self) -> Option<NodeCapacity> {
+        None
+    }
+
+    /// Creates the resource for `req.uid`, or returns the one already there.
+    async fn allocate(&self, req: &AllocateRequest) -> Result<Allocated, DriverError>;
+
+    /// Observes the resource.
+    async fn inspect(&self, uid: Uuid, identifier: &str) -> Result<ResourceState, DriverError>;
+
+    /// Releases the resource and everything made for it. Succeeds when nothing is left.
+    async fn deallocate(&self, uid: Uuid, identifier: &str) -> Result<(), DriverError>;
+
+    /// Every resource this instance owns on this node.
+    async fn list_owned(&self) -> Result<Vec<OwnedResource>, DriverError>;
+
+    /// Where the resource's captured output is, for drivers that capture it.
+    fn log_path(&self, _uid: Uuid) -> Option<PathBuf> {
+        None
+    }
+}
+
+/// The driver instances of a node, by instance name.
+pub type Drivers = BTreeMap<String, Arc<dyn Driver>>;
