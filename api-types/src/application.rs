@@ -53,7 +53,6 @@ pub struct ApplicationSpec {
 
 /// A reference to a label: `name` or `name:version`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String, example = "ubuntu-ci:2"))]
 pub struct LabelRef {
     pub name: Name,
     pub version: Option<u32>,
@@ -230,3 +229,5 @@ impl Validate for Application {
         }
     }
 }
+
+crate::meta::string_schema!(LabelRef);

@@ -8,7 +8,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A duration in humantime notation, such as `30m` or `2h 30m`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String, example = "30m"))]
 pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
@@ -63,3 +62,5 @@ mod tests {
         assert_eq!(d.to_string(), "2h 30m");
     }
 }
+
+crate::meta::string_schema!(HumanDuration);

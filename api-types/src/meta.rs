@@ -90,6 +90,22 @@ macro_rules! literal_marker {
 }
 pub(crate) use literal_marker;
 
+/// Documents a type that (de)serializes as a plain string in the OpenAPI schema.
+macro_rules! string_schema {
+    ($ty:ident) => {
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::String).into()
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $ty {}
+    };
+}
+pub(crate) use string_schema;
+
 literal_marker!(
     /// `apiVersion: aquarium.fish/v1`.
     ApiVersion = "aquarium.fish/v1"

@@ -13,7 +13,6 @@ pub const MAX_NAME_LEN: usize = 63;
 /// and ending with a letter or digit. It is safe in a URL path, a file name and a
 /// Docker container or volume name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String))]
 #[serde(transparent)]
 pub struct Name(String);
 
@@ -101,3 +100,5 @@ mod tests {
         assert_eq!("x".repeat(64).parse::<Name>(), Err(NameError::TooLong));
     }
 }
+
+crate::meta::string_schema!(Name);

@@ -4,3 +4,4 @@
 //! `store`; only `reconcile` calls `drivers`; only [`run`] wires them together.
 
 pub mod drivers;
+pub mod store;

@@ -1,0 +1,82 @@
+//! The commands that change state, and their answers.
+//!
+//! Every change to state is one of these, applied by the state machine in
+//! [`super::state`]. Commands carry everything that is not deterministic (uids,
+//! timestamps, password hashes), so a replicated log can feed the same commands to
+//! every node and get the same state. Business outcomes (not found, conflict) are
+//! values in [`Outcome`], never storage errors.
+
+use api_types::{Application, ApplicationStatus, ApplyResult, FieldError, Label, Node, Phase, User};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// A user as stored: the public object plus its secrets' digests.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Never carries `spec.password` or `status.token`.
+    pub user: User,
+    /// argon2id PHC string.
+    pub password_hash: Option<String>,
+    /// Hex SHA-256 of the API token.
+    pub token_digest: String,
+}
+
+/// One document of an apply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ApplyItem {
+    /// `uid` is used only if this makes a new version.
+    Label { label: Label, uid: Uuid },
+    /// `uid` is used only when the application is new.
+    Application { app: Application, uid: Uuid },
+    /// `uid` is used only when the user is new.
+    User { record: UserRecord, uid: Uuid },
+}
+
+/// A change to state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// All items or none: every item is checked before any is written.
+    Apply { items: Vec<ApplyItem>, owner: String, now: OffsetDateTime },
+    /// Ask for deallocation; NEW and ELECTED applications end at once.
+    RequestDeallocate { uid: Uuid, by: String, now: OffsetDateTime },
+    /// A reconciler's status write, applied only if the phase is still `expect`
+    /// (compare-and-set, so a late allocation never overwrites a deallocation).
+    SetApplicationStatus { uid: Uuid, expect: Phase, status: Box<ApplicationStatus> },
+    /// Remove a finished application for good.
+    PurgeApplication { uid: Uuid },
+    /// Remove one version of a label, or all of them.
+    DeleteLabel { name: String, version: Option<u32> },
+    /// Replace a user's token digest (rotation).
+    SetUserToken { name: String, token_digest: String },
+    DeleteUser { name: String },
+    /// A node's self-reported status (heartbeat, drivers, capacity).
+    PutNode { node: Box<Node> },
+    SetMaintenance { node: String, enabled: bool },
+}
+
+/// What a command did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Response {
+    Applied(Vec<ApplyResult>),
+    Application(Box<Application>),
+    Node(Box<Node>),
+    Done,
+}
+
+/// Why a command was refused; nothing was written.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{message}")]
+    Invalid { message: String, errors: Vec<FieldError> },
+    /// A compare-and-set found another phase: someone else moved the application on.
+    #[error("application is {actual}, not {expected}")]
+    PhaseChanged { expected: Phase, actual: Phase },
+}
+
+/// A command's answer: a response, or the business reason it was refused.
+pub type Outcome = Result<Response, Rejection>;

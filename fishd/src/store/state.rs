@@ -1,0 +1,538 @@
+//! The state machine: applies [`Command`]s to the redb tables.
+//!
+//! Each command first checks everything it needs and only then writes, so a
+//! rejected command leaves nothing behind even when it shares a transaction with
+//! others. Nothing here reads a clock or a random source: commands carry those.
+
+use std::collections::HashMap;
+
+use api_types::{
+    Application, ApplicationStatus, ApplyAction, ApplyResult, FieldError, HistoryEntry, Label, Node, Phase,
+    WatchEventType,
+};
+use redb::{Database, ReadableTable, WriteTransaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::command::{ApplyItem, Command, Outcome, Rejection, Response, UserRecord};
+use super::tables::*;
+use super::{EVENT_HISTORY, Event, Kind, StoreError, phase_code};
+
+/// Creates every table, so readers never meet a missing one.
+pub(super) fn init(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(META)?;
+        txn.open_table(LABELS)?;
+        txn.open_table(APPS)?;
+        txn.open_table(APP_LABELS)?;
+        txn.open_table(APP_NAMES)?;
+        txn.open_table(APP_BY_PHASE)?;
+        txn.open_table(APP_BY_LABEL)?;
+        txn.open_table(APP_BY_OWNER)?;
+        txn.open_table(USERS)?;
+        txn.open_table(TOKENS)?;
+        txn.open_table(NODES)?;
+        txn.open_table(EVENTS)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+struct Tx<'a> {
+    txn: &'a WriteTransaction,
+    rev: u64,
+    events: Vec<Event>,
+}
+
+impl Tx<'_> {
+    /// Takes the next revision for one object change.
+    fn bump(&mut self) -> u64 {
+        self.rev += 1;
+        self.rev
+    }
+
+    fn emit(&mut self, kind: Kind, event_type: WatchEventType, object: serde_json::Value, owner: Option<String>) {
+        self.events.push(Event { revision: self.rev, kind, event_type, object, owner });
+    }
+}
+
+/// Applies `commands` in one durable transaction.
+pub(super) fn apply_batch(db: &Database, commands: Vec<Command>) -> Result<(Vec<Outcome>, Vec<Event>), StoreError> {
+    let txn = db.begin_write()?;
+    let rev = txn.open_table(META)?.get("revision")?.map(|v| v.value()).unwrap_or(0);
+    let mut tx = Tx { txn: &txn, rev, events: Vec::new() };
+    let mut outcomes = Vec::with_capacity(commands.len());
+    for cmd in commands {
+        outcomes.push(apply(&mut tx, cmd)?);
+    }
+    let Tx { rev, events, .. } = tx;
+    if !events.is_empty() {
+        txn.open_table(META)?.insert("revision", rev)?;
+        let mut t = txn.open_table(EVENTS)?;
+        for e in &events {
+            t.insert(e.revision, serde_json::to_vec(e)?.as_slice())?;
+        }
+        let cut = rev.saturating_sub(EVENT_HISTORY);
+        if cut > 0 {
+            t.retain_in(..=cut, |_, _| false)?;
+        }
+    }
+    txn.commit()?;
+    Ok((outcomes, events))
+}
+
+fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Outcome, StoreError> {
+    match cmd {
+        Command::Apply { items, owner, now } => apply_items(tx, items, &owner, now),
+        Command::RequestDeallocate { uid, by, now } => request_deallocate(tx, uid, &by, now),
+        Command::SetApplicationStatus { uid, expect, status } => set_status(tx, uid, expect, *status),
+        Command::PurgeApplication { uid } => purge(tx, uid),
+        Command::DeleteLabel { name, version } => delete_label(tx, &name, version),
+        Command::SetUserToken { name, token_digest } => set_token(tx, &name, token_digest),
+        Command::DeleteUser { name } => delete_user(tx, &name),
+        Command::PutNode { node } => put_node(tx, *node),
+        Command::SetMaintenance { node, enabled } => set_maintenance(tx, &node, enabled),
+    }
+}
+
+pub(super) fn read_label<T: ReadableTable<(&'static str, u32), &'static [u8]>>(
+    table: &T,
+    name: &str,
+    version: Option<u32>,
+) -> Result<Option<Label>, StoreError> {
+    let found = match version {
+        Some(v) => table.get((name, v))?.map(|g| g.value().to_vec()),
+        None => table.range((name, 0)..=(name, u32::MAX))?.next_back().transpose()?.map(|(_, v)| v.value().to_vec()),
+    };
+    Ok(match found {
+        Some(bytes) => Some(serde_json::from_slice(&bytes)?),
+        None => None,
+    })
+}
+
+pub(super) fn read_app<T: ReadableTable<u128, &'static [u8]>>(
+    table: &T,
+    uid: u128,
+) -> Result<Option<Application>, StoreError> {
+    Ok(match table.get(uid)? {
+        Some(v) => Some(serde_json::from_slice(v.value())?),
+        None => None,
+    })
+}
+
+pub(super) fn read_user<T: ReadableTable<&'static str, &'static [u8]>>(
+    table: &T,
+    name: &str,
+) -> Result<Option<UserRecord>, StoreError> {
+    Ok(match table.get(name)? {
+        Some(v) => Some(serde_json::from_slice(v.value())?),
+        None => None,
+    })
+}
+
+/// What the check phase of an apply decided for one item.
+enum Plan {
+    Unchanged(ApplyResult),
+    NewLabel { label: Label, result: ApplyResult },
+    NewApp { app: Application, label: Label, result: ApplyResult },
+    PutUser { record: UserRecord, old_digest: Option<String>, result: ApplyResult },
+}
+
+fn invalid(kind: &str, name: &str, field: &str, message: String) -> Rejection {
+    Rejection::Invalid {
+        message: format!("{} {name:?} is invalid", kind.to_lowercase()),
+        errors: vec![FieldError { field: field.into(), message }],
+    }
+}
+
+fn apply_items(tx: &mut Tx<'_>, items: Vec<ApplyItem>, owner: &str, now: OffsetDateTime) -> Result<Outcome, StoreError> {
+    // Check phase: nothing is written until every item is known to be acceptable.
+    let mut plans = Vec::with_capacity(items.len());
+    // Labels planned earlier in this apply, so an application can use a label
+    // created by the same manifest.
+    let mut planned_labels: HashMap<String, Label> = HashMap::new();
+    let mut planned_names: HashMap<String, ()> = HashMap::new();
+    {
+        let labels = tx.txn.open_table(LABELS)?;
+        let meta = tx.txn.open_table(META)?;
+        let names = tx.txn.open_table(APP_NAMES)?;
+        let apps = tx.txn.open_table(APPS)?;
+        let users = tx.txn.open_table(USERS)?;
+        for item in items {
+            let plan = match item {
+                ApplyItem::Label { label, uid } => {
+                    let name = label.metadata.name_str().to_owned();
+                    let latest = match planned_labels.get(&name) {
+                        Some(l) => Some(l.clone()),
+                        None => read_label(&labels, &name, None)?,
+                    };
+                    let max_used = meta.get(format!("label_max/{name}").as_str())?.map(|v| v.value()).unwrap_or(0) as u32;
+                    let max_used = max_used.max(latest.as_ref().and_then(|l| l.metadata.version).unwrap_or(0));
+                    let explicit = label.metadata.version;
+                    let existing_at = match explicit {
+                        Some(v) if planned_labels.get(&name).and_then(|l| l.metadata.version) == Some(v) => {
+                            planned_labels.get(&name).cloned()
+                        }
+                        Some(v) => read_label(&labels, &name, Some(v))?,
+                        None => latest.clone(),
+                    };
+                    let result = |version, action| ApplyResult { kind: "Label".into(), name: name.clone(), version: Some(version), action };
+                    match (explicit, existing_at) {
+                        (_, Some(cur)) if cur.spec == label.spec => {
+                            Plan::Unchanged(result(cur.metadata.version.unwrap_or(0), ApplyAction::Unchanged))
+                        }
+                        (Some(v), Some(_)) => {
+                            return Ok(Err(Rejection::Conflict(format!(
+                                "label {name:?} version {v} exists with another spec; label versions are immutable (omit metadata.version to create version {})",
+                                max_used + 1
+                            ))));
+                        }
+                        (Some(v), None) if v != max_used + 1 => {
+                            return Ok(Err(Rejection::Conflict(format!(
+                                "label {name:?} version {v} cannot be created: the next version is {}",
+                                max_used + 1
+                            ))));
+                        }
+                        _ => {
+                            let version = max_used + 1;
+                            let mut new = label;
+                            new.status = None;
+                            new.metadata.uid = Some(uid);
+                            new.metadata.version = Some(version);
+                            new.metadata.created_at = Some(now);
+                            new.metadata.owner = Some(owner.to_owned());
+                            let action = if latest.is_some() { ApplyAction::Configured } else { ApplyAction::Created };
+                            planned_labels.insert(name.clone(), new.clone());
+                            Plan::NewLabel { label: new, result: result(version, action) }
+                        }
+                    }
+                }
+                ApplyItem::Application { app, uid } => {
+                    let existing = match app.metadata.name.as_ref() {
+                        Some(n) => match names.get(n.as_str())? {
+                            Some(u) => read_app(&apps, u.value())?,
+                            None => None,
+                        },
+                        None => None,
+                    };
+                    if let Some(cur) = existing {
+                        let name = cur.metadata.name_str().to_owned();
+                        if cur.spec == app.spec {
+                            Plan::Unchanged(ApplyResult { kind: "Application".into(), name, version: None, action: ApplyAction::Unchanged })
+                        } else {
+                            return Ok(Err(Rejection::Conflict(format!(
+                                "application {name:?} exists with another spec; applications are immutable (deallocate it and use a new name)"
+                            ))));
+                        }
+                    } else {
+                        let label_name = app.spec.label.name.as_str();
+                        let label = match (planned_labels.get(label_name), app.spec.label.version) {
+                            (Some(l), None) => Some(l.clone()),
+                            (Some(l), Some(v)) if l.metadata.version == Some(v) => Some(l.clone()),
+                            _ => read_label(&labels, label_name, app.spec.label.version)?,
+                        };
+                        let shown = app.metadata.name_str().to_owned();
+                        let Some(label) = label else {
+                            let msg = match app.spec.label.version {
+                                Some(v) => format!("label {label_name:?} has no version {v}"),
+                                None => format!("label {label_name:?} does not exist"),
+                            };
+                            return Ok(Err(invalid("Application", &shown, "spec.label", msg)));
+                        };
+                        let name = match &app.metadata.name {
+                            Some(n) => n.to_string(),
+                            None => generated_name(label_name, uid, |n| {
+                                names.get(n).map(|g| g.is_some()).unwrap_or(true) || planned_names.contains_key(n)
+                            }),
+                        };
+                        if planned_names.insert(name.clone(), ()).is_some() {
+                            return Ok(Err(Rejection::Conflict(format!("application {name:?} appears twice in this apply"))));
+                        }
+                        let label_version = label.metadata.version;
+                        let mut new = app;
+                        new.metadata = api_types::ObjectMeta {
+                            name: name.parse().ok(),
+                            uid: Some(uid),
+                            created_at: Some(now),
+                            resource_version: None,
+                            owner: Some(owner.to_owned()),
+                            version: None,
+                        };
+                        new.status = ApplicationStatus {
+                            phase: Phase::New,
+                            label_version,
+                            message: "waiting for a node".into(),
+                            history: vec![HistoryEntry { phase: Phase::New, at: now, message: format!("created by {owner}") }],
+                            ..Default::default()
+                        };
+                        let result = ApplyResult { kind: "Application".into(), name, version: None, action: ApplyAction::Created };
+                        Plan::NewApp { app: new, label, result }
+                    }
+                }
+                ApplyItem::User { mut record, uid } => {
+                    let name = record.user.metadata.name_str().to_owned();
+                    let result = |action| ApplyResult { kind: "User".into(), name: name.clone(), version: None, action };
+                    match read_user(&users, &name)? {
+                        Some(cur) => {
+                            let same = cur.user.spec.roles == record.user.spec.roles
+                                && cur.user.spec.rate_limit == record.user.spec.rate_limit
+                                && record.password_hash.is_none();
+                            if same {
+                                Plan::Unchanged(result(ApplyAction::Unchanged))
+                            } else {
+                                let mut updated = cur.clone();
+                                updated.user.spec.roles = record.user.spec.roles;
+                                updated.user.spec.rate_limit = record.user.spec.rate_limit;
+                                if record.password_hash.is_some() {
+                                    updated.password_hash = record.password_hash;
+                                }
+                                Plan::PutUser { record: updated, old_digest: None, result: result(ApplyAction::Configured) }
+                            }
+                        }
+                        None => {
+                            record.user.metadata = api_types::ObjectMeta {
+                                name: record.user.metadata.name.clone(),
+                                uid: Some(uid),
+                                created_at: Some(now),
+                                ..Default::default()
+                            };
+                            Plan::PutUser { record, old_digest: None, result: result(ApplyAction::Created) }
+                        }
+                    }
+                }
+            };
+            plans.push(plan);
+        }
+    }
+    // Write phase.
+    let mut results = Vec::with_capacity(plans.len());
+    for plan in plans {
+        match plan {
+            Plan::Unchanged(r) => results.push(r),
+            Plan::NewLabel { mut label, result } => {
+                let rev = tx.bump();
+                label.metadata.resource_version = Some(rev.to_string());
+                let name = label.metadata.name_str().to_owned();
+                let version = label.metadata.version.unwrap_or(0);
+                tx.txn.open_table(LABELS)?.insert((name.as_str(), version), serde_json::to_vec(&label)?.as_slice())?;
+                tx.txn.open_table(META)?.insert(format!("label_max/{name}").as_str(), u64::from(version))?;
+                tx.emit(Kind::Label, WatchEventType::Added, serde_json::to_value(&label)?, None);
+                results.push(result);
+            }
+            Plan::NewApp { mut app, label, result } => {
+                let rev = tx.bump();
+                app.metadata.resource_version = Some(rev.to_string());
+                let uid = app.metadata.uid.map(|u| u.as_u128()).unwrap_or_default();
+                let owner = app.metadata.owner.clone().unwrap_or_default();
+                tx.txn.open_table(APPS)?.insert(uid, serde_json::to_vec(&app)?.as_slice())?;
+                tx.txn.open_table(APP_LABELS)?.insert(uid, serde_json::to_vec(&label)?.as_slice())?;
+                tx.txn.open_table(APP_NAMES)?.insert(app.metadata.name_str(), uid)?;
+                tx.txn.open_table(APP_BY_PHASE)?.insert((phase_code(Phase::New), uid), ())?;
+                tx.txn.open_table(APP_BY_LABEL)?.insert((app.spec.label.name.as_str(), uid), ())?;
+                tx.txn.open_table(APP_BY_OWNER)?.insert((owner.as_str(), uid), ())?;
+                tx.emit(Kind::Application, WatchEventType::Added, serde_json::to_value(&app)?, Some(owner));
+                results.push(result);
+            }
+            Plan::PutUser { record, old_digest, result } => {
+                write_user(tx, record, old_digest, result.action == ApplyAction::Created)?;
+                results.push(result);
+            }
+        }
+    }
+    Ok(Ok(Response::Applied(results)))
+}
+
+/// `<label>-<8 hex of the uid's random tail>`, or the whole uid if that is taken.
+fn generated_name(label: &str, uid: Uuid, taken: impl Fn(&str) -> bool) -> String {
+    let hex = uid.simple().to_string();
+    let short = format!("{}-{}", &label[..label.len().min(50)], &hex[hex.len() - 8..]);
+    if taken(&short) { hex } else { short }
+}
+
+fn write_user(tx: &mut Tx<'_>, mut record: UserRecord, old_digest: Option<String>, created: bool) -> Result<(), StoreError> {
+    let rev = tx.bump();
+    record.user.metadata.resource_version = Some(rev.to_string());
+    record.user.spec.password = None;
+    record.user.status.token = None;
+    let name = record.user.metadata.name_str().to_owned();
+    {
+        let mut tokens = tx.txn.open_table(TOKENS)?;
+        if let Some(old) = old_digest {
+            tokens.remove(old.as_str())?;
+        }
+        tokens.insert(record.token_digest.as_str(), name.as_str())?;
+    }
+    tx.txn.open_table(USERS)?.insert(name.as_str(), serde_json::to_vec(&record)?.as_slice())?;
+    let t = if created { WatchEventType::Added } else { WatchEventType::Modified };
+    tx.emit(Kind::User, t, serde_json::to_value(&record.user)?, None);
+    Ok(())
+}
+
+/// Writes `app` over its stored version, moving its phase index entry if needed.
+fn write_app(tx: &mut Tx<'_>, mut app: Application, old_phase: Phase) -> Result<Application, StoreError> {
+    let rev = tx.bump();
+    app.metadata.resource_version = Some(rev.to_string());
+    let uid = app.metadata.uid.map(|u| u.as_u128()).unwrap_or_default();
+    if old_phase != app.status.phase {
+        let mut idx = tx.txn.open_table(APP_BY_PHASE)?;
+        idx.remove((phase_code(old_phase), uid))?;
+        idx.insert((phase_code(app.status.phase), uid), ())?;
+    }
+    tx.txn.open_table(APPS)?.insert(uid, serde_json::to_vec(&app)?.as_slice())?;
+    tx.emit(Kind::Application, WatchEventType::Modified, serde_json::to_value(&app)?, app.metadata.owner.clone());
+    Ok(app)
+}
+
+fn load_app(tx: &Tx<'_>, uid: Uuid) -> Result<Option<Application>, StoreError> {
+    read_app(&tx.txn.open_table(APPS)?, uid.as_u128())
+}
+
+fn request_deallocate(tx: &mut Tx<'_>, uid: Uuid, by: &str, now: OffsetDateTime) -> Result<Outcome, StoreError> {
+    let Some(mut app) = load_app(tx, uid)? else {
+        return Ok(Err(Rejection::NotFound(format!("application {uid} not found"))));
+    };
+    let old = app.status.phase;
+    let (phase, message) = match old {
+        Phase::New | Phase::Elected => (Phase::Deallocated, format!("deallocated by {by} before allocation; nothing to release")),
+        Phase::Allocated => (Phase::Deallocate, format!("deallocation requested by {by}")),
+        // Already going or gone: idempotent.
+        Phase::Deallocate | Phase::Deallocated | Phase::Error => return Ok(Ok(Response::Application(Box::new(app)))),
+    };
+    app.status.phase = phase;
+    app.status.message = message.clone();
+    app.status.history.push(HistoryEntry { phase, at: now, message });
+    let app = write_app(tx, app, old)?;
+    Ok(Ok(Response::Application(Box::new(app))))
+}
+
+fn set_status(tx: &mut Tx<'_>, uid: Uuid, expect: Phase, status: ApplicationStatus) -> Result<Outcome, StoreError> {
+    let Some(mut app) = load_app(tx, uid)? else {
+        return Ok(Err(Rejection::NotFound(format!("application {uid} not found"))));
+    };
+    let old = app.status.phase;
+    if old != expect {
+        return Ok(Err(Rejection::PhaseChanged { expected: expect, actual: old }));
+    }
+    if app.status == status {
+        return Ok(Ok(Response::Application(Box::new(app))));
+    }
+    app.status = status;
+    let app = write_app(tx, app, old)?;
+    Ok(Ok(Response::Application(Box::new(app))))
+}
+
+fn purge(tx: &mut Tx<'_>, uid: Uuid) -> Result<Outcome, StoreError> {
+    let Some(app) = load_app(tx, uid)? else {
+        return Ok(Ok(Response::Done));
+    };
+    let key = uid.as_u128();
+    let owner = app.metadata.owner.clone().unwrap_or_default();
+    tx.txn.open_table(APPS)?.remove(key)?;
+    tx.txn.open_table(APP_LABELS)?.remove(key)?;
+    tx.txn.open_table(APP_NAMES)?.remove(app.metadata.name_str())?;
+    tx.txn.open_table(APP_BY_PHASE)?.remove((phase_code(app.status.phase), key))?;
+    tx.txn.open_table(APP_BY_LABEL)?.remove((app.spec.label.name.as_str(), key))?;
+    tx.txn.open_table(APP_BY_OWNER)?.remove((owner.as_str(), key))?;
+    tx.bump();
+    tx.emit(Kind::Application, WatchEventType::Deleted, serde_json::to_value(&app)?, Some(owner));
+    Ok(Ok(Response::Done))
+}
+
+fn delete_label(tx: &mut Tx<'_>, name: &str, version: Option<u32>) -> Result<Outcome, StoreError> {
+    let mut removed = Vec::new();
+    {
+        let mut labels = tx.txn.open_table(LABELS)?;
+        let keys: Vec<u32> = match version {
+            Some(v) => vec![v],
+            None => {
+                let mut ks = Vec::new();
+                for e in labels.range((name, 0)..=(name, u32::MAX))? {
+                    ks.push(e?.0.value().1);
+                }
+                ks
+            }
+        };
+        for v in keys {
+            if let Some(old) = labels.remove((name, v))? {
+                removed.push(serde_json::from_slice::<serde_json::Value>(old.value())?);
+            }
+        }
+    }
+    if removed.is_empty() {
+        let what = match version {
+            Some(v) => format!("label {name:?} version {v} not found"),
+            None => format!("label {name:?} not found"),
+        };
+        return Ok(Err(Rejection::NotFound(what)));
+    }
+    for obj in removed {
+        tx.bump();
+        tx.emit(Kind::Label, WatchEventType::Deleted, obj, None);
+    }
+    Ok(Ok(Response::Done))
+}
+
+fn set_token(tx: &mut Tx<'_>, name: &str, token_digest: String) -> Result<Outcome, StoreError> {
+    let Some(mut record) = read_user(&tx.txn.open_table(USERS)?, name)? else {
+        return Ok(Err(Rejection::NotFound(format!("user {name:?} not found"))));
+    };
+    let old = std::mem::replace(&mut record.token_digest, token_digest);
+    write_user(tx, record, Some(old), false)?;
+    Ok(Ok(Response::Done))
+}
+
+fn delete_user(tx: &mut Tx<'_>, name: &str) -> Result<Outcome, StoreError> {
+    let Some(record) = read_user(&tx.txn.open_table(USERS)?, name)? else {
+        return Ok(Err(Rejection::NotFound(format!("user {name:?} not found"))));
+    };
+    tx.txn.open_table(USERS)?.remove(name)?;
+    tx.txn.open_table(TOKENS)?.remove(record.token_digest.as_str())?;
+    tx.bump();
+    tx.emit(Kind::User, WatchEventType::Deleted, serde_json::to_value(&record.user)?, None);
+    Ok(Ok(Response::Done))
+}
+
+fn put_node(tx: &mut Tx<'_>, mut node: Node) -> Result<Outcome, StoreError> {
+    let name = node.metadata.name_str().to_owned();
+    let existing: Option<Node> = match tx.txn.open_table(NODES)?.get(name.as_str())? {
+        Some(v) => Some(serde_json::from_slice(v.value())?),
+        None => None,
+    };
+    if let Some(cur) = &existing {
+        // Maintenance is an admin's decision, not the node's report.
+        node.status.maintenance = cur.status.maintenance;
+        node.metadata.uid = cur.metadata.uid;
+        node.metadata.created_at = cur.metadata.created_at;
+        let mut a = cur.clone();
+        let mut b = node.clone();
+        a.metadata.resource_version = None;
+        b.metadata.resource_version = None;
+        if a == b {
+            return Ok(Ok(Response::Node(Box::new(cur.clone()))));
+        }
+    }
+    let rev = tx.bump();
+    node.metadata.resource_version = Some(rev.to_string());
+    tx.txn.open_table(NODES)?.insert(name.as_str(), serde_json::to_vec(&node)?.as_slice())?;
+    let t = if existing.is_some() { WatchEventType::Modified } else { WatchEventType::Added };
+    tx.emit(Kind::Node, t, serde_json::to_value(&node)?, None);
+    Ok(Ok(Response::Node(Box::new(node))))
+}
+
+fn set_maintenance(tx: &mut Tx<'_>, name: &str, enabled: bool) -> Result<Outcome, StoreError> {
+    let mut node: Node = match tx.txn.open_table(NODES)?.get(name)? {
+        Some(v) => serde_json::from_slice(v.value())?,
+        None => return Ok(Err(Rejection::NotFound(format!("node {name:?} not found")))),
+    };
+    if node.status.maintenance == enabled {
+        return Ok(Ok(Response::Node(Box::new(node))));
+    }
+    node.status.maintenance = enabled;
+    let rev = tx.bump();
+    node.metadata.resource_version = Some(rev.to_string());
+    tx.txn.open_table(NODES)?.insert(name, serde_json::to_vec(&node)?.as_slice())?;
+    tx.emit(Kind::Node, WatchEventType::Modified, serde_json::to_value(&node)?, None);
+    Ok(Ok(Response::Node(Box::new(node))))
+}
+

@@ -1,0 +1,139 @@
+//! State machine tests: real redb in a temp dir, commands in, objects and events out.
+#![allow(clippy::unwrap_used)]
+
+use api_types::{ApplyAction, Format, Manifest, Phase, WatchEventType, parse_manifests};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::*;
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("fish.redb")).unwrap();
+    (dir, s)
+}
+
+fn items(yaml: &str) -> Vec<ApplyItem> {
+    parse_manifests(yaml.as_bytes(), Format::Yaml)
+        .unwrap()
+        .into_iter()
+        .map(|m| match m {
+            Manifest::Label(label) => ApplyItem::Label { label, uid: Uuid::now_v7() },
+            Manifest::Application(app) => ApplyItem::Application { app, uid: Uuid::now_v7() },
+            Manifest::User(_) => unreachable!(),
+        })
+        .collect()
+}
+
+async fn apply(s: &Store, yaml: &str) -> Outcome {
+    s.execute(Command::Apply { items: items(yaml), owner: "admin".into(), now: OffsetDateTime::now_utc() }).await.unwrap()
+}
+
+const LABEL: &str = "kind: Label\nmetadata: {name: l}\nspec: {definitions: [{driver: test, resources: {cpu: 1, ram: 1}}]}\n";
+const APP: &str = "kind: Application\nmetadata: {name: a}\nspec: {label: l}\n";
+
+#[tokio::test]
+async fn label_versions_follow_spec_changes() {
+    let (_d, s) = store();
+    let r = apply(&s, LABEL).await.unwrap();
+    let Response::Applied(r) = r else { panic!() };
+    assert_eq!((r[0].action, r[0].version), (ApplyAction::Created, Some(1)));
+    let Response::Applied(r) = apply(&s, LABEL).await.unwrap() else { panic!() };
+    assert_eq!((r[0].action, r[0].version), (ApplyAction::Unchanged, Some(1)));
+    let Response::Applied(r) = apply(&s, &LABEL.replace("cpu: 1", "cpu: 2")).await.unwrap() else { panic!() };
+    assert_eq!((r[0].action, r[0].version), (ApplyAction::Configured, Some(2)));
+    // Naming an existing version with another spec is a conflict.
+    let explicit = LABEL.replace("{name: l}", "{name: l, version: 1}").replace("cpu: 1", "cpu: 3");
+    assert!(matches!(apply(&s, &explicit).await, Err(Rejection::Conflict(_))));
+    assert_eq!(s.get_label("l", None).unwrap().unwrap().metadata.version, Some(2));
+    assert_eq!(s.list_labels(Some("l")).unwrap().1.len(), 2);
+}
+
+#[tokio::test]
+async fn apply_is_all_or_nothing() {
+    let (_d, s) = store();
+    let bad = format!("{LABEL}---\nkind: Application\nmetadata: {{name: a}}\nspec: {{label: missing}}\n");
+    match apply(&s, &bad).await {
+        Err(Rejection::Invalid { errors, .. }) => assert_eq!(errors[0].field, "spec.label"),
+        other => panic!("{other:?}"),
+    }
+    assert!(s.get_label("l", None).unwrap().is_none(), "the label of a rejected apply was written");
+    // A label and an application using it in one apply.
+    let Response::Applied(r) = apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap() else { panic!() };
+    assert_eq!(r.len(), 2);
+    let app = s.get_application("a").unwrap().unwrap();
+    assert_eq!(app.status.phase, Phase::New);
+    assert_eq!(app.status.label_version, Some(1));
+    assert_eq!(app.status.history.len(), 1);
+}
+
+#[tokio::test]
+async fn applications_are_immutable_and_names_unique() {
+    let (_d, s) = store();
+    apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
+    let Response::Applied(r) = apply(&s, APP).await.unwrap() else { panic!() };
+    assert_eq!(r[0].action, ApplyAction::Unchanged);
+    let other = APP.replace("spec: {label: l}", "spec: {label: l, lifetime: 1h}");
+    assert!(matches!(apply(&s, &other).await, Err(Rejection::Conflict(_))));
+}
+
+#[tokio::test]
+async fn deallocate_before_allocation_ends_at_once_and_cas_protects_it() {
+    let (_d, s) = store();
+    apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
+    let app = s.get_application("a").unwrap().unwrap();
+    let uid = app.metadata.uid.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let Response::Application(a) =
+        s.execute(Command::RequestDeallocate { uid, by: "alice".into(), now }).await.unwrap().unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(a.status.phase, Phase::Deallocated);
+    // A late reconciler write expecting NEW is refused.
+    let mut st = app.status.clone();
+    st.phase = Phase::Elected;
+    let r = s.execute(Command::SetApplicationStatus { uid, expect: Phase::New, status: Box::new(st) }).await.unwrap();
+    assert!(matches!(r, Err(Rejection::PhaseChanged { actual: Phase::Deallocated, .. })));
+    // Deallocating again is idempotent.
+    assert!(s.execute(Command::RequestDeallocate { uid, by: "alice".into(), now }).await.unwrap().is_ok());
+    assert_eq!(s.uids_in_phase(Phase::Deallocated).unwrap(), vec![uid]);
+    assert!(s.uids_in_phase(Phase::New).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn watch_resumes_from_a_revision_and_expires_old_ones() {
+    let (_d, s) = store();
+    let mut live = s.subscribe();
+    apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
+    let first = live.recv().await.unwrap();
+    assert_eq!((first.kind, first.event_type), (Kind::Label, WatchEventType::Added));
+    let (rev, events) = s.events_since(first.revision).unwrap().unwrap();
+    assert_eq!(rev, first.revision + 1);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, Kind::Application);
+    assert_eq!(events[0].object["metadata"]["resourceVersion"], serde_json::json!(rev.to_string()));
+}
+
+#[tokio::test]
+async fn data_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fish.redb");
+    {
+        let s = Store::open(&path).unwrap();
+        apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
+    }
+    // The writer thread holds the database until its channel closes; wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let s = loop {
+        match Store::open(&path) {
+            Ok(s) => break s,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(s.get_application("a").unwrap().is_some());
+    assert_eq!(s.revision().unwrap(), 2);
+}
