@@ -5,3 +5,6 @@
 
 pub mod drivers;
 pub mod store;
+pub mod fsutil;
+pub mod meta_token;
+pub mod api;
