@@ -219,10 +219,10 @@ pub struct HistoryEntry {
 
 impl Validate for Application {
     fn validate_into(&self, v: &mut Violations) {
-        if let Some(l) = self.spec.lifetime {
-            if l.get().is_zero() {
-                v.push("spec.lifetime", "must be > 0");
-            }
+        if let Some(l) = self.spec.lifetime
+            && l.get().is_zero()
+        {
+            v.push("spec.lifetime", "must be > 0");
         }
         for key in self.spec.metadata.keys() {
             validate_metadata_key(key, &format!("spec.metadata.{key}"), v);

@@ -193,10 +193,10 @@ impl Validate for Label {
                 }
             }
             for (j, img) in def.images.iter().enumerate() {
-                if let Some(sum) = &img.sum {
-                    if !is_sha256_sum(sum) {
-                        v.push(format!("{at}.images[{j}].sum"), "must be sha256:<64 hex digits>");
-                    }
+                if let Some(sum) = &img.sum
+                    && !is_sha256_sum(sum)
+                {
+                    v.push(format!("{at}.images[{j}].sum"), "must be sha256:<64 hex digits>");
                 }
                 if img.name.is_none() && img.url.is_none() {
                     v.push(format!("{at}.images[{j}]"), "needs a name or a url");

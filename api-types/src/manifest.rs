@@ -27,6 +27,9 @@ pub const MAX_ALIAS_EVENTS: usize = 100_000;
 
 /// A parsed, validated document of a kind users may apply.
 #[derive(Clone, Debug, PartialEq)]
+// Parsed once per document and consumed at once, never stored in bulk: boxing would
+// only make every match noisier.
+#[allow(clippy::large_enum_variant)]
 pub enum Manifest {
     Label(Label),
     Application(Application),

@@ -3,8 +3,9 @@
 //! Layers, pointing inward: `api` (HTTP) and `reconcile` (control loops) both use the
 //! `store`; only `reconcile` calls `drivers`; only [`run`] wires them together.
 
+pub mod api;
 pub mod drivers;
-pub mod store;
 pub mod fsutil;
 pub mod meta_token;
-pub mod api;
+pub mod reconcile;
+pub mod store;

@@ -24,6 +24,8 @@ pub struct UserRecord {
 
 /// One document of an apply.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+// Short-lived (one apply) and moved, not copied: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum ApplyItem {
     /// `uid` is used only if this makes a new version.
     Label { label: Label, uid: Uuid },
@@ -37,22 +39,49 @@ pub enum ApplyItem {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// All items or none: every item is checked before any is written.
-    Apply { items: Vec<ApplyItem>, owner: String, now: OffsetDateTime },
+    Apply {
+        items: Vec<ApplyItem>,
+        owner: String,
+        now: OffsetDateTime,
+    },
     /// Ask for deallocation; NEW and ELECTED applications end at once.
-    RequestDeallocate { uid: Uuid, by: String, now: OffsetDateTime },
+    RequestDeallocate {
+        uid: Uuid,
+        by: String,
+        now: OffsetDateTime,
+    },
     /// A reconciler's status write, applied only if the phase is still `expect`
     /// (compare-and-set, so a late allocation never overwrites a deallocation).
-    SetApplicationStatus { uid: Uuid, expect: Phase, status: Box<ApplicationStatus> },
+    SetApplicationStatus {
+        uid: Uuid,
+        expect: Phase,
+        status: Box<ApplicationStatus>,
+    },
     /// Remove a finished application for good.
-    PurgeApplication { uid: Uuid },
+    PurgeApplication {
+        uid: Uuid,
+    },
     /// Remove one version of a label, or all of them.
-    DeleteLabel { name: String, version: Option<u32> },
+    DeleteLabel {
+        name: String,
+        version: Option<u32>,
+    },
     /// Replace a user's token digest (rotation).
-    SetUserToken { name: String, token_digest: String },
-    DeleteUser { name: String },
+    SetUserToken {
+        name: String,
+        token_digest: String,
+    },
+    DeleteUser {
+        name: String,
+    },
     /// A node's self-reported status (heartbeat, drivers, capacity).
-    PutNode { node: Box<Node> },
-    SetMaintenance { node: String, enabled: bool },
+    PutNode {
+        node: Box<Node>,
+    },
+    SetMaintenance {
+        node: String,
+        enabled: bool,
+    },
 }
 
 /// What a command did.

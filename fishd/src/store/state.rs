@@ -132,6 +132,7 @@ pub(super) fn read_user<T: ReadableTable<&'static str, &'static [u8]>>(
 }
 
 /// What the check phase of an apply decided for one item.
+#[allow(clippy::large_enum_variant)] // lives for one apply
 enum Plan {
     Unchanged(ApplyResult),
     NewLabel { label: Label, result: ApplyResult },
@@ -146,7 +147,12 @@ fn invalid(kind: &str, name: &str, field: &str, message: String) -> Rejection {
     }
 }
 
-fn apply_items(tx: &mut Tx<'_>, items: Vec<ApplyItem>, owner: &str, now: OffsetDateTime) -> Result<Outcome, StoreError> {
+fn apply_items(
+    tx: &mut Tx<'_>,
+    items: Vec<ApplyItem>,
+    owner: &str,
+    now: OffsetDateTime,
+) -> Result<Outcome, StoreError> {
     // Check phase: nothing is written until every item is known to be acceptable.
     let mut plans = Vec::with_capacity(items.len());
     // Labels planned earlier in this apply, so an application can use a label
@@ -167,7 +173,8 @@ fn apply_items(tx: &mut Tx<'_>, items: Vec<ApplyItem>, owner: &str, now: OffsetD
                         Some(l) => Some(l.clone()),
                         None => read_label(&labels, &name, None)?,
                     };
-                    let max_used = meta.get(format!("label_max/{name}").as_str())?.map(|v| v.value()).unwrap_or(0) as u32;
+                    let max_used =
+                        meta.get(format!("label_max/{name}").as_str())?.map(|v| v.value()).unwrap_or(0) as u32;
                     let max_used = max_used.max(latest.as_ref().and_then(|l| l.metadata.version).unwrap_or(0));
                     let explicit = label.metadata.version;
                     let existing_at = match explicit {
@@ -177,7 +184,12 @@ fn apply_items(tx: &mut Tx<'_>, items: Vec<ApplyItem>, owner: &str, now: OffsetD
                         Some(v) => read_label(&labels, &name, Some(v))?,
                         None => latest.clone(),
                     };
-                    let result = |version, action| ApplyResult { kind: "Label".into(), name: name.clone(), version: Some(version), action };
+                    let result = |version, action| ApplyResult {
+                        kind: "Label".into(),
+                        name: name.clone(),
+                        version: Some(version),
+                        action,
+                    };
                     match (explicit, existing_at) {
                         (_, Some(cur)) if cur.spec == label.spec => {
                             Plan::Unchanged(result(cur.metadata.version.unwrap_or(0), ApplyAction::Unchanged))
@@ -219,7 +231,12 @@ fn apply_items(tx: &mut Tx<'_>, items: Vec<ApplyItem>, owner: &str, now: OffsetD
                     if let Some(cur) = existing {
                         let name = cur.metadata.name_str().to_owned();
                         if cur.spec == app.spec {
-                            Plan::Unchanged(ApplyResult { kind: "Application".into(), name, version: None, action: ApplyAction::Unchanged })
+                            Plan::Unchanged(ApplyResult {
+                                kind: "Application".into(),
+                                name,
+                                version: None,
+                                action: ApplyAction::Unchanged,
+                            })
                         } else {
                             return Ok(Err(Rejection::Conflict(format!(
                                 "application {name:?} exists with another spec; applications are immutable (deallocate it and use a new name)"
@@ -247,7 +264,9 @@ fn apply_items(tx: &mut Tx<'_>, items: Vec<ApplyItem>, owner: &str, now: OffsetD
                             }),
                         };
                         if planned_names.insert(name.clone(), ()).is_some() {
-                            return Ok(Err(Rejection::Conflict(format!("application {name:?} appears twice in this apply"))));
+                            return Ok(Err(Rejection::Conflict(format!(
+                                "application {name:?} appears twice in this apply"
+                            ))));
                         }
                         let label_version = label.metadata.version;
                         let mut new = app;
@@ -263,16 +282,26 @@ fn apply_items(tx: &mut Tx<'_>, items: Vec<ApplyItem>, owner: &str, now: OffsetD
                             phase: Phase::New,
                             label_version,
                             message: "waiting for a node".into(),
-                            history: vec![HistoryEntry { phase: Phase::New, at: now, message: format!("created by {owner}") }],
+                            history: vec![HistoryEntry {
+                                phase: Phase::New,
+                                at: now,
+                                message: format!("created by {owner}"),
+                            }],
                             ..Default::default()
                         };
-                        let result = ApplyResult { kind: "Application".into(), name, version: None, action: ApplyAction::Created };
+                        let result = ApplyResult {
+                            kind: "Application".into(),
+                            name,
+                            version: None,
+                            action: ApplyAction::Created,
+                        };
                         Plan::NewApp { app: new, label, result }
                     }
                 }
                 ApplyItem::User { mut record, uid } => {
                     let name = record.user.metadata.name_str().to_owned();
-                    let result = |action| ApplyResult { kind: "User".into(), name: name.clone(), version: None, action };
+                    let result =
+                        |action| ApplyResult { kind: "User".into(), name: name.clone(), version: None, action };
                     match read_user(&users, &name)? {
                         Some(cur) => {
                             let same = cur.user.spec.roles == record.user.spec.roles
@@ -287,7 +316,11 @@ fn apply_items(tx: &mut Tx<'_>, items: Vec<ApplyItem>, owner: &str, now: OffsetD
                                 if record.password_hash.is_some() {
                                     updated.password_hash = record.password_hash;
                                 }
-                                Plan::PutUser { record: updated, old_digest: None, result: result(ApplyAction::Configured) }
+                                Plan::PutUser {
+                                    record: updated,
+                                    old_digest: None,
+                                    result: result(ApplyAction::Configured),
+                                }
                             }
                         }
                         None => {
@@ -350,7 +383,12 @@ fn generated_name(label: &str, uid: Uuid, taken: impl Fn(&str) -> bool) -> Strin
     if taken(&short) { hex } else { short }
 }
 
-fn write_user(tx: &mut Tx<'_>, mut record: UserRecord, old_digest: Option<String>, created: bool) -> Result<(), StoreError> {
+fn write_user(
+    tx: &mut Tx<'_>,
+    mut record: UserRecord,
+    old_digest: Option<String>,
+    created: bool,
+) -> Result<(), StoreError> {
     let rev = tx.bump();
     record.user.metadata.resource_version = Some(rev.to_string());
     record.user.spec.password = None;
@@ -394,7 +432,9 @@ fn request_deallocate(tx: &mut Tx<'_>, uid: Uuid, by: &str, now: OffsetDateTime)
     };
     let old = app.status.phase;
     let (phase, message) = match old {
-        Phase::New | Phase::Elected => (Phase::Deallocated, format!("deallocated by {by} before allocation; nothing to release")),
+        Phase::New | Phase::Elected => {
+            (Phase::Deallocated, format!("deallocated by {by} before allocation; nothing to release"))
+        }
         Phase::Allocated => (Phase::Deallocate, format!("deallocation requested by {by}")),
         // Already going or gone: idempotent.
         Phase::Deallocate | Phase::Deallocated | Phase::Error => return Ok(Ok(Response::Application(Box::new(app)))),
@@ -535,4 +575,3 @@ fn set_maintenance(tx: &mut Tx<'_>, name: &str, enabled: bool) -> Result<Outcome
     tx.emit(Kind::Node, WatchEventType::Modified, serde_json::to_value(&node)?, None);
     Ok(Ok(Response::Node(Box::new(node))))
 }
-

@@ -26,10 +26,13 @@ fn items(yaml: &str) -> Vec<ApplyItem> {
 }
 
 async fn apply(s: &Store, yaml: &str) -> Outcome {
-    s.execute(Command::Apply { items: items(yaml), owner: "admin".into(), now: OffsetDateTime::now_utc() }).await.unwrap()
+    s.execute(Command::Apply { items: items(yaml), owner: "admin".into(), now: OffsetDateTime::now_utc() })
+        .await
+        .unwrap()
 }
 
-const LABEL: &str = "kind: Label\nmetadata: {name: l}\nspec: {definitions: [{driver: test, resources: {cpu: 1, ram: 1}}]}\n";
+const LABEL: &str =
+    "kind: Label\nmetadata: {name: l}\nspec: {definitions: [{driver: test, resources: {cpu: 1, ram: 1}}]}\n";
 const APP: &str = "kind: Application\nmetadata: {name: a}\nspec: {label: l}\n";
 
 #[tokio::test]

@@ -1,0 +1,253 @@
+//! The election pass: places NEW applications on this node.
+//!
+//! On one node the election is immediate: the pass walks NEW applications in
+//! creation order (uid v7 order) and elects each whose definition fits now, reserving
+//! its resources before looking at the next one, so nothing is promised twice. An
+//! application that does not fit keeps waiting with the reason in `status.message`,
+//! and a later one that fits may go first (backfill). The pass is the only writer of
+//! NEW → ELECTED and runs alone; in cluster mode every node will compute the same
+//! vote from the replicated state.
+
+use std::collections::BTreeMap;
+
+use api_types::{Application, Definition, Label, NodeCapacity, Phase};
+use futures::future::join_all;
+use uuid::Uuid;
+
+use super::capacity::{Ledger, Shortage, filter_matches, fits};
+use super::{Ctx, transition};
+use crate::store::{Command, StoreError};
+
+/// What the election decided for one application.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Elect this definition index.
+    Elect(usize),
+    /// Nothing fits now; the reason for the user.
+    Wait(String),
+}
+
+/// Chooses the first definition, starting at `start` and wrapping round, that this
+/// node can run now.
+pub fn choose(
+    definitions: &[Definition],
+    start: usize,
+    node: &super::NodeIdentity,
+    ledger: &Ledger,
+    driver_capacity: &BTreeMap<String, Option<NodeCapacity>>,
+    availability: &BTreeMap<String, Result<(), String>>,
+) -> Decision {
+    let n = definitions.len();
+    if n == 0 {
+        return Decision::Wait("label has no definitions".into());
+    }
+    let mut reasons = Vec::new();
+    let mut never = true;
+    for k in 0..n {
+        let i = (start + k) % n;
+        let def = &definitions[i];
+        let why = |m: &str| format!("definition {i} ({}): {m}", def.driver);
+        let Some(dcap) = driver_capacity.get(&def.driver) else {
+            reasons.push(why(&format!("no driver {:?} is configured on node {}", def.driver, node.name)));
+            continue;
+        };
+        if let Some(Err(reason)) = availability.get(&def.driver) {
+            never = false;
+            reasons.push(why(&format!("driver unavailable: {reason}")));
+            continue;
+        }
+        if let Err(m) = filter_matches(&def.resources.node_filter, &node.name, &node.identifiers) {
+            reasons.push(why(&m));
+            continue;
+        }
+        let node_scope = format!("node {}", node.name);
+        let mut result = fits(&def.resources, &node.capacity, &ledger.node, &node_scope);
+        if result.is_ok()
+            && let Some(cap) = dcap
+        {
+            let used = ledger.drivers.get(&def.driver).copied().unwrap_or_default();
+            result = fits(&def.resources, cap, &used, &format!("driver {}", def.driver));
+        }
+        match result {
+            Ok(()) => return Decision::Elect(i),
+            Err(s) => {
+                if matches!(s, Shortage::Busy(_)) {
+                    never = false;
+                }
+                reasons.push(why(s.message()));
+            }
+        }
+    }
+    let prefix = if never { "can never fit on this node: " } else { "waiting for capacity: " };
+    Decision::Wait(format!("{prefix}{}", reasons.join("; ")))
+}
+
+/// Loads the definition an active application reserves, through the context's cache.
+async fn reserved_definition(ctx: &Ctx, app: &Application) -> Result<Option<Definition>, StoreError> {
+    let Some(uid) = app.metadata.uid else { return Ok(None) };
+    if let Some(d) = ctx.definitions.lock().unwrap_or_else(|e| e.into_inner()).get(&uid) {
+        return Ok(Some(d.clone()));
+    }
+    let Some(idx) = app.status.definition else { return Ok(None) };
+    let Some(label) = ctx.store.application_label(uid)? else { return Ok(None) };
+    let def = label.spec.definitions.get(idx).cloned();
+    if let Some(d) = &def {
+        ctx.definitions.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, d.clone());
+    }
+    Ok(def)
+}
+
+/// What this node's ELECTED, ALLOCATED and DEALLOCATE applications reserve.
+pub async fn current_ledger(ctx: &Ctx) -> Result<Ledger, StoreError> {
+    let mut ledger = Ledger::default();
+    for phase in [Phase::Elected, Phase::Allocated, Phase::Deallocate] {
+        for uid in ctx.store.uids_in_phase(phase)? {
+            let Some(app) = ctx.store.get_application_by_uid(uid)? else { continue };
+            if app.status.node.as_deref() != Some(ctx.node.name.as_str()) {
+                continue;
+            }
+            if let Some(def) = reserved_definition(ctx, &app).await? {
+                ledger.reserve(&def);
+            }
+        }
+    }
+    Ok(ledger)
+}
+
+/// Probes every driver instance; the answers are kept for the Node status.
+pub async fn probe_drivers(ctx: &Ctx) -> BTreeMap<String, Result<(), String>> {
+    let probes = ctx.drivers.iter().map(|(name, d)| async move { (name.clone(), d.available().await) });
+    let availability: BTreeMap<_, _> = join_all(probes).await.into_iter().collect();
+    *ctx.availability.lock().unwrap_or_else(|e| e.into_inner()) = availability.clone();
+    availability
+}
+
+/// One election pass over every NEW application.
+pub async fn pass(ctx: &Ctx) -> Result<(), StoreError> {
+    let mut ledger = current_ledger(ctx).await?;
+    let new: Vec<Uuid> = ctx.store.uids_in_phase(Phase::New)?;
+    if new.is_empty() {
+        *ctx.ledger.lock().unwrap_or_else(|e| e.into_inner()) = ledger;
+        return Ok(());
+    }
+    let availability = probe_drivers(ctx).await;
+    let driver_capacity: BTreeMap<String, Option<NodeCapacity>> =
+        ctx.drivers.iter().map(|(n, d)| (n.clone(), d.capacity())).collect();
+    let maintenance = ctx.store.get_node(&ctx.node.name)?.is_some_and(|n| n.status.maintenance);
+    let mut writes = Vec::new();
+    for uid in new {
+        let Some(app) = ctx.store.get_application_by_uid(uid)? else { continue };
+        let Some(label): Option<Label> = ctx.store.application_label(uid)? else { continue };
+        let decision = if !ctx.accepting() {
+            Decision::Wait(format!("node {} is shutting down and takes no new applications", ctx.node.name))
+        } else if maintenance {
+            Decision::Wait(format!("node {} is in maintenance", ctx.node.name))
+        } else {
+            let start = app.status.attempts as usize;
+            choose(&label.spec.definitions, start, &ctx.node, &ledger, &driver_capacity, &availability)
+        };
+        let status = match decision {
+            Decision::Elect(i) => {
+                let def = &label.spec.definitions[i];
+                ledger.reserve(def);
+                ctx.definitions.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, def.clone());
+                let mut s = transition(
+                    &app.status,
+                    Phase::Elected,
+                    format!("elected node {} with definition {i} ({})", ctx.node.name, def.driver),
+                );
+                s.node = Some(ctx.node.name.clone());
+                s.definition = Some(i);
+                s
+            }
+            Decision::Wait(reason) if reason != app.status.message => {
+                let mut s = app.status.clone();
+                s.message = reason;
+                s
+            }
+            Decision::Wait(_) => continue,
+        };
+        writes.push(Command::SetApplicationStatus { uid, expect: Phase::New, status: Box::new(status) });
+    }
+    *ctx.ledger.lock().unwrap_or_else(|e| e.into_inner()) = ledger;
+    // Submitted together, the writes share one transaction (group commit).
+    for r in join_all(writes.into_iter().map(|c| ctx.store.execute(c))).await {
+        // A refused write means the application moved on (deallocated): nothing to do.
+        r?.ok();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::reconcile::NodeIdentity;
+
+    fn def(driver: &str, cpu: u32) -> Definition {
+        serde_json::from_value(serde_json::json!({"driver": driver, "resources": {"cpu": cpu, "ram": 1}})).unwrap()
+    }
+
+    fn node() -> NodeIdentity {
+        NodeIdentity {
+            name: "host-a".into(),
+            identifiers: vec!["linux".into()],
+            capacity: NodeCapacity { cpu: 4, ram: 8, slots: 8, applications: 0 },
+        }
+    }
+
+    fn drivers(names: &[&str]) -> BTreeMap<String, Option<NodeCapacity>> {
+        names.iter().map(|n| (n.to_string(), None)).collect()
+    }
+
+    #[test]
+    fn first_fitting_definition_wins_and_retries_rotate() {
+        let defs = vec![def("test", 8), def("test", 2), def("test", 1)];
+        let d = drivers(&["test"]);
+        let none = BTreeMap::new();
+        assert_eq!(choose(&defs, 0, &node(), &Ledger::default(), &d, &none), Decision::Elect(1));
+        assert_eq!(choose(&defs, 2, &node(), &Ledger::default(), &d, &none), Decision::Elect(2));
+        // Wraps round.
+        assert_eq!(choose(&defs, 3, &node(), &Ledger::default(), &d, &none), Decision::Elect(1));
+    }
+
+    #[test]
+    fn reasons_name_every_definition() {
+        let defs = vec![def("docker", 1), def("test", 99)];
+        match choose(&defs, 0, &node(), &Ledger::default(), &drivers(&["test"]), &BTreeMap::new()) {
+            Decision::Wait(m) => {
+                assert!(m.starts_with("can never fit"), "{m}");
+                assert!(m.contains("definition 0 (docker): no driver"), "{m}");
+                assert!(m.contains("definition 1 (test): node host-a has 4 cpu in total"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn busy_node_waits_and_driver_capacity_counts() {
+        let defs = vec![def("test", 3)];
+        let mut ledger = Ledger::default();
+        ledger.reserve(&def("test", 2));
+        match choose(&defs, 0, &node(), &ledger, &drivers(&["test"]), &BTreeMap::new()) {
+            Decision::Wait(m) => assert!(m.starts_with("waiting for capacity"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let mut capped = drivers(&["test"]);
+        capped.insert("test".into(), Some(NodeCapacity { cpu: 1, ram: 8, slots: 8, applications: 0 }));
+        assert!(matches!(
+            choose(&[def("test", 2)], 0, &node(), &Ledger::default(), &capped, &BTreeMap::new()),
+            Decision::Wait(_)
+        ));
+    }
+
+    #[test]
+    fn unavailable_driver_waits_with_its_reason() {
+        let mut av = BTreeMap::new();
+        av.insert("test".to_string(), Err("engine down".to_string()));
+        match choose(&[def("test", 1)], 0, &node(), &Ledger::default(), &drivers(&["test"]), &av) {
+            Decision::Wait(m) => assert!(m.contains("engine down") && m.starts_with("waiting"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

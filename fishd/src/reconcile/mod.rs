@@ -1,0 +1,319 @@
+//! The reconciler: where the store's desired state meets the drivers' reality.
+//!
+//! Level-triggered: store events, a startup adoption pass and a periodic resync all
+//! feed one [`queue`] keyed by application uid, and each reconcile looks only at the
+//! application as it is now, so it does not matter why it runs or how often.
+//! NEW applications are placed by the [`election`] pass, which runs alone and in
+//! creation order, so capacity is never promised twice.
+
+pub mod application;
+pub mod capacity;
+pub mod election;
+pub mod queue;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api_types::{ApplicationStatus, Definition, HistoryEntry, NodeCapacity, Phase};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::drivers::Drivers;
+use crate::meta_token::MetaTokens;
+use crate::store::{Kind, Store};
+
+pub use capacity::Ledger;
+use queue::Queue;
+
+/// Tunables of the control loops.
+#[derive(Clone, Debug)]
+pub struct ReconcileConfig {
+    /// Failed allocation attempts after which an application is ERROR.
+    pub allocation_retry: u32,
+    /// Lifetime of resources whose label and application set none.
+    pub default_lifetime: Duration,
+    /// How long DEALLOCATED and ERROR applications are kept.
+    pub history_retention: Duration,
+    /// Full pass over every application, making up for lost triggers.
+    pub resync: Duration,
+    /// How often an allocated resource is checked; bounds how late an exit is seen.
+    pub inspect_interval: Duration,
+    /// Deallocation attempts before an application is left in ERROR.
+    pub deallocate_retries: u32,
+    /// Reconciles at once; allocations can be slow (image loads), so more than cores.
+    pub concurrency: usize,
+    /// Where resources find the metadata endpoint (`FISH_META_URL`).
+    pub meta_url: String,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            allocation_retry: 3,
+            default_lifetime: Duration::from_secs(12 * 3600),
+            history_retention: Duration::from_secs(24 * 3600),
+            resync: Duration::from_secs(30),
+            inspect_interval: Duration::from_secs(2),
+            deallocate_retries: 10,
+            concurrency: 64,
+            meta_url: String::new(),
+        }
+    }
+}
+
+/// Who this node is, for elections and status.
+#[derive(Clone, Debug)]
+pub struct NodeIdentity {
+    pub name: String,
+    pub identifiers: Vec<String>,
+    pub capacity: NodeCapacity,
+}
+
+/// Shared context of every reconcile.
+pub struct Ctx {
+    pub store: Store,
+    pub drivers: Arc<Drivers>,
+    pub node: NodeIdentity,
+    pub config: ReconcileConfig,
+    pub meta_tokens: MetaTokens,
+    /// Cleared on drain: no new application is elected.
+    accepting: AtomicBool,
+    election: Notify,
+    /// What this node's applications reserve, as of the last election pass.
+    ledger: Mutex<Ledger>,
+    /// Definitions of active applications, so passes don't re-read label snapshots.
+    definitions: Mutex<HashMap<Uuid, Definition>>,
+    /// Consecutive failures per application, for backoff.
+    failures: Mutex<HashMap<Uuid, u32>>,
+    /// Last availability of each driver instance.
+    availability: Mutex<BTreeMap<String, Result<(), String>>>,
+}
+
+impl Ctx {
+    /// A context; nothing runs until [`Controller::start`].
+    pub fn new(
+        store: Store,
+        drivers: Arc<Drivers>,
+        node: NodeIdentity,
+        config: ReconcileConfig,
+        meta_tokens: MetaTokens,
+    ) -> Arc<Ctx> {
+        Arc::new(Ctx {
+            store,
+            drivers,
+            node,
+            config,
+            meta_tokens,
+            accepting: AtomicBool::new(true),
+            election: Notify::new(),
+            ledger: Mutex::new(Ledger::default()),
+            definitions: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            availability: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// What this node's applications reserve now.
+    pub fn ledger(&self) -> Ledger {
+        self.ledger.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Each driver instance's availability as of the last election or probe.
+    pub fn availability(&self) -> BTreeMap<String, Result<(), String>> {
+        self.availability.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// Asks for an election pass soon.
+    pub fn wake_election(&self) {
+        self.election.notify_one();
+    }
+
+    /// Whether new applications are still elected here.
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+
+    fn failure(&self, uid: Uuid) -> u32 {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = f.entry(uid).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    fn clear_failures(&self, uid: Uuid) {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+    }
+
+    fn forget(&self, uid: Uuid) {
+        self.clear_failures(uid);
+        self.definitions.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+    }
+}
+
+/// Exponential backoff: 1 s, 2 s, 4 s … capped at a minute.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60))
+}
+
+/// `status` moved to `phase`, with the transition in the history.
+pub fn transition(status: &ApplicationStatus, phase: Phase, message: impl Into<String>) -> ApplicationStatus {
+    let message = message.into();
+    let mut s = status.clone();
+    s.phase = phase;
+    s.message = message.clone();
+    s.history.push(HistoryEntry { phase, at: OffsetDateTime::now_utc(), message });
+    s
+}
+
+/// The running control loops.
+pub struct Controller {
+    ctx: Arc<Ctx>,
+    queue: Queue,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Controller {
+    /// Adopts what the drivers own, then starts the queue, the election loop, the
+    /// event trigger and the resync timer.
+    pub async fn start(ctx: Arc<Ctx>) -> Controller {
+        let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let work_ctx = ctx.clone();
+        let (queue, _) = queue::start(ctx.config.concurrency, tracker.clone(), stop.clone(), move |uid| {
+            application::reconcile(work_ctx.clone(), uid)
+        });
+        application::adopt(&ctx, &queue).await;
+        tokio::spawn(election_loop(ctx.clone(), stop.clone()));
+        tokio::spawn(trigger_loop(ctx.clone(), queue.clone(), stop.clone()));
+        tokio::spawn(resync_loop(ctx.clone(), queue.clone(), stop.clone()));
+        Controller { ctx, queue, tracker, stop }
+    }
+
+    /// The shared context.
+    pub fn ctx(&self) -> &Arc<Ctx> {
+        &self.ctx
+    }
+
+    /// Runs `uid` now (used by tests and the API's hints).
+    pub fn poke(&self, uid: Uuid) {
+        self.queue.now(uid);
+    }
+
+    /// Stops electing new applications; running work goes on.
+    pub fn stop_accepting(&self) {
+        self.ctx.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// Asks every active application of this node to deallocate (`--drain-and-deallocate`).
+    pub async fn deallocate_all(&self) {
+        for phase in [Phase::New, Phase::Elected, Phase::Allocated] {
+            let Ok(uids) = self.ctx.store.uids_in_phase(phase) else { continue };
+            for uid in uids {
+                let cmd = crate::store::Command::RequestDeallocate {
+                    uid,
+                    by: format!("node {} draining", self.ctx.node.name),
+                    now: OffsetDateTime::now_utc(),
+                };
+                if let Err(e) = self.ctx.store.execute(cmd).await {
+                    tracing::warn!(%uid, error = %e, "could not request deallocation while draining");
+                }
+            }
+        }
+    }
+
+    /// Whether this node still has applications holding or acquiring resources.
+    pub fn has_active(&self) -> bool {
+        [Phase::Elected, Phase::Allocated, Phase::Deallocate]
+            .iter()
+            .any(|p| self.ctx.store.uids_in_phase(*p).map(|u| !u.is_empty()).unwrap_or(false))
+    }
+
+    /// Stops starting reconciles and waits up to `grace` for the running ones
+    /// (allocations, deallocations) to finish. Returns whether they all did.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        self.stop.cancel();
+        self.tracker.close();
+        tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
+    }
+}
+
+async fn election_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(ctx.config.resync);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ctx.election.notified() => {}
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = election::pass(&ctx).await {
+            tracing::error!(error = %e, "election pass failed");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            ctx.wake_election();
+        }
+    }
+}
+
+async fn trigger_loop(ctx: Arc<Ctx>, queue: Queue, stop: CancellationToken) {
+    let mut events = ctx.store.subscribe();
+    loop {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => return,
+            ev = events.recv() => ev,
+        };
+        match ev {
+            Ok(ev) => match ev.kind {
+                Kind::Application => {
+                    let phase = ev.object["status"]["phase"].as_str().and_then(|p| p.parse::<Phase>().ok());
+                    if let Some(uid) = ev.object["metadata"]["uid"].as_str().and_then(|u| Uuid::try_parse(u).ok()) {
+                        if ev.event_type != api_types::WatchEventType::Deleted {
+                            queue.now(uid);
+                        } else {
+                            ctx.forget(uid);
+                        }
+                    }
+                    // A new application, or capacity freed: the election may place something.
+                    if matches!(phase, Some(Phase::New | Phase::Deallocated | Phase::Error)) {
+                        ctx.wake_election();
+                    }
+                }
+                Kind::Node => ctx.wake_election(),
+                Kind::Label | Kind::User => {}
+            },
+            // Missed events are made up for by a full resync.
+            Err(RecvError::Lagged(_)) => resync(&ctx, &queue),
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+async fn resync_loop(ctx: Arc<Ctx>, queue: Queue, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(ctx.config.resync);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        resync(&ctx, &queue);
+        application::remove_due_labels(&ctx).await;
+    }
+}
+
+/// Queues every application that has something left to happen.
+fn resync(ctx: &Ctx, queue: &Queue) {
+    // Finished applications are queued once (at start and when they finish) and stay
+    // scheduled for their purge; re-reading them every resync would cost more than it finds.
+    for phase in [Phase::Elected, Phase::Allocated, Phase::Deallocate] {
+        match ctx.store.uids_in_phase(phase) {
+            Ok(uids) => uids.into_iter().for_each(|u| queue.now(u)),
+            Err(e) => tracing::error!(error = %e, "resync could not list applications"),
+        }
+    }
+    ctx.wake_election();
+}

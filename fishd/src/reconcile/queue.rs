@@ -1,0 +1,193 @@
+//! A work queue keyed by application uid, after kube-runtime's scheduler.
+//!
+//! # Guarantees
+//! - A uid queued several times runs once, at the earliest time asked for.
+//! - One uid is never reconciled twice at once: a uid queued while it runs is run
+//!   again after the running reconcile ends.
+//! - At most `concurrency` reconciles run at once.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::time::{DelayQueue, delay_queue};
+use uuid::Uuid;
+
+/// Handle to enqueue work; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Queue {
+    tx: mpsc::UnboundedSender<(Uuid, Instant)>,
+}
+
+impl Queue {
+    /// Runs `uid` now.
+    pub fn now(&self, uid: Uuid) {
+        self.at(uid, Instant::now());
+    }
+
+    /// Runs `uid` after `delay`.
+    pub fn after(&self, uid: Uuid, delay: Duration) {
+        self.at(uid, Instant::now() + delay);
+    }
+
+    /// Runs `uid` at `when` (or earlier, if it is already queued earlier).
+    pub fn at(&self, uid: Uuid, when: Instant) {
+        // The scheduler only stops at shutdown, when new work is moot.
+        let _ = self.tx.send((uid, when));
+    }
+}
+
+/// Starts the scheduler; `work(uid)` runs one reconcile and returns when to run
+/// again (`None`: only when triggered). Returns the handle and the scheduler's task.
+pub fn start<F, Fut>(
+    concurrency: usize,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+    work: F,
+) -> (Queue, tokio::task::JoinHandle<()>)
+where
+    F: Fn(Uuid) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<Duration>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queue = Queue { tx };
+    let handle = tokio::spawn(run(rx, concurrency, tracker, stop, Arc::new(work)));
+    (queue, handle)
+}
+
+async fn run<F, Fut>(
+    mut rx: mpsc::UnboundedReceiver<(Uuid, Instant)>,
+    concurrency: usize,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+    work: Arc<F>,
+) where
+    F: Fn(Uuid) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<Duration>> + Send + 'static,
+{
+    let mut delays: DelayQueue<Uuid> = DelayQueue::new();
+    let mut keys: HashMap<Uuid, (delay_queue::Key, Instant)> = HashMap::new();
+    let mut running: HashSet<Uuid> = HashSet::new();
+    // Work asked for while a uid runs: its earliest time.
+    let mut deferred: HashMap<Uuid, Instant> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Uuid, Option<Duration>)>();
+    let permits = Arc::new(Semaphore::new(concurrency));
+
+    let schedule =
+        |delays: &mut DelayQueue<Uuid>, keys: &mut HashMap<Uuid, (delay_queue::Key, Instant)>, uid, when| match keys
+            .get(&uid)
+        {
+            Some((_, at)) if *at <= when => {}
+            Some((key, _)) => {
+                delays.reset_at(key, when);
+                keys.insert(uid, (*key, when));
+            }
+            None => {
+                let key = delays.insert_at(uid, when);
+                keys.insert(uid, (key, when));
+            }
+        };
+
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            msg = rx.recv() => {
+                let Some((uid, when)) = msg else { return };
+                if running.contains(&uid) {
+                    let e = deferred.entry(uid).or_insert(when);
+                    *e = (*e).min(when);
+                } else {
+                    schedule(&mut delays, &mut keys, uid, when);
+                }
+            }
+            Some(expired) = delays.next(), if !delays.is_empty() => {
+                let uid = expired.into_inner();
+                keys.remove(&uid);
+                running.insert(uid);
+                let permits = permits.clone();
+                let work = work.clone();
+                let done = done_tx.clone();
+                tracker.spawn(async move {
+                    let Ok(_permit) = permits.acquire_owned().await else { return };
+                    let next = work(uid).await;
+                    let _ = done.send((uid, next));
+                });
+            }
+            Some((uid, next)) = done_rx.recv() => {
+                running.remove(&uid);
+                let mut when = next.map(|d| Instant::now() + d);
+                if let Some(d) = deferred.remove(&uid) {
+                    when = Some(when.map_or(d, |w| w.min(d)));
+                }
+                if let Some(when) = when {
+                    schedule(&mut delays, &mut keys, uid, when);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn deduplicates_and_never_runs_one_uid_twice_at_once() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let concurrent = Arc::new(AtomicUsize::new(0));
+        let max_seen = Arc::new(Mutex::new(0));
+        let (r, c, m) = (runs.clone(), concurrent.clone(), max_seen.clone());
+        let (q, _h) = start(8, TaskTracker::new(), CancellationToken::new(), move |_uid| {
+            let (r, c, m) = (r.clone(), c.clone(), m.clone());
+            async move {
+                let now = c.fetch_add(1, Ordering::SeqCst) + 1;
+                {
+                    let mut mx = m.lock().unwrap();
+                    *mx = (*mx).max(now);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                c.fetch_sub(1, Ordering::SeqCst);
+                r.fetch_add(1, Ordering::SeqCst);
+                None
+            }
+        });
+        let uid = Uuid::now_v7();
+        for _ in 0..10 {
+            q.now(uid);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Queued while running: runs once more afterwards.
+        q.now(uid);
+        q.now(uid);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        assert_eq!(*max_seen.lock().unwrap(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requeues_after_the_returned_delay() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let (q, _h) = start(8, TaskTracker::new(), CancellationToken::new(), move |_uid| {
+            let r = r.clone();
+            async move {
+                let n = r.fetch_add(1, Ordering::SeqCst);
+                if n < 2 { Some(Duration::from_secs(5)) } else { None }
+            }
+        });
+        q.now(Uuid::now_v7());
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+    }
+}
