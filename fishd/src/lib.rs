@@ -4,6 +4,7 @@
 //! `store`; only `reconcile` calls `drivers`; only [`run`] wires them together.
 
 pub mod api;
+pub mod config;
 pub mod drivers;
 pub mod fsutil;
 pub mod meta_token;

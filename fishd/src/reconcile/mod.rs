@@ -10,6 +10,8 @@ pub mod application;
 pub mod capacity;
 pub mod election;
 pub mod queue;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,0 +1,212 @@
+//! fishd's configuration: `fish.yml`, overridden by command-line flags, with
+//! defaults that serve a single node with no configuration at all.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use api_types::{HumanDuration, NodeCapacity};
+use serde::Deserialize;
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// `capacity:` in fish.yml; each field overrides detection.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CapacityConfig {
+    pub cpu: Option<u32>,
+    pub ram: Option<u32>,
+    pub slots: Option<u32>,
+}
+
+/// The whole of fish.yml. Unknown keys are errors: a typo must not silently fall
+/// back to a default.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub api: Option<SocketAddr>,
+    /// Matched by `nodeFilter`, with the node name.
+    #[serde(default)]
+    pub identifiers: Vec<String>,
+    #[serde(default)]
+    pub location: String,
+    #[serde(default)]
+    pub capacity: CapacityConfig,
+    #[serde(default = "default_lifetime")]
+    pub default_lifetime: HumanDuration,
+    #[serde(default = "default_retry")]
+    pub allocation_retry: u32,
+    #[serde(default = "default_retention")]
+    pub history_retention: HumanDuration,
+    /// Requests per minute per non-admin user; 0 = unlimited.
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit: u32,
+    /// How long a shutdown may take to finish in-flight work.
+    #[serde(default = "default_grace")]
+    pub grace_period: HumanDuration,
+    /// On shutdown, deallocate everything first instead of leaving it for the next start.
+    #[serde(default)]
+    pub drain_and_deallocate: bool,
+    /// Full reconcile pass interval.
+    #[serde(default = "default_resync")]
+    pub resync_interval: HumanDuration,
+    /// When present, exactly these driver instances are enabled, each with its own
+    /// settings (`docker/dev` is a second instance of `docker`).
+    #[serde(default)]
+    pub drivers: Option<BTreeMap<String, serde_json::Value>>,
+    /// Cluster settings: accepted for forward compatibility, not used by a single node.
+    #[serde(default)]
+    pub cluster: Option<serde_json::Value>,
+}
+
+fn default_lifetime() -> HumanDuration {
+    HumanDuration(Duration::from_secs(12 * 3600))
+}
+fn default_retry() -> u32 {
+    3
+}
+fn default_retention() -> HumanDuration {
+    HumanDuration(Duration::from_secs(24 * 3600))
+}
+fn default_rate_limit() -> u32 {
+    600
+}
+fn default_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_resync() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // An empty document gives every default.
+        serde_json::from_value(serde_json::json!({})).unwrap_or_else(|_| unreachable!("defaults deserialize"))
+    }
+}
+
+/// Default slots when neither config nor a driver says: enough for a CI host's
+/// agents, few enough that a runaway client cannot start thousands of processes.
+pub const DEFAULT_SLOTS: u32 = 64;
+
+impl Config {
+    /// Reads `path` (YAML).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let value: serde_json::Value = serde_saphyr::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let value = if value.is_null() { serde_json::json!({}) } else { value };
+        serde_path_to_error::deserialize(value)
+            .map_err(|e| ConfigError::Parse { path: path.into(), message: format!("{}: {}", e.path(), e.inner()) })
+    }
+
+    /// The node name: configured, else the host name.
+    pub fn node_name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+        })
+    }
+
+    /// The data directory: configured, else `./fish-data`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from("fish-data"))
+    }
+
+    /// The API address: configured, else `127.0.0.1:8001`.
+    pub fn api(&self) -> SocketAddr {
+        self.api.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8001)))
+    }
+
+    /// The node's capacity: configured values over detected ones.
+    pub fn capacity(&self) -> NodeCapacity {
+        let cpu = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        NodeCapacity {
+            cpu: self.capacity.cpu.unwrap_or(cpu),
+            ram: self.capacity.ram.unwrap_or_else(detect_ram_gib),
+            slots: self.capacity.slots.unwrap_or(DEFAULT_SLOTS),
+            applications: 0,
+        }
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(n) = &self.node_name {
+            n.parse::<api_types::Name>().map_err(|e| ConfigError::Invalid(format!("nodeName {n:?}: {e}")))?;
+        }
+        if self.allocation_retry == 0 {
+            return Err(ConfigError::Invalid("allocationRetry must be at least 1".into()));
+        }
+        if let Some(d) = &self.drivers {
+            for name in d.keys() {
+                let kind = name.split('/').next().unwrap_or("");
+                if !matches!(kind, "test" | "process" | "docker") {
+                    return Err(ConfigError::Invalid(format!(
+                        "drivers.{name}: unknown driver {kind:?} (known: test, process, docker)"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Total memory in whole GiB, from /proc/meminfo.
+fn detect_ram_gib() -> u32 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| (kb / (1024 * 1024)) as u32)
+        .unwrap_or(1)
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::default();
+        assert_eq!(c.allocation_retry, 3);
+        assert_eq!(c.api().port(), 8001);
+        assert!(c.capacity().cpu >= 1);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fish.yml");
+        std::fs::write(&p, "nodeName: a\nallocationRetries: 3\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("allocationRetries"), "{e}");
+        std::fs::write(&p, "nodeName: a\ncapacity: {cpu: 2}\ndrivers: {test: {}, \"test/b\": {}}\n").unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.capacity().cpu, 2);
+        assert!(c.validate().is_ok());
+    }
+}
