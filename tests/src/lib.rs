@@ -1,1 +1,276 @@
+//! The end-to-end harness: real `fishd` processes in temp dirs on free ports, driven
+//! over real HTTPS with the admin token fishd wrote to `fishctl.yaml`, and the real
+//! `fishctl` binary.
+//!
+//! Every wait has a deadline; a daemon is killed when its [`TestDaemon`] drops, and
+//! its log is printed if the test failed, so a red test explains itself.
+#![allow(clippy::unwrap_used)]
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// The longest any single condition in these tests is waited for.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A built binary of this workspace (`fishd`, `fishctl`), next to the test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A running fishd.
+pub struct TestDaemon {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    /// `https://127.0.0.1:<port>`.
+    pub url: String,
+    pub token: String,
+    pub client: reqwest::Client,
+    extra_config: String,
+    port: u16,
+}
+
+impl TestDaemon {
+    /// Starts fishd with the test driver and `extra` appended to its fish.yml.
+    pub async fn start(extra: &str) -> Result<TestDaemon> {
+        let dir = tempfile::tempdir()?;
+        let mut d = TestDaemon {
+            child: None,
+            dir,
+            url: String::new(),
+            token: String::new(),
+            client: reqwest::Client::new(),
+            extra_config: extra.to_owned(),
+            port: 0,
+        };
+        d.spawn().await?;
+        Ok(d)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The fishctl config fishd wrote.
+    pub fn fishctl_config(&self) -> PathBuf {
+        self.data_dir().join("fishctl.yaml")
+    }
+
+    fn write_config(&self) -> Result<PathBuf> {
+        let mut yml = format!(
+            "nodeName: test-node\ndataDir: {}\napi: 127.0.0.1:{}\n",
+            self.data_dir().display(),
+            self.port
+        );
+        if !self.extra_config.contains("drivers:") {
+            yml.push_str("drivers:\n  test: {}\n");
+        }
+        yml.push_str(&self.extra_config);
+        let path = self.dir.path().join("fish.yml");
+        std::fs::write(&path, yml)?;
+        Ok(path)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        install_crypto();
+        let config = self.write_config()?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("fishd.log"))?;
+        let child = Command::new(bin("fishd"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info,fishd=debug")
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start fishd")?;
+        self.child = Some(child);
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("fishd exited during start ({status}):\n{}", self.log());
+            }
+            if let Ok(text) = std::fs::read_to_string(self.fishctl_config()) {
+                if let Some((url, token, ca)) = parse_fishctl_config(&text) {
+                    let port = url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(0);
+                    if self.port == 0 || port == self.port {
+                        let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca)?)?;
+                        self.client = reqwest::Client::builder().tls_certs_only([ca]).timeout(Duration::from_secs(30)).build()?;
+                        self.url = url;
+                        self.token = token;
+                        self.port = port;
+                        if self.client.get(format!("{}/readyz", self.url)).send().await.is_ok_and(|r| r.status().is_success()) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            if started.elapsed() > WAIT {
+                bail!("fishd did not become ready in {WAIT:?}:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// fishd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("fishd.log")).unwrap_or_default()
+    }
+
+    /// The fishd process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit; returns the exit status and how long it took.
+    pub async fn sigterm(&mut self, within: Duration) -> Result<(std::process::ExitStatus, Duration)> {
+        let mut c = self.child.take().context("not running")?;
+        let start = Instant::now();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+        loop {
+            if let Some(status) = c.try_wait()? {
+                return Ok((status, start.elapsed()));
+            }
+            if start.elapsed() > within {
+                let _ = c.kill();
+                bail!("fishd did not exit within {within:?} of SIGTERM:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts fishd again on the same data dir and port.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        self.spawn().await
+    }
+
+    /// Starts a stopped fishd again (after [`TestDaemon::sigterm`] or [`TestDaemon::kill9`]).
+    pub async fn start_again(&mut self) -> Result<()> {
+        self.spawn().await
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.url)).bearer_auth(&self.token)
+    }
+
+    /// GET with the admin token; the status and JSON body.
+    pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
+        let r = self.req(reqwest::Method::GET, path).send().await?;
+        Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// POST a YAML body to `/api/v1/apply`.
+    pub async fn apply(&self, yaml: &str) -> Result<(u16, Value)> {
+        let r = self
+            .req(reqwest::Method::POST, "/api/v1/apply")
+            .header("content-type", "application/yaml")
+            .body(yaml.to_owned())
+            .send()
+            .await?;
+        Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// POST with a JSON body (or none).
+    pub async fn post(&self, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
+        let mut r = self.req(reqwest::Method::POST, path);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await?;
+        Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// One application as JSON.
+    pub async fn application(&self, name: &str) -> Result<Value> {
+        let (code, v) = self.get(&format!("/api/v1/applications/{name}")).await?;
+        if code != 200 {
+            bail!("GET application {name}: {code} {v}");
+        }
+        Ok(v)
+    }
+
+    /// Waits until application `name` is in `phase`; fails early if it ends elsewhere.
+    pub async fn wait_phase(&self, name: &str, phase: &str) -> Result<Value> {
+        let start = Instant::now();
+        loop {
+            let app = self.application(name).await?;
+            let now = app["status"]["phase"].as_str().unwrap_or("").to_owned();
+            if now == phase {
+                return Ok(app);
+            }
+            let terminal = now == "DEALLOCATED" || now == "ERROR";
+            if terminal || start.elapsed() > WAIT {
+                bail!("application {name} is {now}, waited for {phase}: {:#}\n--- fishd log ---\n{}", app["status"], self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs `fishctl --config <this node's fishctl.yaml> args...`.
+    pub fn fishctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("fishctl"))
+            .arg("--config")
+            .arg(self.fishctl_config())
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("--- fishd log ({}) ---\n{}", self.dir.path().display(), self.log());
+        }
+    }
+}
+
+/// (server, token, ca_cert) of the current context.
+fn parse_fishctl_config(text: &str) -> Option<(String, String, PathBuf)> {
+    let v: Value = serde_saphyr::from_str(text).ok()?;
+    let current = v["current_context"].as_str()?;
+    let c = &v["contexts"][current];
+    Some((c["server"].as_str()?.to_owned(), c["token"].as_str()?.to_owned(), PathBuf::from(c["ca_cert"].as_str()?)))
+}
+
+/// Waits for `cond` to hold, polling, up to [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut cond: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        if start.elapsed() > WAIT {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
