@@ -17,9 +17,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Exit code for every failure after the command line was understood. clap exits with 2
-/// on usage errors by itself.
+/// Exit code for every failure after the command line was understood.
 pub const EXIT_FAILURE: u8 = 1;
+/// Exit code of usage errors, the same clap uses for the ones it finds.
+pub const EXIT_USAGE: u8 = 2;
 
 /// Parses the command line, runs it, and prints an error as one line on stderr.
 ///
@@ -39,7 +40,8 @@ pub fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{}", error_line(&e));
-            ExitCode::from(EXIT_FAILURE)
+            let usage = e.downcast_ref::<commands::UsageError>().is_some();
+            ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILURE })
         }
     }
 }

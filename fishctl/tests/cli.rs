@@ -99,6 +99,9 @@ async fn usage_errors_exit_2() {
     let o = fishctl(&["get", "pods"], None).await;
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("invalid value 'pods'"), "{}", stderr(&o));
+    let o = fishctl(&["get", "nodes", "--phase", "NEW"], None).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(stderr(&o), "error: --phase and --label apply to applications only\n");
 }
 
 /// The checked-in completions must match what the binary generates. To regenerate:
@@ -348,6 +351,44 @@ async fn watch_resumes_after_drops_and_relists_on_410() {
     drop(w);
     let queries = srv.fake.watch_queries.lock().expect("lock").clone();
     assert_eq!(queries[..3], ["watch=true", "resourceVersion=5&watch=true", "resourceVersion=10&watch=true"]);
+}
+
+/// `get -w` piped: the list as a table, then one line per change, surviving the
+/// server closing the stream and expiring the watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_watch_prints_one_line_per_change() {
+    use tokio::io::AsyncBufReadExt;
+    let srv = start().await;
+    let cfg = srv.config(&srv.ca(), TOKEN);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fishctl"))
+        .args(["get", "apps", "-w"])
+        .env("FISHCTL_CONFIG", &cfg)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut out = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    while !seen.last().is_some_and(|l: &String| l.starts_with("DELETED")) {
+        let line = tokio::time::timeout(TIMEOUT, out.next_line()).await.expect("watch output timed out");
+        seen.push(line.expect("read").expect("fishctl ended early"));
+    }
+    child.kill().await.expect("kill");
+    assert_eq!(seen[0].split_whitespace().collect::<Vec<_>>(), ["NAME", "LABEL", "PHASE", "NODE", "AGE", "MESSAGE"]);
+    assert!(seen[1].starts_with("b "), "{seen:?}");
+    assert_eq!(
+        seen[2..],
+        [
+            "ADDED application/a NEW node=host-a",
+            "MODIFIED application/a ALLOCATED node=host-a",
+            // The 410 relist no longer has "a": the watcher says so instead of going quiet.
+            "DELETED application/a ALLOCATED node=host-a",
+        ]
+    );
+    let queries = srv.fake.watch_queries.lock().expect("lock").clone();
+    assert_eq!(queries[..2], ["resourceVersion=10&watch=true", "resourceVersion=5&watch=true"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

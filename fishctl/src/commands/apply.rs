@@ -72,7 +72,7 @@ pub fn expand_paths(args: &[PathBuf], recursive: bool) -> Result<Vec<PathBuf>> {
         }
     }
     if out.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
-        bail!("- (stdin) may be given only once");
+        return super::usage("- (stdin) may be given only once");
     }
     Ok(out)
 }

@@ -1,7 +1,7 @@
 //! `fishctl delete label|application|user NAME`. Deleting an application asks for its
 //! deallocation; the record stays until its history retention ends.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use super::Env;
 use crate::cli::{DeleteArgs, DeleteKind};
@@ -15,7 +15,7 @@ pub async fn run(env: &Env, args: DeleteArgs) -> Result<()> {
         DeleteKind::User => Kind::User,
     };
     if args.version.is_some() && kind != Kind::Label {
-        bail!("--version applies to labels only");
+        return super::usage("--version applies to labels only");
     }
     env.client()?.delete(kind, &args.name, args.version).await?;
     let what = match (kind, args.version) {

@@ -6,7 +6,7 @@
 
 use std::io::IsTerminal;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use api_types::{Application, Label, Node, User, WatchEventType};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -22,7 +22,7 @@ use crate::output::{Resource, kind_name, name_of, render_names, render_table, to
 /// Lists, shows or watches objects of one kind.
 pub async fn run(env: &Env, args: GetArgs) -> Result<()> {
     if args.kind != Kind::Application && (args.phase.is_some() || args.label.is_some()) {
-        bail!("--phase and --label apply to applications only");
+        return super::usage("--phase and --label apply to applications only");
     }
     let client = env.client()?;
     match args.kind {

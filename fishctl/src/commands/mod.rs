@@ -78,6 +78,17 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// A command line clap accepted but that makes no sense (`--phase` on nodes); exits
+/// with clap's usage-error code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Returns a [`UsageError`].
+pub fn usage<T>(msg: impl Into<String>) -> Result<T> {
+    Err(UsageError(msg.into()).into())
+}
+
 /// Writes `s` to stdout and flushes, so that piped output appears as it happens.
 pub fn out(s: &str) -> std::io::Result<()> {
     let mut o = std::io::stdout().lock();

@@ -123,4 +123,21 @@ mod tests {
         let y = to_yaml(&v).unwrap();
         assert!(y.contains("name: build-1"), "{y}");
     }
+
+    /// `get -o yaml` output must apply again unchanged: strings that look like numbers
+    /// or booleans stay strings.
+    #[test]
+    fn yaml_output_applies_again() {
+        let label = crate::output::table::tests::label("no", 2, &["test"]);
+        let mut v = serde_json::to_value(&label).unwrap();
+        v["metadata"]["resourceVersion"] = "7".into();
+        v["spec"]["metadata"]["ON"] = "yes".into();
+        let yaml = to_yaml(&v).unwrap();
+        let back = api_types::parse_manifests(yaml.as_bytes(), api_types::Format::Yaml).unwrap();
+        let api_types::Manifest::Label(l) = &back[0] else { panic!("{back:?}") };
+        assert_eq!(l.metadata.name_str(), "no");
+        assert_eq!(l.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(l.spec.metadata["ON"], "yes");
+        assert_eq!(l.spec.definitions, label.spec.definitions);
+    }
 }

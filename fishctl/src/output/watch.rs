@@ -24,10 +24,11 @@ impl WatchState {
     /// nothing is shown twice and no deletion is missed.
     pub fn apply(&mut self, update: WatchUpdate) -> Vec<(WatchEventType, Value)> {
         match update {
-            WatchUpdate::Event(WatchEventType::Deleted, obj) => {
-                self.objects.remove(name_of(&obj));
-                vec![(WatchEventType::Deleted, obj)]
-            }
+            WatchUpdate::Event(WatchEventType::Deleted, obj) => match self.objects.remove(name_of(&obj)) {
+                Some(_) => vec![(WatchEventType::Deleted, obj)],
+                // Already gone (a resync saw it go first): nothing to show twice.
+                None => Vec::new(),
+            },
             WatchUpdate::Event(t, obj) => {
                 self.objects.insert(name_of(&obj).to_owned(), obj.clone());
                 vec![(t, obj)]
@@ -171,6 +172,7 @@ mod tests {
         );
         let names: Vec<_> = s.objects().map(name_of).collect();
         assert_eq!(names, ["changed", "new", "same"]);
+        assert!(s.apply(WatchUpdate::Event(WatchEventType::Deleted, obj("gone", "11", "NEW"))).is_empty());
     }
 
     #[test]
