@@ -1,0 +1,38 @@
+//! Object kinds, shared by the command line, the client and the renderers.
+
+use clap::ValueEnum;
+
+/// Object kinds, with the names and aliases kubectl users reach for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
+pub enum Kind {
+    #[value(name = "labels", aliases = ["label", "lbl", "lbls"])]
+    Label,
+    #[value(name = "applications", aliases = ["application", "app", "apps"])]
+    Application,
+    #[value(name = "nodes", aliases = ["node", "no"])]
+    Node,
+    #[value(name = "users", aliases = ["user"])]
+    User,
+}
+
+impl Kind {
+    /// The path segment of the kind in the API: `/api/v1/<plural>`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Label => "labels",
+            Kind::Application => "applications",
+            Kind::Node => "nodes",
+            Kind::User => "users",
+        }
+    }
+
+    /// The singular lower-case name used in `kind/name` output.
+    pub fn singular(self) -> &'static str {
+        match self {
+            Kind::Label => "label",
+            Kind::Application => "application",
+            Kind::Node => "node",
+            Kind::User => "user",
+        }
+    }
+}
