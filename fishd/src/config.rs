@@ -66,6 +66,10 @@ pub struct Config {
     /// On shutdown, deallocate everything first instead of leaving it for the next start.
     #[serde(default)]
     pub drain_and_deallocate: bool,
+    /// Recent changes kept so a watch can resume from a `resourceVersion`; older
+    /// resumes get 410 and list again. Bounds the event history's share of the file.
+    #[serde(default = "default_watch_history")]
+    pub watch_history: u64,
     /// Full reconcile pass interval.
     #[serde(default = "default_resync")]
     pub resync_interval: HumanDuration,
@@ -92,6 +96,9 @@ fn default_rate_limit() -> u32 {
 }
 fn default_grace() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
+}
+fn default_watch_history() -> u64 {
+    crate::store::EVENT_HISTORY
 }
 fn default_resync() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))

@@ -25,7 +25,8 @@ use uuid::Uuid;
 pub use command::{ApplyItem, Command, Outcome, Rejection, Response, UserRecord};
 use tables::*;
 
-/// Revisions of events kept for watches to resume from; older resumes get 410.
+/// Default number of recent events kept for watches to resume from; older resumes
+/// get 410. At ~1 KiB an event this bounds the history to ~10 MiB of the file.
 pub const EVENT_HISTORY: u64 = 10_000;
 /// Most commands applied in one transaction.
 const MAX_BATCH: usize = 512;
@@ -110,6 +111,11 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with_history(path, EVENT_HISTORY)
+    }
+
+    /// Like [`Store::open`], keeping the last `event_history` events for watch resumes.
+    pub fn open_with_history(path: &Path, event_history: u64) -> Result<Store, StoreError> {
         let db = Arc::new(Database::create(path)?);
         state::init(&db)?;
         let (events, _) = broadcast::channel(EVENT_CHANNEL);
@@ -118,7 +124,7 @@ impl Store {
         let thread_events = events.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(&thread_db, rx, &thread_events))
+            .spawn(move || writer_loop(&thread_db, rx, &thread_events, event_history.max(1)))
             .map_err(|e| StoreError::Db(redb::Error::Io(e)))?;
         Ok(Store { db, writer, events })
     }
@@ -344,7 +350,12 @@ pub(crate) fn phase_code(p: Phase) -> u8 {
     }
 }
 
-fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteRequest>, events: &broadcast::Sender<Arc<Event>>) {
+fn writer_loop(
+    db: &Database,
+    mut rx: mpsc::Receiver<WriteRequest>,
+    events: &broadcast::Sender<Arc<Event>>,
+    history: u64,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -354,7 +365,7 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteRequest>, events: &bro
             }
         }
         let commands: Vec<Command> = batch.iter().map(|r| r.command.clone()).collect();
-        match state::apply_batch(db, commands) {
+        match state::apply_batch(db, commands, history) {
             Ok((outcomes, new_events)) => {
                 for (req, outcome) in batch.into_iter().zip(outcomes) {
                     let _ = req.reply.send(Ok(outcome));

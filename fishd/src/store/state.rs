@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::command::{ApplyItem, Command, Outcome, Rejection, Response, UserRecord};
 use super::tables::*;
-use super::{EVENT_HISTORY, Event, Kind, StoreError, phase_code};
+use super::{Event, Kind, StoreError, phase_code};
 
 /// Creates every table, so readers never meet a missing one.
 pub(super) fn init(db: &Database) -> Result<(), StoreError> {
@@ -58,7 +58,11 @@ impl Tx<'_> {
 }
 
 /// Applies `commands` in one durable transaction.
-pub(super) fn apply_batch(db: &Database, commands: Vec<Command>) -> Result<(Vec<Outcome>, Vec<Event>), StoreError> {
+pub(super) fn apply_batch(
+    db: &Database,
+    commands: Vec<Command>,
+    history: u64,
+) -> Result<(Vec<Outcome>, Vec<Event>), StoreError> {
     let txn = db.begin_write()?;
     let rev = txn.open_table(META)?.get("revision")?.map(|v| v.value()).unwrap_or(0);
     let mut tx = Tx { txn: &txn, rev, events: Vec::new() };
@@ -73,7 +77,7 @@ pub(super) fn apply_batch(db: &Database, commands: Vec<Command>) -> Result<(Vec<
         for e in &events {
             t.insert(e.revision, serde_json::to_vec(e)?.as_slice())?;
         }
-        let cut = rev.saturating_sub(EVENT_HISTORY);
+        let cut = rev.saturating_sub(history);
         if cut > 0 {
             t.retain_in(..=cut, |_, _| false)?;
         }
