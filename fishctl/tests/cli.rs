@@ -134,12 +134,20 @@ fn completions_are_current() {
 /// Every example under manifests/ (ours and the other drivers') must parse and validate.
 #[test]
 fn every_manifest_parses() {
-    let dir = workspace_root().join("manifests");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("read manifests/")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .collect();
+    let root = workspace_root().join("manifests");
+    let dir = root.join("test");
+    let mut files = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("read manifests/") {
+            let p = e.expect("dir entry").path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                files.push(p);
+            }
+        }
+    }
     files.sort();
     assert!(files.iter().any(|f| f.ends_with("test-label.yaml")), "{files:?}");
     for f in &files {
@@ -411,8 +419,8 @@ async fn get_renders_a_table_over_verified_tls() {
 async fn apply_sends_one_request_and_waits() {
     let srv = start().await;
     let cfg = srv.config(&srv.ca(), TOKEN);
-    let label = workspace_root().join("manifests/test-label.yaml");
-    let app = workspace_root().join("manifests/test-app.yaml");
+    let label = workspace_root().join("manifests/test/test-label.yaml");
+    let app = workspace_root().join("manifests/test/test-app.yaml");
     let (label, app) = (label.to_str().expect("utf8"), app.to_str().expect("utf8"));
     let o = fishctl(&["apply", "-f", label, "-f", app, "--wait", "--timeout", "20s"], Some(&cfg)).await;
     assert!(o.status.success(), "{}", stderr(&o));

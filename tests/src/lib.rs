@@ -70,11 +70,8 @@ impl TestDaemon {
     }
 
     fn write_config(&self) -> Result<PathBuf> {
-        let mut yml = format!(
-            "nodeName: test-node\ndataDir: {}\napi: 127.0.0.1:{}\n",
-            self.data_dir().display(),
-            self.port
-        );
+        let mut yml =
+            format!("nodeName: test-node\ndataDir: {}\napi: 127.0.0.1:{}\n", self.data_dir().display(), self.port);
         if !self.extra_config.contains("drivers:") {
             yml.push_str("drivers:\n  test: {}\n");
         }
@@ -109,11 +106,18 @@ impl TestDaemon {
                     let port = url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(0);
                     if self.port == 0 || port == self.port {
                         let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca)?)?;
-                        self.client = reqwest::Client::builder().tls_certs_only([ca]).timeout(Duration::from_secs(30)).build()?;
+                        self.client =
+                            reqwest::Client::builder().tls_certs_only([ca]).timeout(Duration::from_secs(30)).build()?;
                         self.url = url;
                         self.token = token;
                         self.port = port;
-                        if self.client.get(format!("{}/readyz", self.url)).send().await.is_ok_and(|r| r.status().is_success()) {
+                        if self
+                            .client
+                            .get(format!("{}/readyz", self.url))
+                            .send()
+                            .await
+                            .is_ok_and(|r| r.status().is_success())
+                        {
                             return Ok(());
                         }
                     }
@@ -223,7 +227,11 @@ impl TestDaemon {
             }
             let terminal = now == "DEALLOCATED" || now == "ERROR";
             if terminal || start.elapsed() > WAIT {
-                bail!("application {name} is {now}, waited for {phase}: {:#}\n--- fishd log ---\n{}", app["status"], self.log());
+                bail!(
+                    "application {name} is {now}, waited for {phase}: {:#}\n--- fishd log ---\n{}",
+                    app["status"],
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -273,4 +281,61 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+/// A watch stream: newline-delimited JSON events.
+pub struct Watch {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: Vec<u8>,
+}
+
+impl Watch {
+    /// The next event, or an error after `within`.
+    pub async fn next(&mut self, within: Duration) -> Result<Value> {
+        use futures::StreamExt;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                if line.iter().all(|b| b.is_ascii_whitespace()) {
+                    continue;
+                }
+                return Ok(serde_json::from_slice(&line)?);
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Err(_) => bail!("no watch event within {within:?}"),
+                Ok(None) => bail!("watch stream ended"),
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk?),
+            }
+        }
+    }
+
+    /// Skips events until one satisfies `pred`; returns it.
+    pub async fn until(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ev = self.next(left).await.with_context(|| format!("waiting for {what}"))?;
+            if pred(&ev) {
+                return Ok(ev);
+            }
+        }
+    }
+}
+
+impl TestDaemon {
+    /// Opens a watch on `path` (e.g. `/api/v1/applications?watch=true`).
+    pub async fn watch(&self, path: &str) -> Result<Watch> {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(3600))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("watch {path}: {}", r.status());
+        }
+        Ok(Watch { body: Box::pin(r.bytes_stream()), buf: Vec::new() })
+    }
 }
