@@ -4,7 +4,8 @@
 //! Everything of an application lives in `<data_dir>/process/<instance>/<uid>/` (a `/` in
 //! the instance name becomes `_`): `pid` (`<pid> <start time>`, written by fishd), `status`
 //! (the exit status, written by the wrapper), `output.log`, and `work/`, the default working
-//! directory. The directory is named from the uid, so after a restart (even `kill -9`)
+//! directory (`options.workdir` may name another; an absolute one is the user's and is
+//! not removed on deallocation). The directory is named from the uid, so after a restart (even `kill -9`)
 //! [`Driver::list_owned`] finds every application again, and the start time in `pid`
 //! (field 22 of `/proc/<pid>/stat`) tells the process from a later one with its pid.
 //!
