@@ -1,0 +1,381 @@
+//! The `process` driver: one local process per application.
+//!
+//! # Layout
+//! Everything of an application lives in `<data_dir>/process/<instance>/<uid>/` (a `/` in
+//! the instance name becomes `_`): `pid` (`<pid> <start time>`, written by fishd), `status`
+//! (the exit status, written by the wrapper), `output.log`, and `work/`, the default working
+//! directory (`options.workdir` may name another; an absolute one is the user's and is
+//! not removed on deallocation). The directory is named from the uid, so after a restart (even `kill -9`)
+//! [`Driver::list_owned`] finds every application again, and the start time in `pid`
+//! (field 22 of `/proc/<pid>/stat`) tells the process from a later one with its pid.
+//!
+//! # Lifetime
+//! The process runs under an `sh` wrapper that is the leader of its own session and
+//! process group, with stdio on files: it survives fishd. The wrapper records the exit
+//! status, so `inspect` knows how the process ended whether or not fishd restarted
+//! meanwhile (see [`launch`]). Deallocation sends SIGTERM to every process of the
+//! session/group (found through `/proc`) and of the application's cgroup, SIGKILL after
+//! the grace period (`gracePeriod`, default 5 s), waits until none is left, then removes
+//! the cgroup and the directory.
+//!
+//! # Limits
+//! Where fishd may create cgroup v2 groups, each application gets one (under
+//! `cgroupParent`, default `<cgroup2 mount>/aquarium`): `cpu.max` of `resources.cpu` cores
+//! and `memory.max` of `resources.ram` GiB when those controllers can be enabled. Without a
+//! memory controller the wrapper sets `RLIMIT_DATA` (heap and private mappings, which
+//! is what "RAM" means for most programs, unlike `RLIMIT_AS`, which counts reserved
+//! address space and breaks runtimes such as Go or the JVM) per process; CPU has no rlimit
+//! counterpart (`RLIMIT_CPU` kills, it does not throttle), so it is not limited then.
+//!
+//! # Output
+//! stdout and stderr go to `output.log`, capped at `logLimit` bytes (default 10 MiB);
+//! what comes after the cap is discarded. [`Driver::log_path`] returns the file.
+//!
+//! # Environment
+//! A fixed `PATH`, `HOME` (the working directory), then the definition's `env`, then the
+//! merged metadata (strings as they are, other JSON values JSON-encoded), so the
+//! `FISH_*` variables of the metadata always win. Nothing of fishd's own environment leaks.
+
+mod cgroup;
+mod launch;
+mod options;
+mod procfs;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use api_types::{Definition, FieldError, HumanDuration};
+use async_trait::async_trait;
+use nix::sys::signal::Signal;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::{AllocateRequest, Allocated, Driver, DriverError, OwnedResource, ResourceState};
+use cgroup::Cgroups;
+use launch::{Launch, PidRecord};
+pub use options::ProcessOptions;
+
+/// The grace period between SIGTERM and SIGKILL, as the contract says.
+const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+/// Enough for a test suite's or build's output, small enough not to fill a disk.
+const DEFAULT_LOG_LIMIT: u64 = 10 << 20;
+/// How long SIGKILLed processes may take to vanish before deallocation reports failure
+/// (it is retried): they leave at once unless stuck in uninterruptible I/O.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often deallocation looks at /proc while it waits.
+const POLL: Duration = Duration::from_millis(50);
+/// `PATH` of every process; fishd's own is not handed on.
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The `process` section of the fishd config (`drivers: {process: {...}}`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProcessConfig {
+    /// Between SIGTERM and SIGKILL on deallocation (default 5s).
+    #[serde(default)]
+    pub grace_period: Option<HumanDuration>,
+    /// Cap of each application's `output.log`, in bytes (default 10 MiB).
+    #[serde(default)]
+    pub log_limit: Option<u64>,
+    /// Whether to use cgroup v2 when the host allows it (default true).
+    #[serde(default = "yes")]
+    pub cgroups: bool,
+    /// Where this driver's cgroups go (default `<cgroup2 mount>/aquarium`).
+    #[serde(default)]
+    pub cgroup_parent: Option<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        ProcessConfig { grace_period: None, log_limit: None, cgroups: true, cgroup_parent: None }
+    }
+}
+
+/// A `process` driver instance.
+#[derive(Debug)]
+pub struct ProcessDriver {
+    name: String,
+    root: PathBuf,
+    grace: Duration,
+    log_limit: u64,
+    cgroups: Option<Cgroups>,
+    setsid: Option<PathBuf>,
+    is_root: bool,
+}
+
+impl ProcessDriver {
+    /// Prepares `<data_dir>/process/<instance>` and detects cgroup v2 support.
+    pub fn new(instance_name: String, config: ProcessConfig, data_dir: &Path) -> Result<ProcessDriver, DriverError> {
+        let dir_name = instance_name.replace('/', "_");
+        let root = data_dir.join("process").join(&dir_name);
+        fs::create_dir_all(&root)
+            .map_err(|e| DriverError::with_source(format!("cannot create {}", root.display()), e))?;
+        let cgroups = if config.cgroups { Cgroups::detect(config.cgroup_parent.as_deref(), &dir_name) } else { None };
+        let setsid = find_program("setsid");
+        if setsid.is_none() {
+            tracing::warn!("no setsid program: processes get their own process group but share fishd's session");
+        }
+        Ok(ProcessDriver {
+            name: instance_name,
+            root,
+            grace: config.grace_period.map_or(DEFAULT_GRACE, HumanDuration::get),
+            log_limit: config.log_limit.unwrap_or(DEFAULT_LOG_LIMIT).max(1),
+            cgroups,
+            setsid,
+            is_root: nix::unistd::geteuid().is_root(),
+        })
+    }
+
+    /// The directory of one application.
+    pub fn app_dir(&self, uid: Uuid) -> PathBuf {
+        self.root.join(uid.to_string())
+    }
+
+    fn workdir(&self, req: &AllocateRequest, opts: &ProcessOptions) -> Result<PathBuf, DriverError> {
+        let template = opts.workdir.as_deref().unwrap_or("work");
+        let filled = options::render_workdir(template, &req.uid.to_string(), &req.name, &req.node)
+            .map_err(|e| DriverError::Invalid(format!("options.workdir: {e}")))?;
+        Ok(self.app_dir(req.uid).join(filled))
+    }
+
+    fn allocated(&self, req: &AllocateRequest, record: PidRecord, workdir: &Path) -> Allocated {
+        let mut details = serde_json::Map::new();
+        details.insert("pid".into(), record.pid.into());
+        details.insert("workdir".into(), workdir.display().to_string().into());
+        details.insert("log".into(), self.app_dir(req.uid).join(launch::LOG_FILE).display().to_string().into());
+        if let Some(cg) = &self.cgroups {
+            details.insert("cgroup".into(), cg.path(req.uid).display().to_string().into());
+        }
+        Allocated { identifier: record.pid.to_string(), ip_addr: None, hw_addr: None, details }
+    }
+
+    /// Resolves `options.user` to `(name, uid, gid)`; `None` runs as fishd's user.
+    fn user(&self, opts: &ProcessOptions) -> Result<Option<(String, u32, u32)>, DriverError> {
+        let Some(name) = &opts.user else { return Ok(None) };
+        let user = nix::unistd::User::from_name(name)
+            .map_err(|e| DriverError::with_source(format!("cannot look up user {name:?}"), e))?
+            .ok_or_else(|| DriverError::Invalid(format!("options.user: no user {name:?} on this node")))?;
+        if self.is_root {
+            return Ok(Some((user.name, user.uid.as_raw(), user.gid.as_raw())));
+        }
+        if user.uid == nix::unistd::geteuid() {
+            return Ok(None);
+        }
+        Err(DriverError::Invalid(format!("options.user: fishd does not run as root, so it cannot run as {name:?}")))
+    }
+
+    /// The live processes of an application: its session/group members and its cgroup's.
+    fn members(&self, uid: Uuid, leader: Option<i32>) -> io::Result<Vec<i32>> {
+        let mut pids: Vec<i32> = match leader {
+            Some(l) => procfs::members(l)?.into_iter().map(|s| s.pid).collect(),
+            None => Vec::new(),
+        };
+        if let Some(cg) = &self.cgroups {
+            for pid in cgroup::procs(&cg.path(uid)) {
+                if procfs::stat(pid)?.is_some_and(|s| s.alive()) {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(pids)
+    }
+
+    /// Signals every process of the application until none is left or `deadline` passes;
+    /// whether none is left.
+    async fn stop(&self, uid: Uuid, leader: Option<i32>, signal: Signal, deadline: Instant) -> io::Result<bool> {
+        let mut signalled = Vec::new();
+        loop {
+            let pids = self.members(uid, leader)?;
+            if pids.is_empty() {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            if signal == Signal::SIGKILL
+                && let Some(cg) = &self.cgroups
+            {
+                cgroup::kill(&cg.path(uid));
+            }
+            if let Some(l) = leader
+                && !signalled.contains(&l)
+            {
+                procfs::signal_group(l, signal);
+                signalled.push(l);
+            }
+            for pid in pids {
+                if !signalled.contains(&pid) {
+                    procfs::signal(pid, signal);
+                    signalled.push(pid);
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Driver for ProcessDriver {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self, definition: &Definition) -> Vec<FieldError> {
+        options::validate(&definition.options)
+    }
+
+    async fn available(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn allocate(&self, req: &AllocateRequest) -> Result<Allocated, DriverError> {
+        let opts = ProcessOptions::parse(&req.definition.options).map_err(DriverError::Invalid)?;
+        let dir = self.app_dir(req.uid);
+        let workdir = self.workdir(req, &opts)?;
+        if dir.exists() {
+            if let Some(record) = PidRecord::read(&dir) {
+                tracing::debug!(uid = %req.uid, pid = record.pid, "process already allocated");
+                return Ok(self.allocated(req, record, &workdir));
+            }
+            // A crash between creating the directory and writing the pid file: start over.
+            self.deallocate(req.uid, "").await?;
+        }
+        let user = self.user(&opts)?;
+        let io_err = |what: &str, e: io::Error| DriverError::with_source(format!("{what}: {e}"), e);
+        fs::create_dir_all(&dir).map_err(|e| io_err(&format!("cannot create {}", dir.display()), e))?;
+        fs::create_dir_all(&workdir).map_err(|e| io_err(&format!("cannot create {}", workdir.display()), e))?;
+        if let Some((_, uid, gid)) = &user {
+            std::os::unix::fs::chown(&workdir, Some(*uid), Some(*gid))
+                .map_err(|e| io_err(&format!("cannot chown {}", workdir.display()), e))?;
+        }
+        let (cpu, ram) = (req.definition.resources.cpu, req.definition.resources.ram);
+        let (cgroup, applied) = match &self.cgroups {
+            Some(cg) => {
+                let (path, applied) =
+                    cg.create(req.uid, cpu, ram).map_err(|e| io_err("cannot create the cgroup", e))?;
+                (Some(path), applied)
+            }
+            None => (None, cgroup::Applied::default()),
+        };
+        let data_limit_kib = (ram > 0 && !applied.memory).then(|| u64::from(ram) << 20);
+        let mut env = BTreeMap::new();
+        env.insert("PATH".to_string(), PATH.to_string());
+        env.insert("HOME".to_string(), workdir.display().to_string());
+        env.extend(opts.env.clone());
+        for (k, v) in &req.metadata {
+            let value = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            env.insert(k.clone(), value);
+        }
+        let record = launch::spawn(Launch {
+            dir: &dir,
+            workdir: &workdir,
+            argv: &opts.command,
+            env,
+            log_limit: self.log_limit,
+            cgroup,
+            data_limit_kib,
+            user,
+            setsid: self.setsid.as_deref(),
+        })
+        .map_err(|e| io_err(&format!("cannot start {:?}", opts.command[0]), e))?;
+        tracing::info!(uid = %req.uid, pid = record.pid, command = ?opts.command, "process started");
+        Ok(self.allocated(req, record, &workdir))
+    }
+
+    async fn inspect(&self, uid: Uuid, _identifier: &str) -> Result<ResourceState, DriverError> {
+        let dir = self.app_dir(uid);
+        if !dir.exists() {
+            return Ok(ResourceState::Lost(format!("its directory {} is gone", dir.display())));
+        }
+        if let Some(ended) = launch::read_status(&dir) {
+            return Ok(ResourceState::Ended(ended));
+        }
+        let Some(record) = PidRecord::read(&dir) else {
+            return Ok(ResourceState::Lost("no pid file: the process was never fully started".into()));
+        };
+        let running = record.is_running().map_err(|e| DriverError::with_source("cannot read /proc", e))?;
+        if running {
+            return Ok(ResourceState::Running);
+        }
+        // It may have written its status between the two reads.
+        Ok(match launch::read_status(&dir) {
+            Some(ended) => ResourceState::Ended(ended),
+            None => ResourceState::Lost(format!("process {} is gone without recording an exit status", record.pid)),
+        })
+    }
+
+    async fn deallocate(&self, uid: Uuid, _identifier: &str) -> Result<(), DriverError> {
+        let dir = self.app_dir(uid);
+        // A group or session id is never reused while a process still carries it, so when
+        // the leader is gone its leftovers are still ours; when its pid runs another
+        // process, our group is empty and that process is not ours to signal.
+        let leader = match PidRecord::read(&dir) {
+            Some(rec) => match procfs::stat(rec.pid).map_err(|e| DriverError::with_source("cannot read /proc", e))? {
+                Some(st) if st.start_time != rec.start_time => None,
+                _ => Some(rec.pid),
+            },
+            None => None,
+        };
+        let proc_err = |e: io::Error| DriverError::with_source("cannot read /proc", e);
+        let term_deadline = Instant::now() + self.grace;
+        if !self.stop(uid, leader, Signal::SIGTERM, term_deadline).await.map_err(proc_err)? {
+            tracing::info!(%uid, grace = ?self.grace, "process ignored SIGTERM, sending SIGKILL");
+            if !self.stop(uid, leader, Signal::SIGKILL, Instant::now() + KILL_TIMEOUT).await.map_err(proc_err)? {
+                return Err(DriverError::failed(format!("processes of {uid} still alive after SIGKILL")));
+            }
+        }
+        if let Some(cg) = &self.cgroups {
+            let path = cg.path(uid);
+            let deadline = Instant::now() + KILL_TIMEOUT;
+            while let Err(e) = cgroup::remove(&path) {
+                if Instant::now() >= deadline {
+                    return Err(DriverError::with_source(format!("cannot remove cgroup {}", path.display()), e));
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DriverError::with_source(format!("cannot remove {}", dir.display()), e)),
+        }
+        tracing::info!(%uid, "process deallocated");
+        Ok(())
+    }
+
+    async fn list_owned(&self) -> Result<Vec<OwnedResource>, DriverError> {
+        let entries = fs::read_dir(&self.root)
+            .map_err(|e| DriverError::with_source(format!("cannot list {}", self.root.display()), e))?;
+        let mut owned = Vec::new();
+        for entry in entries.flatten() {
+            let Some(uid) = entry.file_name().to_str().and_then(|n| Uuid::parse_str(n).ok()) else { continue };
+            let identifier = PidRecord::read(&entry.path()).map(|r| r.pid.to_string()).unwrap_or_default();
+            owned.push(OwnedResource { uid, identifier });
+        }
+        owned.sort_by_key(|o| o.uid);
+        Ok(owned)
+    }
+
+    fn log_path(&self, uid: Uuid) -> Option<PathBuf> {
+        Some(self.app_dir(uid).join(launch::LOG_FILE))
+    }
+}
+
+/// The first `name` in the usual system directories.
+fn find_program(name: &str) -> Option<PathBuf> {
+    PATH.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+}
