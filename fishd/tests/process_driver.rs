@@ -344,7 +344,7 @@ fn validate_names_the_bad_field() {
 
 #[test]
 fn the_example_manifest_is_valid() {
-    let text = include_str!("../../manifests/process-sleep.yaml");
+    let text = include_str!("../../manifests/quickstart/process-sleep.yaml");
     let docs = api_types::parse_manifests(text.as_bytes(), api_types::Format::Yaml).expect("valid manifest");
     assert_eq!(docs.len(), 2);
     let data = tempfile::tempdir().expect("tempdir");

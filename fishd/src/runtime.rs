@@ -1,0 +1,251 @@
+//! Wires the store, the drivers, the reconciler and the API into one running node,
+//! and takes it down cleanly on SIGTERM or SIGINT.
+//!
+//! # Shutdown
+//! The first signal drains: no new application is elected, running allocations and
+//! deallocations finish, allocated resources are left running (the next start adopts
+//! them), then the API stops; all within the grace period. A second signal exits at
+//! once. With `drainAndDeallocate`, every application of the node is deallocated first.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use api_types::{DriverStatus, Node, NodeStatus, ObjectMeta};
+use time::OffsetDateTime;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::api::{self, ApiLimits, AppState};
+use crate::config::{Config, ConfigError};
+use crate::drivers::{self, Driver, Drivers};
+use crate::meta_token::MetaTokens;
+use crate::reconcile::{Controller, Ctx, NodeIdentity, ReconcileConfig};
+use crate::store::{Command, Store, StoreError};
+
+/// How often the node reports itself (heartbeat, drivers, capacity).
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Command-line overrides of fish.yml.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub api: Option<SocketAddr>,
+    pub node_name: Option<String>,
+    pub drain_and_deallocate: bool,
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot prepare data directory {path}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the store")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("driver {name}: {message}")]
+    Driver { name: String, message: String },
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("first-start setup failed: {0}")]
+    Bootstrap(String),
+    #[error("API server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Loads the configuration and applies the overrides.
+pub fn configure(o: &Overrides) -> Result<Config, RunError> {
+    let mut config = match &o.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if o.data_dir.is_some() {
+        config.data_dir = o.data_dir.clone();
+    }
+    if o.api.is_some() {
+        config.api = o.api;
+    }
+    if o.node_name.is_some() {
+        config.node_name = o.node_name.clone();
+    }
+    if o.drain_and_deallocate {
+        config.drain_and_deallocate = true;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// Builds the configured driver instances, or the defaults: `process` always,
+/// `docker` when an engine answers.
+pub async fn build_drivers(config: &Config, data_dir: &Path, node: &str) -> Result<Drivers, RunError> {
+    let entries: Vec<(String, serde_json::Value)> = match &config.drivers {
+        Some(m) => m.iter().map(|(k, v)| (k.clone(), if v.is_null() { serde_json::json!({}) } else { v.clone() })).collect(),
+        None => {
+            let mut v = vec![("process".to_string(), serde_json::json!({}))];
+            if drivers::docker::detect_default().await {
+                v.push(("docker".to_string(), serde_json::json!({})));
+            } else {
+                info!("no Docker engine answers; the docker driver is not enabled");
+            }
+            v
+        }
+    };
+    let mut out = Drivers::new();
+    for (name, value) in entries {
+        let bad = |message: String| RunError::Driver { name: name.clone(), message };
+        let settings = |v: serde_json::Value| -> Result<_, RunError> {
+            serde_path_to_error::deserialize(v).map_err(|e| bad(format!("drivers.{name}.{}: {}", e.path(), e.inner())))
+        };
+        let driver: Arc<dyn Driver> = match name.split('/').next().unwrap_or("") {
+            "test" => Arc::new(drivers::test::TestDriver::new(name.clone(), settings(value)?, data_dir).map_err(|e| bad(e.to_string()))?),
+            "process" => Arc::new(
+                drivers::process::ProcessDriver::new(name.clone(), settings(value)?, data_dir).map_err(|e| bad(e.to_string()))?,
+            ),
+            "docker" => Arc::new(
+                drivers::docker::DockerDriver::connect(name.clone(), settings(value)?, node.to_owned(), data_dir)
+                    .await
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            other => return Err(bad(format!("unknown driver kind {other:?}"))),
+        };
+        info!(driver = %name, "driver enabled");
+        out.insert(name, driver);
+    }
+    Ok(out)
+}
+
+fn prepare_data_dir(dir: &Path) -> Result<PathBuf, RunError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| RunError::DataDir { path: dir.to_owned(), source };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    dir.canonicalize().map_err(err)
+}
+
+/// Runs a node until a signal stops it.
+pub async fn run(overrides: Overrides) -> Result<(), RunError> {
+    let config = configure(&overrides)?;
+    let node_name = config.node_name();
+    let data_dir = prepare_data_dir(&config.data_dir())?;
+    let store = Store::open_with_history(&data_dir.join("fish.redb"), config.watch_history)?;
+    let meta_tokens = MetaTokens::load_or_create(&data_dir).map_err(|source| RunError::DataDir { path: data_dir.clone(), source })?;
+
+    let listener = std::net::TcpListener::bind(config.api()).map_err(|source| RunError::Listen { addr: config.api(), source })?;
+    let addr = listener.local_addr().map_err(|source| RunError::Listen { addr: config.api(), source })?;
+    let tls = crate::tls::load_or_create(&data_dir, &node_name, addr).map_err(|e| RunError::Tls(format!("{e:#}")))?;
+    crate::bootstrap::bootstrap(&store, &data_dir, &node_name, addr).await.map_err(|e| RunError::Bootstrap(format!("{e:#}")))?;
+
+    let drivers = Arc::new(build_drivers(&config, &data_dir, &node_name).await?);
+    let node = NodeIdentity { name: node_name.clone(), identifiers: config.identifiers.clone(), capacity: config.capacity() };
+    let rc = ReconcileConfig {
+        allocation_retry: config.allocation_retry,
+        default_lifetime: config.default_lifetime.get(),
+        history_retention: config.history_retention.get(),
+        resync: config.resync_interval.get(),
+        meta_url: format!("https://{addr}/meta/v1/data"),
+        ..ReconcileConfig::default()
+    };
+    let ctx = Ctx::new(store.clone(), drivers.clone(), node, rc, meta_tokens.clone());
+    // The node record exists before the first election reads its maintenance flag.
+    heartbeat(&ctx, &config, addr).await;
+    let controller = Controller::start(ctx.clone()).await;
+    let beat = CancellationToken::new();
+    tokio::spawn(heartbeat_loop(ctx.clone(), config.clone(), addr, beat.clone()));
+
+    let api_stop = CancellationToken::new();
+    let limits = ApiLimits { rate_limit_per_minute: config.rate_limit, ..ApiLimits::default() };
+    let state = AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens, limits, api_stop.clone());
+    let metrics = state.metrics.clone();
+    let mut server = tokio::spawn(api::serve(state, listener, tls, api_stop.clone()));
+    let _ = metrics;
+    info!(node = %node_name, api = %addr, data_dir = %data_dir.display(), drivers = ?drivers.keys().collect::<Vec<_>>(), "fishd ready");
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| RunError::Serve(e))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| RunError::Serve(e))?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: draining"),
+        _ = int.recv() => info!("SIGINT: draining"),
+        r = &mut server => {
+            error!("API server stopped unexpectedly");
+            return match r { Ok(Ok(())) => Ok(()), Ok(Err(e)) => Err(RunError::Serve(e)), Err(e) => Err(RunError::Serve(std::io::Error::other(e))) };
+        }
+    }
+    let grace = config.grace_period.get();
+    let drain = async {
+        controller.stop_accepting();
+        let deadline = tokio::time::Instant::now() + grace;
+        if config.drain_and_deallocate {
+            info!("deallocating every application of this node before exiting");
+            controller.deallocate_all().await;
+            while controller.has_active() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !controller.shutdown(left).await {
+            warn!("grace period over with reconciles still running; they resume at the next start");
+        }
+        beat.cancel();
+        api_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
+    };
+    tokio::select! {
+        _ = drain => info!("drained; exiting"),
+        _ = term.recv() => warn!("second signal: exiting now"),
+        _ = int.recv() => warn!("second signal: exiting now"),
+    }
+    Ok(())
+}
+
+async fn heartbeat_loop(ctx: Arc<Ctx>, config: Config, addr: SocketAddr, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => heartbeat(&ctx, &config, addr).await,
+        }
+    }
+}
+
+/// Writes this node's status: drivers, capacity, what is allocated, last seen.
+async fn heartbeat(ctx: &Ctx, config: &Config, addr: SocketAddr) {
+    let availability = crate::reconcile::election::probe_drivers(ctx).await;
+    let ledger = crate::reconcile::election::current_ledger(ctx).await.unwrap_or_default();
+    let node = Node {
+        api_version: Default::default(),
+        kind: Default::default(),
+        metadata: ObjectMeta { name: ctx.node.name.parse().ok(), ..Default::default() },
+        status: NodeStatus {
+            address: addr.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            identifiers: config.identifiers.clone(),
+            location: config.location.clone(),
+            drivers: availability
+                .into_iter()
+                .map(|(name, a)| DriverStatus { name, available: a.is_ok(), reason: a.err().unwrap_or_default() })
+                .collect(),
+            capacity: ctx.node.capacity,
+            allocated: ledger.node.as_capacity(),
+            maintenance: false,
+            ready: ctx.accepting(),
+            last_seen: Some(OffsetDateTime::now_utc()),
+        },
+    };
+    if let Err(e) = ctx.store.execute(Command::PutNode { node: Box::new(node) }).await {
+        warn!(error = %e, "could not record the node's status");
+    }
+}
