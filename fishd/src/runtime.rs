@@ -157,6 +157,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         history_retention: config.history_retention.get(),
         resync: config.resync_interval.get(),
         meta_url: format!("https://{addr}/meta/v1/data"),
+        meta_ca: data_dir.join("ca.crt").display().to_string(),
         ..ReconcileConfig::default()
     };
     let ctx = Ctx::new(store.clone(), drivers.clone(), node, rc, meta_tokens.clone());

@@ -100,6 +100,9 @@ fn merged_metadata(ctx: &Ctx, app: &Application, label: &Label, uid: Uuid) -> ap
     if !ctx.config.meta_url.is_empty() {
         m.insert("FISH_META_URL".into(), s(&ctx.config.meta_url));
     }
+    if !ctx.config.meta_ca.is_empty() {
+        m.insert("FISH_CA_CERT".into(), s(&ctx.config.meta_ca));
+    }
     m
 }
 

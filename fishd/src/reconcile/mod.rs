@@ -52,6 +52,9 @@ pub struct ReconcileConfig {
     pub concurrency: usize,
     /// Where resources find the metadata endpoint (`FISH_META_URL`).
     pub meta_url: String,
+    /// The CA that signed the endpoint's certificate (`FISH_CA_CERT`), so a resource
+    /// can verify it instead of turning verification off.
+    pub meta_ca: String,
 }
 
 impl Default for ReconcileConfig {
@@ -65,6 +68,7 @@ impl Default for ReconcileConfig {
             deallocate_retries: 10,
             concurrency: 64,
             meta_url: String::new(),
+            meta_ca: String::new(),
         }
     }
 }

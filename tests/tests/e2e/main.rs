@@ -4,3 +4,4 @@
 mod core;
 mod fishctl;
 mod lifecycle;
+mod process;
