@@ -2,8 +2,8 @@
 //!
 //! Compares, over `RUNS` runs each (median, min, max):
 //! - `docker run -d` of the test image (default bridge), as a user would;
-//! - `docker run -d --init --network aquarium-isolated`, the same container setup the
-//!   driver makes, without fishd;
+//! - `docker run -d --init --network aquarium-isolated`, then with the same limits
+//!   (`--cpus 1 --memory 1g --memory-swap 1g`): the container the driver makes, without fishd;
 //! - `DockerDriver::allocate` until it returns (the container is running and inspected).
 //!
 //! Needs the engine and `aquarium-test/busybox:latest` (`.ci/docker-test-image.sh`).
@@ -31,7 +31,7 @@ fn summary(name: &str, samples: &mut [Duration]) -> Duration {
     samples.sort();
     let median = samples[samples.len() / 2];
     println!(
-        "{name:<48} median {:>7.1} ms   min {:>7.1} ms   max {:>7.1} ms   (n={})",
+        "{name:<52} median {:>7.1} ms   min {:>7.1} ms   max {:>7.1} ms   (n={})",
         median.as_secs_f64() * 1e3,
         samples[0].as_secs_f64() * 1e3,
         samples[samples.len() - 1].as_secs_f64() * 1e3,
@@ -89,11 +89,16 @@ async fn main() -> Result<()> {
     allocations.remove(0);
 
     let plain = plain_run(&[], runs)?;
-    let same_setup = plain_run(&["--init", "--network", "aquarium-isolated"], runs)?;
+    let same_network = plain_run(&["--init", "--network", "aquarium-isolated"], runs)?;
+    let same_setup = plain_run(
+        &["--init", "--network", "aquarium-isolated", "--cpus", "1", "--memory", "1g", "--memory-swap", "1g"],
+        runs,
+    )?;
 
     println!("container start, {runs} runs each, after one warm-up run:");
     let plain = summary("docker run -d", &mut plain.clone());
-    let same = summary("docker run -d --init --network aquarium-isolated", &mut same_setup.clone());
+    summary("docker run -d --init --network aquarium-isolated", &mut same_network.clone());
+    let same = summary("  ... --cpus 1 --memory 1g --memory-swap 1g", &mut same_setup.clone());
     let driver_median = summary("DockerDriver::allocate (create+start+inspect)", &mut allocations);
     let overhead = |base: Duration| (driver_median.as_secs_f64() / base.as_secs_f64() - 1.0) * 100.0;
     println!("driver vs docker run -d: {:+.1}%; vs the same setup: {:+.1}%", overhead(plain), overhead(same));
