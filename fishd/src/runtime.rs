@@ -96,7 +96,7 @@ pub async fn build_drivers(config: &Config, data_dir: &Path, node: &str) -> Resu
         Some(m) => m.iter().map(|(k, v)| (k.clone(), if v.is_null() { serde_json::json!({}) } else { v.clone() })).collect(),
         None => {
             let mut v = vec![("process".to_string(), serde_json::json!({}))];
-            if drivers::docker::detect_default().await {
+            if drivers::docker::detect(Path::new(drivers::docker::DEFAULT_SOCKET)).await {
                 v.push(("docker".to_string(), serde_json::json!({})));
             } else {
                 info!("no Docker engine answers; the docker driver is not enabled");

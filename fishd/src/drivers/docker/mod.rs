@@ -168,7 +168,11 @@ impl DockerDriver {
     /// Where the node must listen so that containers reach its metadata endpoint: the
     /// gateway (host) address of each aquarium network, with `port`. Creates the networks
     /// if needed and remembers `port`: containers allocated from now on get
-    /// `FISH_META_URL=https://<gateway>:<port>/meta/v1/data`.
+    /// `FISH_META_URL=http://<gateway>:<port>/meta/v1/data`.
+    ///
+    /// Plain HTTP on purpose: the gateway address exists only on the host-only bridge,
+    /// callers are identified by their source address there, and minimal images
+    /// (busybox's wget) cannot speak TLS 1.2 with the ciphers rustls offers.
     ///
     /// The addresses change only if someone removes a network; the runtime calls this
     /// again after the engine restarts and rebinds if the answer differs.
@@ -189,7 +193,7 @@ impl DockerDriver {
     fn meta_url(&self, network: &NetworkInfo) -> Option<String> {
         let port = self.meta_port.load(Ordering::Relaxed);
         let gateway = network.gateway?;
-        (port != 0).then(|| format!("https://{}/meta/v1/data", SocketAddr::new(gateway, port)))
+        (port != 0).then(|| format!("http://{}/meta/v1/data", SocketAddr::new(gateway, port)))
     }
 
     /// The engine client, connecting first if this is the first successful contact.

@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn the_example_manifest_is_valid() {
-        let text = include_str!("../../../../manifests/docker-busybox.yaml");
+        let text = include_str!("../../../../manifests/docker/busybox.yaml");
         let manifests = api_types::parse_manifests(text.as_bytes(), api_types::Format::Yaml).unwrap();
         let api_types::Manifest::Label(label) = &manifests[0] else { panic!("first document is not a Label") };
         for def in &label.spec.definitions {
