@@ -3,8 +3,11 @@
 //! Layers, pointing inward: `api` (HTTP) and `reconcile` (control loops) both use the
 //! `store`; only `reconcile` calls `drivers`; only [`run`] wires them together.
 
+pub mod api;
+pub mod auth;
+pub mod bootstrap;
 pub mod drivers;
-pub mod store;
 pub mod fsutil;
 pub mod meta_token;
-pub mod api;
+pub mod store;
+pub mod tls;
