@@ -1,1 +1,66 @@
-fn main() {}
+//! `fishd`: parse flags, install the crypto provider and logging, run the node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// The Aquarium daemon: serves the API, reconciles applications, runs drivers.
+#[derive(Parser, Debug)]
+#[command(name = "fishd", version, about)]
+struct Args {
+    /// fish.yml; flags override it.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Where state, keys and fishctl.yaml live [default: ./fish-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// API address [default: 127.0.0.1:8001].
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    /// Node name [default: the host name].
+    #[arg(long)]
+    node_name: Option<String>,
+    /// On SIGTERM, deallocate every application of this node before exiting.
+    #[arg(long)]
+    drain_and_deallocate: bool,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // Exactly one rustls provider in the process: ring (see reference/crates.md).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if args.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let overrides = fishd::runtime::Overrides {
+        config: args.config,
+        data_dir: args.data_dir,
+        api: args.api,
+        node_name: args.node_name,
+        drain_and_deallocate: args.drain_and_deallocate,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fishd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fishd::runtime::run(overrides)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fishd: {:#}", anyhow::Error::from(e));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -90,10 +90,17 @@ pub fn configure(o: &Overrides) -> Result<Config, RunError> {
 }
 
 /// Builds the configured driver instances, or the defaults: `process` always,
-/// `docker` when an engine answers.
-pub async fn build_drivers(config: &Config, data_dir: &Path, node: &str) -> Result<Drivers, RunError> {
+/// `docker` when an engine answers. Docker instances are also returned typed, for
+/// the metadata listeners they need.
+pub async fn build_drivers(
+    config: &Config,
+    data_dir: &Path,
+    node: &str,
+) -> Result<(Drivers, Vec<Arc<drivers::docker::DockerDriver>>), RunError> {
     let entries: Vec<(String, serde_json::Value)> = match &config.drivers {
-        Some(m) => m.iter().map(|(k, v)| (k.clone(), if v.is_null() { serde_json::json!({}) } else { v.clone() })).collect(),
+        Some(m) => {
+            m.iter().map(|(k, v)| (k.clone(), if v.is_null() { serde_json::json!({}) } else { v.clone() })).collect()
+        }
         None => {
             let mut v = vec![("process".to_string(), serde_json::json!({}))];
             if drivers::docker::detect(Path::new(drivers::docker::DEFAULT_SOCKET)).await {
@@ -105,27 +112,116 @@ pub async fn build_drivers(config: &Config, data_dir: &Path, node: &str) -> Resu
         }
     };
     let mut out = Drivers::new();
+    let mut dockers = Vec::new();
     for (name, value) in entries {
         let bad = |message: String| RunError::Driver { name: name.clone(), message };
-        let settings = |v: serde_json::Value| -> Result<_, RunError> {
-            serde_path_to_error::deserialize(v).map_err(|e| bad(format!("drivers.{name}.{}: {}", e.path(), e.inner())))
-        };
         let driver: Arc<dyn Driver> = match name.split('/').next().unwrap_or("") {
-            "test" => Arc::new(drivers::test::TestDriver::new(name.clone(), settings(value)?, data_dir).map_err(|e| bad(e.to_string()))?),
-            "process" => Arc::new(
-                drivers::process::ProcessDriver::new(name.clone(), settings(value)?, data_dir).map_err(|e| bad(e.to_string()))?,
-            ),
-            "docker" => Arc::new(
-                drivers::docker::DockerDriver::connect(name.clone(), settings(value)?, node.to_owned(), data_dir)
-                    .await
+            "test" => Arc::new(
+                drivers::test::TestDriver::new(name.clone(), settings(&name, value)?, data_dir)
                     .map_err(|e| bad(e.to_string()))?,
             ),
+            "process" => Arc::new(
+                drivers::process::ProcessDriver::new(name.clone(), settings(&name, value)?, data_dir)
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            "docker" => {
+                let d = Arc::new(
+                    drivers::docker::DockerDriver::connect(
+                        name.clone(),
+                        settings(&name, value)?,
+                        node.to_owned(),
+                        data_dir,
+                    )
+                    .await
+                    .map_err(|e| bad(e.to_string()))?,
+                );
+                dockers.push(d.clone());
+                d
+            }
             other => return Err(bad(format!("unknown driver kind {other:?}"))),
         };
         info!(driver = %name, "driver enabled");
         out.insert(name, driver);
     }
-    Ok(out)
+    Ok((out, dockers))
+}
+
+/// A driver's settings from its `drivers.<name>` entry, errors naming the field.
+fn settings<T: serde::de::DeserializeOwned>(name: &str, value: serde_json::Value) -> Result<T, RunError> {
+    serde_path_to_error::deserialize(value).map_err(|e| RunError::Driver {
+        name: name.to_owned(),
+        message: format!("drivers.{name}.{}: {}", e.path(), e.inner()),
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Containers cannot reach the API on loopback: serve the metadata endpoint on the
+/// gateway address of each docker network (plain HTTP on the host-only bridge, where
+/// callers are identified by their source address).
+async fn serve_meta_on_docker_networks(
+    dockers: &[Arc<drivers::docker::DockerDriver>],
+    port: u16,
+    state: &AppState,
+    stop: CancellationToken,
+) {
+    let mut bound = std::collections::BTreeSet::new();
+    for d in dockers {
+        let addrs = match d.meta_listen_addrs(port).await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(driver = %d.name(), error = %e, "containers will not reach the metadata endpoint");
+                continue;
+            }
+        };
+        for addr in addrs {
+            if !bound.insert(addr) {
+                continue;
+            }
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(%addr, error = %e, "cannot listen for containers' metadata requests");
+                    continue;
+                }
+            };
+            let router = api::meta_router(state.clone());
+            let stop = stop.clone();
+            info!(%addr, "metadata endpoint for containers");
+            tokio::spawn(async move {
+                let app = router.into_make_service_with_connect_info::<SocketAddr>();
+                let r = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+                if let Err(e) = r {
+                    warn!(%addr, error = %e, "metadata listener failed");
+                }
+            });
+        }
+    }
+}
+
+/// Keeps the applications-by-phase gauge current for /metrics.
+async fn gauge_loop(store: Store, metrics: Arc<api::Metrics>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for phase in api_types::Phase::ALL {
+            if let Ok(uids) = store.uids_in_phase(phase) {
+                metrics.set_applications(phase, uids.len() as i64);
+            }
+        }
+    }
 }
 
 fn prepare_data_dir(dir: &Path) -> Result<PathBuf, RunError> {
@@ -142,15 +238,22 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     let node_name = config.node_name();
     let data_dir = prepare_data_dir(&config.data_dir())?;
     let store = Store::open_with_history(&data_dir.join("fish.redb"), config.watch_history)?;
-    let meta_tokens = MetaTokens::load_or_create(&data_dir).map_err(|source| RunError::DataDir { path: data_dir.clone(), source })?;
+    let meta_tokens =
+        MetaTokens::load_or_create(&data_dir).map_err(|source| RunError::DataDir { path: data_dir.clone(), source })?;
 
-    let listener = std::net::TcpListener::bind(config.api()).map_err(|source| RunError::Listen { addr: config.api(), source })?;
+    let listener =
+        std::net::TcpListener::bind(config.api()).map_err(|source| RunError::Listen { addr: config.api(), source })?;
     let addr = listener.local_addr().map_err(|source| RunError::Listen { addr: config.api(), source })?;
-    let tls = crate::tls::load_or_create(&data_dir, &node_name, addr).map_err(|e| RunError::Tls(format!("{e:#}")))?;
-    crate::bootstrap::bootstrap(&store, &data_dir, &node_name, addr).await.map_err(|e| RunError::Bootstrap(format!("{e:#}")))?;
+    let tls = crate::tls::load_or_create(&data_dir, &node_name, Some(&addr.ip().to_string()))
+        .map_err(|e| RunError::Tls(error_chain(&e)))?;
+    crate::bootstrap::bootstrap(&store, &data_dir, &node_name, addr, &tls.ca_cert_path)
+        .await
+        .map_err(|e| RunError::Bootstrap(error_chain(&e)))?;
 
-    let drivers = Arc::new(build_drivers(&config, &data_dir, &node_name).await?);
-    let node = NodeIdentity { name: node_name.clone(), identifiers: config.identifiers.clone(), capacity: config.capacity() };
+    let (drivers, dockers) = build_drivers(&config, &data_dir, &node_name).await?;
+    let drivers = Arc::new(drivers);
+    let node =
+        NodeIdentity { name: node_name.clone(), identifiers: config.identifiers.clone(), capacity: config.capacity() };
     let rc = ReconcileConfig {
         allocation_retry: config.allocation_retry,
         default_lifetime: config.default_lifetime.get(),
@@ -171,8 +274,9 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     let limits = ApiLimits { rate_limit_per_minute: config.rate_limit, ..ApiLimits::default() };
     let state = AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens, limits, api_stop.clone());
     let metrics = state.metrics.clone();
-    let mut server = tokio::spawn(api::serve(state, listener, tls, api_stop.clone()));
-    let _ = metrics;
+    serve_meta_on_docker_networks(&dockers, addr.port(), &state, api_stop.clone()).await;
+    let mut server = tokio::spawn(api::serve(state, listener, tls.server_config, api_stop.clone()));
+    tokio::spawn(gauge_loop(store.clone(), metrics, beat.clone()));
     info!(node = %node_name, api = %addr, data_dir = %data_dir.display(), drivers = ?drivers.keys().collect::<Vec<_>>(), "fishd ready");
 
     let mut term = signal(SignalKind::terminate()).map_err(|e| RunError::Serve(e))?;

@@ -1,15 +1,44 @@
 //! The HTTPS REST API of the contract (section 3).
 //!
 //! Handlers only read the store and submit commands; they never call drivers
-//! (driver *validation* of label definitions is pure and allowed).
+//! (driver *validation* of label definitions is pure and allowed, and so is asking a
+//! driver where a resource's log file is).
+//!
+//! Layout: one file per resource (`labels`, `applications`, `nodes`, `users`,
+//! `apply`), shared watch streaming in `watch`, request plumbing (body limit, query
+//! parsing) in `extract`, the route table in `router` and the server in [`serve`].
+
+pub mod applications;
+pub mod apply;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod labels;
+pub mod meta;
+pub mod metrics;
+pub mod nodes;
+pub mod openapi;
+pub mod router;
+pub mod users;
+pub mod watch;
+
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum_server::tls_rustls::RustlsConfig;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Auth;
 use crate::drivers::Drivers;
 use crate::meta_token::MetaTokens;
 use crate::store::Store;
+
+pub use error::{ApiError, ApiResult};
+pub use metrics::Metrics;
+pub use router::{meta_router, router};
 
 /// Limits of the API, each with the reason for its default in [`ApiLimits::default`].
 #[derive(Clone, Debug)]
@@ -18,11 +47,25 @@ pub struct ApiLimits {
     pub max_body_bytes: usize,
     /// Requests per minute per non-admin user; 0 = unlimited (`rateLimit` in fish.yml).
     pub rate_limit_per_minute: u32,
+    /// Open watches per user; each holds a task and a broadcast receiver.
+    pub max_watches_per_user: usize,
+    /// How long a client may take to send its request headers (slowloris).
+    pub header_read_timeout: Duration,
+    /// How long in-flight requests get to finish once shutdown starts.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ApiLimits {
     fn default() -> Self {
-        ApiLimits { max_body_bytes: 10 * 1024 * 1024, rate_limit_per_minute: 600 }
+        ApiLimits {
+            max_body_bytes: 10 * 1024 * 1024,
+            rate_limit_per_minute: 600,
+            // A CI server watching a handful of kinds, with room for reconnects.
+            max_watches_per_user: 32,
+            header_read_timeout: Duration::from_secs(10),
+            // Well inside fishd's 10 s grace period.
+            shutdown_grace: Duration::from_secs(5),
+        }
     }
 }
 
@@ -38,4 +81,67 @@ pub struct AppState {
     pub limits: ApiLimits,
     /// Cancelled when fishd shuts down: open watches end.
     pub shutdown: CancellationToken,
+    /// Password checks, rate limits and watch counts.
+    pub auth: Arc<Auth>,
+    /// Request metrics and the gauges the runtime sets.
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// A state with fresh authentication bookkeeping and metrics.
+    pub fn new(
+        store: Store,
+        node_name: String,
+        drivers: Arc<Drivers>,
+        meta_tokens: MetaTokens,
+        limits: ApiLimits,
+        shutdown: CancellationToken,
+    ) -> Self {
+        AppState {
+            store,
+            node_name,
+            drivers,
+            meta_tokens,
+            limits,
+            shutdown,
+            auth: Arc::new(Auth::default()),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+}
+
+/// Serves the API over TLS on `listener` (already bound, maybe to port 0) until
+/// `shutdown` is cancelled; then stops accepting, gives in-flight requests
+/// `limits.shutdown_grace`, and returns.
+pub async fn serve(
+    state: AppState,
+    listener: std::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    // tokio panics (debug) on a blocking socket.
+    listener.set_nonblocking(true)?;
+    let grace = state.limits.shutdown_grace;
+    let header_timeout = state.limits.header_read_timeout;
+    let app = router(state);
+    let handle = axum_server::Handle::new();
+    let mut server = axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(tls))?.handle(handle.clone());
+    server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
+    server.http_builder().http2().timer(hyper_util::rt::TokioTimer::new());
+    let stopper = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tracing::info!(grace = ?grace, "API shutting down: no new connections");
+            handle.graceful_shutdown(Some(grace));
+        })
+    };
+    let result = server.serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await;
+    stopper.abort();
+    result
+}
+
+/// Records one mutation in the audit log (target `audit`). Never pass secrets.
+pub fn audit(user: &crate::auth::AuthUser, action: &str, kind: &str, name: &str, outcome: &str) {
+    tracing::info!(target: "audit", user = %user.name, action, kind, name, outcome);
 }

@@ -44,7 +44,11 @@ async fn get_json_parses_and_invalid_manifests_name_the_field() {
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "kind: Label\nmetadata: {name: bad}\nspec: {definitions: [{driver: test, resources: {cpu: many}}]}\n").unwrap();
+    std::fs::write(
+        &bad,
+        "kind: Label\nmetadata: {name: bad}\nspec: {definitions: [{driver: test, resources: {cpu: many}}]}\n",
+    )
+    .unwrap();
     let o = d.fishctl(&["apply", "-f", bad.to_str().unwrap()]);
     assert!(!o.status.success());
     let err = stderr(&o);
@@ -52,7 +56,11 @@ async fn get_json_parses_and_invalid_manifests_name_the_field() {
     assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
 
     // A driver this node does not have is caught by the server, with its field path.
-    std::fs::write(&bad, "kind: Label\nmetadata: {name: bad}\nspec: {definitions: [{driver: vmware, resources: {cpu: 1}}]}\n").unwrap();
+    std::fs::write(
+        &bad,
+        "kind: Label\nmetadata: {name: bad}\nspec: {definitions: [{driver: vmware, resources: {cpu: 1}}]}\n",
+    )
+    .unwrap();
     let o = d.fishctl(&["apply", "-f", bad.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("spec.definitions[0].driver"), "{}", stderr(&o));

@@ -126,9 +126,11 @@ async fn sigterm_finishes_the_allocation_in_flight_and_the_restart_adopts_it() {
 /// finished applications and the watch history reaches its bound.
 #[tokio::test]
 async fn churn_does_not_grow_the_store() {
-    let d = TestDaemon::start("historyRetention: 1s\nresyncInterval: 1s\nwatchHistory: 2000\ncapacity: {cpu: 1000, ram: 1000, slots: 1000}\n")
-        .await
-        .unwrap();
+    let d = TestDaemon::start(
+        "historyRetention: 1s\nresyncInterval: 1s\nwatchHistory: 2000\ncapacity: {cpu: 1000, ram: 1000, slots: 1000}\n",
+    )
+    .await
+    .unwrap();
     assert_eq!(d.apply(&label("churn", "{driver: test, resources: {cpu: 1}}")).await.unwrap().0, 200);
     let db = d.data_dir().join("fish.redb");
     let mut size_after_1000 = 0;

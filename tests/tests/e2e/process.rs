@@ -17,7 +17,9 @@ fn label(name: &str, script: &str) -> String {
 }
 
 fn app(name: &str, label: &str) -> String {
-    format!("---\nkind: Application\nmetadata: {{name: {name}}}\nspec: {{label: {label}, metadata: {{FROM_APP: app-value}}}}\n")
+    format!(
+        "---\nkind: Application\nmetadata: {{name: {name}}}\nspec: {{label: {label}, metadata: {{FROM_APP: app-value}}}}\n"
+    )
 }
 
 fn pid_of(app: &serde_json::Value) -> i32 {
@@ -26,7 +28,8 @@ fn pid_of(app: &serde_json::Value) -> i32 {
 
 fn alive(pid: i32) -> bool {
     // A zombie is dead for our purposes.
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')))
 }
 
 /// Every live process whose environment names this application.
@@ -79,11 +82,16 @@ async fn process_reads_its_metadata_and_leaves_nothing_behind() {
 #[tokio::test]
 async fn exit_code_is_reported_and_grandchildren_die_with_the_application() {
     let d = TestDaemon::start(CONFIG).await.unwrap();
-    let yaml = label("exit3", "sleep 1\nexit 3") + &app("three", "exit3") + &label("forker", "(sleep 1000) &\n(sh -c 'sleep 1001') &\nwait") + &app("forks", "forker");
+    let yaml = label("exit3", "sleep 1\nexit 3")
+        + &app("three", "exit3")
+        + &label("forker", "(sleep 1000) &\n(sh -c 'sleep 1001') &\nwait")
+        + &app("forks", "forker");
     assert_eq!(d.apply(&yaml).await.unwrap().0, 200);
-    eventually("three to end by itself", || async { d.application("three").await.unwrap()["status"]["phase"] == "DEALLOCATED" })
-        .await
-        .unwrap();
+    eventually("three to end by itself", || async {
+        d.application("three").await.unwrap()["status"]["phase"] == "DEALLOCATED"
+    })
+    .await
+    .unwrap();
     let three = d.application("three").await.unwrap();
     assert!(three["status"]["message"].as_str().unwrap().contains("exited with code 3"), "{:#}", three["status"]);
 
@@ -137,7 +145,12 @@ async fn sigkilled_fishd_adopts_its_processes_on_restart() {
 async fn a_token_opens_only_its_own_metadata() {
     let d = TestDaemon::start(CONFIG).await.unwrap();
     let dir = d.data_dir();
-    let script = |n: &str| format!("printf %s \"$FISH_META_TOKEN\" > {}/token-{n}.tmp && mv {0}/token-{n}.tmp {0}/token-{n}\nwhile true; do sleep 1; done", dir.display());
+    let script = |n: &str| {
+        format!(
+            "printf %s \"$FISH_META_TOKEN\" > {}/token-{n}.tmp && mv {0}/token-{n}.tmp {0}/token-{n}\nwhile true; do sleep 1; done",
+            dir.display()
+        )
+    };
     let yaml = label("ta", &script("a")) + &app("app-a", "ta") + &label("tb", &script("b")) + &app("app-b", "tb");
     assert_eq!(d.apply(&yaml).await.unwrap().0, 200);
     d.wait_phase("app-a", "ALLOCATED").await.unwrap();

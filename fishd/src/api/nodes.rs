@@ -1,0 +1,119 @@
+//! `/api/v1/nodes`: list, watch, get, and maintenance mode.
+
+use std::sync::Arc;
+
+use api_types::{List, Node};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiQuery, parse_body, read_body};
+use super::watch::{parse_resource_version, watch_response};
+use super::{AppState, audit};
+use crate::auth::AuthUser;
+use crate::store::{Command, Kind, Response as StoreResponse};
+
+/// Query of `GET /api/v1/nodes` (and of the users list).
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct WatchQuery {
+    /// Stream changes as newline-delimited JSON instead of answering a list.
+    pub watch: Option<bool>,
+    /// With `watch`: every change after this revision instead of the current objects.
+    pub resource_version: Option<String>,
+}
+
+/// Body of `POST /api/v1/nodes/{name}/maintenance`.
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    /// In maintenance a node takes no new applications and keeps the ones it runs.
+    pub enabled: bool,
+}
+
+/// List nodes, or watch them.
+#[utoipa::path(
+    get, path = "/api/v1/nodes", tag = "nodes", params(WatchQuery),
+    responses((status = 200, body = List<Node>, description = "a NodeList, or with watch=true a stream of WatchEvent lines")),
+    security(("bearer" = []), ("basic" = []))
+)]
+pub async fn list_nodes(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiQuery(q): ApiQuery<WatchQuery>,
+) -> ApiResult<Response> {
+    if q.watch.unwrap_or(false) {
+        let rv = parse_resource_version(q.resource_version.as_deref())?;
+        let store = state.store.clone();
+        return watch_response(&state, &user, Kind::Node, rv, Arc::new(|_| true), move || {
+            let (rev, items) = store.list_nodes()?;
+            Ok((rev, items.into_iter().filter_map(|n| serde_json::to_value(n).ok()).collect()))
+        });
+    }
+    let (rev, items) = state.store.list_nodes()?;
+    Ok(Json(List::new("Node", rev, items)).into_response())
+}
+
+fn find(state: &AppState, name_or_uid: &str) -> ApiResult<Node> {
+    if let Some(n) = state.store.get_node(name_or_uid)? {
+        return Ok(n);
+    }
+    if let Ok(uid) = name_or_uid.parse::<uuid::Uuid>() {
+        let (_, all) = state.store.list_nodes()?;
+        if let Some(n) = all.into_iter().find(|n| n.metadata.uid == Some(uid)) {
+            return Ok(n);
+        }
+    }
+    Err(ApiError::NotFound(format!("node {name_or_uid:?} not found")))
+}
+
+/// One node.
+#[utoipa::path(
+    get, path = "/api/v1/nodes/{name}", tag = "nodes",
+    params(("name" = String, Path, description = "node name or uid")),
+    responses((status = 200, body = Node), (status = 404, body = api_types::ErrorBody)),
+    security(("bearer" = []), ("basic" = []))
+)]
+pub async fn get_node(
+    State(state): State<AppState>,
+    _user: AuthUser,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Node>> {
+    find(&state, &name).map(Json)
+}
+
+/// Turn maintenance on or off (admin).
+#[utoipa::path(
+    post, path = "/api/v1/nodes/{name}/maintenance", tag = "nodes",
+    params(("name" = String, Path, description = "node name or uid")),
+    request_body = MaintenanceRequest,
+    responses((status = 200, body = Node), (status = 403, body = api_types::ErrorBody),
+        (status = 404, body = api_types::ErrorBody)),
+    security(("bearer" = []), ("basic" = []))
+)]
+pub async fn set_maintenance(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Node>> {
+    user.require_admin("change maintenance mode")?;
+    let bytes = read_body(&headers, body, state.limits.max_body_bytes).await?;
+    let req: MaintenanceRequest = parse_body(&headers, &bytes, "maintenance request")?;
+    let node = find(&state, &name)?;
+    let node_name = node.metadata.name_str().to_owned();
+    let outcome =
+        state.store.execute(Command::SetMaintenance { node: node_name.clone(), enabled: req.enabled }).await?;
+    let action = if req.enabled { "maintenance-on" } else { "maintenance-off" };
+    audit(&user, action, "Node", &node_name, if outcome.is_ok() { "done" } else { "rejected" });
+    match outcome? {
+        StoreResponse::Node(n) => Ok(Json(*n)),
+        _ => find(&state, &node_name).map(Json),
+    }
+}

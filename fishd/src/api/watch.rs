@@ -1,0 +1,136 @@
+//! Watch streaming shared by every list route: newline-delimited JSON
+//! [`WatchEvent`]s.
+//!
+//! # Guarantees
+//! - Nothing is lost between the initial state and the live events: the live
+//!   subscription is taken *before* the snapshot (or the history) is read, and live
+//!   events at or below the snapshot's revision are skipped.
+//! - Nothing is dropped silently: a watcher whose live channel overflowed, or who
+//!   resumes from a revision older than the kept history, gets a final `ERROR` event
+//!   with code 410 and the stream ends; it lists again and resumes.
+//! - The stream ends when fishd shuts down.
+
+use std::sync::Arc;
+
+use api_types::{ErrorBody, ErrorReason, WatchEvent, WatchEventType};
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::auth::AuthUser;
+use crate::store::{Event, Kind, StoreError};
+
+/// Decides whether an event (its kind already matched) goes to this watcher.
+pub type EventFilter = Arc<dyn Fn(&Event) -> bool + Send + Sync>;
+
+/// Parses `?resourceVersion=`.
+pub fn parse_resource_version(rv: Option<&str>) -> Result<Option<u64>, ApiError> {
+    match rv {
+        None | Some("") => Ok(None),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::BadRequest(format!("resourceVersion {s:?} is not a revision number"))),
+    }
+}
+
+/// Answers a watch of `kind`: the current objects (from `snapshot`) as ADDED, or
+/// every change after `resource_version`, then live changes.
+pub fn watch_response(
+    state: &AppState,
+    user: &AuthUser,
+    kind: Kind,
+    resource_version: Option<u64>,
+    filter: EventFilter,
+    snapshot: impl FnOnce() -> Result<(u64, Vec<serde_json::Value>), StoreError>,
+) -> Result<Response, ApiError> {
+    let guard = state.auth.open_watch(&user.name, state.limits.max_watches_per_user)?;
+    // Subscribe first: anything committed after this point reaches `live`.
+    let mut live = state.store.subscribe();
+    let admin = user.is_admin();
+    let me = user.name.clone();
+    let visible = move |e: &Event| {
+        e.kind == kind && (admin || kind != Kind::Application || e.owner.as_deref() == Some(me.as_str())) && filter(e)
+    };
+    let mut initial: Vec<WatchEvent> = Vec::new();
+    let mut expired: Option<String> = None;
+    let seen = match resource_version {
+        Some(rv) => match state.store.events_since(rv)? {
+            Ok((current, events)) => {
+                initial.extend(
+                    events
+                        .iter()
+                        .filter(|e| visible(e))
+                        .map(|e| WatchEvent { event_type: e.event_type, object: e.object.clone() }),
+                );
+                current.max(rv)
+            }
+            Err(e) => {
+                expired = Some(format!("{e}; list again and watch from the list's resourceVersion"));
+                0
+            }
+        },
+        None => {
+            let (rev, objects) = snapshot()?;
+            initial.extend(objects.into_iter().map(|object| WatchEvent { event_type: WatchEventType::Added, object }));
+            rev
+        }
+    };
+    let shutdown = state.shutdown.clone();
+    let stream = async_stream::stream! {
+        let _guard = guard;
+        for e in &initial {
+            yield Ok::<Bytes, std::convert::Infallible>(line(e));
+        }
+        if let Some(message) = expired {
+            yield Ok(line(&expired_event(message)));
+            return;
+        }
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = live.recv() => next,
+            };
+            match next {
+                Ok(e) => {
+                    if e.revision <= seen || !visible(&e) {
+                        continue;
+                    }
+                    yield Ok(line(&WatchEvent { event_type: e.event_type, object: e.object.clone() }));
+                }
+                Err(RecvError::Lagged(n)) => {
+                    let message = format!("watch fell {n} events behind and was closed; list again and resume");
+                    yield Ok(line(&expired_event(message)));
+                    break;
+                }
+                Err(RecvError::Closed) => break,
+            }
+        }
+    };
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(resp)
+}
+
+fn expired_event(message: String) -> WatchEvent {
+    let body = ErrorBody::new(ErrorReason::Expired, message);
+    WatchEvent {
+        event_type: WatchEventType::Error,
+        object: serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+fn line(e: &WatchEvent) -> Bytes {
+    let mut v = serde_json::to_vec(e).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+/// The value of `metadata.name` of an event's object.
+pub fn object_name(e: &Event) -> &str {
+    e.object.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or("")
+}

@@ -1,0 +1,183 @@
+//! TLS material of a node: a CA and a node certificate signed by it, made on first
+//! start in the data directory and reused afterwards.
+//!
+//! Files (keys mode 0600): `ca.crt`, `ca.key`, `node.crt`, `node.key`, and
+//! `node.sans` (the names the node certificate was made for). When the wanted names
+//! change (a new `--api` host or node name), only the node certificate is made
+//! again, signed by the same CA, so clients that trust `ca.crt` keep working.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::fsutil::write_private;
+
+/// The CA's subject. Fixed, so the issuer can be rebuilt from the stored key alone.
+const CA_COMMON_NAME: &str = "Aquarium CA";
+const CA_ORG: &str = "Aquarium";
+
+/// Why TLS material could not be made or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read or write {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make a certificate")]
+    Generate(#[from] rcgen::Error),
+    #[error("{path} is not a valid PEM file")]
+    Pem {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("cannot build the TLS configuration")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// A node's TLS material on disk and the server configuration made from it.
+#[derive(Debug, Clone)]
+pub struct TlsMaterial {
+    /// Absolute path of `ca.crt`, for `fishctl.yaml` and for clients to trust.
+    pub ca_cert_path: PathBuf,
+    pub ca_cert_pem: String,
+    /// TLS 1.2+, ALPN h2 and http/1.1, serving the node certificate and the CA.
+    pub server_config: Arc<ServerConfig>,
+}
+
+/// The names a node certificate must carry: the node name, `localhost`, the
+/// loopback addresses, and `api_host` (the host part of `--api`) if it is a real one.
+pub fn wanted_names(node_name: &str, api_host: Option<&str>) -> Vec<String> {
+    let mut names = vec![node_name.to_owned(), "localhost".into(), "127.0.0.1".into(), "::1".into()];
+    if let Some(h) = api_host {
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        let unspecified = h.parse::<IpAddr>().is_ok_and(|ip| ip.is_unspecified());
+        if !h.is_empty() && !unspecified && !names.iter().any(|n| n == h) {
+            names.push(h.to_owned());
+        }
+    }
+    names
+}
+
+/// Loads the node's TLS material from `data_dir`, creating what is missing.
+/// Needs a rustls crypto provider installed (fishd installs ring in `main`).
+pub fn load_or_create(data_dir: &Path, node_name: &str, api_host: Option<&str>) -> Result<TlsMaterial, TlsError> {
+    let dir = std::path::absolute(data_dir).map_err(|source| TlsError::Io { path: data_dir.into(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| TlsError::Io { path: dir.clone(), source })?;
+    let p = |f: &str| dir.join(f);
+    let (ca_crt, ca_key, node_crt, node_key, node_sans) =
+        (p("ca.crt"), p("ca.key"), p("node.crt"), p("node.key"), p("node.sans"));
+
+    let ca_key_pair = if ca_crt.exists() && ca_key.exists() {
+        KeyPair::from_pem(&read(&ca_key)?)?
+    } else {
+        tracing::info!(dir = %dir.display(), "creating the node's certificate authority");
+        let key = KeyPair::generate()?;
+        let cert = ca_params()?.self_signed(&key)?;
+        write_private(&ca_key, key.serialize_pem().as_bytes())
+            .map_err(|source| TlsError::Io { path: ca_key.clone(), source })?;
+        std::fs::write(&ca_crt, cert.pem()).map_err(|source| TlsError::Io { path: ca_crt.clone(), source })?;
+        // A new CA invalidates any node certificate signed by an old one.
+        let _ = std::fs::remove_file(&node_crt);
+        key
+    };
+
+    let names = wanted_names(node_name, api_host);
+    let names_text = names.join("\n");
+    let current = std::fs::read_to_string(&node_sans).unwrap_or_default();
+    if !(node_crt.exists() && node_key.exists() && current == names_text) {
+        tracing::info!(names = ?names, "creating the node certificate");
+        let issuer = Issuer::new(ca_params()?, ca_key_pair);
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names.clone())?;
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, node_name);
+        params.distinguished_name.push(DnType::OrganizationName, CA_ORG);
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        // Server for the API now; client too, for the cluster's mutual TLS later.
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
+        let cert = params.signed_by(&key, &issuer)?;
+        write_private(&node_key, key.serialize_pem().as_bytes())
+            .map_err(|source| TlsError::Io { path: node_key.clone(), source })?;
+        std::fs::write(&node_crt, cert.pem()).map_err(|source| TlsError::Io { path: node_crt.clone(), source })?;
+        std::fs::write(&node_sans, &names_text).map_err(|source| TlsError::Io { path: node_sans.clone(), source })?;
+    }
+
+    let ca_cert_pem = read(&ca_crt)?;
+    let server_config = server_config(&node_crt, &node_key, &ca_crt)?;
+    Ok(TlsMaterial { ca_cert_path: ca_crt, ca_cert_pem, server_config })
+}
+
+fn ca_params() -> Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, CA_COMMON_NAME);
+    params.distinguished_name.push(DnType::OrganizationName, CA_ORG);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650 * 2);
+    Ok(params)
+}
+
+fn pem_err(path: &Path) -> impl Fn(rustls_pki_types::pem::Error) -> TlsError + '_ {
+    move |source| TlsError::Pem { path: path.into(), source }
+}
+
+fn read(path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|source| TlsError::Io { path: path.into(), source })
+}
+
+/// A server configuration serving `cert` (followed by the CA, so clients can build
+/// the chain) with `key`: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`.
+pub fn server_config(cert: &Path, key: &Path, ca: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(cert).map_err(pem_err(cert))?.collect::<Result<_, _>>().map_err(pem_err(cert))?;
+    chain.extend(
+        CertificateDer::pem_file_iter(ca).map_err(pem_err(ca))?.collect::<Result<Vec<_>, _>>().map_err(pem_err(ca))?,
+    );
+    let key = PrivateKeyDer::from_pem_file(key).map_err(pem_err(key))?;
+    let mut config = ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn creates_then_reuses_and_renews_only_the_node_cert() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = load_or_create(dir.path(), "node-a", Some("127.0.0.1")).expect("create");
+        assert!(a.ca_cert_path.is_absolute());
+        for key in ["ca.key", "node.key"] {
+            let mode = std::fs::metadata(dir.path().join(key)).expect("key").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{key}");
+        }
+        let node1 = std::fs::read(dir.path().join("node.crt")).expect("node.crt");
+        let b = load_or_create(dir.path(), "node-a", Some("127.0.0.1")).expect("reuse");
+        assert_eq!(a.ca_cert_pem, b.ca_cert_pem);
+        assert_eq!(node1, std::fs::read(dir.path().join("node.crt")).expect("node.crt"), "reused");
+        let c = load_or_create(dir.path(), "node-a", Some("fish.example")).expect("renew");
+        assert_eq!(a.ca_cert_pem, c.ca_cert_pem, "the CA is kept");
+        assert_ne!(node1, std::fs::read(dir.path().join("node.crt")).expect("node.crt"), "new names, new cert");
+    }
+}
