@@ -45,6 +45,7 @@ pub struct TestDaemon {
 impl TestDaemon {
     /// Starts fishd with the test driver and `extra` appended to its fish.yml.
     pub async fn start(extra: &str) -> Result<TestDaemon> {
+        install_crypto();
         let dir = tempfile::tempdir()?;
         let mut d = TestDaemon {
             child: None,
@@ -72,6 +73,10 @@ impl TestDaemon {
     fn write_config(&self) -> Result<PathBuf> {
         let mut yml =
             format!("nodeName: test-node\ndataDir: {}\napi: 127.0.0.1:{}\n", self.data_dir().display(), self.port);
+        // Room for many applications unless the test is about capacity.
+        if !self.extra_config.contains("capacity:") {
+            yml.push_str("capacity: {cpu: 64, ram: 256, slots: 256}\n");
+        }
         if !self.extra_config.contains("drivers:") {
             yml.push_str("drivers:\n  test: {}\n");
         }

@@ -169,7 +169,15 @@ fn apply_items(
         let names = tx.txn.open_table(APP_NAMES)?;
         let apps = tx.txn.open_table(APPS)?;
         let users = tx.txn.open_table(USERS)?;
-        for item in items {
+        // Labels are planned first, whatever their place in the manifest, so an
+        // application may come before the label it uses (files are applied in name
+        // order). Results keep the documents' order.
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by_key(|&i| !matches!(items[i], ApplyItem::Label { .. }));
+        let mut slots: Vec<Option<ApplyItem>> = items.into_iter().map(Some).collect();
+        let mut planned: Vec<Option<Plan>> = (0..slots.len()).map(|_| None).collect();
+        for i in order {
+            let Some(item) = slots[i].take() else { continue };
             let plan = match item {
                 ApplyItem::Label { label, uid } => {
                     let name = label.metadata.name_str().to_owned();
@@ -339,8 +347,9 @@ fn apply_items(
                     }
                 }
             };
-            plans.push(plan);
+            planned[i] = Some(plan);
         }
+        plans.extend(planned.into_iter().flatten());
     }
     // Write phase.
     let mut results = Vec::with_capacity(plans.len());

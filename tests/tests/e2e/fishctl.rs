@@ -27,7 +27,8 @@ async fn applying_a_directory_twice_changes_nothing_the_second_time() {
     assert!(out.contains("label/test-small created (version 1)"), "{out}");
     let second = d.fishctl(&["apply", "-f", &repo("manifests/test")]);
     assert!(second.status.success(), "{}", stderr(&second));
-    let lines: Vec<&str> = stdout(&second).lines().filter(|l| !l.trim().is_empty()).collect();
+    let text = stdout(&second);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(!lines.is_empty());
     assert!(lines.iter().all(|l| l.contains("unchanged")), "{lines:#?}");
 }
