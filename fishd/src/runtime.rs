@@ -279,8 +279,8 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     tokio::spawn(gauge_loop(store.clone(), metrics, beat.clone()));
     info!(node = %node_name, api = %addr, data_dir = %data_dir.display(), drivers = ?drivers.keys().collect::<Vec<_>>(), "fishd ready");
 
-    let mut term = signal(SignalKind::terminate()).map_err(|e| RunError::Serve(e))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| RunError::Serve(e))?;
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Serve)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Serve)?;
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: draining"),
         _ = int.recv() => info!("SIGINT: draining"),

@@ -106,8 +106,9 @@ impl TestDaemon {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 bail!("fishd exited during start ({status}):\n{}", self.log());
             }
-            if let Ok(text) = std::fs::read_to_string(self.fishctl_config()) {
-                if let Some((url, token, ca)) = parse_fishctl_config(&text) {
+            let config = std::fs::read_to_string(self.fishctl_config()).ok();
+            if let Some((url, token, ca)) = config.as_deref().and_then(parse_fishctl_config) {
+                {
                     let port = url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(0);
                     if self.port == 0 || port == self.port {
                         let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca)?)?;

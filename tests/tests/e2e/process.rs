@@ -37,10 +37,10 @@ fn processes_of(uid: &str) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
-            if env.split(|b| *b == 0).any(|kv| kv == format!("FISH_APPLICATION_UID={uid}").as_bytes()) && alive(pid) {
-                out.push(pid);
-            }
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let mine = format!("FISH_APPLICATION_UID={uid}");
+        if env.split(|b| *b == 0).any(|kv| kv == mine.as_bytes()) && alive(pid) {
+            out.push(pid);
         }
     }
     out
