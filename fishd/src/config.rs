@@ -60,6 +60,20 @@ pub struct Config {
     /// Requests per minute per non-admin user; 0 = unlimited.
     #[serde(default = "default_rate_limit")]
     pub rate_limit: u32,
+    /// How long a client may take for its TLS handshake, to start a request, and to
+    /// send each request's headers; slower clients are disconnected (slowloris).
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: HumanDuration,
+    /// Open API connections at once; more are closed as soon as they are accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Failed authentications per minute per source address before that address is
+    /// answered 429 (valid tokens still work); 0 = unlimited.
+    #[serde(default = "default_auth_failure_limit")]
+    pub auth_failure_limit: u32,
+    /// Open watches per user; more are answered 429.
+    #[serde(default = "default_max_watches")]
+    pub max_watches_per_user: usize,
     /// How long a shutdown may take to finish in-flight work.
     #[serde(default = "default_grace")]
     pub grace_period: HumanDuration,
@@ -93,6 +107,18 @@ fn default_retention() -> HumanDuration {
 }
 fn default_rate_limit() -> u32 {
     600
+}
+fn default_header_read_timeout() -> HumanDuration {
+    HumanDuration(crate::api::ApiLimits::default().header_read_timeout)
+}
+fn default_max_connections() -> usize {
+    crate::api::ApiLimits::default().max_connections
+}
+fn default_auth_failure_limit() -> u32 {
+    crate::api::ApiLimits::default().auth_failures_per_minute
+}
+fn default_max_watches() -> usize {
+    crate::api::ApiLimits::default().max_watches_per_user
 }
 fn default_grace() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
@@ -161,6 +187,12 @@ impl Config {
         }
         if self.allocation_retry == 0 {
             return Err(ConfigError::Invalid("allocationRetry must be at least 1".into()));
+        }
+        if self.header_read_timeout.get().is_zero() {
+            return Err(ConfigError::Invalid("headerReadTimeout must be more than 0".into()));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid("maxConnections must be at least 1".into()));
         }
         if let Some(d) = &self.drivers {
             for name in d.keys() {

@@ -271,7 +271,14 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     tokio::spawn(heartbeat_loop(ctx.clone(), config.clone(), addr, beat.clone()));
 
     let api_stop = CancellationToken::new();
-    let limits = ApiLimits { rate_limit_per_minute: config.rate_limit, ..ApiLimits::default() };
+    let limits = ApiLimits {
+        rate_limit_per_minute: config.rate_limit,
+        header_read_timeout: config.header_read_timeout.get(),
+        max_connections: config.max_connections,
+        auth_failures_per_minute: config.auth_failure_limit,
+        max_watches_per_user: config.max_watches_per_user,
+        ..ApiLimits::default()
+    };
     let state = AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens, limits, api_stop.clone());
     let metrics = state.metrics.clone();
     serve_meta_on_docker_networks(&dockers, addr.port(), &state, api_stop.clone()).await;

@@ -31,8 +31,9 @@ pub struct MetaQuery {
 #[utoipa::path(
     get, path = "/meta/v1/data", tag = "meta", params(MetaQuery),
     responses((status = 200, body = Object, description = "merged metadata"),
-        (status = 401, body = api_types::ErrorBody, description = "a resource token that is not genuine"),
-        (status = 404, body = api_types::ErrorBody, description = "no running resource has the caller's address or token")),
+        (status = 400, body = api_types::ErrorBody, description = "an unknown `format`"),
+        (status = 404, body = api_types::ErrorBody,
+            description = "no running resource has the caller's address or token (a forged token included)")),
     security(("resource_token" = []))
 )]
 pub async fn meta_data(

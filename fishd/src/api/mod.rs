@@ -10,6 +10,7 @@
 
 pub mod applications;
 pub mod apply;
+pub mod conn;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -49,8 +50,14 @@ pub struct ApiLimits {
     pub rate_limit_per_minute: u32,
     /// Open watches per user; each holds a task and a broadcast receiver.
     pub max_watches_per_user: usize,
-    /// How long a client may take to send its request headers (slowloris).
+    /// How long a client may take for its TLS handshake, then to start a request,
+    /// then to send each request's headers (slowloris); `headerReadTimeout` in fish.yml.
     pub header_read_timeout: Duration,
+    /// Open connections at once; more are closed on accept (`maxConnections`).
+    pub max_connections: usize,
+    /// Failed authentications per minute per source address before that address
+    /// gets 429 for anything but a valid token (`authFailureLimit`); 0 = unlimited.
+    pub auth_failures_per_minute: u32,
     /// How long in-flight requests get to finish once shutdown starts.
     pub shutdown_grace: Duration,
 }
@@ -63,6 +70,12 @@ impl Default for ApiLimits {
             // A CI server watching a handful of kinds, with room for reconnects.
             max_watches_per_user: 32,
             header_read_timeout: Duration::from_secs(10),
+            // Well under the usual 1024 open files, which fishd also needs for the
+            // store, logs and drivers; far more than a CI fleet's agents need.
+            max_connections: 512,
+            // A human mistyping, or a script with a stale token retrying, stays far
+            // below this; an online password guesser gets 20 tries a minute.
+            auth_failures_per_minute: 20,
             // Well inside fishd's 10 s grace period.
             shutdown_grace: Duration::from_secs(5),
         }
@@ -123,9 +136,14 @@ pub async fn serve(
     listener.set_nonblocking(true)?;
     let grace = state.limits.shutdown_grace;
     let header_timeout = state.limits.header_read_timeout;
+    let acceptor = conn::GuardedAcceptor::new(
+        axum_server::tls_rustls::RustlsAcceptor::new(RustlsConfig::from_config(tls)),
+        state.limits.max_connections,
+        header_timeout,
+    );
     let app = router(state);
     let handle = axum_server::Handle::new();
-    let mut server = axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(tls))?.handle(handle.clone());
+    let mut server = axum_server::from_tcp(listener)?.acceptor(acceptor).handle(handle.clone());
     server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
     server.http_builder().http2().timer(hyper_util::rt::TokioTimer::new());
     let stopper = {

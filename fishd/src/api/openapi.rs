@@ -18,6 +18,7 @@ use super::{AppState, applications, apply, health, labels, meta, metrics, nodes,
 #[openapi(
     info(title = "Aquarium fishd API", description = "Labels, applications, nodes and users of an Aquarium node."),
     modifiers(&SecuritySchemes),
+    components(schemas(api_types::WatchEvent)),
     tags(
         (name = "apply", description = "Apply manifests"),
         (name = "labels"), (name = "applications"), (name = "nodes"), (name = "users"),
@@ -52,6 +53,68 @@ impl Modify for SecuritySchemes {
                 "`Bearer <FISH_META_TOKEN>` of a process resource",
             ))),
         );
+    }
+}
+
+/// Documents the answers every route shares, after the routes are registered:
+/// written once here instead of on every handler, so no handler can forget one.
+///
+/// - authenticated `/api/` routes: 401, 429 (rate limit or failed logins, with
+///   `Retry-After`) and 503 (password checks queue full);
+/// - routes with query parameters or a body: 400;
+/// - routes with a body: 413 and 422;
+/// - list routes with `watch`: their 200 may also be an `application/x-ndjson`
+///   stream of `WatchEvent` lines.
+pub fn complete(doc: &mut OpenApiDoc) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, ResponseBuilder};
+
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+    };
+    let retry_after = HeaderBuilder::new()
+        .schema(Some(utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::Integer)))
+        .description(Some("seconds until a request will pass"))
+        .build();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        // `/meta/` has its own resource tokens, answered 404 when wrong.
+        let user_auth = path.starts_with("/api/");
+        let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for op in ops.into_iter().flatten() {
+            let add = |op: &mut utoipa::openapi::path::Operation, code: &str, r: utoipa::openapi::Response| {
+                op.responses.responses.entry(code.to_owned()).or_insert(RefOr::T(r));
+            };
+            let params = op.parameters.as_deref().unwrap_or_default();
+            let has_query = params.iter().any(|p| matches!(p, RefOr::T(p) if p.parameter_in == ParameterIn::Query));
+            let watches = params.iter().any(|p| matches!(p, RefOr::T(p) if p.name == "watch"));
+            let has_body = op.request_body.is_some();
+            if user_auth && op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                add(op, "401", error("no, malformed or invalid credentials").build());
+                add(
+                    op,
+                    "429",
+                    error("a user's rate limit, its open watches, or this address's failed logins")
+                        .header("Retry-After", retry_after.clone())
+                        .build(),
+                );
+                add(op, "503", error("too many password checks queued; retry, or use a token").build());
+            }
+            if has_query || has_body {
+                add(op, "400", error("a malformed query or body").build());
+            }
+            if has_body {
+                add(op, "413", error("the body is larger than 10 MiB").build());
+                add(op, "422", error("invalid; `details` name the fields").build());
+            }
+            if watches && let Some(RefOr::T(ok)) = op.responses.responses.get_mut("200") {
+                ok.content.insert(
+                    "application/x-ndjson".to_owned(),
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("WatchEvent"))).build().into(),
+                );
+            }
+        }
     }
 }
 

@@ -12,7 +12,8 @@ use super::openapi::{OpenApiJson, api_router};
 
 /// The whole API as an axum router.
 pub fn router(state: AppState) -> Router {
-    let (routes, doc) = api_router().split_for_parts();
+    let (routes, mut doc) = api_router().split_for_parts();
+    super::openapi::complete(&mut doc);
     routes
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })

@@ -8,16 +8,20 @@
 //!   [`PASSWORD_CACHE_TTL`] keyed by a digest of user, password and stored hash, so a
 //!   changed password is never served from the cache.
 //! - Non-admin users are rate limited per minute ([`RateLimiter`]).
+//! - Failed authentications are limited per source address: past the limit, only a
+//!   valid token is accepted from that address (429 otherwise), so passwords cannot
+//!   be guessed online.
 //! - Secrets are never logged.
 
 pub mod secrets;
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use api_types::User;
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
 use base64::Engine;
@@ -73,6 +77,8 @@ pub struct Auth {
     verify_permits: Semaphore,
     password_cache: Mutex<HashMap<[u8; 32], Instant>>,
     rate: RateLimiter,
+    /// Failed authentications per source address.
+    failures: RateLimiter<IpAddr>,
     watches: Mutex<HashMap<String, usize>>,
 }
 
@@ -82,35 +88,64 @@ impl Default for Auth {
             verify_permits: Semaphore::new(PASSWORD_VERIFY_PERMITS),
             password_cache: Mutex::new(HashMap::new()),
             rate: RateLimiter::default(),
+            failures: RateLimiter::default(),
             watches: Mutex::new(HashMap::new()),
         }
     }
 }
 
+/// What a request presented.
+enum Credentials<'a> {
+    Bearer(&'a str),
+    Basic { name: String, secret: String },
+}
+
 impl Auth {
-    /// Checks `Authorization` and returns the user it names.
-    pub async fn authenticate(&self, state: &AppState, authorization: Option<&str>) -> Result<AuthUser, ApiError> {
+    /// Checks `Authorization` and returns the user it names. `source` is the
+    /// caller's address: one that failed too often in the last minute gets 429 for
+    /// anything but a valid token, so passwords cannot be guessed online.
+    pub async fn authenticate(
+        &self,
+        state: &AppState,
+        authorization: Option<&str>,
+        source: Option<IpAddr>,
+    ) -> Result<AuthUser, ApiError> {
         let Some(value) = authorization else {
             return Err(ApiError::Unauthorized(
                 "authentication required: send a Bearer token or Basic credentials".into(),
             ));
         };
-        let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value, ""));
-        let record = if scheme.eq_ignore_ascii_case("bearer") {
-            self.by_token(state, rest.trim()).await?
-        } else if scheme.eq_ignore_ascii_case("basic") {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(rest.trim())
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| ApiError::Unauthorized("malformed Basic credentials".into()))?;
-            let (name, secret) =
-                decoded.split_once(':').ok_or_else(|| ApiError::Unauthorized("malformed Basic credentials".into()))?;
-            self.by_basic(state, name, secret).await?
-        } else {
-            None
+        let failure_limit = state.limits.auth_failures_per_minute;
+        let blocked = source.and_then(|ip| self.failures.retry_after(&ip, failure_limit, Instant::now()));
+        let record = match parse_credentials(value) {
+            // Tokens are 256-bit random secrets: checking one is cheap and tells a
+            // guesser nothing, so a valid token works even from a blocked address
+            // (a NAT shared with a misconfigured script must not lock everyone out).
+            Some(Credentials::Bearer(token)) => self.by_token(state, token).await?,
+            Some(Credentials::Basic { name, secret }) => {
+                if blocked.is_some() {
+                    self.by_token(state, &secret).await?.filter(|r| r.user.metadata.name_str() == name)
+                } else {
+                    self.by_basic(state, &name, &secret).await?
+                }
+            }
+            None => None,
         };
-        let record = record.ok_or_else(|| ApiError::Unauthorized("invalid credentials".into()))?;
+        let Some(record) = record else {
+            if let Some(retry_after_secs) = blocked {
+                return Err(ApiError::TooManyRequests {
+                    message: format!(
+                        "too many failed authentications from this address (limit {failure_limit} per minute)"
+                    ),
+                    retry_after_secs,
+                });
+            }
+            if let Some(ip) = source {
+                self.failures.consume(ip, failure_limit, Instant::now());
+                tracing::info!(target: "audit", source = %ip, outcome = "unauthenticated", "authentication failed");
+            }
+            return Err(ApiError::Unauthorized("invalid credentials".into()));
+        };
         Ok(AuthUser { name: record.user.metadata.name_str().to_owned(), user: record.user })
     }
 
@@ -211,6 +246,23 @@ impl Drop for WatchGuard {
     }
 }
 
+/// Splits an `Authorization` value; `None` when it is neither Bearer nor Basic
+/// `name:secret`.
+fn parse_credentials(value: &str) -> Option<Credentials<'_>> {
+    let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value, ""));
+    if scheme.eq_ignore_ascii_case("bearer") {
+        let token = rest.trim();
+        return (!token.is_empty()).then_some(Credentials::Bearer(token));
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (name, secret) = decoded.split_once(':')?;
+    Some(Credentials::Basic { name: name.to_owned(), secret: secret.to_owned() })
+}
+
 fn cache_key(name: &str, password: &str, hash: &str) -> [u8; 32] {
     let mut h = Sha256::new();
     for part in [name, password, hash] {
@@ -220,38 +272,97 @@ fn cache_key(name: &str, password: &str, hash: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// A fixed one-minute window per user: simple, and exact enough for "N per minute".
-#[derive(Debug, Default)]
-pub struct RateLimiter {
-    windows: Mutex<HashMap<String, (Instant, u32)>>,
+/// "N per minute" as a token bucket per key: a key starts with N requests and
+/// earns one back every 60/N seconds. Bursts are at most N, the long-run rate is
+/// exactly N a minute, and a refused caller is told to the second when its next
+/// request will pass (`Retry-After`), instead of waiting for a window to end.
+#[derive(Debug)]
+pub struct RateLimiter<K = String> {
+    buckets: Mutex<HashMap<K, Bucket>>,
+}
+
+impl<K> Default for RateLimiter<K> {
+    fn default() -> Self {
+        RateLimiter { buckets: Mutex::new(HashMap::new()) }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
 }
 
 const WINDOW: Duration = Duration::from_secs(60);
+/// Keys tracked before full buckets (the same as absent ones) are dropped.
+const MAX_KEYS: usize = 100_000;
 
-impl RateLimiter {
-    /// Counts one request; `limit` 0 means unlimited.
-    pub fn check(&self, user: &str, limit: u32, now: Instant) -> Result<(), ApiError> {
-        if limit == 0 {
-            return Ok(());
-        }
-        let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        if w.len() > 100_000 {
-            w.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
-        }
-        let (start, count) = w.entry(user.to_owned()).or_insert((now, 0));
-        if now.duration_since(*start) >= WINDOW {
-            *start = now;
-            *count = 0;
-        }
-        if *count >= limit {
-            let wait = WINDOW.saturating_sub(now.duration_since(*start));
-            return Err(ApiError::TooManyRequests {
+impl Bucket {
+    /// The bucket's tokens at `now`, refilled at `limit` per minute up to `limit`.
+    fn refill(&mut self, limit: u32, now: Instant) {
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * f64::from(limit) / WINDOW.as_secs_f64();
+        self.tokens = (self.tokens + earned).min(f64::from(limit));
+        self.at = now;
+    }
+
+    /// Whole seconds until one token is there (at least 1).
+    fn wait_secs(&self, limit: u32) -> u64 {
+        let missing = (1.0 - self.tokens).max(0.0);
+        // Less a hair, so float rounding cannot add a second: 20.000000001 is 20.
+        ((missing * WINDOW.as_secs_f64() / f64::from(limit) - 1e-6).ceil() as u64).max(1)
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> RateLimiter<K> {
+    /// Counts one request; `limit` 0 means unlimited. Refused with 429 and the
+    /// seconds until a request will pass.
+    pub fn check(&self, key: &K, limit: u32, now: Instant) -> Result<(), ApiError> {
+        match self.take(key, limit, now) {
+            None => Ok(()),
+            Some(retry_after_secs) => Err(ApiError::TooManyRequests {
                 message: format!("rate limit of {limit} requests per minute exceeded"),
-                retry_after_secs: wait.as_secs().max(1) + u64::from(wait.subsec_nanos() > 0),
+                retry_after_secs,
+            }),
+        }
+    }
+
+    /// Takes a token; `Some(seconds to wait)` when there is none.
+    fn take(&self, key: &K, limit: u32, now: Instant) -> Option<u64> {
+        if limit == 0 {
+            return None;
+        }
+        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if b.len() >= MAX_KEYS {
+            b.retain(|_, bucket| {
+                bucket.refill(limit, now);
+                bucket.tokens < f64::from(limit)
             });
         }
-        *count += 1;
-        Ok(())
+        let bucket = b.entry(key.clone()).or_insert(Bucket { tokens: f64::from(limit), at: now });
+        bucket.refill(limit, now);
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            None
+        } else {
+            Some(bucket.wait_secs(limit))
+        }
+    }
+
+    /// Counts one event without refusing it (failed logins are counted, then judged
+    /// by [`RateLimiter::retry_after`] on the next attempt).
+    pub fn consume(&self, key: K, limit: u32, now: Instant) {
+        let _ = self.take(&key, limit, now);
+    }
+
+    /// `Some(seconds)` while `key` has used up its budget; does not count.
+    pub fn retry_after(&self, key: &K, limit: u32, now: Instant) -> Option<u64> {
+        if limit == 0 {
+            return None;
+        }
+        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = b.get_mut(key)?;
+        bucket.refill(limit, now);
+        (bucket.tokens < 1.0).then(|| bucket.wait_secs(limit))
     }
 }
 
@@ -263,7 +374,8 @@ impl FromRequestParts<AppState> for AuthUser {
             Some(v) => Some(v.to_str().map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?),
             None => None,
         };
-        let user = state.auth.authenticate(state, authorization).await?;
+        let source = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let user = state.auth.authenticate(state, authorization, source).await?;
         state.auth.check_rate(&user, state.limits.rate_limit_per_minute)?;
         Ok(user)
     }
@@ -274,17 +386,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rate_limit_window() {
+    fn rate_limit_bucket() {
         let r = RateLimiter::default();
         let t0 = Instant::now();
-        assert!(r.check("a", 2, t0).is_ok());
-        assert!(r.check("a", 2, t0).is_ok());
-        match r.check("a", 2, t0 + Duration::from_secs(10)) {
-            Err(ApiError::TooManyRequests { retry_after_secs, .. }) => assert_eq!(retry_after_secs, 50),
+        let a = "a".to_owned();
+        assert!(r.check(&a, 2, t0).is_ok());
+        assert!(r.check(&a, 2, t0).is_ok());
+        match r.check(&a, 2, t0 + Duration::from_secs(10)) {
+            // One request back every 30 s; 10 s of it are gone.
+            Err(ApiError::TooManyRequests { retry_after_secs, .. }) => assert_eq!(retry_after_secs, 20),
             other => panic!("{other:?}"),
         }
-        assert!(r.check("b", 2, t0).is_ok(), "limits are per user");
-        assert!(r.check("a", 2, t0 + WINDOW).is_ok(), "a new window starts");
-        assert!(r.check("a", 0, t0).is_ok(), "0 = unlimited");
+        assert!(r.check(&"b".to_owned(), 2, t0).is_ok(), "limits are per user");
+        assert!(r.check(&a, 2, t0 + Duration::from_secs(30)).is_ok(), "one earned back");
+        assert!(r.check(&a, 2, t0 + Duration::from_secs(31)).is_err());
+        assert!(r.check(&a, 2, t0 + Duration::from_secs(600)).is_ok(), "refilled");
+        assert!(r.check(&a, 2, t0 + Duration::from_secs(600)).is_ok(), "up to the limit");
+        assert!(r.check(&a, 2, t0 + Duration::from_secs(600)).is_err(), "and no further");
+        assert!(r.check(&a, 0, t0).is_ok(), "0 = unlimited");
+    }
+
+    #[test]
+    fn failures_block_until_earned_back() {
+        let r: RateLimiter<IpAddr> = RateLimiter::default();
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        let t0 = Instant::now();
+        assert_eq!(r.retry_after(&ip, 3, t0), None, "unknown addresses are not blocked");
+        for _ in 0..3 {
+            r.consume(ip, 3, t0);
+        }
+        assert_eq!(r.retry_after(&ip, 3, t0), Some(20));
+        assert_eq!(r.retry_after(&ip, 3, t0 + Duration::from_secs(20)), None);
+        assert_eq!(r.retry_after(&ip, 0, t0), None, "0 = unlimited");
     }
 }
