@@ -4,5 +4,6 @@
 
 mod core;
 mod fishctl;
+mod hardening;
 mod lifecycle;
 mod process;
