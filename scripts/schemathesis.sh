@@ -63,8 +63,8 @@ token=$(curl -sf --cacert "$work/data/ca.crt" -H "Authorization: Bearer $bootstr
 # are covered by the e2e tests; here they are pinned off.
 cat >"$work/schemathesis.toml" <<EOF
 [parameters]
-"query.watch" = false
-"query.follow" = false
+"query.watch" = "false"
+"query.follow" = "false"
 EOF
 
 set +e

@@ -30,12 +30,14 @@ use crate::store::{AppFilter, Command, Event, Kind, Response as StoreResponse};
 #[into_params(parameter_in = Query)]
 pub struct AppListQuery {
     /// Only applications in this phase (NEW, ELECTED, ALLOCATED, ...).
+    #[param(value_type = Option<Phase>)]
     pub phase: Option<String>,
     /// Only applications of this label.
     pub label: Option<String>,
     /// Stream changes as newline-delimited JSON instead of answering a list.
     pub watch: Option<bool>,
     /// With `watch`: every change after this revision instead of the current objects.
+    #[param(value_type = Option<u64>)]
     pub resource_version: Option<String>,
 }
 
@@ -64,8 +66,9 @@ pub async fn list_applications(
         None => None,
     };
     let filter = AppFilter { phase, label: q.label.clone(), owner: user.owner_filter() };
+    // Checked even without `watch`: a malformed query is a 400, not silently ignored.
+    let rv = parse_resource_version(q.resource_version.as_deref())?;
     if q.watch.unwrap_or(false) {
-        let rv = parse_resource_version(q.resource_version.as_deref())?;
         let (p, l) = (phase.map(|p| p.as_str().to_owned()), q.label.clone());
         let event_filter = Arc::new(move |e: &Event| {
             let phase_ok =

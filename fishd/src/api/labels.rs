@@ -27,6 +27,7 @@ pub struct LabelListQuery {
     /// Stream changes as newline-delimited JSON instead of answering a list.
     pub watch: Option<bool>,
     /// With `watch`: every change after this revision instead of the current objects.
+    #[param(value_type = Option<u64>)]
     pub resource_version: Option<String>,
 }
 
@@ -49,8 +50,9 @@ pub async fn list_labels(
     user: AuthUser,
     ApiQuery(q): ApiQuery<LabelListQuery>,
 ) -> ApiResult<Response> {
+    // Checked even without `watch`: a malformed query is a 400, not silently ignored.
+    let rv = parse_resource_version(q.resource_version.as_deref())?;
     if q.watch.unwrap_or(false) {
-        let rv = parse_resource_version(q.resource_version.as_deref())?;
         let name = q.name.clone();
         let filter = Arc::new(move |e: &crate::store::Event| name.as_deref().is_none_or(|n| object_name(e) == n));
         let store = state.store.clone();

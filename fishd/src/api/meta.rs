@@ -34,7 +34,8 @@ pub struct MetaQuery {
         (status = 400, body = api_types::ErrorBody, description = "an unknown `format`"),
         (status = 404, body = api_types::ErrorBody,
             description = "no running resource has the caller's address or token (a forged token included)")),
-    security(("resource_token" = []))
+    // Optional: without a token the caller is found by its source address.
+    security((), ("resource_token" = []))
 )]
 pub async fn meta_data(
     State(state): State<AppState>,

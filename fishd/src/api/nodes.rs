@@ -25,6 +25,7 @@ pub struct WatchQuery {
     /// Stream changes as newline-delimited JSON instead of answering a list.
     pub watch: Option<bool>,
     /// With `watch`: every change after this revision instead of the current objects.
+    #[param(value_type = Option<u64>)]
     pub resource_version: Option<String>,
 }
 
@@ -47,8 +48,9 @@ pub async fn list_nodes(
     user: AuthUser,
     ApiQuery(q): ApiQuery<WatchQuery>,
 ) -> ApiResult<Response> {
+    // Checked even without `watch`: a malformed query is a 400, not silently ignored.
+    let rv = parse_resource_version(q.resource_version.as_deref())?;
     if q.watch.unwrap_or(false) {
-        let rv = parse_resource_version(q.resource_version.as_deref())?;
         let store = state.store.clone();
         return watch_response(&state, &user, Kind::Node, rv, Arc::new(|_| true), move || {
             let (rev, items) = store.list_nodes()?;

@@ -45,8 +45,9 @@ pub async fn list_users(
     ApiQuery(q): ApiQuery<WatchQuery>,
 ) -> ApiResult<Response> {
     user.require_admin("list users")?;
+    // Checked even without `watch`: a malformed query is a 400, not silently ignored.
+    let rv = parse_resource_version(q.resource_version.as_deref())?;
     if q.watch.unwrap_or(false) {
-        let rv = parse_resource_version(q.resource_version.as_deref())?;
         let store = state.store.clone();
         return watch_response(&state, &user, Kind::User, rv, Arc::new(|_| true), move || {
             let (rev, items) = store.list_users()?;

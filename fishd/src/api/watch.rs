@@ -30,10 +30,13 @@ pub type EventFilter = Arc<dyn Fn(&Event) -> bool + Send + Sync>;
 pub fn parse_resource_version(rv: Option<&str>) -> Result<Option<u64>, ApiError> {
     match rv {
         None | Some("") => Ok(None),
+        // Revisions fit an int64 (as documented); anything beyond is not one of ours.
         Some(s) => s
-            .parse()
+            .parse::<i64>()
+            .ok()
+            .and_then(|n| u64::try_from(n).ok())
             .map(Some)
-            .map_err(|_| ApiError::BadRequest(format!("resourceVersion {s:?} is not a revision number"))),
+            .ok_or_else(|| ApiError::BadRequest(format!("resourceVersion {s:?} is not a revision number"))),
     }
 }
 
