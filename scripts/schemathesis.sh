@@ -68,6 +68,8 @@ cat >"$work/schemathesis.toml" <<EOF
 EOF
 
 set +e
+# From the temp dir: schemathesis writes its caches (.schemathesis/) where it runs.
+cd "$work"
 "$st" --config-file "$work/schemathesis.toml" run "https://127.0.0.1:$port/api/v1/openapi.json" \
     --tls-verify "$work/data/ca.crt" \
     -H "Authorization: Bearer $token" \
