@@ -515,10 +515,7 @@ async fn resources_logs_meta_and_maintenance() {
     assert!(env.body.as_str().unwrap().contains("FISH_APPLICATION='a1'\n"), "{:?}", env.body);
     let yaml = send(s, Method::GET, "/meta/v1/data?format=yaml", Some(&token), None).await;
     assert!(yaml.body.as_str().unwrap().contains("OVER: app"), "{:?}", yaml.body);
-    assert_eq!(
-        send(s, Method::GET, "/meta/v1/data", Some("forged.token"), None).await.status,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(send(s, Method::GET, "/meta/v1/data", Some("forged.token"), None).await.status, StatusCode::NOT_FOUND);
     assert_eq!(send(s, Method::GET, "/meta/v1/data", None, None).await.status, StatusCode::NOT_FOUND);
     // Maintenance.
     let node = api_types::Node {
