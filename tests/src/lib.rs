@@ -71,8 +71,10 @@ impl TestDaemon {
     }
 
     fn write_config(&self) -> Result<PathBuf> {
-        let mut yml =
-            format!("nodeName: test-node\ndataDir: {}\napi: 127.0.0.1:{}\n", self.data_dir().display(), self.port);
+        let mut yml = format!("dataDir: {}\napi: 127.0.0.1:{}\n", self.data_dir().display(), self.port);
+        if !self.extra_config.contains("nodeName:") {
+            yml.push_str("nodeName: test-node\n");
+        }
         // Room for many applications unless the test is about capacity.
         if !self.extra_config.contains("capacity:") {
             yml.push_str("capacity: {cpu: 64, ram: 256, slots: 256}\n");

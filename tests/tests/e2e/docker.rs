@@ -58,7 +58,9 @@ async fn container_runs_with_limits_reads_its_metadata_is_isolated_and_leaves_no
     }
     let node = node_name();
     let d = TestDaemon::start(&config(&node)).await.unwrap();
-    let cmd = "wget -q -O /tmp/meta.json \"$FISH_META_URL\"; sleep 3600";
+    // The address is recorded when the allocation is, so a resource that starts
+    // faster than that retries, as real agents do.
+    let cmd = "for i in $(seq 30); do wget -q -O /tmp/m \"$FISH_META_URL\" && mv /tmp/m /tmp/meta.json && break; sleep 1; done; sleep 3600";
     let (code, body) = d.apply(&(label("bb", cmd, "") + &app("box", "bb"))).await.unwrap();
     assert_eq!(code, 200, "{body}");
     let a = d.wait_phase("box", "ALLOCATED").await.unwrap();
