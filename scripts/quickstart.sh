@@ -10,8 +10,9 @@ API=${FISH_API:-127.0.0.1:8001}
 
 echo "==> building (release)"
 cargo build --release --bins
-FISHD=./target/release/fishd
-FISHCTL=./target/release/fishctl
+TARGET=${CARGO_TARGET_DIR:-target}
+FISHD=$TARGET/release/fishd
+FISHCTL=$TARGET/release/fishctl
 
 if [ -f "$DATA/fishd.pid" ] && kill -0 "$(cat "$DATA/fishd.pid")" 2>/dev/null; then
   echo "==> fishd already running (pid $(cat "$DATA/fishd.pid"))"
