@@ -70,11 +70,8 @@ impl TestDaemon {
     }
 
     fn write_config(&self) -> Result<PathBuf> {
-        let mut yml = format!(
-            "nodeName: test-node\ndataDir: {}\napi: 127.0.0.1:{}\n",
-            self.data_dir().display(),
-            self.port
-        );
+        let mut yml =
+            format!("nodeName: test-node\ndataDir: {}\napi: 127.0.0.1:{}\n", self.data_dir().display(), self.port);
         if !self.extra_config.contains("drivers:") {
             yml.push_str("drivers:\n  test: {}\n");
         }
@@ -109,11 +106,18 @@ impl TestDaemon {
                     let port = url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(0);
                     if self.port == 0 || port == self.port {
                         let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca)?)?;
-                        self.client = reqwest::Client::builder().tls_certs_only([ca]).timeout(Duration::from_secs(30)).build()?;
+                        self.client =
+                            reqwest::Client::builder().tls_certs_only([ca]).timeout(Duration::from_secs(30)).build()?;
                         self.url = url;
                         self.token = token;
                         self.port = port;
-                        if self.client.get(format!("{}/readyz", self.url)).send().await.is_ok_and(|r| r.status().is_success()) {
+                        if self
+                            .client
+                            .get(format!("{}/readyz", self.url))
+                            .send()
+                            .await
+                            .is_ok_and(|r| r.status().is_success())
+                        {
                             return Ok(());
                         }
                     }
@@ -223,7 +227,11 @@ impl TestDaemon {
             }
             let terminal = now == "DEALLOCATED" || now == "ERROR";
             if terminal || start.elapsed() > WAIT {
-                bail!("application {name} is {now}, waited for {phase}: {:#}\n--- fishd log ---\n{}", app["status"], self.log());
+                bail!(
+                    "application {name} is {now}, waited for {phase}: {:#}\n--- fishd log ---\n{}",
+                    app["status"],
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
