@@ -35,6 +35,9 @@ pub const MAX_DEPTH: usize = 32;
 pub const MAX_NODES: usize = 100_000;
 /// Most alias expansions; a "billion laughs" document needs millions.
 pub const MAX_ALIAS_EVENTS: usize = 100_000;
+/// Most aliases, and separately most anchors, in one request. serde-saphyr also refuses more
+/// than 10 aliases per anchor once there are 100 aliases: a shape only bombs have.
+pub const MAX_ALIASES: usize = 10_000;
 /// Longest string value, in bytes. Large enough for a certificate chain, a script or a
 /// cloud-init in driver options; anything bigger belongs behind an image `url`.
 pub const MAX_SCALAR_BYTES: usize = 1024 * 1024;
@@ -172,8 +175,8 @@ fn parse_yaml(text: &str) -> Result<Vec<Limited>, ManifestError> {
     budget.max_documents = MAX_DOCUMENTS + 1;
     budget.max_depth = MAX_DEPTH + 1;
     budget.max_nodes = MAX_NODES;
-    budget.max_aliases = 10_000;
-    budget.max_anchors = 10_000;
+    budget.max_aliases = MAX_ALIASES;
+    budget.max_anchors = MAX_ALIASES;
     budget.max_total_scalar_bytes = MAX_STRING_BYTES;
     // The scanner tracks flow levels before the parser counts depth; without this it reads
     // 255 levels of `{a: {a: …` and reports a bare "recursion limit exceeded".
@@ -212,7 +215,7 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
             B::Nodes { .. } => format!("too many nodes (at most {MAX_NODES})"),
             B::ScalarBytes { .. } => format!("strings total more than {MAX_STRING_BYTES} bytes"),
             B::Aliases { .. } | B::Anchors { .. } | B::AliasAnchorRatio { .. } => {
-                "too many aliases or anchors (at most 10000, and 10 aliases per anchor)".to_owned()
+                format!("too many aliases or anchors (at most {MAX_ALIASES} of each, and 10 aliases per anchor)")
             }
             other => format!("parsing limit exceeded: {other:?}"),
         },
@@ -528,6 +531,43 @@ spec: {label: "ubuntu-ci:1", metadata: {JENKINS_AGENT_SECRET: s}}
         assert!(json.contains("\"apiVersion\":\"aquarium.fish/v1\""), "{json}");
         let back = parse(&json).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(back[0], docs[0]);
+    }
+
+    #[test]
+    fn float_metadata_round_trips_through_json() {
+        // Metadata values are stored and served as JSON, then re-applied: a float must come
+        // back as the same f64 (serde_json's default float parser can be 1 ulp off).
+        let values = [
+            "-1.1193133179981887e-17",
+            "1.2345678901234567e-100",
+            "0.30000000000000004",
+            "9007199254740993.0",
+            "2.2250738585072014e-308",
+        ];
+        for v in values {
+            let yaml = format!("kind: Application\nmetadata: {{name: a}}\nspec: {{label: l, metadata: {{F: {v}}}}}\n");
+            let docs = parse(&yaml).unwrap_or_else(|e| panic!("{e:?}"));
+            let Manifest::Application(a) = &docs[0] else { panic!("not an application") };
+            let json = serde_json::to_string(a).unwrap_or_else(|e| panic!("{e}"));
+            let back = parse(&json).unwrap_or_else(|e| panic!("{e:?}"));
+            assert_eq!(back[0], docs[0], "{v} became {json}");
+        }
+    }
+
+    #[test]
+    fn any_float_round_trips_through_json_text() {
+        // What the fuzz target's round trip relies on, over many bit patterns.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..200_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let f = f64::from_bits(x);
+            if !f.is_finite() {
+                continue;
+            }
+            let text = serde_json::to_string(&f).unwrap_or_else(|e| panic!("{e}"));
+            let back: f64 = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(back.to_bits(), f.to_bits(), "{text}");
+        }
     }
 
     #[test]
