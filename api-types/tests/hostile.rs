@@ -57,7 +57,7 @@ fn invalid_field(body: &[u8], format: Format, field: &str) {
 }
 
 fn big(n: usize, c: char) -> String {
-    std::iter::repeat_n(c, n).collect()
+    c.to_string().repeat(n)
 }
 
 #[test]
@@ -331,4 +331,22 @@ fn unusual_yaml_features_do_not_sneak_through() {
             assert!(docs.iter().all(|d| matches!(d, Manifest::Application(_))), "{body:?} gave {docs:?}");
         }
     }
+}
+
+#[test]
+fn honest_aliases_are_accepted() {
+    let _serial = serial();
+    // One anchored resources block reused by 50 definitions.
+    let mut s = String::from(
+        "kind: Label\nmetadata: {name: l}\nspec:\n  definitions:\n    - driver: test\n      resources: &r {cpu: 1, ram: 1, lifetime: 1h, nodeFilter: [a, b, c]}\n",
+    );
+    for _ in 0..49 {
+        s.push_str("    - driver: test\n      resources: *r\n");
+    }
+    let start = Instant::now();
+    let docs = parse_manifests(s.as_bytes(), Format::Yaml).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(start.elapsed() < LIMIT);
+    let Manifest::Label(l) = &docs[0] else { panic!("not a label") };
+    assert_eq!(l.spec.definitions.len(), 50);
+    assert!(l.spec.definitions.iter().all(|d| d.resources.node_filter.len() == 3));
 }
