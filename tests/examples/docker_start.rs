@@ -69,7 +69,21 @@ async fn main() -> Result<()> {
     for i in 0..RUNS {
         for (args, out) in [
             (vec!["run", "-d", "--name"], &mut plain_ms),
-            (vec!["run", "-d", "--init", "--network", "aquarium-isolated", "--cpus", "1", "--memory", "1g", "--name"], &mut limited_ms),
+            (
+                vec![
+                    "run",
+                    "-d",
+                    "--init",
+                    "--network",
+                    "aquarium-isolated",
+                    "--cpus",
+                    "1",
+                    "--memory",
+                    "1g",
+                    "--name",
+                ],
+                &mut limited_ms,
+            ),
         ] {
             let name = format!("plain-bench-{}-{i}", std::process::id());
             let mut a = args.clone();
@@ -98,7 +112,12 @@ async fn main() -> Result<()> {
     println!("create→ALLOCATED (fishd, docker driver) median {f:.1} ms");
     println!("docker run -d                          median {p:.1} ms");
     println!("docker run -d, same limits and network median {l:.1} ms");
-    println!("overhead: {:+.1}% vs plain, {:+.1}% vs same limits (load {})", (f / p - 1.0) * 100.0, (f / l - 1.0) * 100.0, load.trim());
+    println!(
+        "overhead: {:+.1}% vs plain, {:+.1}% vs same limits (load {})",
+        (f / p - 1.0) * 100.0,
+        (f / l - 1.0) * 100.0,
+        load.trim()
+    );
     println!("written to {path}");
     let _ = Duration::ZERO;
     Ok(())

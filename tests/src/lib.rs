@@ -79,6 +79,11 @@ impl TestDaemon {
         if !self.extra_config.contains("capacity:") {
             yml.push_str("capacity: {cpu: 64, ram: 256, slots: 256}\n");
         }
+        // Whatever a test leaves allocated (processes, containers) is released when its
+        // daemon is dropped: the drop drains with deallocation first.
+        if !self.extra_config.contains("drainAndDeallocate:") {
+            yml.push_str("drainAndDeallocate: true\n");
+        }
         if !self.extra_config.contains("drivers:") {
             yml.push_str("drivers:\n  test: {}\n");
         }
@@ -260,7 +265,18 @@ impl TestDaemon {
 
 impl Drop for TestDaemon {
     fn drop(&mut self) {
-        self.kill9();
+        // SIGTERM first: the daemon deallocates what the test left and exits; a
+        // daemon that does not within its grace period is killed.
+        if let Some(mut c) = self.child.take() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         if std::thread::panicking() {
             eprintln!("--- fishd log ({}) ---\n{}", self.dir.path().display(), self.log());
         }
