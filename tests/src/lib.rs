@@ -266,7 +266,9 @@ impl TestDaemon {
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         // SIGTERM first: the daemon deallocates what the test left and exits; a
-        // daemon that does not within its grace period is killed.
+        // daemon that does not within its grace period is killed. Our idle keep-alive
+        // connections would hold the API's graceful shutdown: drop them first.
+        self.client = reqwest::Client::new();
         if let Some(mut c) = self.child.take() {
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
