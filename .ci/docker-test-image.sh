@@ -23,10 +23,11 @@ if ! docker info >/dev/null 2>&1; then
 fi
 
 if [[ ! -x /bin/busybox ]]; then
+    # A fresh machine has no package lists yet.
     if [[ $(id -u) -eq 0 ]]; then
-        apt-get install -y busybox-static
+        apt-get update -qq && apt-get install -y -qq busybox-static
     else
-        sudo apt-get install -y busybox-static
+        sudo apt-get update -qq && sudo apt-get install -y -qq busybox-static
     fi
 fi
 # A dynamically linked busybox would need its libraries in the image too.

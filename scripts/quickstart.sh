@@ -8,10 +8,13 @@ cd "$(dirname "$0")/.."
 DATA=${FISH_DATA:-./fish-data}
 API=${FISH_API:-127.0.0.1:8001}
 
-echo "==> building (release)"
-cargo build --release --bins
-FISHD=./target/release/fishd
-FISHCTL=./target/release/fishctl
+# The dev profile (dependencies optimised, see Cargo.toml): a third of a release
+# build's time, and the same artifacts the test command uses.
+echo "==> building"
+cargo build --bins
+TARGET=${CARGO_TARGET_DIR:-target}
+FISHD=$TARGET/debug/fishd
+FISHCTL=$TARGET/debug/fishctl
 
 if [ -f "$DATA/fishd.pid" ] && kill -0 "$(cat "$DATA/fishd.pid")" 2>/dev/null; then
   echo "==> fishd already running (pid $(cat "$DATA/fishd.pid"))"

@@ -6,7 +6,11 @@
 //! into its kind's type through `serde_path_to_error`, so a wrong type or an unknown key
 //! is reported with its field path, and finally validated as a whole.
 
-use serde::de::DeserializeOwned;
+use std::cell::Cell;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::API_VERSION;
@@ -16,14 +20,36 @@ use crate::meta::ObjectMeta;
 use crate::user::User;
 use crate::validate::{FieldError, Validate};
 
+/// Largest body parsed, in bytes: the HTTP limit of the contract (10 MiB), enforced here
+/// too so that every caller (fishctl reading files, tests, future transports) gets the same
+/// bound, and so that the node and byte budgets below can be sized against it.
+pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 /// Most documents one apply may carry: a large manifest repository, not a flood.
 pub const MAX_DOCUMENTS: usize = 1000;
 /// Deepest nesting accepted; real manifests stay under 10.
 pub const MAX_DEPTH: usize = 32;
-/// Most YAML nodes (scalars and collections) across one request.
-pub const MAX_NODES: usize = 200_000;
-/// Most alias expansions; a "billion laughs" document needs millions.
-pub const MAX_ALIAS_EVENTS: usize = 100_000;
+/// Most nodes (scalars, keys and collections, after alias expansion) across one request.
+/// A label is ~25 nodes, so 1000 documents fit four times over. Every node costs ~100 bytes
+/// of heap and ~2 µs of parsing, so this bounds the parsed tree to ~10 MB (plus strings)
+/// and the time to refuse a flood of tiny values to well under a second.
+pub const MAX_NODES: usize = 100_000;
+/// Most events (nodes) replayed by YAML aliases in one request; a "billion laughs" needs
+/// millions. Reusing a 50-node definition 200 times stays under it, and replaying is the
+/// slowest path of the parser (~10 µs an event in a debug build), so a bomb costs ~0.1 s.
+pub const MAX_ALIAS_EVENTS: usize = 10_000;
+/// Most aliases, and separately most anchors, in one request. serde-saphyr also refuses more
+/// than 10 aliases per anchor once there are 100 aliases: a shape only bombs have.
+pub const MAX_ALIASES: usize = 10_000;
+/// Longest string value, in bytes. Large enough for a certificate chain, a script or a
+/// cloud-init in driver options; anything bigger belongs behind an image `url`.
+pub const MAX_SCALAR_BYTES: usize = 1024 * 1024;
+/// Longest mapping key, in bytes. Metadata keys (environment variable names) are further
+/// held to 256 by validation; no field or option name comes near this.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Most string bytes (values and keys, after alias expansion) in one request. Equal to the
+/// body limit: aliases may then reuse text but never make the parsed strings larger than
+/// the largest body that could spell them out.
+pub const MAX_STRING_BYTES: usize = MAX_BODY_BYTES;
 
 /// A parsed, validated document of a kind users may apply.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,26 +127,31 @@ pub fn parse_manifests(body: &[u8], format: Format) -> Result<Vec<Manifest>, Man
 
 /// Reads `body` into untyped documents under the parsing limits.
 pub fn parse_values(body: &[u8], format: Format) -> Result<Vec<Value>, ManifestError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(syntax(format!("body is {} bytes, larger than the limit of {MAX_BODY_BYTES} bytes", body.len())));
+    }
     let text = std::str::from_utf8(body).map_err(|e| ManifestError::Syntax {
         message: format!("body is not valid UTF-8 (at byte {})", e.valid_up_to()),
         line: None,
         column: None,
     })?;
+    TALLY.set(Tally::default());
     let docs = match format {
         Format::Json => {
-            // serde_json stops at 128 levels of nesting on its own, so deep input
-            // cannot overflow the stack; our shallower limit is checked after.
-            let v: Value = serde_json::from_str(text).map_err(|e| ManifestError::Syntax {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let json_error = |e: serde_json::Error| ManifestError::Syntax {
                 message: format!("invalid JSON: {e}"),
                 line: Some(e.line() as u64),
                 column: Some(e.column() as u64),
-            })?;
+            };
+            let Limited(v) = Limited::deserialize(&mut de).map_err(json_error)?;
+            de.end().map_err(json_error)?;
             match v {
                 Value::Array(items) => items,
                 other => vec![other],
             }
         }
-        Format::Yaml => parse_yaml(text)?,
+        Format::Yaml => parse_yaml(text)?.into_iter().map(|Limited(v)| v).collect(),
     };
     let docs: Vec<Value> = docs.into_iter().filter(|d| !d.is_null()).collect();
     if docs.is_empty() {
@@ -141,13 +172,17 @@ fn syntax(message: impl Into<String>) -> ManifestError {
     ManifestError::Syntax { message: message.into(), line: None, column: None }
 }
 
-fn parse_yaml(text: &str) -> Result<Vec<Value>, ManifestError> {
+fn parse_yaml(text: &str) -> Result<Vec<Limited>, ManifestError> {
     let mut budget = serde_saphyr::Budget::default();
     budget.max_documents = MAX_DOCUMENTS + 1;
     budget.max_depth = MAX_DEPTH + 1;
     budget.max_nodes = MAX_NODES;
-    budget.max_aliases = 10_000;
-    budget.max_anchors = 10_000;
+    budget.max_aliases = MAX_ALIASES;
+    budget.max_anchors = MAX_ALIASES;
+    budget.max_total_scalar_bytes = MAX_STRING_BYTES;
+    // The scanner tracks flow levels before the parser counts depth; without this it reads
+    // 255 levels of `{a: {a: …` and reports a bare "recursion limit exceeded".
+    budget.flow_nesting_limit = MAX_DEPTH + 1;
     let mut alias_limits = serde_saphyr::options::AliasLimits::default();
     alias_limits.max_total_replayed_events = MAX_ALIAS_EVENTS;
     // YAML 1.1 booleans would turn `name: no` into `false`; YAML 1.2 keeps the string.
@@ -157,14 +192,48 @@ fn parse_yaml(text: &str) -> Result<Vec<Value>, ManifestError> {
         strict_booleans: true,
         duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
     };
-    serde_saphyr::from_multiple_with_options::<Value>(text, options).map_err(|e| {
+    serde_saphyr::from_multiple_with_options::<Limited>(text, options).map_err(|e| {
         let loc = e.location();
         ManifestError::Syntax {
-            message: format!("invalid YAML: {}", first_line(&e.to_string())),
+            message: format!("invalid YAML: {}", yaml_message(&e)),
             line: loc.map(|l| l.line()),
             column: loc.map(|l| l.column()),
         }
     })
+}
+
+/// Names our limit rather than serde-saphyr's budget field when a budget stops the parse;
+/// otherwise the first line of the error (its display carries a source snippet after it).
+fn yaml_message(e: &serde_saphyr::Error) -> String {
+    use serde_saphyr::{Error as E, budget::BudgetBreach as B};
+    let mut inner = e;
+    while let E::WithSnippet { error, .. } | E::AliasError { error, .. } = inner {
+        inner = error;
+    }
+    match inner {
+        E::Budget { breach, .. } => match breach {
+            B::Documents { .. } => format!("too many documents (at most {MAX_DOCUMENTS})"),
+            B::Depth { .. } => format!("document nested deeper than {MAX_DEPTH} levels"),
+            B::Nodes { .. } => format!("too many nodes (at most {MAX_NODES})"),
+            B::ScalarBytes { .. } => format!("strings total more than {MAX_STRING_BYTES} bytes"),
+            B::Aliases { .. } | B::Anchors { .. } | B::AliasAnchorRatio { .. } => {
+                format!("too many aliases or anchors (at most {MAX_ALIASES} of each, and 10 aliases per anchor)")
+            }
+            other => format!("parsing limit exceeded: {other:?}"),
+        },
+        E::AliasReplayLimitExceeded { .. } | E::AliasExpansionLimitExceeded { .. } => {
+            format!("aliases expand to more than {MAX_ALIAS_EVENTS} nodes")
+        }
+        _ => {
+            let line = first_line(&e.to_string());
+            // The scanner's flow nesting limit (set to our depth limit) has no variant of its own.
+            if line.contains("recursion limit exceeded") {
+                format!("document nested deeper than {MAX_DEPTH} levels")
+            } else {
+                line
+            }
+        }
+    }
 }
 
 /// The YAML error's display carries a source snippet; the first line is the message.
@@ -185,6 +254,184 @@ fn depth(v: &Value) -> usize {
         }
     }
     max
+}
+
+/// What the tree built so far has cost, checked as each node is built, so that a limit
+/// stops the parser before the memory is spent: a 1 MiB anchor replayed by 10,000 aliases
+/// would otherwise become 10 GB of strings before any check on the finished tree ran.
+#[derive(Clone, Copy, Default)]
+struct Tally {
+    nodes: usize,
+    string_bytes: usize,
+    /// Collections currently open around the node being built.
+    open: usize,
+}
+
+thread_local! {
+    // serde-saphyr has no `DeserializeSeed` entry point for multiple documents, so the
+    // tally cannot travel in a seed; a parse runs on one thread from start to end and
+    // `parse_values` resets it first.
+    static TALLY: Cell<Tally> = const { Cell::new(Tally { nodes: 0, string_bytes: 0, open: 0 }) };
+}
+
+/// A JSON value read under [`TALLY`]; the same for both formats.
+struct Limited(Value);
+
+impl Tally {
+    /// Counts one node of `string_bytes` bytes at the current nesting level.
+    fn node<E: de::Error>(string_bytes: usize) -> Result<(), E> {
+        let mut t = TALLY.get();
+        t.nodes += 1;
+        t.string_bytes = t.string_bytes.saturating_add(string_bytes);
+        TALLY.set(t);
+        // One more level than a document may have: a JSON body may wrap its documents in
+        // an array. The exact per-document depth is checked on the finished documents.
+        if t.open + 1 > MAX_DEPTH + 1 {
+            return Err(E::custom(format!("document nested deeper than {MAX_DEPTH} levels")));
+        }
+        if t.nodes > MAX_NODES {
+            return Err(E::custom(format!("too many nodes (at most {MAX_NODES})")));
+        }
+        if t.string_bytes > MAX_STRING_BYTES {
+            return Err(E::custom(format!("strings total more than {MAX_STRING_BYTES} bytes")));
+        }
+        Ok(())
+    }
+
+    fn scalar<E: de::Error>(s: &str) -> Result<(), E> {
+        if s.len() > MAX_SCALAR_BYTES {
+            return Err(E::custom(format!("a string is {} bytes, longer than {MAX_SCALAR_BYTES}", s.len())));
+        }
+        Tally::node(s.len())
+    }
+
+    fn key<E: de::Error>(k: &str) -> Result<(), E> {
+        if k.len() > MAX_KEY_BYTES {
+            return Err(E::custom(format!("a key is {} bytes, longer than {MAX_KEY_BYTES}", k.len())));
+        }
+        Tally::node(k.len())
+    }
+
+    fn enter() {
+        TALLY.with(|c| c.set(Tally { open: c.get().open + 1, ..c.get() }));
+    }
+
+    fn leave() {
+        TALLY.with(|c| c.set(Tally { open: c.get().open.saturating_sub(1), ..c.get() }));
+    }
+}
+
+impl<'de> Deserialize<'de> for Limited {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LimitedVisitor).map(Limited)
+    }
+}
+
+struct LimitedVisitor;
+
+impl<'de> Visitor<'de> for LimitedVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any YAML or JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Value, E> {
+        Tally::node(0)?;
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Value, E> {
+        Tally::node(0)?;
+        Ok(Value::from(n))
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Value, E> {
+        Tally::node(0)?;
+        Ok(Value::from(n))
+    }
+
+    fn visit_i128<E: de::Error>(self, n: i128) -> Result<Value, E> {
+        match (i64::try_from(n), u64::try_from(n)) {
+            (Ok(i), _) => self.visit_i64(i),
+            (_, Ok(u)) => self.visit_u64(u),
+            _ => Err(E::custom(format!("integer {n} is out of range"))),
+        }
+    }
+
+    fn visit_u128<E: de::Error>(self, n: u128) -> Result<Value, E> {
+        match u64::try_from(n) {
+            Ok(u) => self.visit_u64(u),
+            Err(_) => Err(E::custom(format!("integer {n} is out of range"))),
+        }
+    }
+
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Value, E> {
+        Tally::node(0)?;
+        // Like serde_json: NaN and infinities (YAML `.nan`, `.inf`) have no JSON form.
+        Ok(Value::from(n))
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Value, E> {
+        Tally::scalar(s)?;
+        Ok(Value::String(s.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Value, E> {
+        Tally::scalar(&s)?;
+        Ok(Value::String(s))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Tally::node(0)?;
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        self.visit_unit()
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        Limited::deserialize(d).map(|Limited(v)| v)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        Tally::node(0)?;
+        Tally::enter();
+        let mut items = Vec::new();
+        while let Some(Limited(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Tally::leave();
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        Tally::node(0)?;
+        Tally::enter();
+        let mut out = serde_json::Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            Tally::key(&k)?;
+            let Limited(v) = map.next_value()?;
+            // serde_json keeps the last of duplicate keys without a word; a manifest
+            // with two `kind`s is a mistake in either format.
+            if out.contains_key(&k) {
+                return Err(de::Error::custom(format!("duplicate key {:?}", truncate(&k))));
+            }
+            out.insert(k, v);
+        }
+        Tally::leave();
+        Ok(Value::Object(out))
+    }
+}
+
+/// At most 64 bytes of `s`, for error messages that quote input.
+fn truncate(s: &str) -> &str {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Reads one untyped document (1-based `document`) into its kind and validates it.
@@ -286,6 +533,43 @@ spec: {label: "ubuntu-ci:1", metadata: {JENKINS_AGENT_SECRET: s}}
         assert!(json.contains("\"apiVersion\":\"aquarium.fish/v1\""), "{json}");
         let back = parse(&json).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(back[0], docs[0]);
+    }
+
+    #[test]
+    fn float_metadata_round_trips_through_json() {
+        // Metadata values are stored and served as JSON, then re-applied: a float must come
+        // back as the same f64 (serde_json's default float parser can be 1 ulp off).
+        let values = [
+            "-1.1193133179981887e-17",
+            "1.2345678901234567e-100",
+            "0.30000000000000004",
+            "9007199254740993.0",
+            "2.2250738585072014e-308",
+        ];
+        for v in values {
+            let yaml = format!("kind: Application\nmetadata: {{name: a}}\nspec: {{label: l, metadata: {{F: {v}}}}}\n");
+            let docs = parse(&yaml).unwrap_or_else(|e| panic!("{e:?}"));
+            let Manifest::Application(a) = &docs[0] else { panic!("not an application") };
+            let json = serde_json::to_string(a).unwrap_or_else(|e| panic!("{e}"));
+            let back = parse(&json).unwrap_or_else(|e| panic!("{e:?}"));
+            assert_eq!(back[0], docs[0], "{v} became {json}");
+        }
+    }
+
+    #[test]
+    fn any_float_round_trips_through_json_text() {
+        // What the fuzz target's round trip relies on, over many bit patterns.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..200_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let f = f64::from_bits(x);
+            if !f.is_finite() {
+                continue;
+            }
+            let text = serde_json::to_string(&f).unwrap_or_else(|e| panic!("{e}"));
+            let back: f64 = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(back.to_bits(), f.to_bits(), "{text}");
+        }
     }
 
     #[test]

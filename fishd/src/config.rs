@@ -84,6 +84,10 @@ pub struct Config {
     /// resumes get 410 and list again. Bounds the event history's share of the file.
     #[serde(default = "default_watch_history")]
     pub watch_history: u64,
+    /// How often each allocated resource is inspected: bounds how late an exit or a
+    /// lost resource is noticed, at one driver call per resource per interval.
+    #[serde(default = "default_inspect")]
+    pub inspect_interval: HumanDuration,
     /// Full reconcile pass interval.
     #[serde(default = "default_resync")]
     pub resync_interval: HumanDuration,
@@ -125,6 +129,9 @@ fn default_grace() -> HumanDuration {
 }
 fn default_watch_history() -> u64 {
     crate::store::EVENT_HISTORY
+}
+fn default_inspect() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
 }
 fn default_resync() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))

@@ -259,6 +259,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         default_lifetime: config.default_lifetime.get(),
         history_retention: config.history_retention.get(),
         resync: config.resync_interval.get(),
+        inspect_interval: config.inspect_interval.get(),
         meta_url: format!("https://{addr}/meta/v1/data"),
         meta_ca: data_dir.join("ca.crt").display().to_string(),
         ..ReconcileConfig::default()

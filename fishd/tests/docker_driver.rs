@@ -251,7 +251,7 @@ async fn allocate_limits_labels_isolates_and_deallocates() {
             "GREETING=hello world".to_owned(),
             "COUNT=3".to_owned(),
             format!("FISH_APPLICATION={}", req.uid),
-            format!("FISH_META_URL=https://{gateway}:{port}/meta/v1/data"),
+            format!("FISH_META_URL=http://{gateway}:{port}/meta/v1/data"),
         ] {
             ensure!(env.contains(&want), "{want} missing from {env:?}");
         }

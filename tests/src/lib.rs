@@ -71,11 +71,18 @@ impl TestDaemon {
     }
 
     fn write_config(&self) -> Result<PathBuf> {
-        let mut yml =
-            format!("nodeName: test-node\ndataDir: {}\napi: 127.0.0.1:{}\n", self.data_dir().display(), self.port);
+        let mut yml = format!("dataDir: {}\napi: 127.0.0.1:{}\n", self.data_dir().display(), self.port);
+        if !self.extra_config.contains("nodeName:") {
+            yml.push_str("nodeName: test-node\n");
+        }
         // Room for many applications unless the test is about capacity.
         if !self.extra_config.contains("capacity:") {
             yml.push_str("capacity: {cpu: 64, ram: 256, slots: 256}\n");
+        }
+        // Whatever a test leaves allocated (processes, containers) is released when its
+        // daemon is dropped: the drop drains with deallocation first.
+        if !self.extra_config.contains("drainAndDeallocate:") {
+            yml.push_str("drainAndDeallocate: true\n");
         }
         if !self.extra_config.contains("drivers:") {
             yml.push_str("drivers:\n  test: {}\n");
@@ -258,7 +265,20 @@ impl TestDaemon {
 
 impl Drop for TestDaemon {
     fn drop(&mut self) {
-        self.kill9();
+        // SIGTERM first: the daemon deallocates what the test left and exits; a
+        // daemon that does not within its grace period is killed. Our idle keep-alive
+        // connections would hold the API's graceful shutdown: drop them first.
+        self.client = reqwest::Client::new();
+        if let Some(mut c) = self.child.take() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         if std::thread::panicking() {
             eprintln!("--- fishd log ({}) ---\n{}", self.dir.path().display(), self.log());
         }

@@ -104,7 +104,7 @@ async fn maintenance_holds_new_applications() {
 
 #[tokio::test]
 async fn sigterm_finishes_the_allocation_in_flight_and_the_restart_adopts_it() {
-    let mut d = TestDaemon::start("gracePeriod: 10s\n").await.unwrap();
+    let mut d = TestDaemon::start("gracePeriod: 10s\ndrainAndDeallocate: false\n").await.unwrap();
     let yaml =
         label("slow", "{driver: test, resources: {cpu: 1}, options: {allocateDelay: 2s}}") + &app("inflight", "slow");
     assert_eq!(d.apply(&yaml).await.unwrap().0, 200);
