@@ -171,3 +171,55 @@ async fn churn_does_not_grow_the_store() {
         "redb grew from {size_after_1000} bytes after 1,000 applications to {size_after_5000} after 5,000"
     );
 }
+
+#[tokio::test]
+async fn temporary_labels_are_removed_when_due() {
+    let d = TestDaemon::start("resyncInterval: 1s\n").await.unwrap();
+    let due = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    let due = due.format(&time::format_description::well_known::Rfc3339).unwrap();
+    let yaml = format!(
+        "kind: Label\nmetadata: {{name: temp}}\nspec: {{removeAt: \"{due}\", definitions: [{{driver: test, resources: {{cpu: 1}}}}]}}\n"
+    );
+    assert_eq!(d.apply(&yaml).await.unwrap().0, 200);
+    assert_eq!(d.get("/api/v1/labels/temp").await.unwrap().0, 200);
+    eventually("the temporary label to be removed", || async { d.get("/api/v1/labels/temp").await.unwrap().0 == 404 })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn drain_and_deallocate_releases_everything_before_exiting() {
+    let mut d = TestDaemon::start("drainAndDeallocate: true\ngracePeriod: 10s\n").await.unwrap();
+    let yaml = label("l", "{driver: test, resources: {cpu: 1}}") + &app("d1", "l") + &app("d2", "l");
+    assert_eq!(d.apply(&yaml).await.unwrap().0, 200);
+    d.wait_phase("d1", "ALLOCATED").await.unwrap();
+    d.wait_phase("d2", "ALLOCATED").await.unwrap();
+    let (status, took) = d.sigterm(Duration::from_secs(12)).await.unwrap();
+    assert!(status.success() && took < Duration::from_secs(10), "{status} after {took:?}");
+    // Nothing of the test driver's left on disk, and the record says why.
+    let left = std::fs::read_dir(d.data_dir().join("test/test")).unwrap().count();
+    assert_eq!(left, 0, "resources left after draining");
+    d.start_again().await.unwrap();
+    for n in ["d1", "d2"] {
+        let a = d.application(n).await.unwrap();
+        assert_eq!(a["status"]["phase"], "DEALLOCATED", "{:#}", a["status"]);
+        assert!(a["status"]["message"].as_str().unwrap().contains("draining"), "{:#}", a["status"]);
+    }
+}
+
+#[tokio::test]
+async fn a_second_sigterm_exits_at_once() {
+    // A drain that would wait for a 30 s allocation; the second signal cuts it short.
+    let mut d = TestDaemon::start("drainAndDeallocate: false\ngracePeriod: 60s\n").await.unwrap();
+    let yaml = label("slow", "{driver: test, resources: {cpu: 1}, options: {allocateDelay: 30s}}") + &app("s", "slow");
+    assert_eq!(d.apply(&yaml).await.unwrap().0, 200);
+    d.wait_phase("s", "ELECTED").await.unwrap();
+    let pid = nix::unistd::Pid::from_raw(d.pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Still draining: the allocation in flight has 29 s to go.
+    assert!(nix::sys::signal::kill(pid, None).is_ok(), "fishd did not wait for the allocation in flight");
+    let (status, took) = d.sigterm(Duration::from_secs(5)).await.unwrap();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
