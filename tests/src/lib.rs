@@ -153,6 +153,11 @@ impl TestDaemon {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Whether the fishd process has not exited (a zombie counts as exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
