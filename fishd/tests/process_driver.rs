@@ -395,3 +395,19 @@ async fn processes_survive_a_sigkilled_fishd() {
     })
     .await;
 }
+
+/// An agent's first lines must be readable while it runs (`fishctl logs -f`), not only
+/// once 4 KiB have piled up or it exits.
+#[tokio::test]
+async fn output_reaches_the_log_while_the_process_runs() {
+    timeout(async {
+        let data = tempfile::tempdir().expect("tempdir");
+        let d = driver(data.path());
+        let uid = Uuid::now_v7();
+        let a = d.allocate(&request(uid, "echo agent started; sleep 1000", json!({}))).await.expect("allocate");
+        let log = d.log_path(uid).expect("log path");
+        wait_for("the first line in the log", || read(&log) == "agent started\n").await;
+        d.deallocate(uid, &a.identifier).await.expect("deallocate");
+    })
+    .await;
+}

@@ -5,10 +5,10 @@
 //! process group (`setsid`), with its stdio on files, never on pipes to fishd. The
 //! wrapper, not fishd, waits for the command, so it can write the exit status into the
 //! application's directory whether or not fishd is still its parent; it also pipes the
-//! command's output through `dd` into the log, then keeps draining it to
+//! command's output through `head -c` into the log, then keeps draining it to
 //! `/dev/null`, so a chatty process never blocks and the log never passes its cap.
-//! `dd` writes each chunk as it reads it (`head -c` buffers through stdio, so a quiet
-//! agent's first lines would not reach the log, or `fishctl logs`, for a long time).
+//! `stdbuf -o0` makes `head` write each chunk as it reads it: its stdio buffer would
+//! otherwise hold a quiet agent's first lines back from the log (and `fishctl logs`).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -36,7 +36,7 @@ fi
   if [ -n "$data" ] && ! ulimit -d "$data"; then echo 125 > "$status"; exit 125; fi
   "$@" </dev/null
   echo $? > "$status"
-} 2>&1 | { dd bs=65536 count="$limit" iflag=count_bytes status=none; exec cat >/dev/null; }
+} 2>&1 | { stdbuf -o0 head -c "$limit"; exec cat >/dev/null; }
 "#;
 
 /// A process identified for good: its pid and when it started.
