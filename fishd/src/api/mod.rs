@@ -125,7 +125,12 @@ pub async fn serve(
     let header_timeout = state.limits.header_read_timeout;
     let app = router(state);
     let handle = axum_server::Handle::new();
-    let mut server = axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(tls))?.handle(handle.clone());
+    // TCP_NODELAY: without it, the last segment of a response larger than one
+    // segment waits for the client's delayed ACK (~40 ms) under Nagle's algorithm;
+    // fish-bench saw every list of 100 applications take 44 ms that way.
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(RustlsConfig::from_config(tls))
+        .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    let mut server = axum_server::from_tcp(listener)?.acceptor(acceptor).handle(handle.clone());
     server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
     server.http_builder().http2().timer(hyper_util::rt::TokioTimer::new());
     let stopper = {
