@@ -203,7 +203,7 @@ fn notes(quick: bool, scale_max: usize) -> Vec<String> {
 
 fn git_commit() -> String {
     std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
+        .args(["describe", "--always", "--dirty", "--abbrev=7"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .ok()
