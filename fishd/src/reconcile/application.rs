@@ -178,7 +178,9 @@ async fn allocate(ctx: &Ctx, app: Application) -> Result<Option<Duration>, Store
             // Not the definition's fault: back to NEW without counting an attempt.
             let mut s = transition(&app.status, Phase::New, format!("driver {} unavailable: {reason}", def.driver));
             s.node = None;
-            write(ctx, &app, Phase::Elected, s).await?;
+            if write(ctx, &app, Phase::Elected, s).await? {
+                ctx.release_definition(uid);
+            }
             ctx.wake_election();
             Ok(None)
         }
@@ -212,7 +214,9 @@ async fn fail_attempt(
     };
     s.attempts = attempts;
     s.node = None;
-    write(ctx, app, Phase::Elected, s).await?;
+    if write(ctx, app, Phase::Elected, s).await? {
+        ctx.release_definition(app.metadata.uid.unwrap_or_default());
+    }
     ctx.wake_election();
     Ok(None)
 }

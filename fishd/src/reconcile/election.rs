@@ -101,7 +101,25 @@ async fn reserved_definition(ctx: &Ctx, app: &Application) -> Result<Option<Defi
 pub async fn current_ledger(ctx: &Ctx) -> Result<Ledger, StoreError> {
     let mut ledger = Ledger::default();
     for phase in [Phase::Elected, Phase::Allocated, Phase::Deallocate] {
-        for uid in ctx.store.uids_in_phase(phase)? {
+        let uids = ctx.store.uids_in_phase(phase)?;
+        // An application elected here has its definition cached (see `Ctx::definitions`):
+        // reserving it needs no read, so a pass costs one index scan and a map lookup per
+        // active application instead of reading and parsing each one. This pass runs
+        // after every creation and every deallocation, so that cost was paid thousands
+        // of times a second under load.
+        let uncached: Vec<Uuid> = {
+            let defs = ctx.definitions.lock().unwrap_or_else(|e| e.into_inner());
+            uids.into_iter()
+                .filter(|uid| match defs.get(uid) {
+                    Some(def) => {
+                        ledger.reserve(def);
+                        false
+                    }
+                    None => true,
+                })
+                .collect()
+        };
+        for uid in uncached {
             let Some(app) = ctx.store.get_application_by_uid(uid)? else { continue };
             if app.status.node.as_deref() != Some(ctx.node.name.as_str()) {
                 continue;

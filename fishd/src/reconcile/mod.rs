@@ -93,7 +93,10 @@ pub struct Ctx {
     election: Notify,
     /// What this node's applications reserve, as of the last election pass.
     ledger: Mutex<Ledger>,
-    /// Definitions of active applications, so passes don't re-read label snapshots.
+    /// Definitions of active applications elected on this node, so passes don't
+    /// re-read them. An entry means "this node's, reserving this": it is written when
+    /// this node elects the application (or finds it elected here after a restart) and
+    /// removed when the application leaves the node (failed attempt, release, purge).
     definitions: Mutex<HashMap<Uuid, Definition>>,
     /// Consecutive failures per application, for backoff.
     failures: Mutex<HashMap<Uuid, u32>>,
@@ -158,6 +161,11 @@ impl Ctx {
 
     fn forget(&self, uid: Uuid) {
         self.clear_failures(uid);
+        self.release_definition(uid);
+    }
+
+    /// The application no longer reserves anything on this node.
+    fn release_definition(&self, uid: Uuid) {
         self.definitions.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
     }
 }

@@ -1,0 +1,306 @@
+//! Allocation and deallocation throughput and latency, observed the way a CI
+//! server observes them: requests over HTTPS, outcomes from a watch.
+//!
+//! A [`Tracker`] holds one watch on applications (resumed from the current
+//! revision, so it carries no initial snapshot) and stamps the moment each
+//! application is first seen ALLOCATED and DEALLOCATED. A [`burst`] creates `n`
+//! applications from `concurrency` connections at once, waits until every one is
+//! ALLOCATED, then deallocates them all the same way.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::daemon::Daemon;
+use crate::stats::{Latency, round3};
+
+/// First sighting of each phase that matters, per application name.
+#[derive(Default)]
+struct Seen {
+    allocated: HashMap<String, Instant>,
+    deallocated: HashMap<String, Instant>,
+    failure: Option<String>,
+}
+
+/// A watch that stamps when applications reach ALLOCATED and DEALLOCATED.
+pub struct Tracker {
+    seen: Arc<Mutex<Seen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A phase the tracker stamps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stamp {
+    Allocated,
+    Deallocated,
+}
+
+impl Tracker {
+    /// Opens the watch from the store's current revision.
+    pub async fn start(d: &Daemon) -> Result<Tracker> {
+        let rv = d.revision().await?;
+        let r = d
+            .new_client()?
+            .get(d.url(&format!("/api/v1/applications?watch=true&resourceVersion={rv}")))
+            .bearer_auth(&d.token)
+            .timeout(Duration::from_secs(24 * 3600))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("watch failed: {}", r.status());
+        }
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut body = r.bytes_stream();
+            let mut buf: Vec<u8> = Vec::new();
+            while let Some(chunk) = body.next().await {
+                let now = Instant::now();
+                let Ok(chunk) = chunk else { break };
+                buf.extend_from_slice(&chunk);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let Ok(ev) = serde_json::from_slice::<Value>(&line) else { continue };
+                    let mut seen = s.lock().unwrap_or_else(|e| e.into_inner());
+                    if ev["type"] == "ERROR" {
+                        seen.failure = Some(format!("the tracking watch was closed: {}", ev["object"]));
+                        return;
+                    }
+                    let name = ev["object"]["metadata"]["name"].as_str().unwrap_or_default();
+                    match ev["object"]["status"]["phase"].as_str() {
+                        Some("ALLOCATED") => {
+                            seen.allocated.entry(name.to_owned()).or_insert(now);
+                        }
+                        Some("DEALLOCATED") | Some("ERROR") => {
+                            seen.deallocated.entry(name.to_owned()).or_insert(now);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            s.lock().unwrap_or_else(|e| e.into_inner()).failure.get_or_insert("the tracking watch ended".into());
+        });
+        Ok(Tracker { seen, task })
+    }
+
+    /// Waits until every name has `stamp`, up to `limit`; returns their stamps.
+    pub async fn wait(&self, names: &[String], stamp: Stamp, limit: Duration) -> Result<Vec<Instant>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            {
+                let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(f) = &seen.failure {
+                    bail!("{f}");
+                }
+                let map = match stamp {
+                    Stamp::Allocated => &seen.allocated,
+                    Stamp::Deallocated => &seen.deallocated,
+                };
+                let got: Vec<Instant> = names.iter().filter_map(|n| map.get(n).copied()).collect();
+                if got.len() == names.len() {
+                    return Ok(got);
+                }
+                if Instant::now() > deadline {
+                    bail!("only {} of {} applications reached {stamp:?} within {limit:?}", got.len(), names.len());
+                }
+            }
+            // Waiting only: the stamps come from the watch task, not from this poll.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An application of `label` named `name`, as JSON.
+pub fn application(name: &str, label: &str) -> Value {
+    json!({"apiVersion": "aquarium.fish/v1", "kind": "Application",
+           "metadata": {"name": name}, "spec": {"label": label}})
+}
+
+/// The benchmark label: one simulated resource of the `test` driver (latency 0).
+pub fn label_yaml(name: &str) -> String {
+    format!(
+        "apiVersion: aquarium.fish/v1\nkind: Label\nmetadata: {{name: {name}}}\nspec:\n  definitions:\n    \
+         - driver: test\n      resources: {{cpu: 1, ram: 1, lifetime: 12h}}\n"
+    )
+}
+
+/// One direction of a burst.
+#[derive(Clone, Debug, Serialize)]
+pub struct Flow {
+    /// Applications per second, from the first request sent to the last one seen
+    /// in the target phase.
+    pub apps_per_s: f64,
+    /// How fast the API took the requests (requests per second until the last answer).
+    pub requests_per_s: f64,
+    /// Per application: request sent → target phase seen on the watch.
+    pub latency: Latency,
+    pub seconds: f64,
+}
+
+/// A burst of `n` applications created and then deallocated.
+#[derive(Clone, Debug, Serialize)]
+pub struct Burst {
+    pub applications: usize,
+    pub concurrency: usize,
+    /// Applications stored before the burst began.
+    pub stored_before: usize,
+    /// Creation → ALLOCATED.
+    pub allocate: Flow,
+    /// Deallocation request → DEALLOCATED.
+    pub deallocate: Flow,
+    /// fishd's CPU use over the whole burst, in cores.
+    pub fishd_cores: f64,
+}
+
+/// Sends `path(name)` with `body(name)` for every name from `clients` at once;
+/// returns each name's send instant and the instant of the last answer.
+async fn fan_requests(
+    d: &Daemon,
+    clients: &[reqwest::Client],
+    names: &[String],
+    path: fn(&str) -> String,
+    body: impl Fn(&str) -> Value + Send + Sync + 'static,
+    expect: u16,
+) -> Result<(Vec<Instant>, Instant)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let names: Arc<Vec<String>> = Arc::new(names.to_vec());
+    let body = Arc::new(body);
+    let mut tasks = Vec::new();
+    for c in clients {
+        let (c, next, names, body) = (c.clone(), next.clone(), names.clone(), body.clone());
+        let (base, token) = (d.url(""), d.token.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut sent: Vec<(usize, Instant)> = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(name) = names.get(i) else { break };
+                let t0 = Instant::now();
+                let r = c.post(format!("{base}{}", path(name))).bearer_auth(&token).json(&body(name)).send().await?;
+                let code = r.status().as_u16();
+                if code != expect {
+                    let text = r.text().await.unwrap_or_default();
+                    bail!("{} answered {code}, expected {expect}: {text}", path(name));
+                }
+                r.bytes().await?;
+                sent.push((i, t0));
+            }
+            Ok::<_, anyhow::Error>((sent, Instant::now()))
+        }));
+    }
+    let mut stamps = vec![None; names.len()];
+    let mut last = Instant::now();
+    for t in tasks {
+        let (sent, end) = t.await.context("request worker panicked")??;
+        for (i, t0) in sent {
+            stamps[i] = Some(t0);
+        }
+        last = end.max(last);
+    }
+    let stamps: Option<Vec<Instant>> = stamps.into_iter().collect();
+    Ok((stamps.context("a request was not sent")?, last))
+}
+
+fn flow(sent: &[Instant], answered: Instant, reached: &[Instant]) -> Flow {
+    let first = sent.iter().min().copied().unwrap_or_else(Instant::now);
+    let last = reached.iter().max().copied().unwrap_or(first);
+    let secs = (last - first).as_secs_f64().max(1e-9);
+    let latencies = sent.iter().zip(reached).map(|(s, r)| r.saturating_duration_since(*s)).collect();
+    Flow {
+        apps_per_s: round3(sent.len() as f64 / secs),
+        requests_per_s: round3(sent.len() as f64 / (answered - first).as_secs_f64().max(1e-9)),
+        latency: Latency::of(latencies),
+        seconds: round3(secs),
+    }
+}
+
+/// How long a burst of `n` may take in each direction before the suite gives up.
+fn limit(n: usize) -> Duration {
+    Duration::from_secs(60) + Duration::from_millis(50 * n as u64)
+}
+
+/// Creates `n` applications `<prefix>-<i>` of `label` from `clients` at once, waits
+/// for all to be ALLOCATED, then deallocates them all and waits for DEALLOCATED.
+pub async fn burst(
+    d: &Daemon,
+    tracker: &Tracker,
+    clients: &[reqwest::Client],
+    prefix: &str,
+    label: &str,
+    n: usize,
+    stored_before: usize,
+) -> Result<Burst> {
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    let cpu0 = d.cpu_seconds();
+    let t0 = Instant::now();
+    let label = label.to_owned();
+    let (sent, answered) =
+        fan_requests(d, clients, &names, |_| "/api/v1/applications".into(), move |n| application(n, &label), 201)
+            .await?;
+    let allocated = tracker.wait(&names, Stamp::Allocated, limit(n)).await?;
+    let allocate = flow(&sent, answered, &allocated);
+    let (sent, answered) =
+        fan_requests(d, clients, &names, |n| format!("/api/v1/applications/{n}/deallocate"), |_| Value::Null, 202)
+            .await?;
+    let deallocated = tracker.wait(&names, Stamp::Deallocated, limit(n)).await?;
+    let deallocate = flow(&sent, answered, &deallocated);
+    let fishd_cores = match (cpu0, d.cpu_seconds()) {
+        (Some(a), Some(b)) => round3((b - a) / t0.elapsed().as_secs_f64()),
+        _ => 0.0,
+    };
+    Ok(Burst { applications: n, concurrency: clients.len(), stored_before, allocate, deallocate, fishd_cores })
+}
+
+/// One application at a time, on an otherwise idle node: the latency a single CI
+/// job sees.
+#[derive(Clone, Debug, Serialize)]
+pub struct Single {
+    pub stored_before: usize,
+    /// Creation request sent → ALLOCATED seen.
+    pub allocate: Latency,
+    /// Deallocation request sent → DEALLOCATED seen.
+    pub deallocate: Latency,
+}
+
+/// Allocates and deallocates `k` applications one after the other.
+pub async fn singles(
+    d: &Daemon,
+    tracker: &Tracker,
+    prefix: &str,
+    label: &str,
+    k: usize,
+    stored_before: usize,
+) -> Result<Single> {
+    let mut alloc = Vec::new();
+    let mut dealloc = Vec::new();
+    for i in 0..k {
+        let name = format!("{prefix}-{i}");
+        let names = [name.clone()];
+        let t0 = Instant::now();
+        let (code, v) = d.post("/api/v1/applications", &application(&name, label)).await?;
+        if code != 201 {
+            bail!("create {name}: {code} {v}");
+        }
+        let at = tracker.wait(&names, Stamp::Allocated, Duration::from_secs(30)).await?;
+        alloc.push(at[0] - t0);
+        let t0 = Instant::now();
+        let (code, v) = d.post(&format!("/api/v1/applications/{name}/deallocate"), &Value::Null).await?;
+        if code != 202 {
+            bail!("deallocate {name}: {code} {v}");
+        }
+        let at = tracker.wait(&names, Stamp::Deallocated, Duration::from_secs(30)).await?;
+        dealloc.push(at[0] - t0);
+    }
+    Ok(Single { stored_before, allocate: Latency::of(alloc), deallocate: Latency::of(dealloc) })
+}

@@ -1,0 +1,278 @@
+//! A real release `fishd` in a temp dir on a free port, as the benchmarks drive it:
+//! started and restarted with a clock on its readiness, and measured from the
+//! outside (`/proc/<pid>`: resident memory, CPU time; the size of its redb file).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// The longest a start may take before the suite gives up.
+const START_LIMIT: Duration = Duration::from_secs(120);
+/// How often readiness is polled while a start is timed: bounds the timing error.
+const READY_POLL: Duration = Duration::from_millis(5);
+/// Linux's USER_HZ: the unit of utime/stime in `/proc/<pid>/stat`.
+const CLOCK_TICKS: f64 = 100.0;
+
+/// A running fishd with the test driver and room for a million applications.
+pub struct Daemon {
+    child: Option<Child>,
+    fishd: PathBuf,
+    dir: PathBuf,
+    pub url: String,
+    pub token: String,
+    ca: Vec<u8>,
+    port: u16,
+    /// One shared client (one HTTP/2 connection) for control requests.
+    pub client: reqwest::Client,
+}
+
+impl Daemon {
+    /// Starts a fresh fishd whose data lives under `dir`; returns it and how long it
+    /// took from spawn to a successful `/readyz`.
+    pub async fn start(fishd: &Path, dir: &Path) -> Result<(Daemon, Duration)> {
+        std::fs::create_dir_all(dir)?;
+        let mut d = Daemon {
+            child: None,
+            fishd: fishd.to_owned(),
+            dir: dir.to_owned(),
+            url: String::new(),
+            token: String::new(),
+            ca: Vec::new(),
+            port: 0,
+            client: reqwest::Client::new(),
+        };
+        let took = d.spawn().await?;
+        Ok((d, took))
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn write_config(&self) -> Result<PathBuf> {
+        // The capacity is out of the way on purpose: these benchmarks measure the
+        // control plane, not the admission of work.
+        let yml = format!(
+            "nodeName: bench\ndataDir: {}\napi: 127.0.0.1:{}\n\
+             capacity: {{cpu: 1000000, ram: 1000000, slots: 1000000}}\n\
+             drivers:\n  test: {{}}\n",
+            self.data_dir().display(),
+            self.port
+        );
+        let path = self.dir.join("fish.yml");
+        std::fs::write(&path, yml)?;
+        Ok(path)
+    }
+
+    async fn spawn(&mut self) -> Result<Duration> {
+        let config = self.write_config()?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("fishd.log"))?;
+        let started = Instant::now();
+        let child = Command::new(&self.fishd)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.fishd.display()))?;
+        self.child = Some(child);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("fishd exited during start ({status}):\n{}", self.log_tail());
+            }
+            if self.url.is_empty() {
+                self.read_fishctl_config()?;
+            }
+            if !self.url.is_empty() && self.ready().await {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > START_LIMIT {
+                bail!("fishd was not ready within {START_LIMIT:?}:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
+    /// Reads server, token and CA from the `fishctl.yaml` fishd wrote, once it exists.
+    fn read_fishctl_config(&mut self) -> Result<()> {
+        let Ok(text) = std::fs::read_to_string(self.data_dir().join("fishctl.yaml")) else { return Ok(()) };
+        let Ok(v) = serde_saphyr::from_str::<Value>(&text) else { return Ok(()) };
+        let Some(current) = v["current_context"].as_str() else { return Ok(()) };
+        let c = &v["contexts"][current];
+        let (Some(server), Some(token), Some(ca)) = (c["server"].as_str(), c["token"].as_str(), c["ca_cert"].as_str())
+        else {
+            return Ok(());
+        };
+        let port = server.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(0);
+        if port == 0 {
+            return Ok(());
+        }
+        self.ca = std::fs::read(ca).with_context(|| format!("cannot read {ca}"))?;
+        self.url = server.to_owned();
+        self.token = token.to_owned();
+        self.port = port;
+        self.client = self.new_client()?;
+        Ok(())
+    }
+
+    async fn ready(&self) -> bool {
+        self.client.get(format!("{}/readyz", self.url)).send().await.is_ok_and(|r| r.status().is_success())
+    }
+
+    /// A new client trusting this node's CA: its own connection, as a separate
+    /// program (a CI server, a load generator worker) would have.
+    pub fn new_client(&self) -> Result<reqwest::Client> {
+        let ca = reqwest::Certificate::from_pem(&self.ca)?;
+        Ok(reqwest::Client::builder().tls_certs_only([ca]).timeout(Duration::from_secs(120)).build()?)
+    }
+
+    /// `<url><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// Stops fishd with SIGTERM (as an operator would) and starts it again on the
+    /// same data and port; returns the time from spawn to ready.
+    pub async fn restart(&mut self) -> Result<Duration> {
+        self.stop().await?;
+        self.spawn().await
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after 30 s).
+    pub async fn stop(&mut self) -> Result<()> {
+        let Some(mut c) = self.child.take() else { return Ok(()) };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                bail!("fishd did not exit within 30 s of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// The fishd process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn status_field(&self, field: &str) -> Option<u64> {
+        let text = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let line = text.lines().find(|l| l.starts_with(field))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// Resident memory now, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.status_field("VmRSS:")
+    }
+
+    /// Peak resident memory since start, in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        self.status_field("VmHWM:")
+    }
+
+    /// CPU time (user + system, all threads) used so far, in seconds.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds_of(&format!("/proc/{}/stat", self.pid()?))
+    }
+
+    /// Bytes of the redb file.
+    pub fn store_bytes(&self) -> u64 {
+        std::fs::metadata(self.data_dir().join("fish.redb")).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The last lines of fishd's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("fishd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// GET with the admin token; status and JSON body.
+    pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
+        let r = self.client.get(self.url(path)).bearer_auth(&self.token).send().await?;
+        Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// POST a JSON body with the admin token; status and JSON body.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
+        let r = self.client.post(self.url(path)).bearer_auth(&self.token).json(body).send().await?;
+        Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// POST a YAML manifest to `/api/v1/apply`; fails unless it is accepted.
+    pub async fn apply(&self, yaml: &str) -> Result<Value> {
+        let r = self
+            .client
+            .post(self.url("/api/v1/apply"))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/yaml")
+            .body(yaml.to_owned())
+            .send()
+            .await?;
+        let code = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if !code.is_success() {
+            bail!("apply failed: {code} {v}");
+        }
+        Ok(v)
+    }
+
+    /// The store revision now (from a list that is empty or small).
+    pub async fn revision(&self) -> Result<u64> {
+        let (code, v) = self.get("/api/v1/applications?phase=ELECTED").await?;
+        if code != 200 {
+            bail!("list failed: {code} {v}");
+        }
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .or_else(|| v["metadata"]["resourceVersion"].as_u64())
+            .context("list without resourceVersion")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// utime + stime of a `/proc/.../stat` file, in seconds.
+pub fn cpu_seconds_of(path: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    // The command name may hold spaces; fields after its closing parenthesis are fixed.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After ")": state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / CLOCK_TICKS)
+}
+
+/// This process's CPU time so far, in seconds (the load generator's share).
+pub fn own_cpu_seconds() -> Option<f64> {
+    cpu_seconds_of("/proc/self/stat")
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn loadavg() -> [f64; 3] {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut it = text.split_whitespace().map(|s| s.parse().unwrap_or(0.0));
+    [it.next().unwrap_or(0.0), it.next().unwrap_or(0.0), it.next().unwrap_or(0.0)]
+}
