@@ -374,6 +374,43 @@ async fn watch_added_modified_resume_and_expired() {
     while w.next().await.is_some() {}
 }
 
+/// A watcher that does not keep up is told so (410) and closed, never silently skipped.
+#[tokio::test]
+async fn a_watcher_that_falls_behind_gets_410_and_is_closed() {
+    let fx = fixture().await;
+    let s = &fx.state;
+    let mut slow = watch(s, "/api/v1/labels?watch=true", &fx.admin).await;
+    // More changes at once than a watcher's buffer holds, while it reads nothing.
+    let items: Vec<ApplyItem> = (0..5_000)
+        .map(|i| {
+            let label: api_types::Label =
+                serde_saphyr::from_str(&LABEL.replace("name: l}", &format!("name: s{i}}}"))).unwrap();
+            ApplyItem::Label { label, uid: Uuid::now_v7() }
+        })
+        .collect();
+    s.store
+        .execute(Command::Apply { items, owner: "admin".into(), now: OffsetDateTime::now_utc() })
+        .await
+        .unwrap()
+        .unwrap();
+    // Events may still be flowing when it starts reading: it sees some, then the
+    // error, never a silent gap.
+    let mut delivered = 0;
+    let e = loop {
+        let e = slow.next().await.expect("the stream ended without an error");
+        if e["type"] != "ADDED" {
+            break e;
+        }
+        assert_eq!(e["object"]["metadata"]["name"], json!(format!("s{delivered}")), "a gap without an error");
+        delivered += 1;
+    };
+    assert!(delivered < 5_000, "the watcher kept up after all");
+    assert_eq!(e["type"], "ERROR", "{e}");
+    assert_eq!((e["object"]["code"].clone(), e["object"]["reason"].clone()), (json!(410), json!("Expired")));
+    assert!(e["object"]["message"].as_str().unwrap().contains("behind"), "{e}");
+    assert!(slow.next().await.is_none(), "the stream ends after the error");
+}
+
 #[tokio::test]
 async fn users_tokens_and_rate_limits() {
     let fx = fixture_with(ApiLimits { rate_limit_per_minute: 5, ..Default::default() }).await;
