@@ -8,7 +8,7 @@
 //! Writes bench/results/docker-start.json.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use aquarium_e2e::TestDaemon;
@@ -119,6 +119,5 @@ async fn main() -> Result<()> {
         load.trim()
     );
     println!("written to {path}");
-    let _ = Duration::ZERO;
     Ok(())
 }

@@ -352,13 +352,7 @@ async fn watch_added_modified_resume_and_expired() {
     assert_eq!(lw.next().await.unwrap()["object"]["kind"], "Label");
 
     // Push the history past EVENT_HISTORY; resuming from revision 1 is then 410.
-    let items: Vec<ApplyItem> = (0..crate::store::EVENT_HISTORY + 10)
-        .map(|i| {
-            let label: api_types::Label =
-                serde_saphyr::from_str(&LABEL.replace("name: l}", &format!("name: x{i}}}"))).unwrap();
-            ApplyItem::Label { label, uid: Uuid::now_v7() }
-        })
-        .collect();
+    let items = labels("x", crate::store::EVENT_HISTORY + 10);
     s.store
         .execute(Command::Apply { items, owner: "admin".into(), now: OffsetDateTime::now_utc() })
         .await
@@ -374,6 +368,17 @@ async fn watch_added_modified_resume_and_expired() {
     while w.next().await.is_some() {}
 }
 
+/// `n` labels named `<prefix>0`, `<prefix>1`, … to apply in one command.
+fn labels(prefix: &str, n: u64) -> Vec<ApplyItem> {
+    (0..n)
+        .map(|i| {
+            let label: api_types::Label =
+                serde_saphyr::from_str(&LABEL.replace("name: l}", &format!("name: {prefix}{i}}}"))).unwrap();
+            ApplyItem::Label { label, uid: Uuid::now_v7() }
+        })
+        .collect()
+}
+
 /// A watcher that does not keep up is told so (410) and closed, never silently skipped.
 #[tokio::test]
 async fn a_watcher_that_falls_behind_gets_410_and_is_closed() {
@@ -381,13 +386,7 @@ async fn a_watcher_that_falls_behind_gets_410_and_is_closed() {
     let s = &fx.state;
     let mut slow = watch(s, "/api/v1/labels?watch=true", &fx.admin).await;
     // More changes at once than a watcher's buffer holds, while it reads nothing.
-    let items: Vec<ApplyItem> = (0..5_000)
-        .map(|i| {
-            let label: api_types::Label =
-                serde_saphyr::from_str(&LABEL.replace("name: l}", &format!("name: s{i}}}"))).unwrap();
-            ApplyItem::Label { label, uid: Uuid::now_v7() }
-        })
-        .collect();
+    let items = labels("s", 5_000);
     s.store
         .execute(Command::Apply { items, owner: "admin".into(), now: OffsetDateTime::now_utc() })
         .await

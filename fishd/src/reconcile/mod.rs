@@ -188,7 +188,6 @@ pub fn transition(status: &ApplicationStatus, phase: Phase, message: impl Into<S
 /// The running control loops.
 pub struct Controller {
     ctx: Arc<Ctx>,
-    queue: Queue,
     tracker: TaskTracker,
     stop: CancellationToken,
 }
@@ -207,17 +206,7 @@ impl Controller {
         tokio::spawn(election_loop(ctx.clone(), stop.clone()));
         tokio::spawn(trigger_loop(ctx.clone(), queue.clone(), stop.clone()));
         tokio::spawn(resync_loop(ctx.clone(), queue.clone(), stop.clone()));
-        Controller { ctx, queue, tracker, stop }
-    }
-
-    /// The shared context.
-    pub fn ctx(&self) -> &Arc<Ctx> {
-        &self.ctx
-    }
-
-    /// Runs `uid` now (used by tests and the API's hints).
-    pub fn poke(&self, uid: Uuid) {
-        self.queue.now(uid);
+        Controller { ctx, tracker, stop }
     }
 
     /// Stops electing new applications; running work goes on.

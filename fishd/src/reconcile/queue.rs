@@ -31,11 +31,6 @@ impl Queue {
         self.at(uid, Instant::now());
     }
 
-    /// Runs `uid` after `delay`.
-    pub fn after(&self, uid: Uuid, delay: Duration) {
-        self.at(uid, Instant::now() + delay);
-    }
-
     /// Runs `uid` at `when` (or earlier, if it is already queued earlier).
     pub fn at(&self, uid: Uuid, when: Instant) {
         // The scheduler only stops at shutdown, when new work is moot.

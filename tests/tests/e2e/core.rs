@@ -2,7 +2,6 @@
 //! and nothing lost or doubled across a crash.
 
 use aquarium_e2e::{TestDaemon, eventually};
-use std::time::Duration;
 
 const LABEL: &str = "kind: Label\nmetadata: {name: small}\nspec:\n  definitions:\n    - driver: test\n      resources: {cpu: 1, ram: 1}\n";
 
@@ -91,5 +90,4 @@ async fn acknowledged_objects_survive_kill9() {
     })
     .await
     .unwrap();
-    let _ = Duration::ZERO;
 }
