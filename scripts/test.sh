@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+bash scripts/install-deps.sh
+
 # The docker tests need a local image (no registry is reachable): built from Debian's
 # busybox-static. Skipped (and the docker tests skip themselves) when no engine runs.
 if docker info >/dev/null 2>&1; then
