@@ -6,6 +6,7 @@
 //! at once, each with the field path a user can find in their YAML.
 
 pub mod application;
+pub mod cluster_status;
 pub mod duration;
 pub mod label;
 pub mod manifest;
@@ -16,6 +17,7 @@ pub mod user;
 pub mod validate;
 pub mod wire;
 
+pub use cluster_status::{ClusterMember, ClusterStatus, MemberRole};
 pub use application::{Application, ApplicationSpec, ApplicationStatus, HistoryEntry, LabelRef, Phase, ResourceStatus};
 pub use duration::HumanDuration;
 pub use label::{Definition, Disk, Image, Label, LabelSpec, Network, Resources};

@@ -95,7 +95,7 @@ pub async fn measure(dir: &Path, window: Duration) -> Result<Ceiling> {
     std::fs::create_dir_all(dir)?;
     let d = dir.to_owned();
     let redb_commits_per_s = tokio::task::spawn_blocking(move || redb_commits(&d, window)).await??;
-    let store = Store::open(&dir.join("store.redb"))?;
+    let store = Store::open(&dir.join("store.redb")).await?;
     let store_commands_per_s_serial = store_commands(&store, 1, window).await?;
     let store_commands_per_s_grouped = store_commands(&store, 64, window).await?;
     Ok(Ceiling { redb_commits_per_s, store_commands_per_s_serial, store_commands_per_s_grouped })

@@ -179,7 +179,7 @@ mod tests {
     #[tokio::test]
     async fn first_start_creates_admin_and_later_starts_keep_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("fish.redb")).expect("store");
+        let store = Store::open(&dir.path().join("fish.redb")).await.expect("store");
         let ca = dir.path().join("ca.crt");
         let addr: SocketAddr = "127.0.0.1:8001".parse().expect("addr");
         let run = |addr| bootstrap(&store, dir.path(), "node-a", addr, &ca);

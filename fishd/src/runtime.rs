@@ -23,7 +23,7 @@ use crate::config::{Config, ConfigError};
 use crate::drivers::{self, Driver, Drivers};
 use crate::meta_token::MetaTokens;
 use crate::reconcile::{Controller, Ctx, NodeIdentity, ReconcileConfig};
-use crate::store::{Command, Store, StoreError};
+use crate::store::{Command, FishNode, Store, StoreError, StoreOptions};
 
 /// How often the node reports itself (heartbeat, drivers, capacity).
 const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -232,12 +232,37 @@ fn prepare_data_dir(dir: &Path) -> Result<PathBuf, RunError> {
     dir.canonicalize().map_err(err)
 }
 
+/// Opens the node's store: its Raft reaches peers over HTTPS with the node's
+/// certificate, trusting only the cluster CA.
+async fn open_store(
+    config: &Config,
+    data_dir: &Path,
+    node_name: &str,
+    addr: SocketAddr,
+    tls: &crate::tls::TlsMaterial,
+) -> Result<Store, RunError> {
+    let mut identity = std::fs::read(data_dir.join("node.crt"))
+        .map_err(|source| RunError::DataDir { path: data_dir.join("node.crt"), source })?;
+    identity.extend(
+        std::fs::read(data_dir.join("node.key"))
+            .map_err(|source| RunError::DataDir { path: data_dir.join("node.key"), source })?,
+    );
+    let client = crate::cluster::raft_net::peer_client(tls.ca_cert_pem.as_bytes(), &identity).map_err(RunError::Tls)?;
+    let options = StoreOptions {
+        event_history: config.watch_history,
+        node: FishNode { name: node_name.to_owned(), api: addr.to_string() },
+        bootstrap: true,
+        network: Some(Arc::new(crate::cluster::raft_net::HttpNetwork::new(client.clone()))),
+        forward: Some(Arc::new(crate::cluster::raft_net::HttpForward::new(client))),
+    };
+    Ok(Store::open_with(&data_dir.join("fish.redb"), options).await?)
+}
+
 /// Runs a node until a signal stops it.
 pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     let config = configure(&overrides)?;
     let node_name = config.node_name();
     let data_dir = prepare_data_dir(&config.data_dir())?;
-    let store = Store::open_with_history(&data_dir.join("fish.redb"), config.watch_history)?;
     let meta_tokens =
         MetaTokens::load_or_create(&data_dir).map_err(|source| RunError::DataDir { path: data_dir.clone(), source })?;
 
@@ -246,6 +271,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     let addr = listener.local_addr().map_err(|source| RunError::Listen { addr: config.api(), source })?;
     let tls = crate::tls::load_or_create(&data_dir, &node_name, Some(&addr.ip().to_string()))
         .map_err(|e| RunError::Tls(error_chain(&e)))?;
+    let store = open_store(&config, &data_dir, &node_name, addr, &tls).await?;
     crate::bootstrap::bootstrap(&store, &data_dir, &node_name, addr, &tls.ca_cert_path)
         .await
         .map_err(|e| RunError::Bootstrap(error_chain(&e)))?;
@@ -315,6 +341,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         beat.cancel();
         api_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
+        store.close().await;
     };
     tokio::select! {
         _ = drain => info!("drained; exiting"),

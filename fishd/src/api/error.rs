@@ -35,7 +35,7 @@ pub enum ApiError {
     #[error("{0}")]
     Unavailable(String),
     #[error("storage failed")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error("{0}")]
     Internal(String),
 }
@@ -102,6 +102,17 @@ impl ApiError {
                 };
                 ApiError::Invalid { message, details: errors }
             }
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    /// A write that found no quorum is a 503 the caller may retry; any other store
+    /// failure is ours (500).
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => ApiError::Unavailable(m),
+            e => ApiError::Store(e),
         }
     }
 }

@@ -112,7 +112,14 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, body = String, content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let mut resp = state.metrics.render().into_response();
+    let mut text = state.metrics.render();
+    let raft = crate::cluster::status::render_metrics(&state.store);
+    // OpenMetrics ends with `# EOF`: the Raft gauges go before it.
+    match text.rfind("# EOF") {
+        Some(at) => text.insert_str(at, &raft),
+        None => text.push_str(&raft),
+    }
+    let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

@@ -119,3 +119,13 @@ pub async fn set_maintenance(
         _ => find(&state, &node_name).map(Json),
     }
 }
+
+/// The cluster as this node sees it: leader, term, commit index, members.
+#[utoipa::path(
+    get, path = "/api/v1/cluster", tag = "nodes",
+    responses((status = 200, body = api_types::ClusterStatus)),
+    security(("bearer" = []), ("basic" = []))
+)]
+pub async fn get_cluster(State(state): State<AppState>, _user: AuthUser) -> ApiResult<Json<api_types::ClusterStatus>> {
+    Ok(Json(crate::cluster::status::cluster_status(&state.store)?))
+}

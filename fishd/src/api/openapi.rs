@@ -132,6 +132,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(nodes::list_nodes))
         .routes(routes!(nodes::get_node))
         .routes(routes!(nodes::set_maintenance))
+        .routes(routes!(nodes::get_cluster))
         .routes(routes!(users::list_users, users::create_user))
         .routes(routes!(users::get_user, users::delete_user))
         .routes(routes!(users::rotate_token))

@@ -71,7 +71,7 @@ struct Fx {
 
 async fn fixture_with(limits: ApiLimits) -> Fx {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("fish.redb")).unwrap();
+    let store = Store::open(&dir.path().join("fish.redb")).await.unwrap();
     let mut drivers = crate::drivers::Drivers::new();
     drivers.insert("test".into(), Arc::new(FakeDriver { logs: dir.path().to_owned() }) as Arc<dyn Driver>);
     let state = AppState::new(

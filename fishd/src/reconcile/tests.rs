@@ -22,7 +22,7 @@ struct Harness {
 
 async fn harness(capacity: NodeCapacity, config: ReconcileConfig) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("fish.redb")).unwrap();
+    let store = Store::open(&dir.path().join("fish.redb")).await.unwrap();
     let mut drivers = crate::drivers::Drivers::new();
     let d: Arc<dyn crate::drivers::Driver> =
         Arc::new(TestDriver::new("test".into(), TestConfig::default(), dir.path()).unwrap());

@@ -85,7 +85,7 @@ pub enum Command {
 }
 
 /// What a command did.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     Applied(Vec<ApplyResult>),
     Application(Box<Application>),
@@ -94,7 +94,7 @@ pub enum Response {
 }
 
 /// Why a command was refused; nothing was written.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error, Serialize, Deserialize)]
 pub enum Rejection {
     #[error("{0}")]
     NotFound(String),

@@ -1,39 +1,47 @@
-//! The store: one redb file, changed only by [`Command`]s applied by the state machine.
+//! The store: one redb file per node, changed only by [`Command`]s that the Raft log
+//! feeds to the state machine on every node (a single node is a one-member cluster).
 //!
 //! # Guarantees
-//! - A command is acknowledged only after its transaction committed durably.
-//! - Every object change gets the next store revision, which becomes its
-//!   `metadata.resourceVersion`, and an [`Event`] kept for [`EVENT_HISTORY`] revisions
-//!   so a watch can resume from a recent revision.
-//! - Commands are applied by one writer thread, which takes every command waiting when
-//!   it starts a transaction (group commit): concurrent writers share one fsync.
+//! - A command is acknowledged only after its log entry committed (on a quorum) and was
+//!   applied durably on the node that answers (read-your-writes, also for writes a
+//!   follower forwarded to the leader).
+//! - Every object change gets the log index of its entry as `metadata.resourceVersion`:
+//!   identical on every node. Several objects changed by one entry share it.
+//! - An [`Event`] per change is kept (node-locally) for the last `watchHistory`
+//!   revisions, so a watch can resume from a recent revision on any node.
+//! - openraft batches concurrent commands into one append and one apply transaction.
 //! - Live events are published after the commit, in revision order.
+//! - Without a quorum a command fails with [`StoreError::Unavailable`] within
+//!   [`WRITE_TIMEOUT`], never hangs.
 
 mod command;
+pub mod dump;
+pub mod raft;
 mod state;
 mod tables;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use api_types::{Application, Label, Node, Phase, User, WatchEventType};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::broadcast;
 use uuid::Uuid;
 
 pub use command::{ApplyItem, Command, Outcome, Rejection, Response, UserRecord};
+pub use raft::{Applied, FishNode, NodeId, Proposal, Raft, TypeConfig, node_id_for};
 use tables::*;
 
-/// Default number of recent events kept for watches to resume from; older resumes
-/// get 410. At ~1 KiB an event this bounds the history to ~10 MiB of the file.
+/// Default number of recent revisions whose events are kept for watches to resume
+/// from; older resumes get 410. At ~1 KiB an event this bounds the history to ~10 MiB.
 pub const EVENT_HISTORY: u64 = 10_000;
-/// Most commands applied in one transaction.
-const MAX_BATCH: usize = 512;
 /// Live events buffered per watcher before it is declared too slow (410).
 const EVENT_CHANNEL: usize = 4096;
-/// Commands waiting for the writer before callers wait for room.
-const COMMAND_QUEUE: usize = 4096;
+/// How long a command may wait for a quorum before it is refused as unavailable.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// A storage failure. Business outcomes are [`Rejection`]s, not errors.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +52,11 @@ pub enum StoreError {
     Corrupt(#[from] serde_json::Error),
     #[error("the store is shut down")]
     Closed,
+    /// No leader with a quorum answered in time: the write may or may not happen.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("raft: {0}")]
+    Raft(String),
 }
 
 macro_rules! from_redb {
@@ -95,45 +108,260 @@ pub struct AppFilter {
     pub owner: Option<String>,
 }
 
-struct WriteRequest {
-    command: Command,
-    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+/// Sends a command to the leader when this node is not it (implemented over HTTPS by
+/// the cluster layer; absent on a node that never has peers).
+#[async_trait::async_trait]
+pub trait Forward: Send + Sync {
+    /// Has `leader` apply `proposal`; its answer carries the log index it was applied at.
+    async fn forward(&self, leader: &FishNode, proposal: &Proposal) -> Result<Applied, String>;
+}
+
+/// How to open a store: who this node is, and how it reaches peers.
+#[derive(Clone)]
+pub struct StoreOptions {
+    pub event_history: u64,
+    /// This node as membership records it.
+    pub node: FishNode,
+    /// Form a one-member cluster on first start (false for a node that joins).
+    pub bootstrap: bool,
+    pub network: Option<Arc<dyn RaftNetworkBuilder>>,
+    pub forward: Option<Arc<dyn Forward>>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            event_history: EVENT_HISTORY,
+            node: FishNode { name: "local".into(), api: String::new() },
+            bootstrap: true,
+            network: None,
+            forward: None,
+        }
+    }
+}
+
+/// Builds the Raft network of a node (the cluster layer's HTTPS client).
+pub trait RaftNetworkBuilder: Send + Sync {
+    /// Starts `raft` with `log` and `sm` and this builder's network.
+    fn start(
+        &self,
+        id: NodeId,
+        config: Arc<openraft::Config>,
+        log: raft::LogStore,
+        sm: raft::StateMachine,
+    ) -> futures::future::BoxFuture<'static, Result<Raft, openraft::error::Fatal<NodeId>>>;
+}
+
+/// The network of a node that has no peers: every RPC target is unreachable.
+struct Lonely;
+
+impl openraft::RaftNetworkFactory<TypeConfig> for Lonely {
+    type Network = Lonely;
+    async fn new_client(&mut self, _target: NodeId, _node: &FishNode) -> Lonely {
+        Lonely
+    }
+}
+
+impl openraft::RaftNetwork<TypeConfig> for Lonely {
+    async fn append_entries(
+        &mut self,
+        _rpc: openraft::raft::AppendEntriesRequest<TypeConfig>,
+        _option: openraft::network::RPCOption,
+    ) -> Result<
+        openraft::raft::AppendEntriesResponse<NodeId>,
+        openraft::error::RPCError<NodeId, FishNode, openraft::error::RaftError<NodeId>>,
+    > {
+        Err(lonely())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _rpc: openraft::raft::InstallSnapshotRequest<TypeConfig>,
+        _option: openraft::network::RPCOption,
+    ) -> Result<
+        openraft::raft::InstallSnapshotResponse<NodeId>,
+        openraft::error::RPCError<
+            NodeId,
+            FishNode,
+            openraft::error::RaftError<NodeId, openraft::error::InstallSnapshotError>,
+        >,
+    > {
+        Err(lonely())
+    }
+
+    async fn vote(
+        &mut self,
+        _rpc: openraft::raft::VoteRequest<NodeId>,
+        _option: openraft::network::RPCOption,
+    ) -> Result<
+        openraft::raft::VoteResponse<NodeId>,
+        openraft::error::RPCError<NodeId, FishNode, openraft::error::RaftError<NodeId>>,
+    > {
+        Err(lonely())
+    }
+}
+
+fn lonely<E: std::error::Error>() -> openraft::error::RPCError<NodeId, FishNode, E> {
+    openraft::error::RPCError::Unreachable(openraft::error::Unreachable::new(&std::io::Error::other(
+        "this node has no network to its peers",
+    )))
+}
+
+/// The Raft settings of every node: heartbeats every 100 ms, elections after
+/// 0.5–1 s of silence (failover ≈ 1.5–2 s, robust to a loaded CI host), snapshots
+/// every 1000 entries keeping 200 behind them.
+pub fn raft_config() -> Result<Arc<openraft::Config>, StoreError> {
+    let c = openraft::Config {
+        cluster_name: "aquarium".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
+        install_snapshot_timeout: 10_000,
+        max_payload_entries: 300,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+        max_in_snapshot_log_to_keep: 200,
+        ..Default::default()
+    };
+    Ok(Arc::new(c.validate().map_err(|e| StoreError::Raft(e.to_string()))?))
 }
 
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
-    writer: mpsc::Sender<WriteRequest>,
+    raft: Raft,
+    id: NodeId,
+    node: FishNode,
+    forward: Option<Arc<dyn Forward>>,
     events: broadcast::Sender<Arc<Event>>,
 }
 
 impl Store {
-    /// Opens (or creates) the store at `path` and starts its writer thread.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        Store::open_with_history(path, EVENT_HISTORY)
+    /// Opens (or creates) a single-node store at `path`.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, StoreOptions::default()).await
     }
 
-    /// Like [`Store::open`], keeping the last `event_history` events for watch resumes.
-    pub fn open_with_history(path: &Path, event_history: u64) -> Result<Store, StoreError> {
+    /// Like [`Store::open`], keeping the last `event_history` revisions for watch resumes.
+    pub async fn open_with_history(path: &Path, event_history: u64) -> Result<Store, StoreError> {
+        Store::open_with(path, StoreOptions { event_history, ..StoreOptions::default() }).await
+    }
+
+    /// Opens the store and starts this node's Raft. With `bootstrap`, a node that is
+    /// not yet part of a cluster forms a one-member cluster of itself.
+    pub async fn open_with(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         let db = Arc::new(Database::create(path)?);
         state::init(&db)?;
+        let id = {
+            let txn = db.begin_write()?;
+            let id = {
+                let mut t = txn.open_table(LOCAL_META)?;
+                let stored = t.get("node_id")?.map(|v| v.value());
+                match stored {
+                    Some(id) => id,
+                    None => {
+                        let id = node_id_for(&options.node.name);
+                        t.insert("node_id", id)?;
+                        id
+                    }
+                }
+            };
+            txn.commit()?;
+            id
+        };
         let (events, _) = broadcast::channel(EVENT_CHANNEL);
-        let (writer, rx) = mpsc::channel(COMMAND_QUEUE);
-        let thread_db = db.clone();
-        let thread_events = events.clone();
-        std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer_loop(&thread_db, rx, &thread_events, event_history.max(1)))
-            .map_err(|e| StoreError::Db(redb::Error::Io(e)))?;
-        Ok(Store { db, writer, events })
+        let log = raft::LogStore::new(db.clone());
+        let sm = raft::StateMachine::new(db.clone(), events.clone(), options.event_history);
+        let config = raft_config()?;
+        let raft = match &options.network {
+            Some(n) => n.start(id, config, log, sm).await,
+            None => Raft::new(id, config, Lonely, log, sm).await,
+        }
+        .map_err(|e| StoreError::Raft(e.to_string()))?;
+        let initialized = raft.is_initialized().await.map_err(|e| StoreError::Raft(e.to_string()))?;
+        if !initialized && options.bootstrap {
+            let members = BTreeMap::from([(id, options.node.clone())]);
+            match raft.initialize(members).await {
+                Ok(()) | Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(StoreError::Raft(e.to_string())),
+            }
+        }
+        Ok(Store { db, raft, id, node: options.node, forward: options.forward, events })
     }
 
-    /// Applies one command durably.
+    /// Stops this node's Raft and releases the database file.
+    pub async fn close(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not stop cleanly");
+        }
+    }
+
+    /// This node's Raft instance (cluster routes, membership, metrics).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// This node's Raft id.
+    pub fn node_id(&self) -> NodeId {
+        self.id
+    }
+
+    /// This node as membership records it.
+    pub fn node(&self) -> &FishNode {
+        &self.node
+    }
+
+    /// Applies one command on the cluster and answers once it is applied here.
     pub async fn execute(&self, command: Command) -> Result<Outcome, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.writer.send(WriteRequest { command, reply }).await.map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        let proposal = Proposal { id: Uuid::now_v7(), command };
+        Ok(self.propose(proposal).await?.outcome)
+    }
+
+    /// Commits `proposal` through the leader (this node or, forwarded, another) within
+    /// [`WRITE_TIMEOUT`]. Retries are safe: the proposal's id makes it idempotent.
+    pub async fn propose(&self, proposal: Proposal) -> Result<Applied, StoreError> {
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        let no_quorum = || StoreError::Unavailable("no quorum: no leader accepted the write in time; retry later".into());
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(no_quorum());
+            }
+            let leader = match tokio::time::timeout(left, self.raft.client_write(proposal.clone())).await {
+                Err(_) => return Err(no_quorum()),
+                Ok(Ok(resp)) => return Ok(resp.data),
+                Ok(Err(e)) => match e.forward_to_leader::<FishNode>() {
+                    Some(f) => match (&f.leader_id, &f.leader_node) {
+                        (Some(id), Some(node)) if *id != self.id => Some(node.clone()),
+                        _ => None,
+                    },
+                    None => return Err(StoreError::Raft(e.to_string())),
+                },
+            };
+            if let (Some(leader), Some(fwd)) = (leader, &self.forward) {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(left, fwd.forward(&leader, &proposal)).await {
+                    Err(_) => return Err(no_quorum()),
+                    Ok(Ok(applied)) => {
+                        self.wait_applied(applied.index, deadline).await?;
+                        return Ok(applied);
+                    }
+                    Ok(Err(e)) => tracing::debug!(leader = %leader.name, error = %e, "forwarding a write failed; retrying"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until this node applied the entry at `index` (read-your-writes).
+    pub async fn wait_applied(&self, index: u64, deadline: tokio::time::Instant) -> Result<(), StoreError> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(100));
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "write applied here")
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Unavailable(format!("no quorum: this node has not caught up with the leader: {e}")))
     }
 
     /// Live events from now on; pair with [`Store::events_since`] to resume.
@@ -155,13 +383,13 @@ impl Store {
     pub fn events_since(&self, revision: u64) -> Result<Result<(u64, Vec<Event>), Expired>, StoreError> {
         let tx = self.read()?;
         let current = revision_in(&tx)?;
-        let table = tx.open_table(EVENTS)?;
-        let oldest = table.first()?.map(|(k, _)| k.value()).unwrap_or(current + 1);
-        if revision < current && revision + 1 < oldest {
-            return Ok(Err(Expired { requested: revision, oldest }));
+        let cut = tx.open_table(LOCAL_META)?.get("events_cut")?.map(|v| v.value()).unwrap_or(0);
+        if revision < cut && revision < current {
+            return Ok(Err(Expired { requested: revision, oldest: cut + 1 }));
         }
+        let table = tx.open_table(LOCAL_EVENTS)?;
         let mut out = Vec::new();
-        for entry in table.range(revision + 1..)? {
+        for entry in table.range((revision + 1, 0)..)? {
             let (_, v) = entry?;
             out.push(serde_json::from_slice(v.value())?);
         }
@@ -347,41 +575,6 @@ pub(crate) fn phase_code(p: Phase) -> u8 {
         Phase::Deallocate => 3,
         Phase::Deallocated => 4,
         Phase::Error => 5,
-    }
-}
-
-fn writer_loop(
-    db: &Database,
-    mut rx: mpsc::Receiver<WriteRequest>,
-    events: &broadcast::Sender<Arc<Event>>,
-    history: u64,
-) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        let commands: Vec<Command> = batch.iter().map(|r| r.command.clone()).collect();
-        match state::apply_batch(db, commands, history) {
-            Ok((outcomes, new_events)) => {
-                for (req, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = req.reply.send(Ok(outcome));
-                }
-                for e in new_events {
-                    // No receivers is fine: nobody is watching.
-                    let _ = events.send(Arc::new(e));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, source = ?std::error::Error::source(&e), "store transaction failed");
-                for req in batch {
-                    let _ = req.reply.send(Err(StoreError::Closed));
-                }
-            }
-        }
     }
 }
 

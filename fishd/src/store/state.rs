@@ -33,7 +33,14 @@ pub(super) fn init(db: &Database) -> Result<(), StoreError> {
         txn.open_table(USERS)?;
         txn.open_table(TOKENS)?;
         txn.open_table(NODES)?;
-        txn.open_table(EVENTS)?;
+        txn.open_table(DEDUP)?;
+        txn.open_table(DEDUP_BY_INDEX)?;
+        txn.open_table(RAFT_LOG)?;
+        txn.open_table(RAFT_META)?;
+        txn.open_table(RAFT_SM)?;
+        txn.open_table(RAFT_SNAPSHOT)?;
+        txn.open_table(LOCAL_EVENTS)?;
+        txn.open_table(LOCAL_META)?;
     }
     txn.commit()?;
     Ok(())
@@ -46,9 +53,9 @@ struct Tx<'a> {
 }
 
 impl Tx<'_> {
-    /// Takes the next revision for one object change.
+    /// The revision of an object change: the log index of the entry being applied,
+    /// shared by every object that entry changes.
     fn bump(&mut self) -> u64 {
-        self.rev += 1;
         self.rev
     }
 
@@ -57,33 +64,18 @@ impl Tx<'_> {
     }
 }
 
-/// Applies `commands` in one durable transaction.
-pub(super) fn apply_batch(
-    db: &Database,
-    commands: Vec<Command>,
-    history: u64,
-) -> Result<(Vec<Outcome>, Vec<Event>), StoreError> {
-    let txn = db.begin_write()?;
-    let rev = txn.open_table(META)?.get("revision")?.map(|v| v.value()).unwrap_or(0);
-    let mut tx = Tx { txn: &txn, rev, events: Vec::new() };
-    let mut outcomes = Vec::with_capacity(commands.len());
-    for cmd in commands {
-        outcomes.push(apply(&mut tx, cmd)?);
-    }
-    let Tx { rev, events, .. } = tx;
-    if !events.is_empty() {
-        txn.open_table(META)?.insert("revision", rev)?;
-        let mut t = txn.open_table(EVENTS)?;
-        for e in &events {
-            t.insert(e.revision, serde_json::to_vec(e)?.as_slice())?;
-        }
-        let cut = rev.saturating_sub(history);
-        if cut > 0 {
-            t.retain_in(..=cut, |_, _| false)?;
-        }
-    }
-    txn.commit()?;
-    Ok((outcomes, events))
+/// Applies one command inside `txn` (committed by the caller) as the log entry at
+/// `index`; the events of its changes are appended to `events`.
+pub(super) fn apply_command(
+    txn: &WriteTransaction,
+    index: u64,
+    cmd: Command,
+    events: &mut Vec<Event>,
+) -> Result<Outcome, StoreError> {
+    let mut tx = Tx { txn, rev: index, events: Vec::new() };
+    let outcome = apply(&mut tx, cmd)?;
+    events.append(&mut tx.events);
+    Ok(outcome)
 }
 
 fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Outcome, StoreError> {

@@ -1,4 +1,7 @@
 //! redb table layout. Objects are JSON; every list the API serves has an index.
+//!
+//! Replicated tables (changed only by applying log entries, copied by snapshots) come
+//! first; Raft's log and the `local_*` tables belong to this node alone.
 
 use redb::TableDefinition;
 
@@ -25,5 +28,28 @@ pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 pub const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("tokens");
 /// name → Node JSON.
 pub const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
-/// revision → Event JSON: the recent changes a watch resumes from.
-pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// command id → JSON `Applied`: the answer a command got, so a retried command (a
+/// forwarded write whose outcome was unknown) is answered again, not applied twice.
+/// Replicated; pruned by log index.
+pub const DEDUP: TableDefinition<u128, &[u8]> = TableDefinition::new("dedup");
+/// log index → command id: the pruning order of [`DEDUP`].
+pub const DEDUP_BY_INDEX: TableDefinition<u64, u128> = TableDefinition::new("dedup_by_index");
+
+// Raft's own tables (node-local: never in a snapshot).
+/// log index → JSON `Entry`.
+pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// `vote`, `last_purged` → JSON.
+pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+/// `last_applied`, `last_membership` → JSON; written in the same transaction as the
+/// replicated tables they describe.
+pub const RAFT_SM: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_sm");
+/// `meta`, `data`: the last snapshot built or installed.
+pub const RAFT_SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
+
+// Node-local tables.
+/// (revision, n) → Event JSON: the recent changes a watch resumes from. Several
+/// objects changed by one log entry share its revision (n orders them).
+pub const LOCAL_EVENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("local_events");
+/// `events_cut`: events at or below it were dropped (a watch from there gets 410);
+/// `node_id`: this node's Raft id.
+pub const LOCAL_META: TableDefinition<&str, u64> = TableDefinition::new("local_meta");

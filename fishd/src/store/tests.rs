@@ -7,9 +7,9 @@ use uuid::Uuid;
 
 use super::*;
 
-fn store() -> (tempfile::TempDir, Store) {
+async fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(&dir.path().join("fish.redb")).unwrap();
+    let s = Store::open(&dir.path().join("fish.redb")).await.unwrap();
     (dir, s)
 }
 
@@ -37,7 +37,7 @@ const APP: &str = "kind: Application\nmetadata: {name: a}\nspec: {label: l}\n";
 
 #[tokio::test]
 async fn label_versions_follow_spec_changes() {
-    let (_d, s) = store();
+    let (_d, s) = store().await;
     let r = apply(&s, LABEL).await.unwrap();
     let Response::Applied(r) = r else { panic!() };
     assert_eq!((r[0].action, r[0].version), (ApplyAction::Created, Some(1)));
@@ -54,7 +54,7 @@ async fn label_versions_follow_spec_changes() {
 
 #[tokio::test]
 async fn apply_is_all_or_nothing() {
-    let (_d, s) = store();
+    let (_d, s) = store().await;
     let bad = format!("{LABEL}---\nkind: Application\nmetadata: {{name: a}}\nspec: {{label: missing}}\n");
     match apply(&s, &bad).await {
         Err(Rejection::Invalid { errors, .. }) => assert_eq!(errors[0].field, "spec.label"),
@@ -72,7 +72,7 @@ async fn apply_is_all_or_nothing() {
 
 #[tokio::test]
 async fn applications_are_immutable_and_names_unique() {
-    let (_d, s) = store();
+    let (_d, s) = store().await;
     apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
     let Response::Applied(r) = apply(&s, APP).await.unwrap() else { panic!() };
     assert_eq!(r[0].action, ApplyAction::Unchanged);
@@ -82,7 +82,7 @@ async fn applications_are_immutable_and_names_unique() {
 
 #[tokio::test]
 async fn deallocate_before_allocation_ends_at_once_and_cas_protects_it() {
-    let (_d, s) = store();
+    let (_d, s) = store().await;
     apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
     let app = s.get_application("a").unwrap().unwrap();
     let uid = app.metadata.uid.unwrap();
@@ -106,37 +106,85 @@ async fn deallocate_before_allocation_ends_at_once_and_cas_protects_it() {
 
 #[tokio::test]
 async fn watch_resumes_from_a_revision_and_expires_old_ones() {
-    let (_d, s) = store();
+    let (_d, s) = store().await;
     let mut live = s.subscribe();
-    apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
+    apply(&s, LABEL).await.unwrap();
+    apply(&s, APP).await.unwrap();
     let first = live.recv().await.unwrap();
     assert_eq!((first.kind, first.event_type), (Kind::Label, WatchEventType::Added));
     let (rev, events) = s.events_since(first.revision).unwrap().unwrap();
-    assert_eq!(rev, first.revision + 1);
+    assert!(rev > first.revision);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, Kind::Application);
     assert_eq!(events[0].object["metadata"]["resourceVersion"], serde_json::json!(rev.to_string()));
+    // Resuming from before both gets both, in order.
+    let (_, events) = s.events_since(first.revision - 1).unwrap().unwrap();
+    assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), vec![Kind::Label, Kind::Application]);
+}
+
+#[tokio::test]
+async fn objects_changed_by_one_command_share_its_log_index() {
+    let (_d, s) = store().await;
+    apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
+    let label = s.get_label("l", None).unwrap().unwrap();
+    let app = s.get_application("a").unwrap().unwrap();
+    assert_eq!(label.metadata.resource_version, app.metadata.resource_version);
+    let rev = s.revision().unwrap();
+    assert_eq!(app.metadata.resource_version, Some(rev.to_string()));
+    // The revision is the Raft log index of the entry that made the change.
+    assert_eq!(s.raft().metrics().borrow().last_applied.map(|l| l.index), Some(rev));
+    let (_, events) = s.events_since(rev - 1).unwrap().unwrap();
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().all(|e| e.revision == rev));
+}
+
+#[tokio::test]
+async fn old_revisions_expire_with_a_small_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_with_history(&dir.path().join("fish.redb"), 2).await.unwrap();
+    apply(&s, LABEL).await.unwrap();
+    let first = s.revision().unwrap();
+    for cpu in 2..6 {
+        apply(&s, &LABEL.replace("cpu: 1", &format!("cpu: {cpu}"))).await.unwrap();
+    }
+    assert!(s.events_since(first).unwrap().is_err(), "a revision older than the history must expire");
+    let now = s.revision().unwrap();
+    assert!(s.events_since(now - 1).unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn a_retried_proposal_is_applied_once() {
+    let (_d, s) = store().await;
+    apply(&s, LABEL).await.unwrap();
+    let p = Proposal {
+        id: Uuid::now_v7(),
+        command: Command::Apply { items: items(APP), owner: "admin".into(), now: OffsetDateTime::now_utc() },
+    };
+    let a = s.propose(p.clone()).await.unwrap();
+    let b = s.propose(p).await.unwrap();
+    // The second is answered with the first answer (same index), and nothing changed.
+    assert_eq!(a.index, b.index);
+    assert_eq!(a.outcome, b.outcome);
+    let app = s.get_application("a").unwrap().unwrap();
+    assert_eq!(app.metadata.resource_version, Some(a.index.to_string()));
+    assert_eq!(s.revision().unwrap(), a.index);
 }
 
 #[tokio::test]
 async fn data_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fish.redb");
-    {
-        let s = Store::open(&path).unwrap();
+    let rev = {
+        let s = Store::open(&path).await.unwrap();
         apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
-    }
-    // The writer thread holds the database until its channel closes; wait for it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let s = loop {
-        match Store::open(&path) {
-            Ok(s) => break s,
-            Err(_) if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await
-            }
-            Err(e) => panic!("{e}"),
-        }
+        let rev = s.revision().unwrap();
+        s.close().await;
+        rev
     };
+    let s = Store::open(&path).await.unwrap();
     assert!(s.get_application("a").unwrap().is_some());
-    assert_eq!(s.revision().unwrap(), 2);
+    assert_eq!(s.revision().unwrap(), rev);
+    // The one-member cluster elects itself again and takes writes.
+    apply(&s, &LABEL.replace("cpu: 1", "cpu: 2")).await.unwrap();
+    assert!(s.revision().unwrap() > rev);
 }
