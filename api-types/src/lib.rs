@@ -17,8 +17,8 @@ pub mod user;
 pub mod validate;
 pub mod wire;
 
-pub use cluster_status::{ClusterMember, ClusterStatus, MemberRole};
 pub use application::{Application, ApplicationSpec, ApplicationStatus, HistoryEntry, LabelRef, Phase, ResourceStatus};
+pub use cluster_status::{ClusterMember, ClusterStatus, MemberRole};
 pub use duration::HumanDuration;
 pub use label::{Definition, Disk, Image, Label, LabelSpec, Network, Resources};
 pub use manifest::{Format, Manifest, ManifestError, parse_manifests};

@@ -70,8 +70,12 @@ struct Fx {
 }
 
 async fn fixture_with(limits: ApiLimits) -> Fx {
+    fixture_with_history(limits, crate::store::EVENT_HISTORY).await
+}
+
+async fn fixture_with_history(limits: ApiLimits, history: u64) -> Fx {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("fish.redb")).await.unwrap();
+    let store = Store::open_with_history(&dir.path().join("fish.redb"), history).await.unwrap();
     let mut drivers = crate::drivers::Drivers::new();
     drivers.insert("test".into(), Arc::new(FakeDriver { logs: dir.path().to_owned() }) as Arc<dyn Driver>);
     let state = AppState::new(
@@ -322,7 +326,8 @@ async fn watch(state: &AppState, uri: &str, token: &str) -> Lines {
 
 #[tokio::test]
 async fn watch_added_modified_resume_and_expired() {
-    let fx = fixture().await;
+    // A short history (in revisions), so that expiring one takes a few writes.
+    let fx = fixture_with_history(ApiLimits::default(), 8).await;
     let s = &fx.state;
     send(s, Method::POST, "/api/v1/apply", Some(&fx.admin), Some(LABEL)).await;
     send(s, Method::POST, "/api/v1/apply", Some(&fx.alice), Some(&app_yaml("a1"))).await;
@@ -351,13 +356,15 @@ async fn watch_added_modified_resume_and_expired() {
     let mut lw = watch(s, "/api/v1/labels?watch=true&name=l", &fx.admin).await;
     assert_eq!(lw.next().await.unwrap()["object"]["kind"], "Label");
 
-    // Push the history past EVENT_HISTORY; resuming from revision 1 is then 410.
-    let items = labels("x", crate::store::EVENT_HISTORY + 10);
-    s.store
-        .execute(Command::Apply { items, owner: "admin".into(), now: OffsetDateTime::now_utc() })
-        .await
-        .unwrap()
-        .unwrap();
+    // Push the history past its 8 revisions; resuming from revision 1 is then 410.
+    for i in 0..10 {
+        let items = labels(&format!("x{i}-"), 1);
+        s.store
+            .execute(Command::Apply { items, owner: "admin".into(), now: OffsetDateTime::now_utc() })
+            .await
+            .unwrap()
+            .unwrap();
+    }
     let mut old = watch(s, "/api/v1/labels?watch=true&resourceVersion=1", &fx.admin).await;
     let e = old.next().await.unwrap();
     assert_eq!(e["type"], "ERROR");

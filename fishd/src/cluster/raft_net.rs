@@ -175,6 +175,7 @@ fn postcard_response<T: Serialize>(v: &T) -> Response {
     }
 }
 
+#[allow(clippy::result_large_err)] // the error is the response itself, built once
 fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
     postcard::from_bytes(body)
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("body is not a valid postcard message: {e}")).into_response())

@@ -56,7 +56,10 @@ pub fn render_metrics(store: &Store) -> String {
     let commit = applied;
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, v: u64| {
-        let _ = write!(out, "# HELP aquarium_raft_{name} {help}\n# TYPE aquarium_raft_{name} gauge\naquarium_raft_{name} {v}\n");
+        let _ = write!(
+            out,
+            "# HELP aquarium_raft_{name} {help}\n# TYPE aquarium_raft_{name} gauge\naquarium_raft_{name} {v}\n"
+        );
     };
     gauge("term", "Current Raft term.", m.current_term);
     gauge("leader", "1 if this node is the Raft leader.", u64::from(leader));

@@ -282,7 +282,8 @@ impl Store {
         if !initialized && options.bootstrap {
             let members = BTreeMap::from([(id, options.node.clone())]);
             match raft.initialize(members).await {
-                Ok(()) | Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+                Ok(()) | Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {
+                }
                 Err(e) => return Err(StoreError::Raft(e.to_string())),
             }
         }
@@ -321,7 +322,8 @@ impl Store {
     /// [`WRITE_TIMEOUT`]. Retries are safe: the proposal's id makes it idempotent.
     pub async fn propose(&self, proposal: Proposal) -> Result<Applied, StoreError> {
         let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
-        let no_quorum = || StoreError::Unavailable("no quorum: no leader accepted the write in time; retry later".into());
+        let no_quorum =
+            || StoreError::Unavailable("no quorum: no leader accepted the write in time; retry later".into());
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
@@ -346,7 +348,9 @@ impl Store {
                         self.wait_applied(applied.index, deadline).await?;
                         return Ok(applied);
                     }
-                    Ok(Err(e)) => tracing::debug!(leader = %leader.name, error = %e, "forwarding a write failed; retrying"),
+                    Ok(Err(e)) => {
+                        tracing::debug!(leader = %leader.name, error = %e, "forwarding a write failed; retrying")
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -356,12 +360,9 @@ impl Store {
     /// Waits until this node applied the entry at `index` (read-your-writes).
     pub async fn wait_applied(&self, index: u64, deadline: tokio::time::Instant) -> Result<(), StoreError> {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(100));
-        self.raft
-            .wait(Some(left))
-            .applied_index_at_least(Some(index), "write applied here")
-            .await
-            .map(|_| ())
-            .map_err(|e| StoreError::Unavailable(format!("no quorum: this node has not caught up with the leader: {e}")))
+        self.raft.wait(Some(left)).applied_index_at_least(Some(index), "write applied here").await.map(|_| ()).map_err(
+            |e| StoreError::Unavailable(format!("no quorum: this node has not caught up with the leader: {e}")),
+        )
     }
 
     /// Live events from now on; pair with [`Store::events_since`] to resume.

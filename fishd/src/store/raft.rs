@@ -252,6 +252,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// `last_applied` and the membership it includes.
+type AppliedState = (Option<LogId<NodeId>>, StoredMembership<NodeId, FishNode>);
+
 /// The state machine: the store's replicated tables, fed by committed entries.
 #[derive(Clone)]
 pub struct StateMachine {
@@ -267,7 +270,7 @@ impl StateMachine {
         StateMachine { db, events, history: history.max(1), snapshot_seq: Arc::new(AtomicU64::new(0)) }
     }
 
-    fn applied(&self) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, FishNode>), String> {
+    fn applied(&self) -> Result<AppliedState, String> {
         db(|| {
             let tx = self.db.begin_read()?;
             let t = tx.open_table(RAFT_SM)?;
