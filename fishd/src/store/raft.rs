@@ -97,8 +97,10 @@ pub fn node_id_for(name: &str) -> NodeId {
     u64::from_be_bytes(b).max(1)
 }
 
-/// How many log indices a command id is remembered for deduplication.
-const DEDUP_WINDOW: u64 = 100_000;
+/// How many log indices a command id (and its answer) is remembered for deduplication:
+/// far longer than a forwarded write is retried (seconds), small enough that the
+/// answers kept do not make the file grow with churn.
+const DEDUP_WINDOW: u64 = 3_000;
 
 fn serr(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl ToString) -> StorageError<NodeId> {
     StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
