@@ -60,6 +60,7 @@ async fn sign_in(b: &Browser, d: &TestDaemon, token: &str) {
     b.js("console.error('aquarium console probe'); return true").await.unwrap();
     let log = b.console().await.unwrap();
     assert!(log.iter().any(|(level, m)| level == "SEVERE" && m.contains("aquarium console probe")), "{log:?}");
+    b.wait_js("the sign-in form", "return !document.getElementById('sign-in').hidden").await.unwrap();
     b.find("#token").await.unwrap().send_keys(token).await.unwrap();
     b.find("#sign-in-form button[type=submit]").await.unwrap().click().await.unwrap();
     b.wait_js("the navigation after sign-in", "return !document.getElementById('nav').hidden").await.unwrap();
@@ -288,4 +289,61 @@ async fn dashboard_user_sees_only_their_own_applications() {
     );
 
     b.assert_no_console_errors().await.unwrap();
+}
+
+/// How many times the page listed applications (the watches carry a query).
+const LIST_REQUESTS: &str = "return performance.getEntriesByType('resource') \
+    .filter(e => new URL(e.name).pathname === '/api/v1/applications' && new URL(e.name).search === '').length";
+#[tokio::test]
+async fn dashboard_resumes_its_watch_after_a_restart_and_lists_again_after_410() {
+    let Some(b) = Browser::start().await.unwrap() else { return };
+    // A short watch history, so that an outage with enough changes expires the page's revision.
+    let mut d = TestDaemon::start(&format!("{CONFIG}watchHistory: 20\n")).await.unwrap();
+    assert_eq!(d.apply(LABELS).await.unwrap().0, 200);
+    assert_eq!(d.apply(&app("before", "ubuntu-ci")).await.unwrap().0, 200);
+    sign_in(&b, &d, &d.token).await;
+    b.client.goto(&format!("{}/ui/#/applications", d.url)).await.unwrap();
+    b.wait_js("before", "return !!document.querySelector('#apps-table tr[data-name=\"before\"]')").await.unwrap();
+    b.js("window.aqNoReload = true; return true").await.unwrap();
+    let lists = || b.js(LIST_REQUESTS);
+    let listed = lists().await.unwrap();
+
+    // A restart ends the stream; the page resumes from the revision it saw, without listing.
+    d.restart().await.unwrap();
+    assert_eq!(d.apply(&app("after-restart", "ubuntu-ci")).await.unwrap().0, 200);
+    b.wait_js("after-restart", "return !!document.querySelector('#apps-table tr[data-name=\"after-restart\"]')")
+        .await
+        .unwrap();
+    // Its old stream died with fishd, so it watched again: from its revision, not a new list.
+    assert_eq!(lists().await.unwrap(), listed, "the page listed again instead of resuming");
+
+    // While the page is offline, more changes than the history keeps: its revision
+    // expires (410), and it lists again.
+    b.offline(true).await.unwrap();
+    d.restart().await.unwrap();
+    let mut many = String::new();
+    for i in 0..25 {
+        many.push_str(&app(&format!("burst-{i}"), "ubuntu-ci"));
+    }
+    assert_eq!(d.apply(&many).await.unwrap().0, 200);
+    b.offline(false).await.unwrap();
+    b.wait_js("burst-24", "return !!document.querySelector('#apps-table tr[data-name=\"burst-24\"]')").await.unwrap();
+    assert_eq!(
+        lists().await.unwrap().as_u64().unwrap(),
+        listed.as_u64().unwrap() + 1,
+        "after 410 the page lists exactly once more"
+    );
+    let rows = b.js("return document.querySelectorAll('#apps-table tbody tr').length").await.unwrap();
+    assert_eq!(rows, json!(27));
+    assert_eq!(b.js("return window.aqNoReload === true").await.unwrap(), json!(true), "the page was reloaded");
+
+    // The only errors are the outage's failed connections.
+    let errors: Vec<_> = b
+        .console()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(level, m)| level == "SEVERE" && !m.contains("net::ERR_"))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
 }
