@@ -215,11 +215,7 @@ pub async fn write(State(store): State<Store>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(r) => return r,
     };
-    let r: Result<Applied, String> = match tokio::time::timeout(WRITE_TIMEOUT, store.raft().client_write(p)).await {
-        Ok(Ok(resp)) => Ok(resp.data),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no quorum: the write was not committed in time".into()),
-    };
+    let r = store.write_as_leader(&p).await;
     postcard_response(&r)
 }
 

@@ -40,8 +40,13 @@ use tables::*;
 pub const EVENT_HISTORY: u64 = 10_000;
 /// Live events buffered per watcher before it is declared too slow (410).
 const EVENT_CHANNEL: usize = 4096;
-/// How long a command may wait for a quorum before it is refused as unavailable.
+/// How long a command may wait for a leader (forwarded, or during an election)
+/// before it is refused as unavailable.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(8);
+/// A leader that heard from no quorum for this long refuses writes (503).
+const QUORUM_LOST_AFTER: Duration = Duration::from_secs(3);
+/// Longest a write may take on a leader that still has its quorum.
+const SLOW_WRITE_LIMIT: Duration = Duration::from_secs(60);
 
 /// A storage failure. Business outcomes are [`Rejection`]s, not errors.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +90,8 @@ pub struct Event {
     pub revision: u64,
     pub kind: Kind,
     pub event_type: WatchEventType,
-    /// The object after the change (before it, for DELETED).
+    /// The object after the change; for DELETED, the object as it was, with the
+    /// deletion's revision as its `resourceVersion`.
     pub object: serde_json::Value,
     /// For applications: the owner, so watches can filter without parsing.
     pub owner: Option<String>,
@@ -329,9 +335,9 @@ impl Store {
             if left.is_zero() {
                 return Err(no_quorum());
             }
-            let leader = match tokio::time::timeout(left, self.raft.client_write(proposal.clone())).await {
+            let leader = match self.write_here(&proposal).await {
                 Err(_) => return Err(no_quorum()),
-                Ok(Ok(resp)) => return Ok(resp.data),
+                Ok(Ok(resp)) => return Ok(resp),
                 Ok(Err(e)) => match e.forward_to_leader::<FishNode>() {
                     Some(f) => match (&f.leader_id, &f.leader_node) {
                         (Some(id), Some(node)) if *id != self.id => Some(node.clone()),
@@ -355,6 +361,54 @@ impl Store {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Runs `client_write` here. A leader that still hears from a quorum waits as long
+    /// as the write takes (a loaded host is slow, not partitioned), up to
+    /// [`SLOW_WRITE_LIMIT`]; one that lost its quorum gives up (`Err(())`) within
+    /// [`QUORUM_LOST_AFTER`] plus a check interval.
+    #[allow(clippy::result_unit_err, clippy::type_complexity)]
+    async fn write_here(
+        &self,
+        proposal: &Proposal,
+    ) -> Result<
+        Result<Applied, openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, FishNode>>>,
+        (),
+    > {
+        let write = self.raft.client_write(proposal.clone());
+        tokio::pin!(write);
+        let limit = tokio::time::Instant::now() + SLOW_WRITE_LIMIT;
+        loop {
+            tokio::select! {
+                r = &mut write => return Ok(r.map(|resp| resp.data)),
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                    if self.quorum_lost() || tokio::time::Instant::now() > limit {
+                        return Err(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies a write forwarded by a follower, on this node only (never forwarding it
+    /// again): the answer, or why not (not the leader, no quorum).
+    pub async fn write_as_leader(&self, proposal: &Proposal) -> Result<Applied, String> {
+        match self.write_here(proposal).await {
+            Ok(Ok(applied)) => Ok(applied),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(()) => Err("no quorum: the write was not committed in time".into()),
+        }
+    }
+
+    /// Whether this node leads without hearing from a quorum lately (openraft 0.9 has
+    /// no step-down: a cut-off leader stays leader). A lone voter never loses it.
+    fn quorum_lost(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let alone = m.membership_config.membership().voter_ids().all(|v| v == self.id);
+        if alone || m.state != openraft::ServerState::Leader {
+            return false;
+        }
+        m.millis_since_quorum_ack.is_none_or(|ms| ms > QUORUM_LOST_AFTER.as_millis() as u64)
     }
 
     /// Waits until this node applied the entry at `index` (read-your-writes).
