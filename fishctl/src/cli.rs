@@ -9,7 +9,7 @@ use std::time::Duration;
 use api_types::{Phase, Role};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub use crate::kind::Kind;
+pub use crate::kind::{Kind, KindOrAll};
 
 /// fishctl — the Aquarium CLI: apply manifests, watch applications, manage nodes and users.
 #[derive(Debug, Parser)]
@@ -88,8 +88,8 @@ pub enum OutputFormat {
 /// `get`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// labels, applications (app), nodes or users
-    pub kind: Kind,
+    /// labels, applications (app), nodes, users, or all
+    pub kind: KindOrAll,
     /// Show only this object
     pub name: Option<String>,
     /// Output format
@@ -227,10 +227,9 @@ pub enum OnOff {
 /// `logs`.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// application (app)
-    pub kind: DeallocateKind,
-    /// The application's name (or uid)
-    pub name: String,
+    /// [application] NAME: the application's name (or uid); the kind may be left out
+    #[arg(value_name = "NAME", num_args = 1..=2, required = true)]
+    pub target: Vec<String>,
     /// Keep printing new output until the resource ends
     #[arg(short, long)]
     pub follow: bool,
@@ -305,7 +304,7 @@ mod tests {
             ("users", Kind::User),
         ] {
             let Command::Get(g) = parse(&["get", alias]).command else { panic!("not get") };
-            assert_eq!(g.kind, kind, "{alias}");
+            assert_eq!(g.kind, KindOrAll::Kind(kind), "{alias}");
         }
     }
 

@@ -1,5 +1,6 @@
 //! `fishd`: parse flags, install the crypto provider and logging, run the node.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,7 +37,11 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal, and never with NO_COLOR set (https://no-color.org):
+    // a log file must not fill with escape codes.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     if args.log_json {
         builder.json().init();
     } else {
@@ -59,7 +64,11 @@ fn main() -> ExitCode {
     match runtime.block_on(fishd::runtime::run(overrides)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let hint = e.hint();
             eprintln!("fishd: {:#}", anyhow::Error::from(e));
+            if let Some(hint) = hint {
+                eprintln!("fishd: {hint}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -52,6 +52,7 @@ pub enum RunError {
     #[error("cannot open the store")]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}")]
+    /// See [`RunError::hint`] for what to do about it.
     Listen {
         addr: SocketAddr,
         #[source]
@@ -65,6 +66,20 @@ pub enum RunError {
     Bootstrap(String),
     #[error("API server failed")]
     Serve(#[source] std::io::Error),
+}
+
+impl RunError {
+    /// What the person starting fishd can do about this error, when there is
+    /// something obvious: a busy port names the flag and the setting that move it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            RunError::Listen { addr, source } if source.kind() == std::io::ErrorKind::AddrInUse => Some(format!(
+                "another process listens on {addr}: choose another address with --api ADDR \
+                 (or `api:` in fish.yml; the quickstart reads FISH_API, e.g. FISH_API=127.0.0.1:8002)"
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Loads the configuration and applies the overrides.
@@ -285,6 +300,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     serve_meta_on_docker_networks(&dockers, addr.port(), &state, api_stop.clone()).await;
     let mut server = tokio::spawn(api::serve(state, listener, tls.server_config, api_stop.clone()));
     tokio::spawn(gauge_loop(store.clone(), metrics, beat.clone()));
+    tokio::spawn(crate::logs::janitor(store.clone(), data_dir.clone(), beat.clone()));
     info!(node = %node_name, api = %addr, data_dir = %data_dir.display(), drivers = ?drivers.keys().collect::<Vec<_>>(), "fishd ready");
 
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Serve)?;
@@ -321,7 +337,33 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         _ = term.recv() => warn!("second signal: exiting now"),
         _ = int.recv() => warn!("second signal: exiting now"),
     }
+    report_left_running(&store, &node_name);
     Ok(())
+}
+
+/// Says, as fishd's last words, how many resources of this node outlive it: stopping
+/// a demo should not leave work running silently.
+fn report_left_running(store: &Store, node: &str) {
+    let mut left = Vec::new();
+    for phase in [api_types::Phase::Elected, api_types::Phase::Allocated, api_types::Phase::Deallocate] {
+        for uid in store.uids_in_phase(phase).unwrap_or_default() {
+            if let Ok(Some(app)) = store.get_application_by_uid(uid)
+                && app.status.node.as_deref() == Some(node)
+            {
+                left.push(app.metadata.name_str().to_owned());
+            }
+        }
+    }
+    if left.is_empty() {
+        info!("nothing left running");
+    } else {
+        warn!(
+            applications = ?left,
+            "{} resource(s) left running; the next start of this node adopts them \
+             (stop with drainAndDeallocate / --drain-and-deallocate to release them instead)",
+            left.len()
+        );
+    }
 }
 
 async fn heartbeat_loop(ctx: Arc<Ctx>, config: Config, addr: SocketAddr, stop: CancellationToken) {

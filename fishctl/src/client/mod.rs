@@ -216,12 +216,15 @@ impl Client {
         self.json(resp).await
     }
 
-    /// `DELETE /api/v1/<kind>/<name>[?version=N]`.
-    pub async fn delete(&self, kind: Kind, name: &str, version: Option<u32>) -> Result<(), ClientError> {
+    /// `DELETE /api/v1/<kind>/<name>[?version=N]`: the status (an application answers 200
+    /// when removed, 202 when only asked to deallocate) and the JSON body, if any.
+    pub async fn delete(&self, kind: Kind, name: &str, version: Option<u32>) -> Result<(u16, Value), ClientError> {
         let query: Vec<(&str, String)> = version.map(|v| ("version", v.to_string())).into_iter().collect();
         let url = self.url(&[kind.plural(), name], &query);
-        self.send(self.request(Method::DELETE, url).timeout(REQUEST_TIMEOUT)).await?;
-        Ok(())
+        let resp = self.send(self.request(Method::DELETE, url).timeout(REQUEST_TIMEOUT)).await?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(|e| self.connect_error(&e))?;
+        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
     }
 
     /// `POST /api/v1/applications/<name>/deallocate`; idempotent.

@@ -4,6 +4,7 @@
 
 mod core;
 mod docker;
+mod firsthour;
 mod fishctl;
 mod hardening;
 mod lifecycle;
