@@ -231,7 +231,7 @@ async fn logs_wait_for_output_and_outlive_deallocation_until_the_application_is_
     // `logs -f` (without a kind, as kubectl) started before the application exists yet
     // as a resource waits for its first output.
     d.apply("kind: Application\nmetadata: {name: echo-1}\nspec: {label: echo}\n").await.unwrap();
-    let follow = Command::new(bin("fishctl"))
+    let mut follow = Command::new(bin("fishctl"))
         .arg("--config")
         .arg(d.fishctl_config())
         .args(["logs", "echo-1", "-f"])
@@ -239,17 +239,36 @@ async fn logs_wait_for_output_and_outlive_deallocation_until_the_application_is_
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let mut out = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                return;
+            }
+        }
+    });
     let app = d.wait_phase("echo-1", "ALLOCATED").await.unwrap();
     let uid = app["metadata"]["uid"].as_str().unwrap().to_owned();
+    // The process writes a second after it starts; -f, started before, prints it.
+    let mut printed = String::new();
+    while !printed.contains("hello from the log") {
+        match rx.recv_timeout(WAIT) {
+            Ok(chunk) => printed.push_str(&chunk),
+            Err(e) => panic!("logs -f printed {printed:?} and then {e}"),
+        }
+    }
     let o = d.fishctl(&["deallocate", "app", "echo-1", "--wait"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    // -f ends when the application does, having printed what it wrote.
-    let out = tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || follow.wait_with_output()))
+    // -f ends when the application does.
+    let status = tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || follow.wait()))
         .await
         .expect("logs -f did not end with the application")
         .unwrap()
         .unwrap();
-    assert!(stdout(&out).contains("hello from the log"), "logs -f printed {:?} {}", stdout(&out), stderr(&out));
+    assert!(status.success(), "logs -f: {status}");
     // After deallocation the log is still there.
     let o = d.fishctl(&["logs", "echo-1"]);
     assert!(o.status.success(), "{}", stderr(&o));
