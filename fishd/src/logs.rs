@@ -60,8 +60,7 @@ pub fn sweep(store: &Store, data_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir(data_dir)) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(uid) = name.to_str().and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse::<Uuid>().ok())
-        else {
+        let Some(uid) = name.to_str().and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse::<Uuid>().ok()) else {
             continue;
         };
         if matches!(store.get_application_by_uid(uid), Ok(None)) {

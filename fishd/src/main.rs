@@ -40,8 +40,7 @@ fn main() -> ExitCode {
     // Colour only on a terminal, and never with NO_COLOR set (https://no-color.org):
     // a log file must not fill with escape codes.
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     if args.log_json {
         builder.json().init();
     } else {

@@ -196,7 +196,13 @@ pub async fn delete_application(
     // Terminal phases never change again, so nothing can race this removal.
     let uid = app.metadata.uid.ok_or_else(|| ApiError::Internal("stored application without uid".into()))?;
     let outcome = state.store.execute(Command::PurgeApplication { uid }).await?;
-    audit(&user, "delete", "Application", app.metadata.name_str(), if outcome.is_ok() { "removed" } else { "rejected" });
+    audit(
+        &user,
+        "delete",
+        "Application",
+        app.metadata.name_str(),
+        if outcome.is_ok() { "removed" } else { "rejected" },
+    );
     outcome?;
     Ok((StatusCode::OK, Json(app)))
 }

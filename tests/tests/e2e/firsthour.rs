@@ -172,7 +172,8 @@ async fn a_busy_port_names_the_flag_that_moves_it() {
     assert!(err.contains("--api") && err.contains("FISH_API"), "no way out named:\n{err}");
 }
 
-const LABEL: &str = "kind: Label\nmetadata: {name: small}\nspec: {definitions: [{driver: test, resources: {cpu: 2, ram: 1}}]}\n";
+const LABEL: &str =
+    "kind: Label\nmetadata: {name: small}\nspec: {definitions: [{driver: test, resources: {cpu: 2, ram: 1}}]}\n";
 
 fn app(name: &str) -> String {
     format!("kind: Application\nmetadata: {{name: {name}}}\nspec: {{label: small}}\n")
@@ -314,10 +315,7 @@ async fn deleting_a_label_in_use_says_how_many_applications_still_run_on_it() {
     d.wait_phase("pinned-2", "ALLOCATED").await.unwrap();
     let o = d.fishctl(&["delete", "label", "small"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(
-        stdout(&o),
-        "label/small deleted; 2 applications still run on it (they keep their pinned version)\n"
-    );
+    assert_eq!(stdout(&o), "label/small deleted; 2 applications still run on it (they keep their pinned version)\n");
     assert_eq!(d.application("pinned-1").await.unwrap()["status"]["phase"], "ALLOCATED");
 }
 
@@ -339,8 +337,11 @@ async fn small_things() {
 
     // An error only the server can find names the file, as a local one does.
     let other = dir.path().join("other-driver.yaml");
-    std::fs::write(&other, "kind: Label\nmetadata: {name: vm}\nspec: {definitions: [{driver: vmware, resources: {cpu: 1}}]}\n")
-        .unwrap();
+    std::fs::write(
+        &other,
+        "kind: Label\nmetadata: {name: vm}\nspec: {definitions: [{driver: vmware, resources: {cpu: 1}}]}\n",
+    )
+    .unwrap();
     let o = d.fishctl(&["apply", "-f", bad.parent().unwrap().join("other-driver.yaml").to_str().unwrap()]);
     let err = stderr(&o);
     assert!(err.starts_with(&format!("error: {}: ", other.display())), "{err}");
@@ -361,7 +362,11 @@ fn example_manifests_are_complete_and_point_to_real_paths() {
             }
             let text = std::fs::read_to_string(&path).unwrap();
             for doc in text.split("\n---\n").filter(|d| d.contains("kind:")) {
-                assert!(doc.contains("apiVersion: aquarium.fish/v1"), "{}: a document lacks apiVersion", path.display());
+                assert!(
+                    doc.contains("apiVersion: aquarium.fish/v1"),
+                    "{}: a document lacks apiVersion",
+                    path.display()
+                );
             }
             for word in text.split_whitespace().filter(|w| w.starts_with("manifests/")) {
                 let shown = word.trim_end_matches(['.', ',', ')', '`']);
