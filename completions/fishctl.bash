@@ -549,7 +549,7 @@ _fishctl() {
             return 0
             ;;
         fishctl__subcmd__get)
-            opts="-o -w -h --output --watch --phase --label --config --context --help labels applications nodes users"
+            opts="-o -w -h --output --watch --phase --label --config --context --help labels applications nodes users all"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -839,7 +839,7 @@ _fishctl() {
             return 0
             ;;
         fishctl__subcmd__logs)
-            opts="-f -h --follow --config --context --help application"
+            opts="-f -h --follow --config --context --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -107,11 +107,18 @@ impl Quickstart {
 }
 
 impl Drop for Quickstart {
+    /// A failed test must not leave the quickstart's fishd (or its process) behind:
+    /// SIGTERM drains and deallocates (fishd was started so), SIGKILL if it hangs.
     fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.data().join("fishd.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        use nix::sys::signal::{Signal, kill};
+        let pid = std::fs::read_to_string(self.data().join("fishd.pid")).ok().and_then(|p| p.trim().parse().ok());
+        if let Some(pid) = pid.map(nix::unistd::Pid::from_raw) {
+            let _ = kill(pid, Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            while kill(pid, None).is_ok() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
             }
+            let _ = kill(pid, Signal::SIGKILL);
         }
     }
 }
