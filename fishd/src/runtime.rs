@@ -167,45 +167,57 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Containers cannot reach the API on loopback: serve the metadata endpoint on the
 /// gateway address of each docker network (plain HTTP on the host-only bridge, where
-/// callers are identified by their source address).
+/// callers are identified by their source address). Bound now where the engine
+/// answers; otherwise (engine down at start, network recreated) by the driver through
+/// the binder, when a container is first put on that network.
 async fn serve_meta_on_docker_networks(
     dockers: &[Arc<drivers::docker::DockerDriver>],
     port: u16,
     state: &AppState,
     stop: CancellationToken,
 ) {
-    let mut bound = std::collections::BTreeSet::new();
+    let binder = meta_binder(state.clone(), stop);
     for d in dockers {
-        let addrs = match d.meta_listen_addrs(port).await {
-            Ok(a) => a,
+        d.set_meta_endpoint(port, binder.clone());
+        match d.meta_listen_addrs(port).await {
+            Ok(addrs) => {
+                for addr in addrs {
+                    if let Err(e) = binder(addr) {
+                        warn!(%addr, error = %e, "cannot listen for containers' metadata requests");
+                    }
+                }
+            }
             Err(e) => {
-                warn!(driver = %d.name(), error = %e, "containers will not reach the metadata endpoint");
-                continue;
+                info!(driver = %d.name(), error = %e, "metadata endpoint for containers bound once the engine answers")
             }
-        };
-        for addr in addrs {
-            if !bound.insert(addr) {
-                continue;
-            }
-            let listener = match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => l,
-                Err(e) => {
-                    warn!(%addr, error = %e, "cannot listen for containers' metadata requests");
-                    continue;
-                }
-            };
-            let router = api::meta_router(state.clone());
-            let stop = stop.clone();
-            info!(%addr, "metadata endpoint for containers");
-            tokio::spawn(async move {
-                let app = router.into_make_service_with_connect_info::<SocketAddr>();
-                let r = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
-                if let Err(e) = r {
-                    warn!(%addr, error = %e, "metadata listener failed");
-                }
-            });
         }
     }
+}
+
+/// Binds the metadata router at an address once (later calls for it are no-ops).
+fn meta_binder(state: AppState, stop: CancellationToken) -> drivers::docker::MetaBinder {
+    let bound = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    Arc::new(move |addr: SocketAddr| {
+        let mut bound = bound.lock().unwrap_or_else(|e| e.into_inner());
+        if bound.contains(&addr) {
+            return Ok(());
+        }
+        let std_listener = std::net::TcpListener::bind(addr).map_err(|e| e.to_string())?;
+        std_listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::from_std(std_listener).map_err(|e| e.to_string())?;
+        bound.insert(addr);
+        let router = api::meta_router(state.clone());
+        let stop = stop.clone();
+        info!(%addr, "metadata endpoint for containers");
+        tokio::spawn(async move {
+            let app = router.into_make_service_with_connect_info::<SocketAddr>();
+            let r = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+            if let Err(e) = r {
+                warn!(%addr, error = %e, "metadata listener failed");
+            }
+        });
+        Ok(())
+    })
 }
 
 /// Keeps the applications-by-phase gauge current for /metrics.

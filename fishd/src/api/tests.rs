@@ -546,6 +546,30 @@ async fn allocate(state: &AppState, name: &str, ip: &str) -> Uuid {
 }
 
 #[tokio::test]
+async fn meta_by_address_answers_a_request_made_before_the_allocation_is_recorded() {
+    let fx = fixture().await;
+    let s = &fx.state;
+    send(s, Method::POST, "/api/v1/apply", Some(&fx.admin), Some(LABEL)).await;
+    send(s, Method::POST, "/api/v1/apply", Some(&fx.alice), Some(&app_yaml("early"))).await;
+    let peer = std::net::SocketAddr::from(([10, 9, 8, 7], 40000));
+    let req = Request::get("/meta/v1/data").extension(axum::extract::ConnectInfo(peer)).body(Body::empty()).unwrap();
+    let before = s.store.subscribers();
+    let early = tokio::spawn(router(s.clone()).oneshot(req));
+    // The container asked first: its request is waiting (or, before the fix, answered 404).
+    let deadline = tokio::time::Instant::now() + T;
+    while s.store.subscribers() == before && !early.is_finished() {
+        assert!(tokio::time::Instant::now() < deadline, "the request neither waited nor answered");
+        tokio::task::yield_now().await;
+    }
+    allocate(s, "early", "10.9.8.7").await;
+    let resp = tokio::time::timeout(T, early).await.expect("timeout").unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "an early request from the resource's address got an error");
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    let data: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(data["FISH_APPLICATION"], "early");
+}
+
+#[tokio::test]
 async fn resources_logs_meta_and_maintenance() {
     let fx = fixture().await;
     let s = &fx.state;
