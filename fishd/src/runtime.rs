@@ -7,6 +7,7 @@
 //! them), then the API stops; all within the grace period. A second signal exits at
 //! once. With `drainAndDeallocate`, every application of the node is deallocated first.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{self, ApiLimits, AppState};
 use crate::config::{Config, ConfigError};
-use crate::drivers::{self, Driver, Drivers};
+use crate::drivers::{self, CallTimeouts, Driver, Drivers};
 use crate::meta_token::MetaTokens;
 use crate::reconcile::{Controller, Ctx, NodeIdentity, ReconcileConfig};
 use crate::store::{Command, Store, StoreError};
@@ -113,7 +114,11 @@ pub async fn build_drivers(
     };
     let mut out = Drivers::new();
     let mut dockers = Vec::new();
-    for (name, value) in entries {
+    for (name, mut value) in entries {
+        // `timeouts` is the reconciler's business (see `driver_timeouts`), not the driver's.
+        if let Some(settings) = value.as_object_mut() {
+            settings.remove("timeouts");
+        }
         let bad = |message: String| RunError::Driver { name: name.clone(), message };
         let driver: Arc<dyn Driver> = match name.split('/').next().unwrap_or("") {
             "test" => Arc::new(
@@ -144,6 +149,21 @@ pub async fn build_drivers(
         out.insert(name, driver);
     }
     Ok((out, dockers))
+}
+
+/// The deadlines of each configured driver instance's calls (`drivers.<name>.timeouts`),
+/// each bounded so a typo cannot mean "forever".
+pub fn driver_timeouts(config: &Config) -> Result<BTreeMap<String, CallTimeouts>, RunError> {
+    let mut out = BTreeMap::new();
+    for (name, value) in config.drivers.iter().flatten() {
+        let Some(t) = value.get("timeouts") else { continue };
+        let timeouts: CallTimeouts = settings(&format!("{name}.timeouts"), t.clone())?;
+        timeouts
+            .check()
+            .map_err(|m| RunError::Driver { name: name.clone(), message: format!("drivers.{name}.{m}") })?;
+        out.insert(name.clone(), timeouts);
+    }
+    Ok(out)
 }
 
 /// A driver's settings from its `drivers.<name>` entry, errors naming the field.
@@ -274,6 +294,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         inspect_interval: config.inspect_interval.get(),
         meta_url: format!("https://{addr}/meta/v1/data"),
         meta_ca: data_dir.join("ca.crt").display().to_string(),
+        timeouts: driver_timeouts(&config)?,
         ..ReconcileConfig::default()
     };
     let ctx = Ctx::new(store.clone(), drivers.clone(), node, rc, meta_tokens.clone());

@@ -491,6 +491,24 @@ async fn concurrent_create_user_conflict_does_not_overwrite_the_winner() {
 }
 
 #[tokio::test]
+async fn openapi_network_values_are_the_ones_serde_reads_and_writes() {
+    let fx = fixture().await;
+    let doc = send(&fx.state, Method::GET, "/api/v1/openapi.json", None, None).await.body;
+    let values = doc["components"]["schemas"]["Network"]["enum"].as_array().cloned().unwrap_or_default();
+    assert!(!values.is_empty(), "no Network enum in {:#}", doc["components"]["schemas"]["Network"]);
+    for v in &values {
+        assert!(
+            serde_json::from_value::<api_types::Network>(v.clone()).is_ok(),
+            "the schema offers {v}, serde refuses it"
+        );
+    }
+    let written = serde_json::to_value(api_types::Network::default()).unwrap();
+    assert!(values.contains(&written), "serde writes {written}, the schema allows only {values:?}");
+    // What older clients send still means isolated.
+    assert_eq!(serde_json::from_value::<api_types::Network>(json!("")).unwrap(), api_types::Network::Isolated);
+}
+
+#[tokio::test]
 async fn openapi_document_lists_the_routes() {
     let fx = fixture().await;
     let r = send(&fx.state, Method::GET, "/api/v1/openapi.json", None, None).await;
