@@ -254,6 +254,8 @@ impl Driver for TestDriver {
         rec.allocated = true;
         self.write(req.uid, &rec).await?;
         self.journal(format!("allocated {}", req.uid)).await?;
+        // Allocated: later calls return this resource, so the count has done its job.
+        let _ = tokio::fs::remove_file(self.attempts_path(req.uid)).await;
         Ok(allocated(&rec))
     }
 
