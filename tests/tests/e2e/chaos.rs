@@ -43,7 +43,7 @@ fn resources_left(dir: &Path) -> Vec<String> {
             entries
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.strip_suffix(".json").is_some_and(|u| uuid_like(u)))
+                .filter(|n| n.strip_suffix(".json").is_some_and(uuid_like))
                 .collect()
         })
         .unwrap_or_default()
