@@ -4,6 +4,7 @@
 
 mod chaos;
 mod core;
+mod dashboard;
 mod docker;
 mod fishctl;
 mod hardening;
