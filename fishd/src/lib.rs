@@ -11,6 +11,7 @@ pub mod drivers;
 pub mod fsutil;
 pub mod logs;
 pub mod meta_token;
+pub mod metadata;
 pub mod reconcile;
 pub mod runtime;
 pub mod store;
