@@ -13,4 +13,5 @@ pub mod meta_token;
 pub mod reconcile;
 pub mod runtime;
 pub mod store;
+pub mod telemetry;
 pub mod tls;

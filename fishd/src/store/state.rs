@@ -34,15 +34,18 @@ pub(super) fn init(db: &Database) -> Result<(), StoreError> {
         txn.open_table(TOKENS)?;
         txn.open_table(NODES)?;
         txn.open_table(EVENTS)?;
+        txn.open_table(super::applyset::APPLYSET_MEMBERS)?;
     }
     txn.commit()?;
     Ok(())
 }
 
-struct Tx<'a> {
-    txn: &'a WriteTransaction,
-    rev: u64,
-    events: Vec<Event>,
+/// A command's view of the transaction it runs in: the revision it is at and the
+/// events it produced.
+pub(super) struct Tx<'a> {
+    pub(super) txn: &'a WriteTransaction,
+    pub(super) rev: u64,
+    pub(super) events: Vec<Event>,
 }
 
 impl Tx<'_> {
@@ -86,7 +89,7 @@ pub(super) fn apply_batch(
     Ok((outcomes, events))
 }
 
-fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Outcome, StoreError> {
+pub(super) fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Outcome, StoreError> {
     match cmd {
         Command::Apply { items, owner, now } => apply_items(tx, items, &owner, now),
         Command::RequestDeallocate { uid, by, now } => request_deallocate(tx, uid, &by, now),
@@ -97,6 +100,9 @@ fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Outcome, StoreError> {
         Command::DeleteUser { name } => delete_user(tx, &name),
         Command::PutNode { node } => put_node(tx, *node),
         Command::SetMaintenance { node, enabled } => set_maintenance(tx, &node, enabled),
+        Command::ApplySet { set, prune, items, owner, now } => {
+            super::applyset::apply_set(tx, &set, prune, items, &owner, now)
+        }
     }
 }
 
@@ -151,7 +157,7 @@ fn invalid(kind: &str, name: &str, field: &str, message: String) -> Rejection {
     }
 }
 
-fn apply_items(
+pub(super) fn apply_items(
     tx: &mut Tx<'_>,
     items: Vec<ApplyItem>,
     owner: &str,
@@ -492,7 +498,7 @@ fn purge(tx: &mut Tx<'_>, uid: Uuid) -> Result<Outcome, StoreError> {
     Ok(Ok(Response::Done))
 }
 
-fn delete_label(tx: &mut Tx<'_>, name: &str, version: Option<u32>) -> Result<Outcome, StoreError> {
+pub(super) fn delete_label(tx: &mut Tx<'_>, name: &str, version: Option<u32>) -> Result<Outcome, StoreError> {
     let mut removed = Vec::new();
     {
         let mut labels = tx.txn.open_table(LABELS)?;
@@ -535,7 +541,7 @@ fn set_token(tx: &mut Tx<'_>, name: &str, token_digest: String) -> Result<Outcom
     Ok(Ok(Response::Done))
 }
 
-fn delete_user(tx: &mut Tx<'_>, name: &str) -> Result<Outcome, StoreError> {
+pub(super) fn delete_user(tx: &mut Tx<'_>, name: &str) -> Result<Outcome, StoreError> {
     let Some(record) = read_user(&tx.txn.open_table(USERS)?, name)? else {
         return Ok(Err(Rejection::NotFound(format!("user {name:?} not found"))));
     };
