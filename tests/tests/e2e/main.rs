@@ -7,4 +7,5 @@ mod docker;
 mod fishctl;
 mod hardening;
 mod lifecycle;
+mod operations;
 mod process;
