@@ -124,6 +124,16 @@ impl Browser {
         Ok(())
     }
 
+    /// Cuts the page off the network (or back on), as a lost connection would.
+    pub async fn offline(&self, offline: bool) -> Result<()> {
+        self.client.issue_cmd(Cdp(json!({"cmd": "Network.enable", "params": {}}))).await?;
+        self.client
+            .issue_cmd(Cdp(json!({"cmd": "Network.emulateNetworkConditions",
+                "params": {"offline": offline, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}})))
+            .await?;
+        Ok(())
+    }
+
     /// Waits for the first element matching `css`.
     pub async fn find(&self, css: &str) -> Result<fantoccini::elements::Element> {
         self.client

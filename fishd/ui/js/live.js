@@ -4,9 +4,16 @@
 
 import { api, watch, Expired, ApiError } from './api.js';
 
+// Waits `ms`, or less when the page is aborted or the browser comes back online.
 const sleep = (ms, signal) => new Promise((resolve) => {
-  const t = setTimeout(resolve, ms);
-  signal.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });
+  const done = () => {
+    clearTimeout(t);
+    window.removeEventListener('online', done);
+    resolve();
+  };
+  const t = setTimeout(done, ms);
+  window.addEventListener('online', done);
+  signal.addEventListener('abort', done, { once: true });
 });
 
 export class LiveList {
