@@ -15,4 +15,5 @@ pub mod metadata;
 pub mod reconcile;
 pub mod runtime;
 pub mod store;
+pub mod telemetry;
 pub mod tls;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// The Aquarium daemon: serves the API, reconciles applications, runs drivers.
 #[derive(Parser, Debug)]
@@ -29,10 +29,63 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+/// What fishd does instead of running a node.
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Make a new data directory from a backup (`fishctl backup`); refuses a non-empty one.
+    /// Copy the TLS material (ca.crt, ca.key) and fishctl.yaml of the old node into it
+    /// before its first start, so clients keep trusting it (see README, Backup and restore).
+    Restore {
+        /// The data directory to create.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The backup file, or - for stdin.
+        file: PathBuf,
+    },
+}
+
+/// `fishd restore`: one line on stdout saying what was restored.
+fn restore(data_dir: &std::path::Path, file: &std::path::Path) -> ExitCode {
+    let result = if file.as_os_str() == "-" {
+        fishd::store::backup::restore(data_dir, std::io::stdin().lock())
+    } else {
+        match std::fs::File::open(file) {
+            Ok(f) => fishd::store::backup::restore(data_dir, std::io::BufReader::new(f)),
+            Err(e) => {
+                eprintln!("fishd: cannot read {}: {e}", file.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    match result {
+        Ok(sum) => {
+            println!(
+                "restored revision {} into {}: {} labels, {} applications, {} users, {} nodes",
+                sum.revision,
+                data_dir.display(),
+                sum.labels,
+                sum.applications,
+                sum.users,
+                sum.nodes
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fishd: restore failed: {:#}", anyhow::Error::from(e));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Sub::Restore { data_dir, file }) = &args.command {
+        return restore(data_dir, file);
+    }
     // Exactly one rustls provider in the process: ring (see reference/crates.md).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

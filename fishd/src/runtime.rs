@@ -255,9 +255,13 @@ fn meta_binder(state: AppState, stop: CancellationToken) -> drivers::docker::Met
     })
 }
 
-/// Keeps the applications-by-phase gauge current for /metrics.
-async fn gauge_loop(store: Store, metrics: Arc<api::Metrics>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+/// How often the gauges of `/metrics` are set from the store; a scrape interval is
+/// typically 15-60 s, so this is never the stale part.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keeps the applications-by-phase and node capacity gauges current for /metrics.
+async fn gauge_loop(store: Store, metrics: crate::telemetry::PoolMetrics, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(GAUGE_INTERVAL);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -267,6 +271,9 @@ async fn gauge_loop(store: Store, metrics: Arc<api::Metrics>, stop: Cancellation
             if let Ok(uids) = store.uids_in_phase(phase) {
                 metrics.set_applications(phase, uids.len() as i64);
             }
+        }
+        if let Ok((_, nodes)) = store.list_nodes() {
+            metrics.set_nodes(&nodes);
         }
     }
 }
@@ -328,8 +335,10 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         max_watches_per_user: config.max_watches_per_user,
         ..ApiLimits::default()
     };
-    let state = AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens, limits, api_stop.clone());
-    let metrics = state.metrics.clone();
+    let mut state =
+        AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens, limits, api_stop.clone());
+    state.metrics = Arc::new(api::Metrics::with_registry(ctx.metrics.clone(), |_| {}));
+    let metrics = ctx.metrics.clone();
     serve_meta_on_docker_networks(&dockers, addr.port(), &state, api_stop.clone()).await;
     let mut server = tokio::spawn(api::serve(state, listener, tls.server_config, api_stop.clone()));
     tokio::spawn(gauge_loop(store.clone(), metrics, beat.clone()));

@@ -13,7 +13,7 @@ use api_types::manifest::{manifest_from_value, parse_values};
 use api_types::{ApplyAction, ApplyResult, Format, ManifestError, Phase};
 
 use super::{Env, shown};
-use crate::cli::ApplyArgs;
+use crate::cli::{ApplyArgs, ManifestArgs};
 use crate::client::{ClientError, one_line};
 
 /// File name endings read from a directory.
@@ -26,18 +26,34 @@ pub struct Source {
     pub text: String,
 }
 
-/// Applies the manifests, prints one line per document, and optionally waits.
-pub async fn run(env: &Env, args: ApplyArgs) -> Result<()> {
-    let sources = read_sources(&args.files, args.recursive)?;
+/// Reads every manifest the arguments name into one body; an error if there is none.
+pub fn manifest_body(m: &ManifestArgs) -> Result<String> {
+    Ok(manifest_sources(m)?.0)
+}
+
+/// The body, and for each document the file it came from.
+pub fn manifest_sources(m: &ManifestArgs) -> Result<(String, Vec<String>)> {
+    let sources = read_sources(&m.files, m.recursive)?;
     let (body, origins) = build_body(&sources)?;
     if origins.is_empty() {
-        bail!("no manifests found in {}", args.files.iter().map(|f| shown(f)).collect::<Vec<_>>().join(", "));
+        bail!("no manifests found in {}", m.files.iter().map(|f| shown(f)).collect::<Vec<_>>().join(", "));
     }
+    Ok((body, origins))
+}
+
+/// Applies the manifests, prints one line per document, and optionally waits.
+pub async fn run(env: &Env, args: ApplyArgs) -> Result<()> {
+    let (body, origins) = manifest_sources(&args.manifests)?;
     let client = env.client()?;
-    let resp = client.apply(body).await.map_err(|e| located(e, &origins))?;
-    let lines: String = resp.results.iter().map(result_line).collect();
+    let m = &args.manifests;
+    let resp = client
+        .apply_with(body, args.dry_run, m.applyset.as_deref(), m.prune)
+        .await
+        .map_err(|e| located(e, &origins))?;
+    let suffix = if args.dry_run { " (dry run)" } else { "" };
+    let lines: String = resp.results.iter().map(|r| result_line(r).replace('\n', &format!("{suffix}\n"))).collect();
     super::out(&lines)?;
-    if args.wait {
+    if args.wait && !args.dry_run {
         let apps: Vec<String> =
             resp.results.iter().filter(|r| r.kind == "Application").map(|r| r.name.clone()).collect();
         super::wait::wait_for(&client, &apps, Phase::Allocated, args.timeout).await?;

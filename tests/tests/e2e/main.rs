@@ -10,4 +10,5 @@ mod firsthour;
 mod fishctl;
 mod hardening;
 mod lifecycle;
+mod operations;
 mod process;
