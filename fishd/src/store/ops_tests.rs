@@ -1,34 +1,13 @@
 //! Tests of the operations on the store: dry runs, applysets, backup and restore.
 #![allow(clippy::unwrap_used)]
 
-use api_types::{ApplyAction, ApplyResult, Format, Manifest, parse_manifests};
+use api_types::{ApplyAction, ApplyResult};
 use redb::ReadableDatabase;
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use super::backup::{self, BackupError};
+use super::tests::{items, store};
 use super::*;
-
-fn store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(&dir.path().join("fish.redb")).unwrap();
-    (dir, s)
-}
-
-fn items(yaml: &str) -> Vec<ApplyItem> {
-    parse_manifests(yaml.as_bytes(), Format::Yaml)
-        .unwrap()
-        .into_iter()
-        .map(|m| match m {
-            Manifest::Label(label) => ApplyItem::Label { label, uid: Uuid::now_v7() },
-            Manifest::Application(app) => ApplyItem::Application { app, uid: Uuid::now_v7() },
-            Manifest::User(user) => ApplyItem::User {
-                record: UserRecord { user, password_hash: None, token_digest: format!("digest-{}", Uuid::now_v7()) },
-                uid: Uuid::now_v7(),
-            },
-        })
-        .collect()
-}
 
 fn label(name: &str, cpu: u32) -> String {
     format!(
