@@ -3,7 +3,7 @@
 //! `raft_net` carries Raft and forwarded writes between nodes; `status` answers what the
 //! cluster looks like (leader, members, metrics).
 
-pub mod membership;
+pub mod raft_membership;
 pub mod raft_net;
 pub mod status;
 
@@ -20,7 +20,7 @@ pub fn peer_routes<S>(store: Store) -> Router<S> {
         .route("/raft/vote", post(raft_net::vote))
         .route("/raft/snapshot", post(raft_net::snapshot))
         .route("/cluster/write", post(raft_net::write))
-        .route("/cluster/members", post(membership::members_route))
+        .route("/cluster/members", post(raft_membership::members_route))
         .with_state(store)
 }
 

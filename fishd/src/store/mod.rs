@@ -7,15 +7,18 @@
 //!   follower forwarded to the leader).
 //! - Every object change gets the log index of its entry as `metadata.resourceVersion`:
 //!   identical on every node. Several objects changed by one entry share it.
-//! - An [`Event`] per change is kept (node-locally) for the last `watchHistory`
-//!   revisions, so a watch can resume from a recent revision on any node.
-//! - openraft batches concurrent commands into one append and one apply transaction.
+//! - An [`Event`] per change is kept (node-locally), the latest `watchHistory` of them
+//!   (whole revisions), so a watch can resume from a recent revision on any node.
+//! - Concurrent commands share a log entry (group commit): one append (one fsync) and
+//!   one apply transaction for all of them.
 //! - Live events are published after the commit, in revision order.
 //! - Without a quorum a command fails with [`StoreError::Unavailable`] within
 //!   [`WRITE_TIMEOUT`], never hangs.
 
+mod applyset;
+pub mod backup;
 mod command;
-pub mod dump;
+mod dry_run;
 pub mod raft;
 mod state;
 mod tables;
@@ -28,16 +31,21 @@ use std::time::Duration;
 use api_types::{Application, Label, Node, Phase, User, WatchEventType};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
+pub use applyset::check_set_name;
+pub use backup::Summary;
 pub use command::{ApplyItem, Command, Outcome, Rejection, Response, UserRecord};
-pub use raft::{Applied, FishNode, NodeId, Proposal, Raft, TypeConfig, node_id_for};
+pub use raft::{Applied, Batch, FishNode, NodeId, Proposal, Raft, TypeConfig, node_id_for};
 use tables::*;
 
-/// Default number of recent revisions whose events are kept for watches to resume
-/// from; older resumes get 410. At ~1 KiB an event this bounds the history to ~10 MiB.
+/// Default number of recent events kept for watches to resume from; older resumes
+/// get 410. At ~1 KiB an event this bounds the history to ~10 MiB.
 pub const EVENT_HISTORY: u64 = 10_000;
+/// `meta` key: what a restored store adds to log indices to make resourceVersions
+/// (the backup's revision), so they never go back after a restore. 0 otherwise.
+pub(crate) const REVISION_BASE: &str = "revision_base";
 /// Live events buffered per watcher before it is declared too slow (410).
 const EVENT_CHANNEL: usize = 4096;
 /// How long a command may wait for a leader (forwarded, or during an election)
@@ -215,7 +223,8 @@ fn lonely<E: std::error::Error>() -> openraft::error::RPCError<NodeId, FishNode,
 
 /// The Raft settings of every node: heartbeats every 100 ms, elections after
 /// 0.5–1 s of silence (failover ≈ 1.5–2 s, robust to a loaded CI host), snapshots
-/// every 1000 entries keeping 200 behind them.
+/// every 1000 entries or 1 MiB of log (see [`raft::LogGrowth`]) keeping 100 entries
+/// behind them, at most 64 entries (each a group commit) per append RPC.
 pub fn raft_config() -> Result<Arc<openraft::Config>, StoreError> {
     let c = openraft::Config {
         cluster_name: "aquarium".into(),
@@ -223,9 +232,9 @@ pub fn raft_config() -> Result<Arc<openraft::Config>, StoreError> {
         election_timeout_min: 500,
         election_timeout_max: 1000,
         install_snapshot_timeout: 10_000,
-        max_payload_entries: 300,
+        max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
-        max_in_snapshot_log_to_keep: 200,
+        max_in_snapshot_log_to_keep: 100,
         ..Default::default()
     };
     Ok(Arc::new(c.validate().map_err(|e| StoreError::Raft(e.to_string()))?))
@@ -240,6 +249,109 @@ pub struct Store {
     node: FishNode,
     forward: Option<Arc<dyn Forward>>,
     events: broadcast::Sender<Arc<Event>>,
+    /// The group-commit queue of writes this node leads (see [`Leading`]).
+    leading: mpsc::Sender<Waiting>,
+}
+
+/// Most proposals in one log entry.
+const MAX_BATCH: usize = 512;
+/// Log entries of client writes a leader has in flight at once. While they are being
+/// written, new proposals wait and go together in the next entry (group commit).
+const WRITES_IN_FLIGHT: usize = 2;
+/// Proposals waiting for a log entry before callers wait for room.
+const PROPOSAL_QUEUE: usize = 4096;
+
+/// Why this node could not commit a proposal as leader.
+#[derive(Clone, Debug)]
+enum LeadError {
+    /// openraft refused: usually not the leader (then it names the one it knows).
+    Raft(openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, FishNode>>),
+    /// A leader without a quorum ack lately, or a write slower than [`SLOW_WRITE_LIMIT`].
+    NoQuorum,
+}
+
+/// A proposal waiting for its log entry, and where its answer goes.
+type Waiting = (Proposal, oneshot::Sender<Result<Applied, LeadError>>);
+
+/// Writes proposals into the log as batches: each entry holds every proposal that was
+/// waiting when it was started, so concurrent writers share one append (one fsync) and
+/// one apply transaction, as the store's single writer did before Raft.
+#[derive(Clone)]
+struct Leading {
+    raft: Raft,
+    id: NodeId,
+}
+
+impl Leading {
+    async fn run(self, mut rx: mpsc::Receiver<Waiting>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT));
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
+            let Some(first) = rx.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(w) => batch.push(w),
+                    Err(_) => break,
+                }
+            }
+            let this = self.clone();
+            tokio::spawn(async move {
+                let proposals = Batch(batch.iter().map(|(p, _)| p.clone()).collect());
+                let result = this.write(proposals).await;
+                match result {
+                    Ok(answers) if answers.len() == batch.len() => {
+                        for ((_, reply), a) in batch.into_iter().zip(answers) {
+                            let _ = reply.send(Ok(a));
+                        }
+                    }
+                    Ok(answers) => {
+                        tracing::error!(sent = batch.len(), answered = answers.len(), "a log entry's answers do not match its proposals");
+                        for (_, reply) in batch {
+                            let _ = reply.send(Err(LeadError::NoQuorum));
+                        }
+                    }
+                    Err(e) => {
+                        for (_, reply) in batch {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+                drop(slot);
+            });
+        }
+    }
+
+    /// Runs `client_write` here. A leader that still hears from a quorum waits as long
+    /// as the write takes (a loaded host is slow, not partitioned), up to
+    /// [`SLOW_WRITE_LIMIT`]; one that lost its quorum gives up within
+    /// [`QUORUM_LOST_AFTER`] plus a check interval.
+    async fn write(&self, batch: Batch) -> Result<Vec<Applied>, LeadError> {
+        let write = self.raft.client_write(batch);
+        tokio::pin!(write);
+        let limit = tokio::time::Instant::now() + SLOW_WRITE_LIMIT;
+        loop {
+            tokio::select! {
+                r = &mut write => return r.map(|resp| resp.data).map_err(LeadError::Raft),
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                    if self.quorum_lost() || tokio::time::Instant::now() > limit {
+                        return Err(LeadError::NoQuorum);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether this node leads without hearing from a quorum lately (openraft 0.9 has
+    /// no step-down: a cut-off leader stays leader). A lone voter never loses it.
+    fn quorum_lost(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let alone = m.membership_config.membership().voter_ids().all(|v| v == self.id);
+        if alone || m.state != openraft::ServerState::Leader {
+            return false;
+        }
+        m.millis_since_quorum_ack.is_none_or(|ms| ms > QUORUM_LOST_AFTER.as_millis() as u64)
+    }
 }
 
 impl Store {
@@ -248,7 +360,7 @@ impl Store {
         Store::open_with(path, StoreOptions::default()).await
     }
 
-    /// Like [`Store::open`], keeping the last `event_history` revisions for watch resumes.
+    /// Like [`Store::open`], keeping the last `event_history` events for watch resumes.
     pub async fn open_with_history(path: &Path, event_history: u64) -> Result<Store, StoreError> {
         Store::open_with(path, StoreOptions { event_history, ..StoreOptions::default() }).await
     }
@@ -276,8 +388,9 @@ impl Store {
             id
         };
         let (events, _) = broadcast::channel(EVENT_CHANNEL);
-        let log = raft::LogStore::new(db.clone());
-        let sm = raft::StateMachine::new(db.clone(), events.clone(), options.event_history);
+        let growth = Arc::new(raft::LogGrowth::default());
+        let log = raft::LogStore::new(db.clone(), growth.clone());
+        let sm = raft::StateMachine::new(db.clone(), events.clone(), options.event_history, growth.clone());
         let config = raft_config()?;
         let raft = match &options.network {
             Some(n) => n.start(id, config, log, sm).await,
@@ -292,8 +405,14 @@ impl Store {
                 }
                 Err(e) => return Err(StoreError::Raft(e.to_string())),
             }
+            if restored(&db)? {
+                fold_log_into_snapshot(&raft).await?;
+            }
         }
-        Ok(Store { db, raft, id, node: options.node, forward: options.forward, events })
+        tokio::spawn(snapshot_when_the_log_grew(raft.clone(), growth));
+        let (leading, rx) = mpsc::channel(PROPOSAL_QUEUE);
+        tokio::spawn(Leading { raft: raft.clone(), id }.run(rx));
+        Ok(Store { db, raft, id, node: options.node, forward: options.forward, events, leading })
     }
 
     /// Stops this node's Raft and releases the database file.
@@ -336,9 +455,9 @@ impl Store {
                 return Err(no_quorum());
             }
             let leader = match self.write_here(&proposal).await {
-                Err(_) => return Err(no_quorum()),
-                Ok(Ok(resp)) => return Ok(resp),
-                Ok(Err(e)) => match e.forward_to_leader::<FishNode>() {
+                Err(LeadError::NoQuorum) => return Err(no_quorum()),
+                Ok(resp) => return Ok(resp),
+                Err(LeadError::Raft(e)) => match e.forward_to_leader::<FishNode>() {
                     Some(f) => match (&f.leader_id, &f.leader_node) {
                         (Some(id), Some(node)) if *id != self.id => Some(node.clone()),
                         _ => None,
@@ -363,52 +482,21 @@ impl Store {
         }
     }
 
-    /// Runs `client_write` here. A leader that still hears from a quorum waits as long
-    /// as the write takes (a loaded host is slow, not partitioned), up to
-    /// [`SLOW_WRITE_LIMIT`]; one that lost its quorum gives up (`Err(())`) within
-    /// [`QUORUM_LOST_AFTER`] plus a check interval.
-    #[allow(clippy::result_unit_err, clippy::type_complexity)]
-    async fn write_here(
-        &self,
-        proposal: &Proposal,
-    ) -> Result<
-        Result<Applied, openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, FishNode>>>,
-        (),
-    > {
-        let write = self.raft.client_write(proposal.clone());
-        tokio::pin!(write);
-        let limit = tokio::time::Instant::now() + SLOW_WRITE_LIMIT;
-        loop {
-            tokio::select! {
-                r = &mut write => return Ok(r.map(|resp| resp.data)),
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                    if self.quorum_lost() || tokio::time::Instant::now() > limit {
-                        return Err(());
-                    }
-                }
-            }
-        }
+    /// Commits `proposal` with this node as leader, in the next group-commit entry.
+    async fn write_here(&self, proposal: &Proposal) -> Result<Applied, LeadError> {
+        let (reply, answer) = oneshot::channel();
+        self.leading.send((proposal.clone(), reply)).await.map_err(|_| LeadError::NoQuorum)?;
+        answer.await.map_err(|_| LeadError::NoQuorum)?
     }
 
     /// Applies a write forwarded by a follower, on this node only (never forwarding it
     /// again): the answer, or why not (not the leader, no quorum).
     pub async fn write_as_leader(&self, proposal: &Proposal) -> Result<Applied, String> {
         match self.write_here(proposal).await {
-            Ok(Ok(applied)) => Ok(applied),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(()) => Err("no quorum: the write was not committed in time".into()),
+            Ok(applied) => Ok(applied),
+            Err(LeadError::Raft(e)) => Err(e.to_string()),
+            Err(LeadError::NoQuorum) => Err("no quorum: the write was not committed in time".into()),
         }
-    }
-
-    /// Whether this node leads without hearing from a quorum lately (openraft 0.9 has
-    /// no step-down: a cut-off leader stays leader). A lone voter never loses it.
-    fn quorum_lost(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        let alone = m.membership_config.membership().voter_ids().all(|v| v == self.id);
-        if alone || m.state != openraft::ServerState::Leader {
-            return false;
-        }
-        m.millis_since_quorum_ack.is_none_or(|ms| ms > QUORUM_LOST_AFTER.as_millis() as u64)
     }
 
     /// Waits until this node applied the entry at `index` (read-your-writes).
@@ -422,6 +510,11 @@ impl Store {
     /// Live events from now on; pair with [`Store::events_since`] to resume.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.events.subscribe()
+    }
+
+    /// How many live subscriptions are open (watches, waiting requests, loops).
+    pub fn subscribers(&self) -> usize {
+        self.events.receiver_count()
     }
 
     fn read(&self) -> Result<ReadTransaction, StoreError> {
@@ -617,6 +710,57 @@ impl Store {
     }
 }
 
+/// Asks for a snapshot whenever the log grew past its bound (see [`raft::LogGrowth`]);
+/// openraft then purges the log behind it. Ends when Raft stops.
+async fn snapshot_when_the_log_grew(raft: Raft, growth: Arc<raft::LogGrowth>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if growth.snapshot_due() {
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+            // Not again until this one is built (it resets the growth).
+            let building = raft.metrics().borrow().snapshot;
+            let _ = raft
+                .wait(Some(Duration::from_secs(60)))
+                .metrics(|m| m.snapshot != building || !growth.snapshot_due(), "snapshot built")
+                .await;
+        }
+        if raft.metrics().borrow().running_state.is_err() {
+            return;
+        }
+    }
+}
+
+/// Whether the store holds a restored backup (its state came from no log entry).
+fn restored(db: &Database) -> Result<bool, StoreError> {
+    let tx = db.begin_read()?;
+    Ok(tx.open_table(META)?.get(REVISION_BASE)?.is_some_and(|v| v.value() > 0))
+}
+
+/// Snapshots a restored store and purges its log, so a node that joins later gets the
+/// restored state as a snapshot instead of replaying a log that never held it.
+async fn fold_log_into_snapshot(raft: &Raft) -> Result<(), StoreError> {
+    let err = |e: &dyn std::fmt::Display| StoreError::Raft(format!("snapshot of the restored store: {e}"));
+    let m = raft
+        .wait(Some(WRITE_TIMEOUT))
+        .metrics(|m| m.state == openraft::ServerState::Leader && m.last_applied.is_some(), "restored store leads")
+        .await
+        .map_err(|e| err(&e))?;
+    let applied = m.last_applied;
+    raft.trigger().snapshot().await.map_err(|e| err(&e))?;
+    raft.wait(Some(WRITE_TIMEOUT))
+        .metrics(|m| m.snapshot.is_some_and(|s| Some(s) >= applied), "snapshot of the restored store")
+        .await
+        .map_err(|e| err(&e))?;
+    if let Some(last) = applied {
+        raft.trigger().purge_log(last.index).await.map_err(|e| err(&e))?;
+    }
+    Ok(())
+}
+
 fn revision_in(tx: &ReadTransaction) -> Result<u64, StoreError> {
     Ok(tx.open_table(META)?.get("revision")?.map(|v| v.value()).unwrap_or(0))
 }
@@ -633,5 +777,7 @@ pub(crate) fn phase_code(p: Phase) -> u8 {
     }
 }
 
+#[cfg(test)]
+mod ops_tests;
 #[cfg(test)]
 mod tests;

@@ -3,8 +3,13 @@
 //!
 //! # Invariants
 //! - `apply` writes the replicated tables, `last_applied` and the membership of a whole
-//!   batch of entries in one durable transaction: a restart never re-applies an entry
-//!   and never sees state without the index it belongs to.
+//!   batch of entries in one transaction, so state is never seen without the index it
+//!   belongs to. That transaction is not fsynced on its own: the log already holds the
+//!   entries durably, and the next durable commit in the file (the next `append`, vote,
+//!   snapshot or purge) persists it too. After a crash `last_applied` is simply older,
+//!   together with the state, and openraft applies the rest again from the log (apply
+//!   is deterministic and deduplicated). One fsync per write, not two. The log is never
+//!   purged past a durable `last_applied`: purging is itself a durable commit.
 //! - `apply` fails only on storage errors. Business refusals are values
 //!   ([`Applied::outcome`]); a command id seen before is answered with the stored
 //!   answer and changes nothing (a retried forwarded write is not applied twice).
@@ -29,9 +34,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use super::command::{Command, Outcome, Response};
+use super::command::{Command, Outcome};
 use super::tables::*;
-use super::{Event, StoreError, dump, state};
+use super::{Event, REVISION_BASE, StoreError, backup, state};
 
 /// A node's Raft id. Derived from its name (see [`node_id_for`]), so every member can
 /// compute any other's id and names stay the user-facing identity.
@@ -45,7 +50,7 @@ pub struct FishNode {
     pub api: String,
 }
 
-/// One log entry's payload: a command and the id that makes it idempotent.
+/// A command and the id that makes it idempotent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Proposal {
     pub id: Uuid,
@@ -56,10 +61,16 @@ pub struct Proposal {
     pub command: Command,
 }
 
-/// The state machine's answer to one entry.
+/// One log entry's payload: the proposals the leader had waiting when it wrote the
+/// entry (a group commit: one log append and one fsync for all of them). Applied in
+/// order; their changes share the entry's revision.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Batch(pub Vec<Proposal>);
+
+/// The state machine's answer to one proposal.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Applied {
-    /// The log index the entry was applied at.
+    /// The log index of the entry it was applied in.
     pub index: u64,
     #[serde(with = "as_json")]
     pub outcome: Outcome,
@@ -82,7 +93,7 @@ mod as_json {
 
 openraft::declare_raft_types!(
     /// The Raft types of Aquarium.
-    pub TypeConfig: D = Proposal, R = Applied, Node = FishNode
+    pub TypeConfig: D = Batch, R = Vec<Applied>, Node = FishNode
 );
 
 /// The Raft instance of this node.
@@ -97,10 +108,11 @@ pub fn node_id_for(name: &str) -> NodeId {
     u64::from_be_bytes(b).max(1)
 }
 
-/// How many log indices a command id (and its answer) is remembered for deduplication:
-/// far longer than a forwarded write is retried (seconds), small enough that the
-/// answers kept do not make the file grow with churn.
-const DEDUP_WINDOW: u64 = 3_000;
+/// How many of the latest command ids (and their answers) are remembered for
+/// deduplication: more than the writes of the seconds a forwarded write is retried
+/// for, few enough that the answers kept do not make the file grow with churn. A count
+/// of proposals, not of log indices: one entry may hold hundreds of them.
+const DEDUP_KEEP: u64 = 1_000;
 
 fn serr(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl ToString) -> StorageError<NodeId> {
     StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
@@ -128,15 +140,43 @@ fn db<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, String> {
     })
 }
 
+/// Log bytes written since the last snapshot, which decide when the next one is due:
+/// openraft's policy counts entries, but one entry of a group commit may hold hundreds
+/// of commands, so a count alone lets the log (and the file) grow with load.
+#[derive(Debug, Default)]
+pub struct LogGrowth {
+    appended: AtomicU64,
+    last_snapshot: AtomicU64,
+}
+
+/// The log may grow to this many bytes before a snapshot folds it in, or to the size of
+/// the last snapshot if that is larger (replaying the log then costs about as much as
+/// installing the snapshot).
+const LOG_BYTES_BEFORE_SNAPSHOT: u64 = 1024 * 1024;
+
+impl LogGrowth {
+    /// Whether the log grew enough since the last snapshot to take another.
+    pub fn snapshot_due(&self) -> bool {
+        let limit = LOG_BYTES_BEFORE_SNAPSHOT.max(self.last_snapshot.load(Ordering::Relaxed));
+        self.appended.load(Ordering::Relaxed) > limit
+    }
+
+    fn snapshot_taken(&self, bytes: u64) {
+        self.appended.store(0, Ordering::Relaxed);
+        self.last_snapshot.store(bytes, Ordering::Relaxed);
+    }
+}
+
 /// The Raft log, vote and purge marker, in the node's redb file.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    growth: Arc<LogGrowth>,
 }
 
 impl LogStore {
-    pub fn new(db: Arc<Database>) -> Self {
-        LogStore { db }
+    pub fn new(db: Arc<Database>, growth: Arc<LogGrowth>) -> Self {
+        LogStore { db, growth }
     }
 
     fn meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
@@ -211,13 +251,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let r = db(|| {
             let txn = self.db.begin_write()?;
+            let mut bytes = 0;
             {
                 let mut t = txn.open_table(RAFT_LOG)?;
                 for e in entries {
-                    t.insert(e.log_id.index, serde_json::to_vec(&e)?.as_slice())?;
+                    let v = serde_json::to_vec(&e)?;
+                    bytes += v.len() as u64;
+                    t.insert(e.log_id.index, v.as_slice())?;
                 }
             }
             txn.commit()?;
+            self.growth.appended.fetch_add(bytes, Ordering::Relaxed);
             Ok(())
         });
         match r {
@@ -262,14 +306,20 @@ type AppliedState = (Option<LogId<NodeId>>, StoredMembership<NodeId, FishNode>);
 pub struct StateMachine {
     db: Arc<Database>,
     events: broadcast::Sender<Arc<Event>>,
-    /// Revisions of watch history kept (node-local).
+    /// Events of watch history kept (node-local), whole revisions at a time.
     history: u64,
     snapshot_seq: Arc<AtomicU64>,
+    growth: Arc<LogGrowth>,
 }
 
 impl StateMachine {
-    pub(super) fn new(db: Arc<Database>, events: broadcast::Sender<Arc<Event>>, history: u64) -> Self {
-        StateMachine { db, events, history: history.max(1), snapshot_seq: Arc::new(AtomicU64::new(0)) }
+    pub(super) fn new(
+        db: Arc<Database>,
+        events: broadcast::Sender<Arc<Event>>,
+        history: u64,
+        growth: Arc<LogGrowth>,
+    ) -> Self {
+        StateMachine { db, events, history: history.max(1), snapshot_seq: Arc::new(AtomicU64::new(0)), growth }
     }
 
     fn applied(&self) -> Result<AppliedState, String> {
@@ -288,57 +338,58 @@ impl StateMachine {
         })
     }
 
-    fn apply_entries(&self, entries: Vec<Entry<TypeConfig>>) -> Result<(Vec<Applied>, Vec<Event>), StoreError> {
-        let txn = self.db.begin_write()?;
+    fn apply_entries(&self, entries: Vec<Entry<TypeConfig>>) -> Result<(Vec<Vec<Applied>>, Vec<Event>), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        // Durable through the log (see the module's invariants).
+        txn.set_durability(redb::Durability::None).map_err(|e| StoreError::Raft(e.to_string()))?;
         let mut out = Vec::with_capacity(entries.len());
         let mut events = Vec::new();
         let mut last_applied = None;
         let mut membership = None;
-        let mut last_index = 0;
+        // A restored store's log restarts at 1; its revisions go on after the backup's.
+        let base = txn.open_table(META)?.get(REVISION_BASE)?.map(|v| v.value()).unwrap_or(0);
         for entry in entries {
             let index = entry.log_id.index;
-            last_index = index;
             last_applied = Some(entry.log_id);
-            let outcome = match entry.payload {
-                EntryPayload::Blank => Ok(Response::Done),
+            let batch = match entry.payload {
+                EntryPayload::Blank => Vec::new(),
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
-                    Ok(Response::Done)
+                    Vec::new()
                 }
-                EntryPayload::Normal(p) => {
-                    let key = p.id.as_u128();
-                    let seen = txn.open_table(DEDUP)?.get(key)?.map(|v| v.value().to_vec());
-                    match seen {
-                        Some(bytes) => {
-                            let first: Applied = serde_json::from_slice(&bytes)?;
-                            out.push(first);
-                            continue;
-                        }
-                        None => {
-                            let outcome = state::apply_command(&txn, index, p.command, &mut events)?;
-                            let answer = Applied { index, outcome };
-                            txn.open_table(DEDUP)?.insert(key, serde_json::to_vec(&answer)?.as_slice())?;
-                            txn.open_table(DEDUP_BY_INDEX)?.insert(index, key)?;
-                            out.push(answer);
-                            continue;
-                        }
-                    }
-                }
+                EntryPayload::Normal(Batch(b)) => b,
             };
-            out.push(Applied { index, outcome });
-        }
-        // Forget command ids that fell out of the window (deterministic: by index).
-        let cut = last_index.saturating_sub(DEDUP_WINDOW);
-        if cut > 0 {
-            let mut by_index = txn.open_table(DEDUP_BY_INDEX)?;
-            let mut old = Vec::new();
-            for e in by_index.range(..cut)? {
-                old.push(e?.1.value());
+            let mut answers = Vec::with_capacity(batch.len());
+            for p in batch {
+                let key = p.id.as_u128();
+                let seen = txn.open_table(DEDUP)?.get(key)?.map(|v| v.value().to_vec());
+                let answer = match seen {
+                    Some(bytes) => serde_json::from_slice(&bytes)?,
+                    None => {
+                        let outcome = state::apply_command(&txn, index + base, p.command, &mut events)?;
+                        let answer = Applied { index, outcome };
+                        txn.open_table(DEDUP)?.insert(key, serde_json::to_vec(&answer)?.as_slice())?;
+                        txn.open_table(DEDUP_BY_INDEX)?.insert((index, key), ())?;
+                        answer
+                    }
+                };
+                answers.push(answer);
             }
-            if !old.is_empty() {
-                by_index.retain_in(..cut, |_, _| false)?;
+            out.push(answers);
+        }
+        // Forget the oldest command ids beyond the window (deterministic: the same
+        // entries leave the same tables on every node).
+        {
+            let mut by_index = txn.open_table(DEDUP_BY_INDEX)?;
+            let excess = by_index.len()?.saturating_sub(DEDUP_KEEP);
+            if excess > 0 {
+                let mut old = Vec::new();
+                for e in by_index.iter()?.take(excess as usize) {
+                    old.push(e?.0.value());
+                }
                 let mut ids = txn.open_table(DEDUP)?;
-                for id in old {
+                for (index, id) in old {
+                    by_index.remove((index, id))?;
                     ids.remove(id)?;
                 }
             }
@@ -360,12 +411,16 @@ impl StateMachine {
                 prev = e.revision;
                 t.insert((e.revision, n), serde_json::to_vec(e)?.as_slice())?;
             }
-            let cut = last.revision.saturating_sub(self.history);
-            let mut local = txn.open_table(LOCAL_META)?;
-            let old_cut = local.get("events_cut")?.map(|v| v.value()).unwrap_or(0);
-            if cut > old_cut {
+            // Keep the latest `history` events, dropping whole revisions only (a watch
+            // resumes after a revision, so it must have all of a revision or none).
+            let excess = t.len()?.saturating_sub(self.history);
+            if excess > 0 {
+                let mut cut = 0;
+                if let Some(e) = t.iter()?.nth(excess as usize - 1) {
+                    cut = e?.0.value().0;
+                }
                 t.retain_in(..=(cut, u32::MAX), |_, _| false)?;
-                local.insert("events_cut", cut)?;
+                txn.open_table(LOCAL_META)?.insert("events_cut", cut)?;
             }
         }
         txn.commit()?;
@@ -383,7 +438,8 @@ impl StateMachine {
             Some(v) => serde_json::from_slice(v.value())?,
             None => StoredMembership::default(),
         };
-        let data = serde_json::to_vec(&dump::dump(&tx)?)?;
+        let mut data = Vec::new();
+        backup::dump(&tx, &mut data).map_err(snapshot_err)?;
         drop(sm);
         drop(tx);
         let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
@@ -393,48 +449,76 @@ impl StateMachine {
         };
         let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
         self.save_snapshot(&meta, &data)?;
+        self.growth.snapshot_taken(data.len() as u64);
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 
     fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, FishNode>, data: &[u8]) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
-        {
-            let mut t = txn.open_table(RAFT_SNAPSHOT)?;
-            t.insert("meta", serde_json::to_vec(meta)?.as_slice())?;
-            t.insert("data", data)?;
-        }
+        store_snapshot(&txn, meta, data)?;
         txn.commit()?;
         Ok(())
     }
 
     fn install(&self, meta: &SnapshotMeta<NodeId, FishNode>, data: &[u8]) -> Result<(), StoreError> {
-        let d: dump::Dump = serde_json::from_slice(data)?;
         let txn = self.db.begin_write()?;
-        dump::restore(&txn, &d)?;
+        backup::load(&txn, data).map_err(snapshot_err)?;
         {
             let mut sm = txn.open_table(RAFT_SM)?;
             sm.insert("last_applied", serde_json::to_vec(&meta.last_log_id)?.as_slice())?;
             sm.insert("last_membership", serde_json::to_vec(&meta.last_membership)?.as_slice())?;
-            let mut t = txn.open_table(RAFT_SNAPSHOT)?;
-            t.insert("meta", serde_json::to_vec(meta)?.as_slice())?;
-            t.insert("data", data)?;
+            store_snapshot(&txn, meta, data)?;
             // The changes the snapshot folds in were never seen here as events.
             txn.open_table(LOCAL_EVENTS)?.retain(|_, _| false)?;
-            let cut = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+            let base = txn.open_table(META)?.get(REVISION_BASE)?.map(|v| v.value()).unwrap_or(0);
+            let cut = meta.last_log_id.map(|l| l.index + base).unwrap_or(0);
             txn.open_table(LOCAL_META)?.insert("events_cut", cut)?;
         }
         txn.commit()?;
+        self.growth.snapshot_taken(data.len() as u64);
         Ok(())
     }
 
     fn current(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(RAFT_SNAPSHOT)?;
-        let (Some(meta), Some(data)) = (t.get("meta")?, t.get("data")?) else {
+        let Some(meta) = t.get("meta")? else {
             return Ok(None);
         };
         let meta: SnapshotMeta<NodeId, FishNode> = serde_json::from_slice(meta.value())?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data.value().to_vec())) }))
+        let mut data = Vec::new();
+        for chunk in t.range::<&str>("data/"..="data/~")? {
+            data.extend_from_slice(chunk?.1.value());
+        }
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}
+
+/// Size of the pieces a snapshot is stored in. redb keeps a value in one contiguous,
+/// power-of-two sized run of pages: a multi-MiB snapshot in one value needs a free run
+/// that big each time it is replaced, and the file doubles to find one.
+const SNAPSHOT_CHUNK: usize = 64 * 1024;
+
+/// Replaces the stored snapshot with `meta` and `data` (in [`SNAPSHOT_CHUNK`] pieces).
+fn store_snapshot(
+    txn: &redb::WriteTransaction,
+    meta: &SnapshotMeta<NodeId, FishNode>,
+    data: &[u8],
+) -> Result<(), StoreError> {
+    let mut t = txn.open_table(RAFT_SNAPSHOT)?;
+    t.retain(|_, _| false)?;
+    t.insert("meta", serde_json::to_vec(meta)?.as_slice())?;
+    for (i, chunk) in data.chunks(SNAPSHOT_CHUNK).enumerate() {
+        t.insert(format!("data/{i:08}").as_str(), chunk)?;
+    }
+    Ok(())
+}
+
+/// A snapshot that cannot be written or read back, as a store error.
+fn snapshot_err(e: backup::BackupError) -> StoreError {
+    match e {
+        backup::BackupError::Store(e) => e,
+        other => StoreError::Raft(format!("snapshot: {other}")),
     }
 }
 
@@ -457,7 +541,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.applied().map_err(sm_err(ErrorVerb::Read))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Applied>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -521,7 +605,8 @@ mod conformance {
             );
             state::init(&database).map_err(|e| serr(ErrorSubject::Store, ErrorVerb::Write, flatten(e)))?;
             let (events, _) = broadcast::channel(16);
-            Ok((dir, LogStore::new(database.clone()), StateMachine::new(database, events, 100)))
+            let growth = Arc::new(LogGrowth::default());
+            Ok((dir, LogStore::new(database.clone(), growth.clone()), StateMachine::new(database, events, 100, growth)))
         }
     }
 

@@ -32,8 +32,8 @@ pub const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// forwarded write whose outcome was unknown) is answered again, not applied twice.
 /// Replicated; pruned by log index.
 pub const DEDUP: TableDefinition<u128, &[u8]> = TableDefinition::new("dedup");
-/// log index → command id: the pruning order of [`DEDUP`].
-pub const DEDUP_BY_INDEX: TableDefinition<u64, u128> = TableDefinition::new("dedup_by_index");
+/// (log index, command id): the pruning order of [`DEDUP`].
+pub const DEDUP_BY_INDEX: TableDefinition<(u64, u128), ()> = TableDefinition::new("dedup_by_index");
 
 // Raft's own tables (node-local: never in a snapshot).
 /// log index → JSON `Entry`.
@@ -43,7 +43,7 @@ pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_m
 /// `last_applied`, `last_membership` → JSON; written in the same transaction as the
 /// replicated tables they describe.
 pub const RAFT_SM: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_sm");
-/// `meta`, `data`: the last snapshot built or installed.
+/// `meta`, `data/<n>`: the last snapshot built or installed (its data in pieces).
 pub const RAFT_SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
 
 // Node-local tables.

@@ -7,20 +7,25 @@ use uuid::Uuid;
 
 use super::*;
 
-async fn store() -> (tempfile::TempDir, Store) {
+/// A store in a temp dir (shared with `ops_tests`).
+pub(super) async fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(&dir.path().join("fish.redb")).await.unwrap();
     (dir, s)
 }
 
-fn items(yaml: &str) -> Vec<ApplyItem> {
+/// The documents of `yaml` as apply items with fresh uids (shared with `ops_tests`).
+pub(super) fn items(yaml: &str) -> Vec<ApplyItem> {
     parse_manifests(yaml.as_bytes(), Format::Yaml)
         .unwrap()
         .into_iter()
         .map(|m| match m {
             Manifest::Label(label) => ApplyItem::Label { label, uid: Uuid::now_v7() },
             Manifest::Application(app) => ApplyItem::Application { app, uid: Uuid::now_v7() },
-            Manifest::User(_) => unreachable!(),
+            Manifest::User(user) => ApplyItem::User {
+                record: UserRecord { user, password_hash: None, token_digest: format!("digest-{}", Uuid::now_v7()) },
+                uid: Uuid::now_v7(),
+            },
         })
         .collect()
 }
@@ -128,7 +133,7 @@ async fn watch_resumes_from_a_revision_and_expires_old_ones() {
     let expired = s.events_since(first.revision).unwrap().expect_err("a resume older than the history must expire");
     assert_eq!(expired.requested, first.revision);
     let (_, kept) = s.events_since(rev + 1).unwrap().unwrap();
-    assert_eq!(kept.len(), 2, "the history keeps the newest three revisions");
+    assert_eq!(kept.len(), 2, "the history keeps the newest three events");
 }
 
 #[tokio::test]
@@ -255,4 +260,39 @@ async fn data_survives_reopen() {
     // The one-member cluster elects itself again and takes writes.
     apply(&s, &LABEL.replace("cpu: 1", "cpu: 2")).await.unwrap();
     assert!(s.revision().unwrap() > rev);
+}
+
+#[tokio::test]
+async fn an_application_lifetime_longer_than_its_labels_is_refused_naming_both() {
+    let (_d, s) = store().await;
+    apply(&s, &LABEL.replace("ram: 1}", "ram: 1, lifetime: 1h}")).await.unwrap();
+    let long = APP.replace("spec: {label: l}", "spec: {label: l, lifetime: 2h}");
+    match apply(&s, &long).await {
+        Err(Rejection::Invalid { errors, .. }) => {
+            assert_eq!(errors[0].field, "spec.lifetime");
+            assert!(errors[0].message.contains("2h") && errors[0].message.contains("1h"), "{}", errors[0].message);
+        }
+        other => panic!("{other:?}"),
+    }
+    let short = APP.replace("spec: {label: l}", "spec: {label: l, lifetime: 30m}");
+    assert!(apply(&s, &short).await.is_ok());
+}
+
+#[tokio::test]
+async fn concurrent_writes_share_log_entries_and_each_gets_its_own_answer() {
+    let (_d, s) = store().await;
+    apply(&s, LABEL).await.unwrap();
+    let before = s.raft().metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
+    let writes = (0..50).map(|i| {
+        let s = s.clone();
+        async move { apply(&s, &APP.replace("name: a", &format!("name: a{i}"))).await }
+    });
+    let answers = futures::future::join_all(writes).await;
+    for (i, a) in answers.iter().enumerate() {
+        let Ok(Response::Applied(r)) = a else { panic!("write {i}: {a:?}") };
+        assert_eq!(r[0].name, format!("a{i}"));
+    }
+    let after = s.raft().metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
+    assert!(after - before < 10, "50 concurrent writes took {} log entries (group commit)", after - before);
+    assert_eq!(s.list_applications(&AppFilter::default()).unwrap().1.len(), 50);
 }
