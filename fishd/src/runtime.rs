@@ -89,14 +89,19 @@ pub fn configure(o: &Overrides) -> Result<Config, RunError> {
     Ok(config)
 }
 
+/// Docker instances, typed, for the metadata listeners they need.
+type Dockers = Vec<Arc<drivers::docker::DockerDriver>>;
+/// Qemu instances, typed, for the metadata sockets they need.
+type Qemus = Vec<Arc<drivers::qemu::QemuDriver>>;
+
 /// Builds the configured driver instances, or the defaults: `process` always,
-/// `docker` when an engine answers. Docker instances are also returned typed, for
-/// the metadata listeners they need.
+/// `docker` when an engine answers. Docker and qemu instances are also returned typed,
+/// for the metadata listeners they need.
 pub async fn build_drivers(
     config: &Config,
     data_dir: &Path,
     node: &str,
-) -> Result<(Drivers, Vec<Arc<drivers::docker::DockerDriver>>), RunError> {
+) -> Result<(Drivers, Dockers, Qemus), RunError> {
     let entries: Vec<(String, serde_json::Value)> = match &config.drivers {
         Some(m) => {
             m.iter().map(|(k, v)| (k.clone(), if v.is_null() { serde_json::json!({}) } else { v.clone() })).collect()
@@ -113,6 +118,7 @@ pub async fn build_drivers(
     };
     let mut out = Drivers::new();
     let mut dockers = Vec::new();
+    let mut qemus = Vec::new();
     for (name, value) in entries {
         let bad = |message: String| RunError::Driver { name: name.clone(), message };
         let driver: Arc<dyn Driver> = match name.split('/').next().unwrap_or("") {
@@ -138,12 +144,20 @@ pub async fn build_drivers(
                 dockers.push(d.clone());
                 d
             }
+            "qemu" => {
+                let q = Arc::new(
+                    drivers::qemu::QemuDriver::new(name.clone(), settings(&name, value)?, data_dir)
+                        .map_err(|e| bad(e.to_string()))?,
+                );
+                qemus.push(q.clone());
+                q
+            }
             other => return Err(bad(format!("unknown driver kind {other:?}"))),
         };
         info!(driver = %name, "driver enabled");
         out.insert(name, driver);
     }
-    Ok((out, dockers))
+    Ok((out, dockers, qemus))
 }
 
 /// A driver's settings from its `drivers.<name>` entry, errors naming the field.
@@ -208,6 +222,30 @@ async fn serve_meta_on_docker_networks(
     }
 }
 
+/// Virtual machines reach the metadata endpoint through a unix socket of their own
+/// (see `drivers::qemu`): every request on it is that application's.
+fn serve_meta_to_machines(qemus: &[Arc<drivers::qemu::QemuDriver>], state: &AppState, stop: &CancellationToken) {
+    for q in qemus {
+        let state = state.clone();
+        let node_stop = stop.clone();
+        q.set_meta_server(Arc::new(move |listener, uid, machine_stop| {
+            let router = api::meta_router(state.clone()).layer(axum::Extension(api::meta::ResourceUid(uid)));
+            let (node_stop, machine_stop) = (node_stop.clone(), machine_stop.clone());
+            tokio::spawn(async move {
+                let done = async move {
+                    tokio::select! {
+                        _ = node_stop.cancelled() => {}
+                        _ = machine_stop.cancelled() => {}
+                    }
+                };
+                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(done).await {
+                    warn!(%uid, error = %e, "metadata socket of a machine failed");
+                }
+            });
+        }));
+    }
+}
+
 /// Keeps the applications-by-phase gauge current for /metrics.
 async fn gauge_loop(store: Store, metrics: Arc<api::Metrics>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -250,7 +288,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         .await
         .map_err(|e| RunError::Bootstrap(error_chain(&e)))?;
 
-    let (drivers, dockers) = build_drivers(&config, &data_dir, &node_name).await?;
+    let (drivers, dockers, qemus) = build_drivers(&config, &data_dir, &node_name).await?;
     let drivers = Arc::new(drivers);
     let node =
         NodeIdentity { name: node_name.clone(), identifiers: config.identifiers.clone(), capacity: config.capacity() };
@@ -283,6 +321,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     let state = AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens, limits, api_stop.clone());
     let metrics = state.metrics.clone();
     serve_meta_on_docker_networks(&dockers, addr.port(), &state, api_stop.clone()).await;
+    serve_meta_to_machines(&qemus, &state, &api_stop);
     let mut server = tokio::spawn(api::serve(state, listener, tls.server_config, api_stop.clone()));
     tokio::spawn(gauge_loop(store.clone(), metrics, beat.clone()));
     info!(node = %node_name, api = %addr, data_dir = %data_dir.display(), drivers = ?drivers.keys().collect::<Vec<_>>(), "fishd ready");
@@ -349,7 +388,12 @@ async fn heartbeat(ctx: &Ctx, config: &Config, addr: SocketAddr) {
             location: config.location.clone(),
             drivers: availability
                 .into_iter()
-                .map(|(name, a)| DriverStatus { name, available: a.is_ok(), reason: a.err().unwrap_or_default() })
+                .map(|(name, a)| DriverStatus {
+                    info: ctx.drivers.get(&name).map(|d| d.info()).unwrap_or_default(),
+                    name,
+                    available: a.is_ok(),
+                    reason: a.err().unwrap_or_default(),
+                })
                 .collect(),
             capacity: ctx.node.capacity,
             allocated: ledger.node.as_capacity(),

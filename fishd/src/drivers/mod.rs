@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 pub mod docker;
 pub mod process;
+pub mod qemu;
 pub mod test;
 
 /// Everything a driver needs to allocate one resource.
@@ -137,6 +138,12 @@ pub trait Driver: Send + Sync {
 
     /// Every resource this instance owns on this node.
     async fn list_owned(&self) -> Result<Vec<OwnedResource>, DriverError>;
+
+    /// What the node reports about this instance besides availability (the qemu
+    /// driver: which accelerator its machines get). Empty: nothing to say.
+    fn info(&self) -> String {
+        String::new()
+    }
 
     /// Where the resource's captured output is, for drivers that capture it.
     fn log_path(&self, _uid: Uuid) -> Option<PathBuf> {

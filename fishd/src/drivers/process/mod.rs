@@ -37,9 +37,9 @@
 //! `FISH_*` variables of the metadata always win. Nothing of fishd's own environment leaks.
 
 mod cgroup;
-mod launch;
+pub(crate) mod launch;
 mod options;
-mod procfs;
+pub(crate) mod procfs;
 
 use std::collections::BTreeMap;
 use std::fs;
