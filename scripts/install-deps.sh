@@ -11,6 +11,9 @@ want() { command -v "$1" >/dev/null 2>&1 || need+=("$2"); }
 # (util-linux) start them.
 want curl curl
 want setpriv util-linux
+# The dashboard's browser tests drive a headless Chromium over WebDriver.
+want chromium chromium
+want chromedriver chromium-driver
 # The docker test image is built from a static busybox.
 [ -x /bin/busybox ] || need+=(busybox-static)
 # The qemu driver: QEMU, qemu-img, socat (the guests' metadata relay), genisoimage
