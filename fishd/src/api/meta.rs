@@ -51,7 +51,10 @@ pub async fn meta_data(
     ApiQuery(q): ApiQuery<MetaQuery>,
 ) -> ApiResult<Response> {
     let app = match resource {
-        Some(Extension(ResourceUid(uid))) => running(&state, uid)?,
+        Some(Extension(ResourceUid(uid))) => {
+            tracing::info!(%uid, "metadata requested through the machine's socket");
+            running(&state, uid)?
+        }
         None => identify(&state, peer.map(|Extension(ConnectInfo(a))| a.ip()), &headers)?,
     };
     let data = merged_metadata(&state, &app)?;
