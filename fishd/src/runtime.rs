@@ -7,6 +7,7 @@
 //! them), then the API stops; all within the grace period. A second signal exits at
 //! once. With `drainAndDeallocate`, every application of the node is deallocated first.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{self, ApiLimits, AppState};
 use crate::config::{Config, ConfigError};
-use crate::drivers::{self, Driver, Drivers};
+use crate::drivers::{self, CallTimeouts, Driver, Drivers};
 use crate::meta_token::MetaTokens;
 use crate::reconcile::{Controller, Ctx, NodeIdentity, ReconcileConfig};
 use crate::store::{Command, Store, StoreError};
@@ -119,7 +120,11 @@ pub async fn build_drivers(
     let mut out = Drivers::new();
     let mut dockers = Vec::new();
     let mut qemus = Vec::new();
-    for (name, value) in entries {
+    for (name, mut value) in entries {
+        // `timeouts` is the reconciler's business (see `driver_timeouts`), not the driver's.
+        if let Some(settings) = value.as_object_mut() {
+            settings.remove("timeouts");
+        }
         let bad = |message: String| RunError::Driver { name: name.clone(), message };
         let driver: Arc<dyn Driver> = match name.split('/').next().unwrap_or("") {
             "test" => Arc::new(
@@ -160,6 +165,21 @@ pub async fn build_drivers(
     Ok((out, dockers, qemus))
 }
 
+/// The deadlines of each configured driver instance's calls (`drivers.<name>.timeouts`),
+/// each bounded so a typo cannot mean "forever".
+pub fn driver_timeouts(config: &Config) -> Result<BTreeMap<String, CallTimeouts>, RunError> {
+    let mut out = BTreeMap::new();
+    for (name, value) in config.drivers.iter().flatten() {
+        let Some(t) = value.get("timeouts") else { continue };
+        let timeouts: CallTimeouts = settings(&format!("{name}.timeouts"), t.clone())?;
+        timeouts
+            .check()
+            .map_err(|m| RunError::Driver { name: name.clone(), message: format!("drivers.{name}.{m}") })?;
+        out.insert(name.clone(), timeouts);
+    }
+    Ok(out)
+}
+
 /// A driver's settings from its `drivers.<name>` entry, errors naming the field.
 fn settings<T: serde::de::DeserializeOwned>(name: &str, value: serde_json::Value) -> Result<T, RunError> {
     serde_path_to_error::deserialize(value).map_err(|e| RunError::Driver {
@@ -181,43 +201,29 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Containers cannot reach the API on loopback: serve the metadata endpoint on the
 /// gateway address of each docker network (plain HTTP on the host-only bridge, where
-/// callers are identified by their source address).
+/// callers are identified by their source address). Bound now where the engine
+/// answers; otherwise (engine down at start, network recreated) by the driver through
+/// the binder, when a container is first put on that network.
 async fn serve_meta_on_docker_networks(
     dockers: &[Arc<drivers::docker::DockerDriver>],
     port: u16,
     state: &AppState,
     stop: CancellationToken,
 ) {
-    let mut bound = std::collections::BTreeSet::new();
+    let binder = meta_binder(state.clone(), stop);
     for d in dockers {
-        let addrs = match d.meta_listen_addrs(port).await {
-            Ok(a) => a,
+        d.set_meta_endpoint(port, binder.clone());
+        match d.meta_listen_addrs(port).await {
+            Ok(addrs) => {
+                for addr in addrs {
+                    if let Err(e) = binder(addr) {
+                        warn!(%addr, error = %e, "cannot listen for containers' metadata requests");
+                    }
+                }
+            }
             Err(e) => {
-                warn!(driver = %d.name(), error = %e, "containers will not reach the metadata endpoint");
-                continue;
+                info!(driver = %d.name(), error = %e, "metadata endpoint for containers bound once the engine answers")
             }
-        };
-        for addr in addrs {
-            if !bound.insert(addr) {
-                continue;
-            }
-            let listener = match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => l,
-                Err(e) => {
-                    warn!(%addr, error = %e, "cannot listen for containers' metadata requests");
-                    continue;
-                }
-            };
-            let router = api::meta_router(state.clone());
-            let stop = stop.clone();
-            info!(%addr, "metadata endpoint for containers");
-            tokio::spawn(async move {
-                let app = router.into_make_service_with_connect_info::<SocketAddr>();
-                let r = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
-                if let Err(e) = r {
-                    warn!(%addr, error = %e, "metadata listener failed");
-                }
-            });
         }
     }
 }
@@ -244,6 +250,32 @@ fn serve_meta_to_machines(qemus: &[Arc<drivers::qemu::QemuDriver>], state: &AppS
             });
         }));
     }
+}
+
+/// Binds the metadata router at an address once (later calls for it are no-ops).
+fn meta_binder(state: AppState, stop: CancellationToken) -> drivers::docker::MetaBinder {
+    let bound = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    Arc::new(move |addr: SocketAddr| {
+        let mut bound = bound.lock().unwrap_or_else(|e| e.into_inner());
+        if bound.contains(&addr) {
+            return Ok(());
+        }
+        let std_listener = std::net::TcpListener::bind(addr).map_err(|e| e.to_string())?;
+        std_listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::from_std(std_listener).map_err(|e| e.to_string())?;
+        bound.insert(addr);
+        let router = api::meta_router(state.clone());
+        let stop = stop.clone();
+        info!(%addr, "metadata endpoint for containers");
+        tokio::spawn(async move {
+            let app = router.into_make_service_with_connect_info::<SocketAddr>();
+            let r = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+            if let Err(e) = r {
+                warn!(%addr, error = %e, "metadata listener failed");
+            }
+        });
+        Ok(())
+    })
 }
 
 /// Keeps the applications-by-phase gauge current for /metrics.
@@ -300,6 +332,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         inspect_interval: config.inspect_interval.get(),
         meta_url: format!("https://{addr}/meta/v1/data"),
         meta_ca: data_dir.join("ca.crt").display().to_string(),
+        timeouts: driver_timeouts(&config)?,
         ..ReconcileConfig::default()
     };
     let ctx = Ctx::new(store.clone(), drivers.clone(), node, rc, meta_tokens.clone());

@@ -44,7 +44,8 @@ pub enum Command {
         owner: String,
         now: OffsetDateTime,
     },
-    /// Ask for deallocation; NEW and ELECTED applications end at once.
+    /// Ask for deallocation; NEW applications end at once, ELECTED ones go to
+    /// DEALLOCATE (their allocation may be under way).
     RequestDeallocate {
         uid: Uuid,
         by: String,

@@ -142,6 +142,11 @@ impl Store {
         self.events.subscribe()
     }
 
+    /// How many live subscriptions are open (watches, waiting requests, loops).
+    pub fn subscribers(&self) -> usize {
+        self.events.receiver_count()
+    }
+
     fn read(&self) -> Result<ReadTransaction, StoreError> {
         Ok(self.db.begin_read()?)
     }

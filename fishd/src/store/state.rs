@@ -189,9 +189,10 @@ fn request_deallocate(tx: &mut Tx<'_>, uid: Uuid, by: &str, now: OffsetDateTime)
     };
     let old = app.status.phase;
     let (phase, message) = match old {
-        Phase::New | Phase::Elected => {
-            (Phase::Deallocated, format!("deallocated by {by} before allocation; nothing to release"))
-        }
+        Phase::New => (Phase::Deallocated, format!("deallocated by {by} before allocation; nothing to release")),
+        // Its allocation may be running (or have run before a crash): the elected node
+        // releases whatever it made, retrying until its driver confirms.
+        Phase::Elected => (Phase::Deallocate, format!("deallocation requested by {by} during allocation")),
         Phase::Allocated => (Phase::Deallocate, format!("deallocation requested by {by}")),
         // Already going or gone: idempotent.
         Phase::Deallocate | Phase::Deallocated | Phase::Error => return Ok(Ok(Response::Application(Box::new(app)))),

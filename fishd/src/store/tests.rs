@@ -208,3 +208,19 @@ async fn data_survives_reopen() {
     assert!(s.get_application("a").unwrap().is_some());
     assert_eq!(s.revision().unwrap(), 2);
 }
+
+#[tokio::test]
+async fn an_application_lifetime_longer_than_its_labels_is_refused_naming_both() {
+    let (_d, s) = store();
+    apply(&s, &LABEL.replace("ram: 1}", "ram: 1, lifetime: 1h}")).await.unwrap();
+    let long = APP.replace("spec: {label: l}", "spec: {label: l, lifetime: 2h}");
+    match apply(&s, &long).await {
+        Err(Rejection::Invalid { errors, .. }) => {
+            assert_eq!(errors[0].field, "spec.lifetime");
+            assert!(errors[0].message.contains("2h") && errors[0].message.contains("1h"), "{}", errors[0].message);
+        }
+        other => panic!("{other:?}"),
+    }
+    let short = APP.replace("spec: {label: l}", "spec: {label: l, lifetime: 30m}");
+    assert!(apply(&s, &short).await.is_ok());
+}
