@@ -53,6 +53,7 @@ pub enum RunError {
     #[error("cannot open the store")]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}")]
+    /// See [`RunError::hint`] for what to do about it.
     Listen {
         addr: SocketAddr,
         #[source]
@@ -66,6 +67,20 @@ pub enum RunError {
     Bootstrap(String),
     #[error("API server failed")]
     Serve(#[source] std::io::Error),
+}
+
+impl RunError {
+    /// What the person starting fishd can do about this error, when there is
+    /// something obvious: a busy port names the flag and the setting that move it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            RunError::Listen { addr, source } if source.kind() == std::io::ErrorKind::AddrInUse => Some(format!(
+                "another process listens on {addr}: choose another address with --api ADDR \
+                 (or `api:` in fish.yml; the quickstart reads FISH_API, e.g. FISH_API=127.0.0.1:8002)"
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Loads the configuration and applies the overrides.
@@ -278,9 +293,13 @@ fn meta_binder(state: AppState, stop: CancellationToken) -> drivers::docker::Met
     })
 }
 
-/// Keeps the applications-by-phase gauge current for /metrics.
-async fn gauge_loop(store: Store, metrics: Arc<api::Metrics>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+/// How often the gauges of `/metrics` are set from the store; a scrape interval is
+/// typically 15-60 s, so this is never the stale part.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keeps the applications-by-phase and node capacity gauges current for /metrics.
+async fn gauge_loop(store: Store, metrics: crate::telemetry::PoolMetrics, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(GAUGE_INTERVAL);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -290,6 +309,9 @@ async fn gauge_loop(store: Store, metrics: Arc<api::Metrics>, stop: Cancellation
             if let Ok(uids) = store.uids_in_phase(phase) {
                 metrics.set_applications(phase, uids.len() as i64);
             }
+        }
+        if let Ok((_, nodes)) = store.list_nodes() {
+            metrics.set_nodes(&nodes);
         }
     }
 }
@@ -351,12 +373,15 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         max_watches_per_user: config.max_watches_per_user,
         ..ApiLimits::default()
     };
-    let state = AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens, limits, api_stop.clone());
-    let metrics = state.metrics.clone();
+    let mut state =
+        AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens, limits, api_stop.clone());
+    state.metrics = Arc::new(api::Metrics::with_registry(ctx.metrics.clone(), |_| {}));
+    let metrics = ctx.metrics.clone();
     serve_meta_on_docker_networks(&dockers, addr.port(), &state, api_stop.clone()).await;
     serve_meta_to_machines(&qemus, &state, &api_stop);
     let mut server = tokio::spawn(api::serve(state, listener, tls.server_config, api_stop.clone()));
     tokio::spawn(gauge_loop(store.clone(), metrics, beat.clone()));
+    tokio::spawn(crate::logs::janitor(store.clone(), data_dir.clone(), beat.clone()));
     info!(node = %node_name, api = %addr, data_dir = %data_dir.display(), drivers = ?drivers.keys().collect::<Vec<_>>(), "fishd ready");
 
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Serve)?;
@@ -393,7 +418,33 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         _ = term.recv() => warn!("second signal: exiting now"),
         _ = int.recv() => warn!("second signal: exiting now"),
     }
+    report_left_running(&store, &node_name);
     Ok(())
+}
+
+/// Says, as fishd's last words, how many resources of this node outlive it: stopping
+/// a demo should not leave work running silently.
+fn report_left_running(store: &Store, node: &str) {
+    let mut left = Vec::new();
+    for phase in [api_types::Phase::Elected, api_types::Phase::Allocated, api_types::Phase::Deallocate] {
+        for uid in store.uids_in_phase(phase).unwrap_or_default() {
+            if let Ok(Some(app)) = store.get_application_by_uid(uid)
+                && app.status.node.as_deref() == Some(node)
+            {
+                left.push(app.metadata.name_str().to_owned());
+            }
+        }
+    }
+    if left.is_empty() {
+        info!("nothing left running");
+    } else {
+        warn!(
+            applications = ?left,
+            "{} resource(s) left running; the next start of this node adopts them \
+             (stop with drainAndDeallocate / --drain-and-deallocate to release them instead)",
+            left.len()
+        );
+    }
 }
 
 async fn heartbeat_loop(ctx: Arc<Ctx>, config: Config, addr: SocketAddr, stop: CancellationToken) {

@@ -62,6 +62,23 @@ impl TestDaemon {
         Ok(d)
     }
 
+    /// A daemon not started yet, its port chosen: the test prepares its data directory
+    /// (`fishd restore` into [`TestDaemon::data_dir`]), then calls
+    /// [`TestDaemon::start_again`].
+    pub fn prepared(extra: &str) -> Result<TestDaemon> {
+        install_crypto();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Ok(TestDaemon {
+            child: None,
+            dir: tempfile::tempdir()?,
+            url: String::new(),
+            token: String::new(),
+            client: reqwest::Client::new(),
+            extra_config: extra.to_owned(),
+            port,
+        })
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")

@@ -255,6 +255,7 @@ async fn allocate(ctx: &Ctx, app: Application) -> Result<Option<Duration>, Store
             s.resource = Some(resource.clone());
             if write(ctx, &app, Phase::Elected, s).await? {
                 info!(identifier = %a.identifier, "allocated");
+                observe_allocated(ctx, &app, &def.driver, now);
                 ctx.clear_failures(uid);
                 return Ok(Some(ctx.config.inspect_interval.min(lifetime)));
             }
@@ -276,6 +277,7 @@ async fn allocate(ctx: &Ctx, app: Application) -> Result<Option<Duration>, Store
             Ok(Some(Duration::ZERO))
         }
         Err(DriverError::Unavailable(reason)) => {
+            ctx.metrics.allocation_failed(&def.driver);
             // Not the definition's fault: back to NEW without counting an attempt.
             let mut s = transition(&app.status, Phase::New, format!("driver {} unavailable: {reason}", def.driver));
             s.node = None;
@@ -317,6 +319,7 @@ async fn fail_attempt(
         ctx.config.allocation_retry, ctx.node.name
     );
     warn!(attempts, %reason, "allocation failed");
+    ctx.metrics.allocation_failed(driver);
     let mut s = if attempts >= ctx.config.allocation_retry {
         transition(&app.status, Phase::Error, format!("{reason}; giving up"))
     } else {
@@ -329,6 +332,16 @@ async fn fail_attempt(
     }
     ctx.wake_election();
     Ok(None)
+}
+
+/// Records the queue time (creation to `now`) and the allocation time (the current
+/// attempt's ELECTED entry to `now`) of an application this node just allocated.
+fn observe_allocated(ctx: &Ctx, app: &Application, driver: &str, now: OffsetDateTime) {
+    let since = |t: Option<OffsetDateTime>| {
+        t.map(|t| Duration::try_from(now - t).unwrap_or(Duration::ZERO)).unwrap_or(Duration::ZERO)
+    };
+    let elected = app.status.history.iter().rev().find(|h| h.phase == Phase::Elected).map(|h| h.at);
+    ctx.metrics.allocated(app.spec.label.name.as_str(), driver, since(app.metadata.created_at), since(elected));
 }
 
 /// The shortest of the application's lifetime, the definition's, or the node default.

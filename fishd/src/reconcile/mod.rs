@@ -88,6 +88,8 @@ pub struct Ctx {
     pub node: NodeIdentity,
     pub config: ReconcileConfig,
     pub meta_tokens: MetaTokens,
+    /// Queue and allocation metrics this node observes (shared with `/metrics`).
+    pub metrics: crate::telemetry::PoolMetrics,
     /// Cleared on drain: no new application is elected.
     accepting: AtomicBool,
     election: Notify,
@@ -134,6 +136,7 @@ impl Ctx {
             node,
             config,
             meta_tokens,
+            metrics: Default::default(),
             accepting: AtomicBool::new(true),
             election: Notify::new(),
             ledger: Mutex::new(Ledger::default()),

@@ -235,6 +235,18 @@ fn test_driver(dir: &std::path::Path, name: &str) -> Arc<dyn crate::drivers::Dri
 }
 
 /// Waits, by the wall clock (time may be paused), until `cond` holds.
+/// A context with no drivers, for tests of what the reconciler computes rather than allocates.
+fn driverless_ctx(store: &Store) -> Arc<Ctx> {
+    let node = NodeIdentity { name: "host-a".into(), identifiers: vec![], capacity: cap(8, 16) };
+    Ctx::new(
+        store.clone(),
+        Arc::default(),
+        node,
+        ReconcileConfig::default(),
+        crate::meta_token::MetaTokens::new([1; 32]),
+    )
+}
+
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !cond() {
@@ -367,14 +379,7 @@ async fn resync_after_a_lagged_channel_schedules_purges() {
     apply(&store, &(label("l", "{driver: test, resources: {cpu: 1}}") + &app("x", "l"))).await;
     deallocate(&store, "x").await;
     let uid = phase_of(&store, "x").metadata.uid.unwrap();
-    let node = NodeIdentity { name: "host-a".into(), identifiers: vec![], capacity: cap(8, 16) };
-    let ctx = Ctx::new(
-        store.clone(),
-        Arc::default(),
-        node,
-        ReconcileConfig::default(),
-        crate::meta_token::MetaTokens::new([1; 32]),
-    );
+    let ctx = driverless_ctx(&store);
     let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
     let r = ran.clone();
     let (queue, _h) =
@@ -394,14 +399,7 @@ async fn the_resource_environment_and_the_meta_endpoint_agree_on_the_metadata() 
     let a = phase_of(&store, "x");
     let uid = a.metadata.uid.unwrap();
     let label = store.application_label(uid).unwrap().unwrap();
-    let node = NodeIdentity { name: "host-a".into(), identifiers: vec![], capacity: cap(8, 16) };
-    let ctx = Ctx::new(
-        store.clone(),
-        Arc::default(),
-        node,
-        ReconcileConfig::default(),
-        crate::meta_token::MetaTokens::new([1; 32]),
-    );
+    let ctx = driverless_ctx(&store);
     let env = request_metadata(&ctx, &a, &label, uid);
     let served = crate::metadata::merged(Some(&label), &a, "host-a");
     assert_eq!(env["FISH_LABEL"], serde_json::json!("l"));

@@ -7,20 +7,25 @@ use uuid::Uuid;
 
 use super::*;
 
-fn store() -> (tempfile::TempDir, Store) {
+/// A store in a temp dir (shared with `ops_tests`).
+pub(super) fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(&dir.path().join("fish.redb")).unwrap();
     (dir, s)
 }
 
-fn items(yaml: &str) -> Vec<ApplyItem> {
+/// The documents of `yaml` as apply items with fresh uids (shared with `ops_tests`).
+pub(super) fn items(yaml: &str) -> Vec<ApplyItem> {
     parse_manifests(yaml.as_bytes(), Format::Yaml)
         .unwrap()
         .into_iter()
         .map(|m| match m {
             Manifest::Label(label) => ApplyItem::Label { label, uid: Uuid::now_v7() },
             Manifest::Application(app) => ApplyItem::Application { app, uid: Uuid::now_v7() },
-            Manifest::User(_) => unreachable!(),
+            Manifest::User(user) => ApplyItem::User {
+                record: UserRecord { user, password_hash: None, token_digest: format!("digest-{}", Uuid::now_v7()) },
+                uid: Uuid::now_v7(),
+            },
         })
         .collect()
 }

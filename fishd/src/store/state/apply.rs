@@ -48,7 +48,7 @@ struct Planner<'t> {
     names_planned: HashSet<String>,
 }
 
-pub(super) fn apply_items(
+pub(in crate::store) fn apply_items(
     tx: &mut Tx<'_>,
     items: Vec<ApplyItem>,
     owner: &str,
