@@ -195,6 +195,27 @@ pub fn driver_timeouts(config: &Config) -> Result<BTreeMap<String, CallTimeouts>
     Ok(out)
 }
 
+/// Refuses a `timeouts.deallocate` shorter than what a driver may need to stop its
+/// resource gracefully and then kill it ([`Driver::deallocate_time`]): the deadline
+/// would end every slow stop before the kill, and the retry would start over.
+pub fn check_deallocate_time(drivers: &Drivers, timeouts: &BTreeMap<String, CallTimeouts>) -> Result<(), RunError> {
+    for (name, driver) in drivers {
+        let needed = driver.deallocate_time();
+        let limit = timeouts.get(name).copied().unwrap_or_default().deallocate;
+        if limit.get() < needed {
+            return Err(RunError::Driver {
+                name: name.clone(),
+                message: format!(
+                    "drivers.{name}.timeouts.deallocate: {limit} is shorter than a deallocation may take \
+                     ({}: its gracePeriod, then the kill); raise it or shorten gracePeriod",
+                    api_types::HumanDuration(needed)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A driver's settings from its `drivers.<name>` entry, errors naming the field.
 fn settings<T: serde::de::DeserializeOwned>(name: &str, value: serde_json::Value) -> Result<T, RunError> {
     serde_path_to_error::deserialize(value).map_err(|e| RunError::Driver {
@@ -357,6 +378,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         timeouts: driver_timeouts(&config)?,
         ..ReconcileConfig::default()
     };
+    check_deallocate_time(&drivers, &rc.timeouts)?;
     let ctx = Ctx::new(store.clone(), drivers.clone(), node, rc, meta_tokens.clone());
     // The node record exists before the first election reads its maintenance flag.
     heartbeat(&ctx, &config, addr).await;
@@ -488,5 +510,36 @@ async fn heartbeat(ctx: &Ctx, config: &Config, addr: SocketAddr) {
     };
     if let Err(e) = ctx.store.execute(Command::PutNode { node: Box::new(node) }).await {
         warn!(error = %e, "could not record the node's status");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn with_process(process: serde_json::Value) -> Config {
+        serde_json::from_value(serde_json::json!({ "drivers": { "process": process } })).unwrap()
+    }
+
+    /// A grace period longer than the deallocate deadline is refused at start, naming
+    /// the field; the defaults of the process driver fit the default deadline.
+    #[tokio::test]
+    async fn a_deallocate_deadline_shorter_than_the_grace_period_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = with_process(serde_json::json!({"gracePeriod": "10m", "cgroups": false}));
+        let (drivers, _, _) = build_drivers(&config, dir.path(), "n1").await.unwrap();
+        let err = check_deallocate_time(&drivers, &driver_timeouts(&config).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("drivers.process.timeouts.deallocate: 5m is shorter"), "{err}");
+
+        let config = with_process(
+            serde_json::json!({"gracePeriod": "10m", "cgroups": false, "timeouts": {"deallocate": "11m"}}),
+        );
+        let (drivers, _, _) = build_drivers(&config, dir.path(), "n1").await.unwrap();
+        check_deallocate_time(&drivers, &driver_timeouts(&config).unwrap()).unwrap();
+
+        let config = with_process(serde_json::json!({"cgroups": false}));
+        let (drivers, _, _) = build_drivers(&config, dir.path(), "n1").await.unwrap();
+        check_deallocate_time(&drivers, &driver_timeouts(&config).unwrap()).unwrap();
     }
 }

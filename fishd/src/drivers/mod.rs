@@ -151,6 +151,13 @@ pub trait Driver: Send + Sync {
     fn log_path(&self, _uid: Uuid) -> Option<PathBuf> {
         None
     }
+
+    /// The longest `deallocate` may wait on its way to a kill (a grace period, then the
+    /// kill). The node refuses a `timeouts.deallocate` shorter than this at start: such
+    /// a deadline would cut every slow stop short, before the kill. Zero: no such wait.
+    fn deallocate_time(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// The driver instances of a node, by instance name.

@@ -2,7 +2,8 @@
 //! guest is Debian's cloud kernel with a busybox initramfs (scripts/qemu-test-guest.sh)
 //! that fetches its metadata over the isolated network and prints it to the console.
 //!
-//! QEMU missing fails these tests under `CI=true` and skips them (saying so) elsewhere.
+//! QEMU missing fails these tests under `CI=true` and skips them (saying so) elsewhere
+//! ([`aquarium_e2e::prerequisite`]; `AQUARIUM_SKIP=qemu` opts out).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -19,12 +20,8 @@ const BOOT: Duration = Duration::from_secs(150);
 fn guest() -> Option<(PathBuf, PathBuf, PathBuf)> {
     let have = |p: &str| Path::new("/usr/bin").join(p).exists() || Path::new("/usr/local/bin").join(p).exists();
     let missing: Vec<&str> = ["qemu-system-x86_64", "qemu-img", "socat"].into_iter().filter(|p| !have(p)).collect();
-    if !missing.is_empty() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "qemu tests need {missing:?} in CI: scripts/install-deps.sh installs them"
-        );
-        eprintln!("SKIPPED (not in CI): {missing:?} not installed; run scripts/install-deps.sh");
+    let why = format!("{missing:?} not installed (scripts/install-deps.sh installs them)");
+    if !aquarium_e2e::prerequisite("qemu", missing.is_empty(), &why) {
         return None;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
@@ -139,6 +136,9 @@ async fn machine_reads_its_metadata_over_the_isolated_network_and_leaves_nothing
     d.wait_phase("vm1", "DEALLOCATED").await.unwrap();
     assert!(!alive(pid), "QEMU {pid} survived deallocation");
     assert!(!machine_dir.exists(), "{} left behind", machine_dir.display());
+    // The console outlives the machine, until the application is removed.
+    let out = d.fishctl(&["logs", "application", "vm1"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fish-guest: metadata end"), "console not kept: {out:?}");
     assert_eq!(sha256(&image), sum, "the base image changed");
     let cached = d.data_dir().join("qemu/images").join(format!("sha256-{}", sum.trim_start_matches("sha256:")));
     assert_eq!(sha256(&cached), sum, "the cached base changed");

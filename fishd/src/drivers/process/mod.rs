@@ -383,6 +383,11 @@ impl Driver for ProcessDriver {
         let live = self.app_dir(uid).join(launch::LOG_FILE);
         Some(if live.exists() { live } else { crate::logs::kept_path(&self.data_dir, uid) })
     }
+
+    /// SIGTERM's grace period, SIGKILL's wait and the cgroup's removal.
+    fn deallocate_time(&self) -> Duration {
+        self.grace + KILL_TIMEOUT * 2
+    }
 }
 
 /// The first `name` in the usual system directories.

@@ -17,8 +17,10 @@
 //! application is DEALLOCATED with that message); a QEMU process that is gone crashed or
 //! was killed (ERROR, with its exit status and last messages). Deallocation presses the
 //! ACPI power button (QMP `system_powerdown`), waits up to the grace period for the
-//! guest to power off, then quits QEMU, SIGKILLs whatever is left, and removes the
-//! directory.
+//! guest to power off, then quits QEMU, SIGKILLs whatever is left, keeps the console log
+//! until the application is removed ([`crate::logs`]), and removes the directory. All of
+//! it fits in [`Driver::deallocate_time`], which the node checks against the
+//! `timeouts.deallocate` deadline at start.
 //!
 //! # Network
 //! QEMU user networking: `network: ""` (isolated) with `restrict=on`, so the guest has
@@ -68,6 +70,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// After `quit` or SIGKILL, how long QEMU may take to vanish.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// After `quit`, how long before SIGKILL.
+const QUIT_WAIT: Duration = Duration::from_secs(3);
 /// How often deallocation and start look again.
 const POLL: Duration = Duration::from_millis(100);
 /// The QEMU binary unless configured.
@@ -103,6 +107,7 @@ pub struct QemuCapacity {
 /// A `qemu` driver instance.
 pub struct QemuDriver {
     name: String,
+    data_dir: PathBuf,
     root: PathBuf,
     images: image::ImageCache,
     grace: Duration,
@@ -141,6 +146,7 @@ impl QemuDriver {
         let kvm = machine::kvm_usable();
         let driver = QemuDriver {
             name: instance_name,
+            data_dir: data_dir.to_owned(),
             root,
             images,
             grace: config.grace_period.map_or(DEFAULT_GRACE, HumanDuration::get),
@@ -410,7 +416,7 @@ impl Driver for QemuDriver {
         }
         if machine::qemu_pid(&dir).is_some() {
             let _ = qmp::run(&qmp, "quit", QMP_TIMEOUT).await;
-            if !Self::gone_within(&dir, Duration::from_secs(3)).await
+            if !Self::gone_within(&dir, QUIT_WAIT).await
                 && let Some(pid) = machine::qemu_pid(&dir)
             {
                 procfs::signal(pid, Signal::SIGKILL);
@@ -426,6 +432,10 @@ impl Driver for QemuDriver {
             procfs::signal_group(w.pid, Signal::SIGKILL);
         }
         self.meta.stop(uid);
+        // The console outlives the machine: kept until the application is removed.
+        if let Err(e) = crate::logs::keep(&self.data_dir, uid, &dir.join(machine::CONSOLE_FILE)) {
+            tracing::warn!(%uid, error = %e, "cannot keep the machine's console log; it is removed with its directory");
+        }
         match fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -452,7 +462,14 @@ impl Driver for QemuDriver {
     }
 
     fn log_path(&self, uid: Uuid) -> Option<PathBuf> {
-        Some(self.app_dir(uid).join(machine::CONSOLE_FILE))
+        let live = self.app_dir(uid).join(machine::CONSOLE_FILE);
+        Some(if live.exists() { live } else { crate::logs::kept_path(&self.data_dir, uid) })
+    }
+
+    /// `system_powerdown`, the grace period and a last look, then `quit`, its wait and
+    /// SIGKILL's: each QMP exchange may take its whole timeout on a stuck QEMU.
+    fn deallocate_time(&self) -> Duration {
+        self.grace + QMP_TIMEOUT * 3 + QUIT_WAIT + EXIT_TIMEOUT
     }
 }
 
