@@ -11,6 +11,9 @@ want() { command -v "$1" >/dev/null 2>&1 || need+=("$2"); }
 # (util-linux) start them.
 want curl curl
 want setpriv util-linux
+# The sandbox tests read and change the host firewall and list its addresses.
+want iptables iptables
+want ip iproute2
 # The docker test image is built from a static busybox.
 [ -x /bin/busybox ] || need+=(busybox-static)
 

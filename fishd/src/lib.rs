@@ -10,6 +10,7 @@ pub mod config;
 pub mod drivers;
 pub mod fsutil;
 pub mod meta_token;
+pub mod proxy;
 pub mod reconcile;
 pub mod runtime;
 pub mod store;

@@ -22,6 +22,7 @@ use crate::api::{self, ApiLimits, AppState};
 use crate::config::{Config, ConfigError};
 use crate::drivers::{self, Driver, Drivers};
 use crate::meta_token::MetaTokens;
+use crate::proxy::{Proxy, ProxyMetrics, StoreDirectory};
 use crate::reconcile::{Controller, Ctx, NodeIdentity, ReconcileConfig};
 use crate::store::{Command, Store, StoreError};
 
@@ -65,6 +66,8 @@ pub enum RunError {
     Bootstrap(String),
     #[error("API server failed")]
     Serve(#[source] std::io::Error),
+    #[error("proxy: {0}")]
+    Proxy(String),
 }
 
 /// Loads the configuration and applies the overrides.
@@ -208,6 +211,64 @@ async fn serve_meta_on_docker_networks(
     }
 }
 
+/// Starts the proxy's shared listeners: `auto` binds 127.0.0.1 on a free port (processes
+/// present their token) and the same port on every docker network's gateway, which it
+/// tells the docker drivers so containers get it in their environment and their
+/// network's firewall chain lets it through.
+async fn start_proxy(
+    proxy: &Proxy,
+    listen: Option<Option<SocketAddr>>,
+    dockers: &[Arc<drivers::docker::DockerDriver>],
+) -> Result<Option<SocketAddr>, RunError> {
+    let addr = match listen {
+        Some(None) => {
+            info!("proxy off (proxy.listen: off): isolated resources reach only their metadata");
+            return Ok(None);
+        }
+        Some(Some(addr)) => addr,
+        None => SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    let bound = proxy.listen(addr).await.map_err(|e| RunError::Proxy(error_chain(&e)))?;
+    if listen.is_some() {
+        return Ok(Some(bound));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for d in dockers {
+        let addrs = match d.proxy_listen_addrs(bound.port()).await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(driver = %d.name(), error = %e, "containers will not reach the proxy");
+                continue;
+            }
+        };
+        for addr in addrs {
+            if seen.insert(addr)
+                && let Err(e) = proxy.listen(addr).await
+            {
+                warn!(%addr, error = %error_chain(&e), "containers of this network will not reach the proxy");
+            }
+        }
+    }
+    Ok(Some(bound))
+}
+
+/// Checks and repairs the docker networks' firewall rules at start and every `every`,
+/// deleting those of networks removed since.
+async fn firewall_loop(dockers: Vec<Arc<drivers::docker::DockerDriver>>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for d in &dockers {
+            if let Err(e) = d.enforce_networks().await {
+                warn!(driver = %d.name(), error = %e, "docker network firewall rules not checked");
+            }
+        }
+    }
+}
+
 /// Keeps the applications-by-phase gauge current for /metrics.
 async fn gauge_loop(store: Store, metrics: Arc<api::Metrics>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -250,6 +311,14 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         .await
         .map_err(|e| RunError::Bootstrap(error_chain(&e)))?;
 
+    let proxy_metrics = ProxyMetrics::default();
+    let proxy = Proxy::new(
+        Arc::new(StoreDirectory::new(store.clone(), meta_tokens.clone())),
+        config.proxy.rules()?,
+        config.proxy.limits(),
+        proxy_metrics.clone(),
+        CancellationToken::new(),
+    );
     let (drivers, dockers) = build_drivers(&config, &data_dir, &node_name).await?;
     let drivers = Arc::new(drivers);
     let node =
@@ -280,9 +349,13 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         max_watches_per_user: config.max_watches_per_user,
         ..ApiLimits::default()
     };
-    let state = AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens, limits, api_stop.clone());
+    let mut state =
+        AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens.clone(), limits, api_stop.clone());
+    state.metrics = Arc::new(api::Metrics::new().with_aquarium(|r| proxy_metrics.register(r)));
     let metrics = state.metrics.clone();
     serve_meta_on_docker_networks(&dockers, addr.port(), &state, api_stop.clone()).await;
+    start_proxy(&proxy, config.proxy.listen_addr()?, &dockers).await?;
+    tokio::spawn(firewall_loop(dockers.clone(), config.resync_interval.get(), beat.clone()));
     let mut server = tokio::spawn(api::serve(state, listener, tls.server_config, api_stop.clone()));
     tokio::spawn(gauge_loop(store.clone(), metrics, beat.clone()));
     info!(node = %node_name, api = %addr, data_dir = %data_dir.display(), drivers = ?drivers.keys().collect::<Vec<_>>(), "fishd ready");

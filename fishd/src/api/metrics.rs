@@ -41,6 +41,9 @@ type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// Metrics named `aquarium_*` (the proxy's), which the contract names without
+    /// fishd's prefix.
+    aquarium: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily,
     applications: Family<PhaseLabels, Gauge>,
@@ -73,7 +76,13 @@ impl Metrics {
         registry.register("http_request_duration_seconds", "Time to answer (headers) by route", latency.clone());
         registry.register("applications", "Applications stored, by phase", applications.clone());
         extra(&mut registry);
-        Metrics { registry, requests, latency, applications }
+        Metrics { registry, aquarium: Registry::with_prefix("aquarium"), requests, latency, applications }
+    }
+
+    /// Adds metrics named `aquarium_*` (registered by `extra`).
+    pub fn with_aquarium(mut self, extra: impl FnOnce(&mut Registry)) -> Self {
+        extra(&mut self.aquarium);
+        self
     }
 
     /// Sets the number of applications in `phase` (called by the runtime).
@@ -89,8 +98,12 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+        let encoded = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &self.aquarium))
+            .and_then(|()| encode_eof(&mut out));
+        if let Err(e) = encoded {
             tracing::warn!(error = %e, "encoding metrics failed");
         }
         out

@@ -8,3 +8,4 @@ mod fishctl;
 mod hardening;
 mod lifecycle;
 mod process;
+mod sandbox;

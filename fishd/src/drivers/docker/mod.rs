@@ -14,6 +14,7 @@
 //! [`DockerDriver::meta_listen_addrs`] and must listen on.
 
 mod container;
+mod firewall;
 mod image;
 mod network;
 mod options;
@@ -38,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use container::{container_name, mount_point, volume_name};
+pub use firewall::{CHAIN_PREFIX, chain_of};
 pub use image::ImageStats;
 pub use network::{ISOLATED, NAT};
 
@@ -81,12 +83,20 @@ pub struct DockerConfig {
     /// Limits of this instance; what is left out comes from the engine (cpus, memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<DockerCapacity>,
+    /// Networks are `<networkPrefix>-isolated` and `<networkPrefix>-nat`; nodes sharing
+    /// an engine share them unless they say otherwise (tests use their own).
+    #[serde(default = "default_network_prefix")]
+    pub network_prefix: String,
 }
 
 impl Default for DockerConfig {
     fn default() -> Self {
-        DockerConfig { socket: default_socket(), capacity: None }
+        DockerConfig { socket: default_socket(), capacity: None, network_prefix: default_network_prefix() }
     }
+}
+
+fn default_network_prefix() -> String {
+    network::DEFAULT_PREFIX.to_owned()
 }
 
 fn default_socket() -> PathBuf {
@@ -131,6 +141,8 @@ pub struct DockerDriver {
     networks: Networks,
     /// The port of the metadata endpoint at each gateway; 0 until the runtime says.
     meta_port: AtomicU16,
+    /// The port of the node's proxy at each gateway; 0 until the runtime says.
+    proxy_port: AtomicU16,
 }
 
 impl DockerDriver {
@@ -151,8 +163,9 @@ impl DockerDriver {
             client: tokio::sync::OnceCell::new(),
             engine: Mutex::new(None),
             images: ImageStore::new(data_dir.join("docker").join("images"))?,
-            networks: Networks::default(),
+            networks: Networks::new(config.network_prefix),
             meta_port: AtomicU16::new(0),
+            proxy_port: AtomicU16::new(0),
         };
         if let Err(reason) = driver.available().await {
             tracing::warn!(driver = %driver.name, %reason, "docker engine not reachable yet");
@@ -181,13 +194,50 @@ impl DockerDriver {
         let docker = self.docker().await?;
         let mut addrs = Vec::new();
         for mode in [Network::Isolated, Network::Nat] {
-            let network = self.networks.ensure(docker, mode).await?;
+            let network = self.networks.ensure(docker, mode, &self.ports()).await?;
             match network.gateway {
                 Some(ip) => addrs.push(SocketAddr::new(ip, port)),
-                None => tracing::warn!(network = network.name, "docker network has no gateway address"),
+                None => tracing::warn!(network = %network.name, "docker network has no gateway address"),
             }
         }
         Ok(addrs)
+    }
+
+    /// The gateway addresses of both networks (created if needed), where the node's proxy
+    /// must listen for containers; remembers `port` for the containers' environment and
+    /// opens it in the isolated network's firewall chain.
+    pub async fn proxy_listen_addrs(&self, port: u16) -> Result<Vec<SocketAddr>, DriverError> {
+        self.proxy_port.store(port, Ordering::Relaxed);
+        let docker = self.docker().await?;
+        let mut addrs = Vec::new();
+        for mode in [Network::Isolated, Network::Nat] {
+            let network = self.networks.ensure(docker, mode, &self.ports()).await?;
+            if let Some(ip) = network.gateway {
+                addrs.push(SocketAddr::new(ip, port));
+            }
+        }
+        Ok(addrs)
+    }
+
+    /// Checks and repairs the networks' firewall rules, and deletes those of removed
+    /// networks. The runtime calls it at start and at every resync.
+    pub async fn enforce_networks(&self) -> Result<(), DriverError> {
+        let docker = self.docker().await?;
+        self.networks.enforce(docker, &self.ports()).await
+    }
+
+    /// The gateway ports containers may open: metadata and proxy.
+    fn ports(&self) -> Vec<u16> {
+        [self.meta_port.load(Ordering::Relaxed), self.proxy_port.load(Ordering::Relaxed)]
+            .into_iter()
+            .filter(|p| *p != 0)
+            .collect()
+    }
+
+    fn proxy_addr(&self, network: &NetworkInfo) -> Option<SocketAddr> {
+        let port = self.proxy_port.load(Ordering::Relaxed);
+        let gateway = network.gateway?;
+        (port != 0).then(|| SocketAddr::new(gateway, port))
     }
 
     fn meta_url(&self, network: &NetworkInfo) -> Option<String> {
@@ -260,7 +310,7 @@ impl DockerDriver {
             .first()
             .ok_or_else(|| DriverError::Invalid("images: the docker driver needs one image".into()))?;
         let image = self.images.resolve(docker, image).await?;
-        let network = self.networks.ensure(docker, req.definition.resources.network).await?;
+        let network = self.networks.ensure(docker, req.definition.resources.network, &self.ports()).await?;
         for disk in req.definition.resources.disks.keys() {
             let volume = VolumeCreateRequest {
                 name: Some(volume_name(req.uid, disk)),
@@ -273,7 +323,8 @@ impl DockerDriver {
                 .map_err(|e| engine_error(&format!("creating volume for disk {disk}"), e))?;
         }
         let name = container_name(req.uid);
-        let body = create_body(req, &self.owner, &options, &image, &network, self.meta_url(&network).as_deref());
+        let endpoints = container::Endpoints { meta_url: self.meta_url(&network), proxy: self.proxy_addr(&network) };
+        let body = create_body(req, &self.owner, &options, &image, &network, &endpoints);
         let create = CreateContainerOptionsBuilder::default().name(&name).build();
         match docker.create_container(Some(create), body).await {
             Ok(_) => {}
@@ -295,7 +346,7 @@ impl DockerDriver {
         }
         let inspect =
             docker.inspect_container(&name, None).await.map_err(|e| engine_error("inspecting the container", e))?;
-        tracing::info!(driver = %self.name, uid = %req.uid, container = %name, %image, network = network.name, "container started");
+        tracing::info!(driver = %self.name, uid = %req.uid, container = %name, %image, network = %network.name, "container started");
         Ok(allocated(&inspect))
     }
 
