@@ -187,28 +187,66 @@ async fn serve_meta_on_docker_networks(
             }
         };
         for addr in addrs {
-            if !bound.insert(addr) {
-                continue;
+            if bound.insert(addr) {
+                serve_meta_at(addr, state, stop.clone()).await;
             }
-            let listener = match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => l,
-                Err(e) => {
-                    warn!(%addr, error = %e, "cannot listen for containers' metadata requests");
-                    continue;
-                }
-            };
-            let router = api::meta_router(state.clone());
-            let stop = stop.clone();
-            info!(%addr, "metadata endpoint for containers");
-            tokio::spawn(async move {
-                let app = router.into_make_service_with_connect_info::<SocketAddr>();
-                let r = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
-                if let Err(e) = r {
-                    warn!(%addr, error = %e, "metadata listener failed");
-                }
-            });
         }
     }
+}
+
+/// Serves the metadata endpoint (plain HTTP, callers identified by source address or
+/// resource token) on `addr`, an address only resources reach.
+async fn serve_meta_at(addr: SocketAddr, state: &AppState, stop: CancellationToken) {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(%addr, error = %e, "cannot listen for resources' metadata requests");
+            return;
+        }
+    };
+    let router = api::meta_router(state.clone());
+    info!(%addr, "metadata endpoint for resources");
+    tokio::spawn(async move {
+        let app = router.into_make_service_with_connect_info::<SocketAddr>();
+        let r = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+        if let Err(e) = r {
+            warn!(%addr, error = %e, "metadata listener failed");
+        }
+    });
+}
+
+/// Where isolated processes reach the node: the process gateway, with the metadata
+/// endpoint and the proxy bound on it. `None` (with the reason logged) where fishd
+/// cannot make network namespaces, or runs no process driver.
+async fn serve_process_gateway(
+    drivers: &Drivers,
+    meta_port: u16,
+    proxy: &Proxy,
+    proxy_port: Option<u16>,
+    state: &AppState,
+    stop: CancellationToken,
+) -> Option<std::net::IpAddr> {
+    if !drivers.keys().any(|n| n.split('/').next() == Some("process")) {
+        return None;
+    }
+    let gateway = match tokio::task::spawn_blocking(drivers::process::netns::ensure_gateway).await {
+        Ok(Ok(gw)) => std::net::IpAddr::V4(gw),
+        Ok(Err(reason)) => {
+            info!(%reason, "isolated processes cannot run on this node");
+            return None;
+        }
+        Err(e) => {
+            warn!(error = %e, "process gateway setup panicked");
+            return None;
+        }
+    };
+    serve_meta_at(SocketAddr::new(gateway, meta_port), state, stop).await;
+    if let Some(port) = proxy_port
+        && let Err(e) = proxy.listen(SocketAddr::new(gateway, port)).await
+    {
+        warn!(error = %error_chain(&e), "isolated processes will not reach the proxy");
+    }
+    Some(gateway)
 }
 
 /// Starts the proxy's shared listeners: `auto` binds 127.0.0.1 on a free port (processes
@@ -354,7 +392,19 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     state.metrics = Arc::new(api::Metrics::new().with_aquarium(|r| proxy_metrics.register(r)));
     let metrics = state.metrics.clone();
     serve_meta_on_docker_networks(&dockers, addr.port(), &state, api_stop.clone()).await;
-    start_proxy(&proxy, config.proxy.listen_addr()?, &dockers).await?;
+    let proxy_addr = start_proxy(&proxy, config.proxy.listen_addr()?, &dockers).await?;
+    let proxy_port = proxy_addr.map(|a| a.port());
+    let process_gateway =
+        serve_process_gateway(&drivers, addr.port(), &proxy, proxy_port, &state, api_stop.clone()).await;
+    let services = drivers::NodeServices {
+        meta_port: addr.port(),
+        proxy_port: proxy_port.unwrap_or(0),
+        proxy: proxy_port.is_some().then(|| proxy.clone()),
+        process_gateway,
+    };
+    for d in drivers.values() {
+        d.attach(&services);
+    }
     tokio::spawn(firewall_loop(dockers.clone(), config.resync_interval.get(), beat.clone()));
     let mut server = tokio::spawn(api::serve(state, listener, tls.server_config, api_stop.clone()));
     tokio::spawn(gauge_loop(store.clone(), metrics, beat.clone()));

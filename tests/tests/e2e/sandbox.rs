@@ -83,7 +83,7 @@ fn bridge(network: &str) -> String {
 
 /// What a container gets from `http://addr/` (empty when it cannot connect).
 fn fetch(container: &str, addr: &str) -> String {
-    sh("docker", &["exec", container, "wget", "-T", "3", "-q", "-O", "-", &format!("http://{addr}/")]).1
+    sh("docker", &["exec", container, "timeout", "3", "wget", "-q", "-O", "-", &format!("http://{addr}/")]).1
 }
 
 /// Sends raw bytes to `proxy` from inside `container`, keeping the connection open for
@@ -151,7 +151,8 @@ impl Drop for Networks {
     }
 }
 
-#[tokio::test]
+// Multi-threaded: the host services answer while the test blocks on `docker exec`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_containers_reach_only_metadata_and_the_allowed_proxy_targets() {
     if !prerequisites() {
         return;
@@ -162,7 +163,7 @@ async fn isolated_containers_reach_only_metadata_and_the_allowed_proxy_targets()
     let _cleanup = Networks(prefix.clone());
     let node = format!("sb-{}", std::process::id());
     let config = format!(
-        "nodeName: {node}\nresyncInterval: 1s\ndrivers:\n  docker: {{networkPrefix: {prefix}}}\nproxy: {{allow: [\"never.invalid:1\"]}}\n"
+        "nodeName: {node}\ncapacity: {{cpu: 64, ram: 256, slots: 256}}\nresyncInterval: 1s\ndrivers:\n  docker: {{networkPrefix: {prefix}, capacity: {{cpu: 16, ram: 32}}}}\nproxy: {{allow: [\"never.invalid:1\"]}}\n"
     );
     let d = TestDaemon::start(&config).await.unwrap();
     let label = |name: &str, network: &str| {
@@ -196,7 +197,7 @@ async fn isolated_containers_reach_only_metadata_and_the_allowed_proxy_targets()
     // Both read their metadata on their gateway.
     for c in [iso, nat] {
         let url = env_of(c, "FISH_META_URL");
-        let meta = sh("docker", &["exec", c, "wget", "-T", "5", "-q", "-O", "-", &url]).1;
+        let meta = sh("docker", &["exec", c, "timeout", "5", "wget", "-q", "-O", "-", &url]).1;
         assert!(meta.contains("FISH_APPLICATION"), "{c} could not read its metadata at {url}: {meta}");
     }
 

@@ -14,7 +14,6 @@
 //! [`DockerDriver::meta_listen_addrs`] and must listen on.
 
 mod container;
-mod firewall;
 mod image;
 mod network;
 mod options;
@@ -39,7 +38,6 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use container::{container_name, mount_point, volume_name};
-pub use firewall::{CHAIN_PREFIX, chain_of};
 pub use image::ImageStats;
 pub use network::{ISOLATED, NAT};
 

@@ -7,7 +7,7 @@
 //! NAT. Both disable inter-container traffic, so one application cannot reach another.
 //!
 //! The bridge's isolation is made to hold on the host side by a firewall chain of
-//! fishd's own per network ([`super::firewall`]): checked before every container is
+//! fishd's own per network ([`crate::drivers::firewall`]): checked before every container is
 //! put on the network (once per network and ports) and again at every
 //! [`Networks::enforce`] pass, which also deletes the chains of removed networks.
 //!
@@ -23,9 +23,9 @@ use bollard::Docker;
 use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::ListNetworksOptionsBuilder;
 
-use super::firewall::{Firewall, Policy};
 use super::{LABEL_MANAGED, engine_error};
 use crate::drivers::DriverError;
+use crate::drivers::firewall::{Firewall, Policy};
 
 /// The network of the default, isolated, mode.
 pub const ISOLATED: &str = "aquarium-isolated";

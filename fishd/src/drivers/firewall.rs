@@ -1,8 +1,10 @@
-//! Host firewall rules that make a docker network's isolation hold on the host side too.
+//! Host firewall rules that make an isolated resource's isolation hold on the host side.
 //!
 //! Docker's `internal` flag only removes the route out: the host's own services stay
 //! reachable from the bridge (the INPUT path), on the gateway and on every other host
-//! address. So each aquarium network gets a chain of fishd's own, `AQ-<bridge>`, in the
+//! address; a process's network namespace reaches the host through its veth the same
+//! way. So each such interface (an aquarium docker network's bridge, a process's
+//! host-side veth) gets a chain of fishd's own, `AQ-<interface>`, in the
 //! filter table (through `iptables`, which is what the engine itself uses on this kind
 //! of host; `iptables-nft` and `iptables-legacy` both speak it):
 //!
@@ -28,7 +30,7 @@
 
 use std::net::IpAddr;
 
-use crate::drivers::DriverError;
+use super::DriverError;
 
 /// Prefix of every chain fishd writes; `AQ-` + a bridge name fits iptables' 28 bytes.
 pub const CHAIN_PREFIX: &str = "AQ-";
@@ -36,7 +38,7 @@ pub const CHAIN_PREFIX: &str = "AQ-";
 /// What one network's rules must let through.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
-    /// The bridge interface (`br-0123456789ab` or the name fishd gave it).
+    /// The host-side interface: a docker bridge (`br-0123456789ab`) or a process veth.
     pub bridge: String,
     /// The host's address on the bridge.
     pub gateway: Option<IpAddr>,
@@ -136,7 +138,19 @@ impl Firewall {
         Ok(())
     }
 
-    /// Removes the rules of every `AQ-*` chain whose bridge is gone; returns their names.
+    /// Removes the rules of an interface now (its resource is being removed).
+    pub async fn remove(&self, bridge: &str) -> Result<(), DriverError> {
+        let chain = chain_of(bridge);
+        for tool in std::iter::once(&self.v4).chain(self.v6.as_ref()) {
+            let Ok(listing) = run(tool, &["-w", "-S"]).await else { continue };
+            if chains(&listing).contains(&chain) {
+                self.remove_chain(tool, &listing, &chain).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the rules of every `AQ-*` chain whose interface is gone; returns their names.
     pub async fn collect(&self) -> Result<Vec<String>, DriverError> {
         let mut removed = Vec::new();
         for tool in std::iter::once(&self.v4).chain(self.v6.as_ref()) {
@@ -190,7 +204,7 @@ impl Firewall {
             return Ok(());
         }
         if have.len() > 1 {
-            tracing::warn!(%chain, "firewall chain differs from what it must be; repairing it");
+            tracing::info!(%chain, "firewall chain differs from what it must be (changed ports, or edited by hand); rewriting it");
         }
         run(tool, &["-w", "-F", chain]).await?;
         for rule in want.iter().filter_map(|r| r.strip_prefix("-A ")) {
