@@ -21,6 +21,10 @@
 //! - [`Firewall::ensure`] is idempotent: it compares the chain with what it should be
 //!   and rewrites it only if it differs (a rule deleted by hand is put back), and
 //!   inserts a missing jump at the top of its hook.
+//! - Several fishd on one host may share a network (test nodes do, on one engine):
+//!   each opens its own ports and keeps the gateway ports already open that something
+//!   on the host still listens on, so no node closes another's; ports whose listener is
+//!   gone are closed at the next pass.
 //! - [`Firewall::collect`] removes the chains (and their jumps) of bridges that no
 //!   longer exist, so removing the network removes its rules at the next pass.
 //!
@@ -118,6 +122,12 @@ impl Firewall {
     /// Makes the network's rules what `policy` says; repairs them when they differ.
     pub async fn ensure(&self, policy: &Policy) -> Result<(), DriverError> {
         let chain = policy.chain();
+        let mut policy = policy.clone();
+        if let (Some(gw), Ok(current)) = (policy.gateway, run(&self.v4, &["-w", "-S", &chain]).await) {
+            let listening = listening_ports(gw);
+            policy.ports.extend(open_ports(&current).into_iter().filter(|p| listening.contains(p)));
+        }
+        let policy = &policy;
         self.converge(&self.v4, &chain, &policy.rules_v4()).await?;
         self.hook(&self.v4, &forward_hook(&self.v4).await, &policy.bridge, &chain).await?;
         if policy.isolated {
@@ -234,6 +244,36 @@ async fn forward_hook(tool: &str) -> String {
     }
 }
 
+/// The ports a chain listing opens (`--dport N -j ACCEPT`).
+fn open_ports(listing: &str) -> Vec<u16> {
+    listing
+        .lines()
+        .filter(|l| l.ends_with("-j ACCEPT"))
+        .filter_map(|l| l.split_once("--dport ")?.1.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// TCP ports something on the host listens on at exactly `ip` (a fishd's metadata
+/// endpoint or proxy; a service on every address does not count), from `/proc/net/tcp`
+/// of fishd's own network namespace.
+fn listening_ports(ip: IpAddr) -> Vec<u16> {
+    let IpAddr::V4(want) = ip else { return Vec::new() };
+    let Ok(text) = std::fs::read_to_string("/proc/net/tcp") else { return Vec::new() };
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // Field 3 is the state; 0A is LISTEN.
+            if f.get(3) != Some(&"0A") {
+                return None;
+            }
+            let (addr, port) = f.get(1)?.split_once(':')?;
+            let addr = std::net::Ipv4Addr::from(u32::from_str_radix(addr, 16).ok()?.to_le_bytes());
+            (addr == want).then(|| u16::from_str_radix(port, 16).ok()).flatten()
+        })
+        .collect()
+}
+
 /// The `AQ-*` chains of a `-S` listing.
 fn chains(listing: &str) -> Vec<String> {
     listing
@@ -289,6 +329,19 @@ mod tests {
         let rules = policy(false).rules_v4();
         assert!(rules.iter().any(|r| r.contains("-i br-0123456789ab -o br-0123456789ab -j DROP")));
         assert!(!rules.iter().any(|r| r.contains("REJECT")));
+    }
+
+    #[test]
+    fn open_ports_are_read_back_from_a_listing() {
+        let listing = policy(true).rules_v4().join("\n");
+        assert_eq!(open_ports(&listing), vec![8001, 40000]);
+    }
+
+    #[test]
+    fn a_listener_is_found_in_proc() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        assert!(listening_ports("127.0.0.1".parse().expect("address")).contains(&port));
     }
 
     #[test]

@@ -21,6 +21,8 @@ mod directory;
 mod metrics;
 mod relay;
 mod server;
+#[cfg(test)]
+mod tests;
 pub mod wire;
 
 use std::collections::BTreeMap;

@@ -381,7 +381,12 @@ async fn next_message<T>(
 async fn handshake(stream: &mut TcpStream) -> std::io::Result<Request> {
     let mut buf = Vec::with_capacity(512);
     read_more(stream, &mut buf, wire::MAX_HTTP_HEAD + 1).await?;
-    if buf[0] == wire::SOCKS5 { socks_handshake(stream, buf).await } else { http_handshake(stream, buf).await }
+    match buf.first().copied() {
+        Some(wire::SOCKS5) => socks_handshake(stream, buf).await,
+        Some(b) if b.is_ascii_uppercase() => http_handshake(stream, buf).await,
+        // SOCKS4 (0x04), TLS (0x16) or noise: nothing this proxy speaks; close at once.
+        other => Err(std::io::Error::other(format!("first byte {other:?} is neither SOCKS5 nor an HTTP method"))),
+    }
 }
 
 /// Largest SOCKS5 messages: greeting 2+255, RFC 1929 3+255+255, request 7+255.

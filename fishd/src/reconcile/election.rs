@@ -27,6 +27,9 @@ pub enum Decision {
     Wait(String),
 }
 
+/// Whether the node can ever run a definition (see `Driver::supports`).
+pub type Supports<'a> = dyn Fn(&Definition) -> Result<(), String> + 'a;
+
 /// Chooses the first definition, starting at `start` and wrapping round, that this
 /// node can run now.
 pub fn choose(
@@ -36,7 +39,7 @@ pub fn choose(
     ledger: &Ledger,
     driver_capacity: &BTreeMap<String, Option<NodeCapacity>>,
     availability: &BTreeMap<String, Result<(), String>>,
-    supported: Option<&dyn Fn(&Definition) -> Result<(), String>>,
+    supported: Option<&Supports<'_>>,
 ) -> Decision {
     let n = definitions.len();
     if n == 0 {

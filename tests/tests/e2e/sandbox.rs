@@ -285,3 +285,144 @@ async fn isolated_containers_reach_only_metadata_and_the_allowed_proxy_targets()
     .await
     .unwrap();
 }
+
+/// The sandbox of a process resource: what its script found, read from its work dir.
+struct Findings(std::path::PathBuf);
+
+impl Findings {
+    fn get(&self, name: &str) -> String {
+        std::fs::read_to_string(self.0.join(name)).unwrap_or_default().trim().to_owned()
+    }
+}
+
+fn process_prerequisites() -> bool {
+    let mut missing = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        missing.push("root (network namespaces, users)");
+    }
+    for tool in ["ip", "iptables", "useradd", "curl", "nsenter"] {
+        if !Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success()) {
+            missing.push(tool);
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "process sandbox tests need {}", missing.join(", "));
+    eprintln!("skipped: process sandbox tests need {}", missing.join(", "));
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_processes_reach_only_metadata_and_the_proxy_as_a_user_of_their_own() {
+    if !process_prerequisites() {
+        return;
+    }
+    let host_svc = http_service("0.0.0.0:0", "host-service").await;
+    let target = http_service("127.0.0.1:0", "allowed-target").await;
+    let d = TestDaemon::start("drivers:\n  process: {gracePeriod: 2s}\n").await.unwrap();
+    let port = host_svc.port();
+    let mut addrs: Vec<String> = host_addrs().iter().map(ToString::to_string).collect();
+    addrs.push("169.254.64.1".into());
+    let script = format!(
+        r#"curl -s -m 5 -H "Authorization: Bearer $FISH_META_TOKEN" "$FISH_META_URL" > meta.json
+for a in {addrs}; do curl -s -m 3 --noproxy '*' "http://$a:{port}/" >> direct.txt; done
+curl -s -m 5 --noproxy '' --proxy "$ALL_PROXY" http://localhost:{t}/ > socks.txt
+curl -s -m 5 --noproxy '' -p --proxy "$HTTPS_PROXY" http://localhost:{t}/ > connect.txt
+curl -s -m 5 --noproxy '' --proxy "$ALL_PROXY" http://localhost:{port}/; echo "rc=$?" > denied-name.txt
+curl -s -m 5 --noproxy '' --proxy "$ALL_PROXY" http://127.0.0.1:{t}/; echo "rc=$?" > denied-addr.txt
+id -u > uid.txt; id -un > user.txt
+touch /etc/aq17-sandbox 2>/dev/null && echo yes > etc.txt || echo no > etc.txt
+touch "$FISH_CA_CERT.aq17" 2>/dev/null && echo yes > datadir.txt || echo no > datadir.txt
+touch /tmp/aq17-$$ && rm /tmp/aq17-$$ && echo yes > tmp.txt
+echo here > own.txt
+echo done > done.txt
+exec sleep 3600"#,
+        addrs = addrs.join(" "),
+        t = target.port(),
+    );
+    let script = script.replace('\n', "\n            ");
+    let yaml = format!(
+        "---\nkind: Label\nmetadata: {{name: cell}}\nspec:\n  definitions:\n    - driver: process\n      resources: {{cpu: 1, ram: 1, allow: [\"localhost:{}\"]}}\n      options:\n        command:\n          - sh\n          - -c\n          - |\n            {script}\n---\nkind: Application\nmetadata: {{name: cell-1}}\nspec: {{label: cell}}\n",
+        target.port()
+    );
+    let (code, body) = d.apply(&yaml).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let a = d.wait_phase("cell-1", "ALLOCATED").await.unwrap();
+    let details = &a["status"]["resource"]["details"];
+    let found = Findings(details["workdir"].as_str().unwrap().into());
+    eventually("the sandboxed script to finish", || async { found.get("done.txt") == "done" }).await.unwrap();
+
+    assert!(found.get("meta.json").contains("\"FISH_APPLICATION\":\"cell-1\""), "{}", found.get("meta.json"));
+    assert_eq!(found.get("direct.txt"), "", "an isolated process reached the host service");
+    assert_eq!(found.get("socks.txt"), "allowed-target");
+    assert_eq!(found.get("connect.txt"), "allowed-target");
+    assert_ne!(found.get("denied-name.txt"), "rc=0");
+    assert_ne!(found.get("denied-addr.txt"), "rc=0");
+    let log = d.log();
+    // (The log may colour its keys: match the values only.)
+    for refused in [format!("localhost:{port}"), format!("127.0.0.1:{}", target.port())] {
+        assert!(
+            log.lines().any(|l| l.contains("proxy refused") && l.contains("cell-1") && l.contains(&refused)),
+            "{log}"
+        );
+    }
+
+    // A user of its own, not root, that exists only while the resource does.
+    let user = found.get("user.txt");
+    assert_ne!(found.get("uid.txt"), "0");
+    assert!(user.starts_with("fish-"), "{user}");
+    assert_eq!(details["user"], user.as_str());
+    assert_eq!(details["network"], "isolated");
+    assert!(sh("id", &[&user]).0, "user {user} is missing while the process runs");
+    assert_eq!((found.get("etc.txt"), found.get("datadir.txt")), ("no".into(), "no".into()));
+    assert_eq!((found.get("tmp.txt"), found.get("own.txt")), ("yes".into(), "here".into()));
+
+    assert_eq!(d.post("/api/v1/applications/cell-1/deallocate", None).await.unwrap().0, 202);
+    d.wait_phase("cell-1", "DEALLOCATED").await.unwrap();
+    assert!(!sh("id", &[&user]).0, "user {user} outlived its application");
+    let ns = format!("fish-{}", a["metadata"]["uid"].as_str().unwrap());
+    assert!(!sh("ip", &["netns", "list"]).1.contains(&ns), "namespace {ns} left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_stops_at_its_pids_limit_and_the_host_keeps_answering() {
+    if !process_prerequisites() {
+        return;
+    }
+    let d = TestDaemon::start("drivers:\n  process: {gracePeriod: 1s}\n").await.unwrap();
+    let yaml = "---\nkind: Label\nmetadata: {name: bomb}\nspec:\n  definitions:\n    - driver: process\n      resources: {cpu: 1, ram: 1, pids: 40}\n      options:\n        command: [sh, -c, 'b() { b | b & }; b; sleep 3600']\n---\nkind: Application\nmetadata: {name: bomb-1}\nspec: {label: bomb}\n";
+    let (code, body) = d.apply(yaml).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let a = d.wait_phase("bomb-1", "ALLOCATED").await.unwrap();
+    let uid = a["metadata"]["uid"].as_str().unwrap().to_owned();
+    // The cgroup holding the limit: v2 where it has the pids controller, else v1.
+    let groups = [
+        format!("/sys/fs/cgroup/unified/aquarium/process/{uid}"),
+        format!("/sys/fs/cgroup/aquarium/process/{uid}"),
+        format!("/sys/fs/cgroup/pids/aquarium/process/{uid}"),
+    ];
+    let group = groups
+        .iter()
+        .find(|g| std::path::Path::new(g).join("pids.max").exists())
+        .unwrap_or_else(|| panic!("no pids cgroup among {groups:?}"))
+        .clone();
+    assert_eq!(std::fs::read_to_string(format!("{group}/pids.max")).unwrap().trim(), "40");
+    // The bomb reaches its limit, and goes no further.
+    let current = || {
+        std::fs::read_to_string(format!("{group}/pids.current")).unwrap_or_default().trim().parse::<u32>().unwrap_or(0)
+    };
+    eventually("the bomb to reach its limit", || async { current() >= 35 }).await.unwrap();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        assert!(current() <= 40, "{} tasks over a limit of 40", current());
+        // The host and fishd still answer promptly.
+        let t = std::time::Instant::now();
+        assert_eq!(d.get("/healthz").await.unwrap().0, 200);
+        assert!(t.elapsed() < Duration::from_secs(5), "fishd took {:?} to answer", t.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(d.post("/api/v1/applications/bomb-1/deallocate", None).await.unwrap().0, 202);
+    d.wait_phase("bomb-1", "DEALLOCATED").await.unwrap();
+    assert!(!std::path::Path::new(&group).exists(), "cgroup {group} left behind");
+}

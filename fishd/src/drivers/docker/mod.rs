@@ -451,11 +451,25 @@ impl Driver for DockerDriver {
 
     async fn allocate(&self, req: &AllocateRequest) -> Result<Allocated, DriverError> {
         let docker = self.docker().await?;
-        if let Some(found) = self.existing(docker, req.uid).await? {
-            tracing::info!(driver = %self.name, uid = %req.uid, "container already there; adopting it");
-            return Ok(found);
+        let mut allocated = match self.existing(docker, req.uid).await? {
+            Some(found) => {
+                tracing::info!(driver = %self.name, uid = %req.uid, "container already there; adopting it");
+                found
+            }
+            None => self.create(docker, req).await?,
+        };
+        // What `fishctl describe` shows of the sandbox.
+        let resources = &req.definition.resources;
+        let details = &mut allocated.details;
+        details.insert("network".into(), resources.network.as_str().into());
+        let network = self.networks.ensure(docker, resources.network, &self.ports()).await?;
+        if let Some(proxy) = self.proxy_addr(&network) {
+            details.insert("proxy".into(), proxy.to_string().into());
         }
-        self.create(docker, req).await
+        if !resources.allow.is_empty() {
+            details.insert("allow".into(), resources.allow.join(", ").into());
+        }
+        Ok(allocated)
     }
 
     async fn inspect(&self, uid: Uuid, identifier: &str) -> Result<ResourceState, DriverError> {
