@@ -6,6 +6,8 @@
 //! its log is printed if the test failed, so a red test explains itself.
 #![allow(clippy::unwrap_used)]
 
+pub mod browser;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
