@@ -19,6 +19,9 @@ _fishctl() {
             fishctl,apply)
                 cmd="fishctl__subcmd__apply"
                 ;;
+            fishctl,backup)
+                cmd="fishctl__subcmd__backup"
+                ;;
             fishctl,completions)
                 cmd="fishctl__subcmd__completions"
                 ;;
@@ -37,6 +40,9 @@ _fishctl() {
             fishctl,describe)
                 cmd="fishctl__subcmd__describe"
                 ;;
+            fishctl,diff)
+                cmd="fishctl__subcmd__diff"
+                ;;
             fishctl,get)
                 cmd="fishctl__subcmd__get"
                 ;;
@@ -48,6 +54,12 @@ _fishctl() {
                 ;;
             fishctl,maintenance)
                 cmd="fishctl__subcmd__maintenance"
+                ;;
+            fishctl,rotate)
+                cmd="fishctl__subcmd__rotate"
+                ;;
+            fishctl,top)
+                cmd="fishctl__subcmd__top"
                 ;;
             fishctl,version)
                 cmd="fishctl__subcmd__version"
@@ -94,6 +106,9 @@ _fishctl() {
             fishctl__subcmd__help,apply)
                 cmd="fishctl__subcmd__help__subcmd__apply"
                 ;;
+            fishctl__subcmd__help,backup)
+                cmd="fishctl__subcmd__help__subcmd__backup"
+                ;;
             fishctl__subcmd__help,completions)
                 cmd="fishctl__subcmd__help__subcmd__completions"
                 ;;
@@ -112,6 +127,9 @@ _fishctl() {
             fishctl__subcmd__help,describe)
                 cmd="fishctl__subcmd__help__subcmd__describe"
                 ;;
+            fishctl__subcmd__help,diff)
+                cmd="fishctl__subcmd__help__subcmd__diff"
+                ;;
             fishctl__subcmd__help,get)
                 cmd="fishctl__subcmd__help__subcmd__get"
                 ;;
@@ -123,6 +141,12 @@ _fishctl() {
                 ;;
             fishctl__subcmd__help,maintenance)
                 cmd="fishctl__subcmd__help__subcmd__maintenance"
+                ;;
+            fishctl__subcmd__help,rotate)
+                cmd="fishctl__subcmd__help__subcmd__rotate"
+                ;;
+            fishctl__subcmd__help,top)
+                cmd="fishctl__subcmd__help__subcmd__top"
                 ;;
             fishctl__subcmd__help,version)
                 cmd="fishctl__subcmd__help__subcmd__version"
@@ -149,7 +173,7 @@ _fishctl() {
 
     case "${cmd}" in
         fishctl)
-            opts="-h -V --config --context --help --version apply get describe deallocate delete create maintenance logs whoami version completions config help"
+            opts="-h -V --config --context --help --version apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -171,7 +195,7 @@ _fishctl() {
             return 0
             ;;
         fishctl__subcmd__apply)
-            opts="-f -R -h --filename --recursive --wait --timeout --config --context --help"
+            opts="-f -R -h --filename --recursive --applyset --prune --dry-run --wait --timeout --config --context --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -185,7 +209,41 @@ _fishctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --applyset)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fishctl__subcmd__backup)
+            opts="-o -h --output --config --context --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -548,8 +606,42 @@ _fishctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        fishctl__subcmd__diff)
+            opts="-f -R -h --filename --recursive --applyset --prune --config --context --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --filename)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --applyset)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         fishctl__subcmd__get)
-            opts="-o -w -h --output --watch --phase --label --config --context --help labels applications nodes users"
+            opts="-o -w -h --output --watch --phase --label --config --context --help labels applications nodes users all"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -587,7 +679,7 @@ _fishctl() {
             return 0
             ;;
         fishctl__subcmd__help)
-            opts="apply get describe deallocate delete create maintenance logs whoami version completions config help"
+            opts="apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -601,6 +693,20 @@ _fishctl() {
             return 0
             ;;
         fishctl__subcmd__help__subcmd__apply)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fishctl__subcmd__help__subcmd__backup)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -754,6 +860,20 @@ _fishctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        fishctl__subcmd__help__subcmd__diff)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         fishctl__subcmd__help__subcmd__get)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -810,6 +930,34 @@ _fishctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        fishctl__subcmd__help__subcmd__rotate)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fishctl__subcmd__help__subcmd__top)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         fishctl__subcmd__help__subcmd__version)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -839,7 +987,7 @@ _fishctl() {
             return 0
             ;;
         fishctl__subcmd__logs)
-            opts="-f -h --follow --config --context --help application"
+            opts="-f -h --follow --config --context --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -862,6 +1010,50 @@ _fishctl() {
             ;;
         fishctl__subcmd__maintenance)
             opts="-h --config --context --help on off"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fishctl__subcmd__rotate)
+            opts="-h --config --context --help token"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fishctl__subcmd__top)
+            opts="-h --config --context --help nodes"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

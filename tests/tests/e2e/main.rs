@@ -2,11 +2,14 @@
 //! One test binary, so the workspace links it once.
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap fails with the value it saw
 
+mod chaos;
 mod core;
 mod dashboard;
 mod docker;
+mod firsthour;
 mod fishctl;
 mod hardening;
 mod lifecycle;
+mod operations;
 mod process;
 mod sandbox;

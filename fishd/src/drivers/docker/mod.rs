@@ -10,8 +10,10 @@
 //! [`DockerDriver::available`] says why it cannot.
 //!
 //! Containers sit on an internal network by default ([`network`]); they reach the node's
-//! metadata endpoint at their network's gateway address, which the runtime learns from
-//! [`DockerDriver::meta_listen_addrs`] and must listen on.
+//! metadata endpoint at their network's gateway address. The runtime hands the driver a
+//! [`MetaBinder`]; the driver binds the endpoint at a gateway when it first uses that
+//! network (an engine down at start, a network recreated), so a container never gets
+//! a `FISH_META_URL` nothing listens on.
 
 mod container;
 mod image;
@@ -21,8 +23,8 @@ mod options;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use api_types::{Definition, FieldError, Network, NodeCapacity};
@@ -45,7 +47,7 @@ use self::container::{Owner, allocated, create_body, state_of, uid_of};
 use self::image::ImageStore;
 use self::network::{NetworkInfo, Networks};
 use self::options::DockerOptions;
-use super::{AllocateRequest, Allocated, Driver, DriverError, OwnedResource, ResourceState};
+use super::{AllocateRequest, Allocated, Driver, DriverError, NodeServices, OwnedResource, ResourceState};
 
 /// Label: the uid of the application a container or volume was made for.
 pub const LABEL_APPLICATION: &str = "aquarium.fish/application";
@@ -125,6 +127,10 @@ pub async fn detect(socket: &Path) -> bool {
     }
 }
 
+/// Makes the node's metadata endpoint listen at an address (a network's gateway) if
+/// it does not yet; called by the driver when a network is used. Errors say why not.
+pub type MetaBinder = Arc<dyn Fn(SocketAddr) -> Result<(), String> + Send + Sync>;
+
 /// A docker driver instance.
 pub struct DockerDriver {
     name: String,
@@ -141,6 +147,13 @@ pub struct DockerDriver {
     meta_port: AtomicU16,
     /// The port of the node's proxy at each gateway; 0 until the runtime says.
     proxy_port: AtomicU16,
+    /// The node's proxy (from [`Driver::attach`]), bound at a gateway the runtime did not
+    /// know at start (engine down then, network recreated since); the lock makes
+    /// check-and-bind one step for concurrent allocations.
+    proxy: OnceLock<crate::proxy::Proxy>,
+    proxy_bind: tokio::sync::Mutex<()>,
+    /// Binds the endpoint at a gateway; set by the runtime with the port.
+    meta_binder: OnceLock<MetaBinder>,
 }
 
 impl DockerDriver {
@@ -164,6 +177,9 @@ impl DockerDriver {
             networks: Networks::new(config.network_prefix),
             meta_port: AtomicU16::new(0),
             proxy_port: AtomicU16::new(0),
+            proxy: OnceLock::new(),
+            proxy_bind: tokio::sync::Mutex::new(()),
+            meta_binder: OnceLock::new(),
         };
         if let Err(reason) = driver.available().await {
             tracing::warn!(driver = %driver.name, %reason, "docker engine not reachable yet");
@@ -185,8 +201,8 @@ impl DockerDriver {
     /// callers are identified by their source address there, and minimal images
     /// (busybox's wget) cannot speak TLS 1.2 with the ciphers rustls offers.
     ///
-    /// The addresses change only if someone removes a network; the runtime calls this
-    /// again after the engine restarts and rebinds if the answer differs.
+    /// The addresses change only if someone removes a network; the driver binds at a
+    /// new one through [`DockerDriver::set_meta_endpoint`]'s binder when it first uses it.
     pub async fn meta_listen_addrs(&self, port: u16) -> Result<Vec<SocketAddr>, DriverError> {
         self.meta_port.store(port, Ordering::Relaxed);
         let docker = self.docker().await?;
@@ -232,16 +248,52 @@ impl DockerDriver {
             .collect()
     }
 
-    fn proxy_addr(&self, network: &NetworkInfo) -> Option<SocketAddr> {
+    /// The proxy's address on `network`, bound there first if it is not yet: like the
+    /// metadata URL, a container is never handed an address nothing listens on.
+    async fn proxy_addr(&self, network: &NetworkInfo) -> Option<SocketAddr> {
         let port = self.proxy_port.load(Ordering::Relaxed);
         let gateway = network.gateway?;
-        (port != 0).then(|| SocketAddr::new(gateway, port))
+        if port == 0 {
+            return None;
+        }
+        let addr = SocketAddr::new(gateway, port);
+        if let Some(proxy) = self.proxy.get() {
+            let _one = self.proxy_bind.lock().await;
+            if !proxy.addrs().contains(&addr)
+                && let Err(e) = proxy.listen(addr).await
+            {
+                tracing::warn!(driver = %self.name, %addr, error = %e, "cannot serve the proxy on this network");
+                return None;
+            }
+        }
+        Some(addr)
     }
 
+    /// Tells the driver the endpoint's port and how to bind it at a gateway. Until this
+    /// is called, containers get no `FISH_META_URL`.
+    pub fn set_meta_endpoint(&self, port: u16, binder: MetaBinder) {
+        self.meta_port.store(port, Ordering::Relaxed);
+        if self.meta_binder.set(binder).is_err() {
+            tracing::warn!(driver = %self.name, "metadata endpoint binder set twice; keeping the first");
+        }
+    }
+
+    /// The endpoint's URL on `network`, bound there first: a container is never handed
+    /// an address nothing listens on (it gets none, and a warning is logged, instead).
     fn meta_url(&self, network: &NetworkInfo) -> Option<String> {
         let port = self.meta_port.load(Ordering::Relaxed);
         let gateway = network.gateway?;
-        (port != 0).then(|| format!("http://{}/meta/v1/data", SocketAddr::new(gateway, port)))
+        if port == 0 {
+            return None;
+        }
+        let addr = SocketAddr::new(gateway, port);
+        if let Some(bind) = self.meta_binder.get()
+            && let Err(e) = bind(addr)
+        {
+            tracing::warn!(driver = %self.name, %addr, error = %e, "cannot serve the metadata endpoint on this network");
+            return None;
+        }
+        Some(format!("http://{addr}/meta/v1/data"))
     }
 
     /// The engine client, connecting first if this is the first successful contact.
@@ -321,7 +373,8 @@ impl DockerDriver {
                 .map_err(|e| engine_error(&format!("creating volume for disk {disk}"), e))?;
         }
         let name = container_name(req.uid);
-        let endpoints = container::Endpoints { meta_url: self.meta_url(&network), proxy: self.proxy_addr(&network) };
+        let endpoints =
+            container::Endpoints { meta_url: self.meta_url(&network), proxy: self.proxy_addr(&network).await };
         let body = create_body(req, &self.owner, &options, &image, &network, &endpoints);
         let create = CreateContainerOptionsBuilder::default().name(&name).build();
         match docker.create_container(Some(create), body).await {
@@ -416,6 +469,14 @@ impl Driver for DockerDriver {
         options::validate(definition)
     }
 
+    fn attach(&self, services: &NodeServices) {
+        if let Some(proxy) = &services.proxy
+            && self.proxy.set(proxy.clone()).is_err()
+        {
+            tracing::warn!(driver = %self.name, "attached twice; keeping the first proxy");
+        }
+    }
+
     async fn available(&self) -> Result<(), String> {
         let docker = self.docker().await.map_err(|e| e.to_string())?;
         match tokio::time::timeout(PING_TIMEOUT, docker.ping()).await {
@@ -463,7 +524,7 @@ impl Driver for DockerDriver {
         let details = &mut allocated.details;
         details.insert("network".into(), resources.network.as_str().into());
         let network = self.networks.ensure(docker, resources.network, &self.ports()).await?;
-        if let Some(proxy) = self.proxy_addr(&network) {
+        if let Some(proxy) = self.proxy_addr(&network).await {
             details.insert("proxy".into(), proxy.to_string().into());
         }
         if !resources.allow.is_empty() {
