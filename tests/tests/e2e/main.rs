@@ -13,3 +13,4 @@ mod lifecycle;
 mod operations;
 mod process;
 mod qemu;
+mod sandbox;
