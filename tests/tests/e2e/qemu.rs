@@ -50,6 +50,19 @@ async fn http_service(marker: &'static str) -> u16 {
     port
 }
 
+/// Sends `request` on a machine's unix socket and reads the answer to its end.
+async fn through_socket(socket: &Path, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+        .await
+        .expect("no answer within 20 s")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn sha256(path: &Path) -> String {
     format!("sha256:{}", hex(&Sha256::digest(std::fs::read(path).unwrap())))
 }
@@ -195,7 +208,9 @@ async fn machines_outlive_a_killed_fishd_and_orphans_are_killed() {
     let Some((kernel, initrd, base)) = guest() else { return };
     let mut d = TestDaemon::start(CONFIG).await.unwrap();
     let (image, sum) = own_base(&d, &base);
-    let yaml = label("vm", &kernel, &initrd, &image, &sum, "") + &app("m1", "vm") + &app("m2", "vm");
+    let allowed = http_service("allowed-target").await;
+    let allow = [format!("localhost:{allowed}")];
+    let yaml = label_allowing("vm", &kernel, &initrd, &image, &sum, "", &allow) + &app("m1", "vm") + &app("m2", "vm");
     assert_eq!(d.apply(&yaml).await.unwrap().0, 200);
     let pids = [
         pid_of(&d.wait_phase("m1", "ALLOCATED").await.unwrap()),
@@ -240,9 +255,18 @@ async fn machines_outlive_a_killed_fishd_and_orphans_are_killed() {
         assert_eq!(pid_of(&a), pid);
         assert!(alive(pid));
     }
-    // The adopted machines' metadata sockets are served again.
+    // The adopted machines' metadata and proxy sockets are served again, each as its own
+    // application: asked the way the guest's relay asks (QEMU's command line cannot change).
     for name in ["m1", "m2"] {
         console_until(&d, name, "fish-guest: ready").await;
+        let a = d.application(name).await.unwrap();
+        let dir = d.data_dir().join("qemu/qemu").join(a["metadata"]["uid"].as_str().unwrap());
+        let meta = through_socket(&dir.join("meta.sock"), "GET /meta/v1/data?format=env HTTP/1.0\r\n\r\n").await;
+        assert!(meta.contains(&format!("FISH_APPLICATION='{name}'")), "{meta}");
+        assert!(meta.contains("FISH_PROXY='10.0.2.101:3128'"), "{meta}");
+        let connect = format!("CONNECT localhost:{allowed} HTTP/1.1\r\n\r\nGET / HTTP/1.0\r\n\r\n");
+        let reply = through_socket(&dir.join("proxy.sock"), &connect).await;
+        assert!(reply.contains("200 Connection established") && reply.contains("allowed-target"), "{reply}");
     }
     for name in ["m1", "m2"] {
         d.post(&format!("/api/v1/applications/{name}/deallocate"), None).await.unwrap();
