@@ -12,3 +12,5 @@ mod hardening;
 mod lifecycle;
 mod operations;
 mod process;
+mod qemu;
+mod sandbox;
