@@ -175,7 +175,10 @@ async fn a_late_learner_catches_up_from_a_snapshot() {
     raft.trigger().snapshot().await.unwrap();
     raft.wait(Some(Duration::from_secs(20))).metrics(|m| m.snapshot >= last, "snapshot built").await.unwrap();
     raft.trigger().purge_log(last.map(|l| l.index).unwrap_or(0)).await.unwrap();
-    raft.wait(Some(Duration::from_secs(20))).metrics(|m| m.purged.is_some(), "log purged behind the snapshot").await.unwrap();
+    raft.wait(Some(Duration::from_secs(20)))
+        .metrics(|m| m.purged.is_some(), "log purged behind the snapshot")
+        .await
+        .unwrap();
     let d = start(root.path(), "node-d", false).await;
     add(&a, &d).await;
     until_has(&d.store, "l19-59").await;

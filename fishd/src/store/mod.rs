@@ -265,7 +265,7 @@ const PROPOSAL_QUEUE: usize = 4096;
 #[derive(Clone, Debug)]
 enum LeadError {
     /// openraft refused: usually not the leader (then it names the one it knows).
-    Raft(openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, FishNode>>),
+    Raft(Box<openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, FishNode>>>),
     /// A leader without a quorum ack lately, or a write slower than [`SLOW_WRITE_LIMIT`].
     NoQuorum,
 }
@@ -306,7 +306,11 @@ impl Leading {
                         }
                     }
                     Ok(answers) => {
-                        tracing::error!(sent = batch.len(), answered = answers.len(), "a log entry's answers do not match its proposals");
+                        tracing::error!(
+                            sent = batch.len(),
+                            answered = answers.len(),
+                            "a log entry's answers do not match its proposals"
+                        );
                         for (_, reply) in batch {
                             let _ = reply.send(Err(LeadError::NoQuorum));
                         }
@@ -332,7 +336,7 @@ impl Leading {
         let limit = tokio::time::Instant::now() + SLOW_WRITE_LIMIT;
         loop {
             tokio::select! {
-                r = &mut write => return r.map(|resp| resp.data).map_err(LeadError::Raft),
+                r = &mut write => return r.map(|resp| resp.data).map_err(|e| LeadError::Raft(Box::new(e))),
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {
                     if self.quorum_lost() || tokio::time::Instant::now() > limit {
                         return Err(LeadError::NoQuorum);
