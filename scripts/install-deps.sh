@@ -11,6 +11,10 @@ want() { command -v "$1" >/dev/null 2>&1 || need+=("$2"); }
 # (util-linux) start them.
 want curl curl
 want setpriv util-linux
+# The cluster partition tests put fishd nodes in network namespaces and cut them
+# apart with iptables.
+want ip iproute2
+want iptables iptables
 # The docker test image is built from a static busybox.
 [ -x /bin/busybox ] || need+=(busybox-static)
 

@@ -6,6 +6,7 @@
 //! at once, each with the field path a user can find in their YAML.
 
 pub mod application;
+pub mod cluster;
 pub mod duration;
 pub mod label;
 pub mod manifest;
@@ -17,6 +18,7 @@ pub mod validate;
 pub mod wire;
 
 pub use application::{Application, ApplicationSpec, ApplicationStatus, HistoryEntry, LabelRef, Phase, ResourceStatus};
+pub use cluster::{JoinMember, JoinRequest, JoinResponse, JoinToken, JoinTokenRequest};
 pub use duration::HumanDuration;
 pub use label::{Definition, Disk, Image, Label, LabelSpec, Network, Resources};
 pub use manifest::{Format, Manifest, ManifestError, parse_manifests};

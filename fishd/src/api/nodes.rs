@@ -57,8 +57,16 @@ pub async fn list_nodes(
             Ok((rev, items.into_iter().filter_map(|n| serde_json::to_value(n).ok()).collect()))
         });
     }
-    let (rev, items) = state.store.list_nodes()?;
+    let (rev, mut items) = state.store.list_nodes()?;
+    for n in &mut items {
+        with_role(&state, n);
+    }
     Ok(Json(List::new("Node", rev, items)).into_response())
+}
+
+/// Fills in `status.role` from the current membership.
+fn with_role(state: &AppState, node: &mut Node) {
+    node.status.role = state.cluster.membership.role(node.metadata.name_str());
 }
 
 fn find(state: &AppState, name_or_uid: &str) -> ApiResult<Node> {
@@ -86,7 +94,9 @@ pub async fn get_node(
     _user: AuthUser,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Node>> {
-    find(&state, &name).map(Json)
+    let mut node = find(&state, &name)?;
+    with_role(&state, &mut node);
+    Ok(Json(node))
 }
 
 /// Turn maintenance on or off (admin).

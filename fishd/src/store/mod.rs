@@ -10,6 +10,7 @@
 //! - Live events are published after the commit, in revision order.
 
 mod command;
+mod join_tokens;
 mod state;
 mod tables;
 

@@ -6,5 +6,7 @@ mod core;
 mod docker;
 mod fishctl;
 mod hardening;
+mod join;
+mod partition;
 mod lifecycle;
 mod process;
