@@ -10,6 +10,8 @@
 //!   route on the host uses yet; the bridge has `.254`, node `i` has `.(i+1)`.
 //!   The test process reaches every node through the bridge, even a cut-off one:
 //!   a cut drops only traffic between nodes, so the cut node still serves reads.
+//! - The one host change besides the links: a FORWARD rule accepting traffic from the
+//!   bridge to itself (Docker's DROP policy would stop bridged frames), removed with it.
 //! - Needs root, `ip` and `iptables`. Under `CI=true` a missing prerequisite is a
 //!   failure; elsewhere the test is skipped, saying so.
 
@@ -60,7 +62,9 @@ pub fn missing_prerequisite() -> Option<String> {
 /// `Some(())` if the test may run; `None` (after saying why) if it must skip
 /// outside CI; panics under `CI=true`, where a missing prerequisite is a failure.
 pub fn require(test: &str) -> Option<()> {
-    let why = missing_prerequisite()?;
+    let Some(why) = missing_prerequisite() else {
+        return Some(());
+    };
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test}: {why} (CI=true: not skipping)");
     }
@@ -85,6 +89,13 @@ fn sweep_leftovers() {
         for name in list.lines().filter_map(|l| l.split(':').nth(1)).map(|n| n.trim().split('@').next().unwrap_or("")) {
             // aq12b<pid>x<n>: bridges of dead harnesses (their veths went with the namespaces).
             if let Some(pid) = name.strip_prefix("aq12b").and_then(|r| r.split('x').next())
+                && !alive(pid)
+            {
+                let _ = run(Command::new("iptables").args(forward_rule("-D", name)));
+                let _ = ip(&["link", "del", name]);
+            }
+            // aq12v<pid>x<n>h<i>: a host veth end whose namespace outlived its harness.
+            if let Some(pid) = name.strip_prefix("aq12v").and_then(|r| r.split('x').next())
                 && !alive(pid)
             {
                 let _ = ip(&["link", "del", name]);
@@ -113,6 +124,10 @@ impl Net {
         ip(&["link", "add", &net.bridge, "type", "bridge"])?;
         ip(&["addr", "add", &format!("10.212.{subnet}.254/24"), "dev", &net.bridge])?;
         ip(&["link", "set", &net.bridge, "up"])?;
+        // With br_netfilter, bridged frames go through the host's FORWARD chain, whose
+        // policy Docker sets to DROP: let this bridge's own traffic through (one rule,
+        // naming only this bridge; removed on drop).
+        run(Command::new("iptables").args(forward_rule("-I", &net.bridge)))?;
         for i in 0..nodes {
             let ns = format!("aq12-{}-{i}", net.id);
             ip(&["netns", "add", &ns])?;
@@ -181,8 +196,16 @@ impl Net {
     }
 }
 
+/// The host FORWARD rule that lets `bridge`'s traffic through, to insert or delete.
+fn forward_rule<'a>(op: &'a str, bridge: &'a str) -> [&'a str; 8] {
+    [op, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
+        if let Err(e) = run(Command::new("iptables").args(forward_rule("-D", &self.bridge))) {
+            eprintln!("netns: cannot remove the FORWARD rule of {}: {e}", self.bridge);
+        }
         // Deleting a namespace kills its veth end, and the pair with it.
         for ns in &self.namespaces {
             if let Err(e) = ip(&["netns", "del", ns]) {
