@@ -15,6 +15,9 @@ want setpriv util-linux
 # apart with iptables.
 want ip iproute2
 want iptables iptables
+# The dashboard's browser tests drive a headless Chromium over WebDriver.
+want chromium chromium
+want chromedriver chromium-driver
 # The docker test image is built from a static busybox.
 [ -x /bin/busybox ] || need+=(busybox-static)
 

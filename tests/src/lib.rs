@@ -6,6 +6,7 @@
 //! its log is printed if the test failed, so a red test explains itself.
 #![allow(clippy::unwrap_used)]
 
+pub mod browser;
 pub mod netns;
 
 use std::path::{Path, PathBuf};

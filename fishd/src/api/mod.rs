@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod openapi;
 pub mod router;
+pub mod ui;
 pub mod users;
 pub mod watch;
 

@@ -1,5 +1,5 @@
-//! The route table: every documented route, the OpenAPI document, metrics and the
-//! fallbacks, with the layers that apply to all of them.
+//! The route table: every documented route, the OpenAPI document, metrics, the
+//! dashboard's files (`/ui/`) and the fallbacks, with the layers that apply to all of them.
 
 use axum::extract::DefaultBodyLimit;
 use axum::{Extension, Router};
@@ -16,6 +16,7 @@ pub fn router(state: AppState) -> Router {
     super::openapi::complete(&mut doc);
     routes
         .merge(super::cluster::cluster_routes())
+        .merge(super::ui::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         // Bodies are read by `extract::read_body`, which answers 413 itself.

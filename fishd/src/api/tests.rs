@@ -462,6 +462,35 @@ async fn users_tokens_and_rate_limits() {
 }
 
 #[tokio::test]
+async fn concurrent_create_user_conflict_does_not_overwrite_the_winner() {
+    let fx = fixture().await;
+    let s = &fx.state;
+    let body = |p: &str| format!("metadata: {{name: dave}}\nspec: {{roles: [user], password: {p}}}");
+    let (one, two) = (body("password-one"), body("password-two"));
+    let (a, b) = tokio::join!(
+        send(s, Method::POST, "/api/v1/users", Some(&fx.admin), Some(&one)),
+        send(s, Method::POST, "/api/v1/users", Some(&fx.admin), Some(&two)),
+    );
+    let (won, lost) = match (a.status, b.status) {
+        (StatusCode::CREATED, StatusCode::CONFLICT) => (("password-one", a), "password-two"),
+        (StatusCode::CONFLICT, StatusCode::CREATED) => (("password-two", b), "password-one"),
+        other => panic!("one creation must win and one get 409: {other:?}"),
+    };
+    let token = won.1.body["status"]["token"].as_str().unwrap();
+    assert_eq!(send(s, Method::GET, "/api/v1/whoami", Some(token), None).await.status, StatusCode::OK);
+    assert_eq!(
+        send(s, Method::GET, "/api/v1/whoami", Some(&basic("dave", won.0)), None).await.status,
+        StatusCode::OK,
+        "the winner's password must work"
+    );
+    assert_eq!(
+        send(s, Method::GET, "/api/v1/whoami", Some(&basic("dave", lost)), None).await.status,
+        StatusCode::UNAUTHORIZED,
+        "the refused request overwrote the password"
+    );
+}
+
+#[tokio::test]
 async fn openapi_document_lists_the_routes() {
     let fx = fixture().await;
     let r = send(&fx.state, Method::GET, "/api/v1/openapi.json", None, None).await;

@@ -22,7 +22,7 @@ use super::nodes::WatchQuery;
 use super::watch::{parse_resource_version, watch_response};
 use super::{AppState, audit};
 use crate::auth::{AuthUser, secrets};
-use crate::store::{ApplyItem, Command, Kind, Response as StoreResponse};
+use crate::store::{Command, Kind, Response as StoreResponse};
 
 /// The answer to a token rotation.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
@@ -98,23 +98,16 @@ pub async fn create_user(
         return Err(ApiError::BadRequest("expected a User".into()));
     };
     let name = new.metadata.name_str().to_owned();
-    if state.store.get_user(&name)?.is_some() {
-        audit(&user, "create", "User", &name, "conflict");
-        return Err(ApiError::Conflict(format!(
-            "user {name:?} already exists (rotate its token, or apply it to change it)"
-        )));
-    }
     let (record, token) = new_user_record(&state, new).await?;
-    let items = vec![ApplyItem::User { record, uid: Uuid::now_v7() }];
-    let outcome =
-        state.store.execute(Command::Apply { items, owner: user.name.clone(), now: OffsetDateTime::now_utc() }).await?;
+    // One command that refuses a taken name: a check here and a write later would let
+    // a concurrent duplicate overwrite the password and roles while answering 409.
+    let command = Command::CreateUser { record: Box::new(record), uid: Uuid::now_v7(), now: OffsetDateTime::now_utc() };
+    let outcome = state.store.execute(command).await?;
     audit(&user, "create", "User", &name, if outcome.is_ok() { "created" } else { "rejected" });
-    match outcome? {
-        StoreResponse::Applied(r) if r.first().is_some_and(|r| r.action == api_types::ApplyAction::Created) => {}
-        _ => return Err(ApiError::Conflict(format!("user {name:?} already exists"))),
-    }
-    let mut created =
-        state.store.get_user(&name)?.ok_or_else(|| ApiError::Internal("created user not found".into()))?.user;
+    let StoreResponse::User(created) = outcome? else {
+        return Err(ApiError::Internal("creating a user answered something else".into()));
+    };
+    let mut created = *created;
     created.status.token = Some(token);
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }

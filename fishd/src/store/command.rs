@@ -71,6 +71,13 @@ pub enum Command {
         name: String,
         token_digest: String,
     },
+    /// Create one user; refused with a conflict if the name is taken (the check and the
+    /// write are one step, so a concurrent duplicate cannot overwrite it).
+    CreateUser {
+        record: Box<UserRecord>,
+        uid: Uuid,
+        now: OffsetDateTime,
+    },
     DeleteUser {
         name: String,
     },
@@ -105,6 +112,8 @@ pub enum Response {
     Applied(Vec<ApplyResult>),
     Application(Box<Application>),
     Node(Box<Node>),
+    /// The user as stored (without secrets).
+    User(Box<User>),
     Done,
 }
 

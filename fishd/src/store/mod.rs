@@ -73,7 +73,8 @@ pub struct Event {
     pub revision: u64,
     pub kind: Kind,
     pub event_type: WatchEventType,
-    /// The object after the change (before it, for DELETED).
+    /// The object after the change; for DELETED, the object as it was, with the
+    /// deletion's revision as its `resourceVersion`.
     pub object: serde_json::Value,
     /// For applications: the owner, so watches can filter without parsing.
     pub owner: Option<String>,

@@ -4,17 +4,14 @@
 //! rejected command leaves nothing behind even when it shares a transaction with
 //! others. Nothing here reads a clock or a random source: commands carry those.
 
-use std::collections::HashMap;
+mod apply;
 
-use api_types::{
-    Application, ApplicationStatus, ApplyAction, ApplyResult, FieldError, HistoryEntry, Label, Node, Phase,
-    WatchEventType,
-};
+use api_types::{Application, ApplicationStatus, FieldError, HistoryEntry, Label, Node, Phase, WatchEventType};
 use redb::{Database, ReadableTable, WriteTransaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::command::{ApplyItem, Command, Outcome, Rejection, Response, UserRecord};
+use super::command::{Command, Outcome, Rejection, Response, UserRecord};
 use super::tables::*;
 use super::{Event, Kind, StoreError, phase_code};
 
@@ -89,7 +86,8 @@ pub(super) fn apply_batch(
 
 fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Outcome, StoreError> {
     match cmd {
-        Command::Apply { items, owner, now } => apply_items(tx, items, &owner, now),
+        Command::Apply { items, owner, now } => apply::apply_items(tx, items, &owner, now),
+        Command::CreateUser { record, uid, now } => create_user(tx, *record, uid, now),
         Command::RequestDeallocate { uid, by, now } => request_deallocate(tx, uid, &by, now),
         Command::SetApplicationStatus { uid, expect, status } => set_status(tx, uid, expect, *status),
         Command::PurgeApplication { uid } => purge(tx, uid),
@@ -140,15 +138,6 @@ pub(super) fn read_user<T: ReadableTable<&'static str, &'static [u8]>>(
     })
 }
 
-/// What the check phase of an apply decided for one item.
-#[allow(clippy::large_enum_variant)] // lives for one apply
-enum Plan {
-    Unchanged(ApplyResult),
-    NewLabel { label: Label, result: ApplyResult },
-    NewApp { app: Application, label: Label, result: ApplyResult },
-    PutUser { record: UserRecord, old_digest: Option<String>, result: ApplyResult },
-}
-
 fn invalid(kind: &str, name: &str, field: &str, message: String) -> Rejection {
     Rejection::Invalid {
         message: format!("{} {name:?} is invalid", kind.to_lowercase()),
@@ -156,257 +145,12 @@ fn invalid(kind: &str, name: &str, field: &str, message: String) -> Rejection {
     }
 }
 
-fn apply_items(
-    tx: &mut Tx<'_>,
-    items: Vec<ApplyItem>,
-    owner: &str,
-    now: OffsetDateTime,
-) -> Result<Outcome, StoreError> {
-    // Check phase: nothing is written until every item is known to be acceptable.
-    let mut plans = Vec::with_capacity(items.len());
-    // Labels planned earlier in this apply, so an application can use a label
-    // created by the same manifest.
-    let mut planned_labels: HashMap<String, Label> = HashMap::new();
-    let mut planned_names: HashMap<String, ()> = HashMap::new();
-    {
-        let labels = tx.txn.open_table(LABELS)?;
-        let meta = tx.txn.open_table(META)?;
-        let names = tx.txn.open_table(APP_NAMES)?;
-        let apps = tx.txn.open_table(APPS)?;
-        let users = tx.txn.open_table(USERS)?;
-        // Labels are planned first, whatever their place in the manifest, so an
-        // application may come before the label it uses (files are applied in name
-        // order). Results keep the documents' order.
-        let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_by_key(|&i| !matches!(items[i], ApplyItem::Label { .. }));
-        let mut slots: Vec<Option<ApplyItem>> = items.into_iter().map(Some).collect();
-        let mut planned: Vec<Option<Plan>> = (0..slots.len()).map(|_| None).collect();
-        for i in order {
-            let Some(item) = slots[i].take() else { continue };
-            let plan = match item {
-                ApplyItem::Label { label, uid } => {
-                    let name = label.metadata.name_str().to_owned();
-                    let latest = match planned_labels.get(&name) {
-                        Some(l) => Some(l.clone()),
-                        None => read_label(&labels, &name, None)?,
-                    };
-                    let max_used =
-                        meta.get(format!("label_max/{name}").as_str())?.map(|v| v.value()).unwrap_or(0) as u32;
-                    let max_used = max_used.max(latest.as_ref().and_then(|l| l.metadata.version).unwrap_or(0));
-                    let explicit = label.metadata.version;
-                    let existing_at = match explicit {
-                        Some(v) if planned_labels.get(&name).and_then(|l| l.metadata.version) == Some(v) => {
-                            planned_labels.get(&name).cloned()
-                        }
-                        Some(v) => read_label(&labels, &name, Some(v))?,
-                        None => latest.clone(),
-                    };
-                    let result = |version, action| ApplyResult {
-                        kind: "Label".into(),
-                        name: name.clone(),
-                        version: Some(version),
-                        action,
-                    };
-                    match (explicit, existing_at) {
-                        (_, Some(cur)) if cur.spec == label.spec => {
-                            Plan::Unchanged(result(cur.metadata.version.unwrap_or(0), ApplyAction::Unchanged))
-                        }
-                        (Some(v), Some(_)) => {
-                            return Ok(Err(Rejection::Conflict(format!(
-                                "label {name:?} version {v} exists with another spec; label versions are immutable (omit metadata.version to create version {})",
-                                max_used + 1
-                            ))));
-                        }
-                        (Some(v), None) if v != max_used + 1 => {
-                            return Ok(Err(Rejection::Conflict(format!(
-                                "label {name:?} version {v} cannot be created: the next version is {}",
-                                max_used + 1
-                            ))));
-                        }
-                        _ => {
-                            let version = max_used + 1;
-                            let mut new = label;
-                            new.status = None;
-                            new.metadata.uid = Some(uid);
-                            new.metadata.version = Some(version);
-                            new.metadata.created_at = Some(now);
-                            new.metadata.owner = Some(owner.to_owned());
-                            let action = if latest.is_some() { ApplyAction::Configured } else { ApplyAction::Created };
-                            planned_labels.insert(name.clone(), new.clone());
-                            Plan::NewLabel { label: new, result: result(version, action) }
-                        }
-                    }
-                }
-                ApplyItem::Application { app, uid } => {
-                    let existing = match app.metadata.name.as_ref() {
-                        Some(n) => match names.get(n.as_str())? {
-                            Some(u) => read_app(&apps, u.value())?,
-                            None => None,
-                        },
-                        None => None,
-                    };
-                    if let Some(cur) = existing {
-                        let name = cur.metadata.name_str().to_owned();
-                        if cur.spec == app.spec {
-                            Plan::Unchanged(ApplyResult {
-                                kind: "Application".into(),
-                                name,
-                                version: None,
-                                action: ApplyAction::Unchanged,
-                            })
-                        } else {
-                            return Ok(Err(Rejection::Conflict(format!(
-                                "application {name:?} exists with another spec; applications are immutable (deallocate it and use a new name)"
-                            ))));
-                        }
-                    } else {
-                        let label_name = app.spec.label.name.as_str();
-                        let label = match (planned_labels.get(label_name), app.spec.label.version) {
-                            (Some(l), None) => Some(l.clone()),
-                            (Some(l), Some(v)) if l.metadata.version == Some(v) => Some(l.clone()),
-                            _ => read_label(&labels, label_name, app.spec.label.version)?,
-                        };
-                        let shown = app.metadata.name_str().to_owned();
-                        let Some(label) = label else {
-                            let msg = match app.spec.label.version {
-                                Some(v) => format!("label {label_name:?} has no version {v}"),
-                                None => format!("label {label_name:?} does not exist"),
-                            };
-                            return Ok(Err(invalid("Application", &shown, "spec.label", msg)));
-                        };
-                        let name = match &app.metadata.name {
-                            Some(n) => n.to_string(),
-                            None => generated_name(label_name, uid, |n| {
-                                names.get(n).map(|g| g.is_some()).unwrap_or(true) || planned_names.contains_key(n)
-                            }),
-                        };
-                        if planned_names.insert(name.clone(), ()).is_some() {
-                            return Ok(Err(Rejection::Conflict(format!(
-                                "application {name:?} appears twice in this apply"
-                            ))));
-                        }
-                        let label_version = label.metadata.version;
-                        let mut new = app;
-                        new.metadata = api_types::ObjectMeta {
-                            name: name.parse().ok(),
-                            uid: Some(uid),
-                            created_at: Some(now),
-                            resource_version: None,
-                            owner: Some(owner.to_owned()),
-                            version: None,
-                        };
-                        new.status = ApplicationStatus {
-                            phase: Phase::New,
-                            label_version,
-                            message: "waiting for a node".into(),
-                            history: vec![HistoryEntry {
-                                phase: Phase::New,
-                                at: now,
-                                message: format!("created by {owner}"),
-                            }],
-                            ..Default::default()
-                        };
-                        let result = ApplyResult {
-                            kind: "Application".into(),
-                            name,
-                            version: None,
-                            action: ApplyAction::Created,
-                        };
-                        Plan::NewApp { app: new, label, result }
-                    }
-                }
-                ApplyItem::User { mut record, uid } => {
-                    let name = record.user.metadata.name_str().to_owned();
-                    let result =
-                        |action| ApplyResult { kind: "User".into(), name: name.clone(), version: None, action };
-                    match read_user(&users, &name)? {
-                        Some(cur) => {
-                            let same = cur.user.spec.roles == record.user.spec.roles
-                                && cur.user.spec.rate_limit == record.user.spec.rate_limit
-                                && record.password_hash.is_none();
-                            if same {
-                                Plan::Unchanged(result(ApplyAction::Unchanged))
-                            } else {
-                                let mut updated = cur.clone();
-                                updated.user.spec.roles = record.user.spec.roles;
-                                updated.user.spec.rate_limit = record.user.spec.rate_limit;
-                                if record.password_hash.is_some() {
-                                    updated.password_hash = record.password_hash;
-                                }
-                                Plan::PutUser {
-                                    record: updated,
-                                    old_digest: None,
-                                    result: result(ApplyAction::Configured),
-                                }
-                            }
-                        }
-                        None => {
-                            record.user.metadata = api_types::ObjectMeta {
-                                name: record.user.metadata.name.clone(),
-                                uid: Some(uid),
-                                created_at: Some(now),
-                                ..Default::default()
-                            };
-                            Plan::PutUser { record, old_digest: None, result: result(ApplyAction::Created) }
-                        }
-                    }
-                }
-            };
-            planned[i] = Some(plan);
-        }
-        plans.extend(planned.into_iter().flatten());
-    }
-    // Write phase.
-    let mut results = Vec::with_capacity(plans.len());
-    for plan in plans {
-        match plan {
-            Plan::Unchanged(r) => results.push(r),
-            Plan::NewLabel { mut label, result } => {
-                let rev = tx.bump();
-                label.metadata.resource_version = Some(rev.to_string());
-                let name = label.metadata.name_str().to_owned();
-                let version = label.metadata.version.unwrap_or(0);
-                tx.txn.open_table(LABELS)?.insert((name.as_str(), version), serde_json::to_vec(&label)?.as_slice())?;
-                tx.txn.open_table(META)?.insert(format!("label_max/{name}").as_str(), u64::from(version))?;
-                tx.emit(Kind::Label, WatchEventType::Added, serde_json::to_value(&label)?, None);
-                results.push(result);
-            }
-            Plan::NewApp { mut app, label, result } => {
-                let rev = tx.bump();
-                app.metadata.resource_version = Some(rev.to_string());
-                let uid = app.metadata.uid.map(|u| u.as_u128()).unwrap_or_default();
-                let owner = app.metadata.owner.clone().unwrap_or_default();
-                tx.txn.open_table(APPS)?.insert(uid, serde_json::to_vec(&app)?.as_slice())?;
-                tx.txn.open_table(APP_LABELS)?.insert(uid, serde_json::to_vec(&label)?.as_slice())?;
-                tx.txn.open_table(APP_NAMES)?.insert(app.metadata.name_str(), uid)?;
-                tx.txn.open_table(APP_BY_PHASE)?.insert((phase_code(Phase::New), uid), ())?;
-                tx.txn.open_table(APP_BY_LABEL)?.insert((app.spec.label.name.as_str(), uid), ())?;
-                tx.txn.open_table(APP_BY_OWNER)?.insert((owner.as_str(), uid), ())?;
-                tx.emit(Kind::Application, WatchEventType::Added, serde_json::to_value(&app)?, Some(owner));
-                results.push(result);
-            }
-            Plan::PutUser { record, old_digest, result } => {
-                write_user(tx, record, old_digest, result.action == ApplyAction::Created)?;
-                results.push(result);
-            }
-        }
-    }
-    Ok(Ok(Response::Applied(results)))
-}
-
-/// `<label>-<8 hex of the uid's random tail>`, or the whole uid if that is taken.
-fn generated_name(label: &str, uid: Uuid, taken: impl Fn(&str) -> bool) -> String {
-    let hex = uid.simple().to_string();
-    let short = format!("{}-{}", &label[..label.len().min(50)], &hex[hex.len() - 8..]);
-    if taken(&short) { hex } else { short }
-}
-
 fn write_user(
     tx: &mut Tx<'_>,
     mut record: UserRecord,
     old_digest: Option<String>,
     created: bool,
-) -> Result<(), StoreError> {
+) -> Result<api_types::User, StoreError> {
     let rev = tx.bump();
     record.user.metadata.resource_version = Some(rev.to_string());
     record.user.spec.password = None;
@@ -422,7 +166,7 @@ fn write_user(
     tx.txn.open_table(USERS)?.insert(name.as_str(), serde_json::to_vec(&record)?.as_slice())?;
     let t = if created { WatchEventType::Added } else { WatchEventType::Modified };
     tx.emit(Kind::User, t, serde_json::to_value(&record.user)?, None);
-    Ok(())
+    Ok(record.user)
 }
 
 /// Writes `app` over its stored version, moving its phase index entry if needed.
@@ -492,8 +236,7 @@ fn purge(tx: &mut Tx<'_>, uid: Uuid) -> Result<Outcome, StoreError> {
     tx.txn.open_table(APP_BY_PHASE)?.remove((phase_code(app.status.phase), key))?;
     tx.txn.open_table(APP_BY_LABEL)?.remove((app.spec.label.name.as_str(), key))?;
     tx.txn.open_table(APP_BY_OWNER)?.remove((owner.as_str(), key))?;
-    tx.bump();
-    tx.emit(Kind::Application, WatchEventType::Deleted, serde_json::to_value(&app)?, Some(owner));
+    emit_deleted(tx, Kind::Application, serde_json::to_value(&app)?, Some(owner));
     Ok(Ok(Response::Done))
 }
 
@@ -525,10 +268,39 @@ fn delete_label(tx: &mut Tx<'_>, name: &str, version: Option<u32>) -> Result<Out
         return Ok(Err(Rejection::NotFound(what)));
     }
     for obj in removed {
-        tx.bump();
-        tx.emit(Kind::Label, WatchEventType::Deleted, obj, None);
+        emit_deleted(tx, Kind::Label, obj, None);
     }
     Ok(Ok(Response::Done))
+}
+
+/// Records a deletion: it takes the next revision, and the object (shown as it was)
+/// carries that revision as its `resourceVersion`. A deletion is a change: a client
+/// resuming from the revision it last saw must not be sent the deletion again.
+fn emit_deleted(tx: &mut Tx<'_>, kind: Kind, mut object: serde_json::Value, owner: Option<String>) {
+    let rev = tx.bump();
+    if let Some(meta) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        meta.insert("resourceVersion".into(), rev.to_string().into());
+    }
+    tx.emit(kind, WatchEventType::Deleted, object, owner);
+}
+
+/// Creates a user, or refuses if the name is taken: the check and the write are one
+/// command, so two concurrent creations cannot both pass the check.
+fn create_user(tx: &mut Tx<'_>, mut record: UserRecord, uid: Uuid, now: OffsetDateTime) -> Result<Outcome, StoreError> {
+    let name = record.user.metadata.name_str().to_owned();
+    if read_user(&tx.txn.open_table(USERS)?, &name)?.is_some() {
+        return Ok(Err(Rejection::Conflict(format!(
+            "user {name:?} already exists (rotate its token, or apply it to change it)"
+        ))));
+    }
+    record.user.metadata = api_types::ObjectMeta {
+        name: record.user.metadata.name.clone(),
+        uid: Some(uid),
+        created_at: Some(now),
+        ..Default::default()
+    };
+    let user = write_user(tx, record, None, true)?;
+    Ok(Ok(Response::User(Box::new(user))))
 }
 
 fn set_token(tx: &mut Tx<'_>, name: &str, token_digest: String) -> Result<Outcome, StoreError> {
@@ -546,8 +318,7 @@ fn delete_user(tx: &mut Tx<'_>, name: &str) -> Result<Outcome, StoreError> {
     };
     tx.txn.open_table(USERS)?.remove(name)?;
     tx.txn.open_table(TOKENS)?.remove(record.token_digest.as_str())?;
-    tx.bump();
-    tx.emit(Kind::User, WatchEventType::Deleted, serde_json::to_value(&record.user)?, None);
+    emit_deleted(tx, Kind::User, serde_json::to_value(&record.user)?, None);
     Ok(Ok(Response::Done))
 }
 

@@ -106,7 +106,8 @@ async fn deallocate_before_allocation_ends_at_once_and_cas_protects_it() {
 
 #[tokio::test]
 async fn watch_resumes_from_a_revision_and_expires_old_ones() {
-    let (_d, s) = store();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_with_history(&dir.path().join("fish.redb"), 3).unwrap();
     let mut live = s.subscribe();
     apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
     let first = live.recv().await.unwrap();
@@ -116,6 +117,73 @@ async fn watch_resumes_from_a_revision_and_expires_old_ones() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, Kind::Application);
     assert_eq!(events[0].object["metadata"]["resourceVersion"], serde_json::json!(rev.to_string()));
+    // Three more changes push the first two out of a history of three.
+    for cpu in 2..5 {
+        apply(&s, &LABEL.replace("cpu: 1", &format!("cpu: {cpu}"))).await.unwrap();
+    }
+    let expired = s.events_since(first.revision).unwrap().expect_err("a resume older than the history must expire");
+    assert_eq!(expired.requested, first.revision);
+    let (_, kept) = s.events_since(rev + 1).unwrap().unwrap();
+    assert_eq!(kept.len(), 2, "the history keeps the newest three revisions");
+}
+
+fn user_record(name: &str, password_hash: &str, token_digest: &str) -> UserRecord {
+    let user: api_types::User =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": {"roles": ["user"]}})).unwrap();
+    UserRecord { user, password_hash: Some(password_hash.into()), token_digest: token_digest.into() }
+}
+
+#[tokio::test]
+async fn deleted_events_carry_the_deletion_revision_so_a_resume_replays_nothing() {
+    let (_d, s) = store();
+    apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
+    let uid = s.get_application("a").unwrap().unwrap().metadata.uid.unwrap();
+    let now = OffsetDateTime::now_utc();
+    s.execute(Command::RequestDeallocate { uid, by: "alice".into(), now }).await.unwrap().unwrap();
+    let record = user_record("u", "hash", "digest");
+    s.execute(Command::CreateUser { record: Box::new(record), uid: Uuid::now_v7(), now }).await.unwrap().unwrap();
+    let before = s.revision().unwrap();
+    s.execute(Command::PurgeApplication { uid }).await.unwrap().unwrap();
+    s.execute(Command::DeleteLabel { name: "l".into(), version: None }).await.unwrap().unwrap();
+    s.execute(Command::DeleteUser { name: "u".into() }).await.unwrap().unwrap();
+    let (_, deleted) = s.events_since(before).unwrap().unwrap();
+    assert_eq!(deleted.len(), 3);
+    for e in &deleted {
+        assert_eq!(e.event_type, WatchEventType::Deleted);
+        let rv = e.object["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap();
+        assert_eq!(rv, e.revision, "{:?} was deleted with a stale resourceVersion", e.kind);
+        // A client resuming from the revision it saw on the deletion gets only later changes.
+        let (_, replay) = s.events_since(rv).unwrap().unwrap();
+        assert!(replay.iter().all(|r| r.revision > rv), "resuming from {rv} replayed {replay:?}");
+    }
+}
+
+#[tokio::test]
+async fn create_user_refuses_a_concurrent_duplicate_and_keeps_the_first() {
+    let (_d, s) = store();
+    let now = OffsetDateTime::now_utc();
+    let create = |hash: &str, digest: &str| {
+        let record = user_record("carol", hash, digest);
+        s.execute(Command::CreateUser { record: Box::new(record), uid: Uuid::now_v7(), now })
+    };
+    // Both go to the writer at once (one batch): the check and the write are one step.
+    let (a, b) = tokio::join!(create("hash-a", "digest-a"), create("hash-b", "digest-b"));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let (winner, loser) = match (&a, &b) {
+        (Ok(_), Err(r)) => ("a", r),
+        (Err(r), Ok(_)) => ("b", r),
+        other => panic!("exactly one creation must win: {other:?}"),
+    };
+    assert!(matches!(loser, Rejection::Conflict(m) if m.contains("already exists")), "{loser:?}");
+    let stored = s.get_user("carol").unwrap().unwrap();
+    assert_eq!(
+        stored.password_hash.as_deref(),
+        Some(format!("hash-{winner}").as_str()),
+        "the refused one overwrote it"
+    );
+    assert_eq!(stored.token_digest, format!("digest-{winner}"));
+    let loser_digest = if winner == "a" { "digest-b" } else { "digest-a" };
+    assert!(s.user_by_token_digest(loser_digest).unwrap().is_none(), "the refused token works");
 }
 
 #[tokio::test]
