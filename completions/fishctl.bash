@@ -82,11 +82,17 @@ _fishctl() {
             fishctl__subcmd__create,help)
                 cmd="fishctl__subcmd__create__subcmd__help"
                 ;;
+            fishctl__subcmd__create,join-token)
+                cmd="fishctl__subcmd__create__subcmd__join__subcmd__token"
+                ;;
             fishctl__subcmd__create,user)
                 cmd="fishctl__subcmd__create__subcmd__user"
                 ;;
             fishctl__subcmd__create__subcmd__help,help)
                 cmd="fishctl__subcmd__create__subcmd__help__subcmd__help"
+                ;;
+            fishctl__subcmd__create__subcmd__help,join-token)
+                cmd="fishctl__subcmd__create__subcmd__help__subcmd__join__subcmd__token"
                 ;;
             fishctl__subcmd__create__subcmd__help,user)
                 cmd="fishctl__subcmd__create__subcmd__help__subcmd__user"
@@ -138,6 +144,9 @@ _fishctl() {
                 ;;
             fishctl__subcmd__help__subcmd__config,use-context)
                 cmd="fishctl__subcmd__help__subcmd__config__subcmd__use__subcmd__context"
+                ;;
+            fishctl__subcmd__help__subcmd__create,join-token)
+                cmd="fishctl__subcmd__help__subcmd__create__subcmd__join__subcmd__token"
                 ;;
             fishctl__subcmd__help__subcmd__create,user)
                 cmd="fishctl__subcmd__help__subcmd__create__subcmd__user"
@@ -385,7 +394,7 @@ _fishctl() {
             return 0
             ;;
         fishctl__subcmd__create)
-            opts="-h --config --context --help user help"
+            opts="-h --config --context --help user join-token help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -407,7 +416,7 @@ _fishctl() {
             return 0
             ;;
         fishctl__subcmd__create__subcmd__help)
-            opts="user help"
+            opts="user join-token help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -434,6 +443,20 @@ _fishctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        fishctl__subcmd__create__subcmd__help__subcmd__join__subcmd__token)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         fishctl__subcmd__create__subcmd__help__subcmd__user)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -441,6 +464,32 @@ _fishctl() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fishctl__subcmd__create__subcmd__join__subcmd__token)
+            opts="-h --ttl --config --context --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --ttl)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -685,8 +734,22 @@ _fishctl() {
             return 0
             ;;
         fishctl__subcmd__help__subcmd__create)
-            opts="user"
+            opts="user join-token"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fishctl__subcmd__help__subcmd__create__subcmd__join__subcmd__token)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -328,7 +328,11 @@ mod tests {
     fn cluster_keys_are_checked() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("fish.yml");
-        std::fs::write(&p, "cluster: {join: \"h:8001\", joinToken: t, advertise: \"10.0.0.1:8001\", voters: 5, nodeTimeout: 20s}\n").unwrap();
+        std::fs::write(
+            &p,
+            "cluster: {join: \"h:8001\", joinToken: t, advertise: \"10.0.0.1:8001\", voters: 5, nodeTimeout: 20s}\n",
+        )
+        .unwrap();
         let c = Config::load(&p).unwrap();
         assert!(c.validate().is_ok());
         assert_eq!(c.cluster.voters, 5);

@@ -269,9 +269,9 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
             Some(j)
         }
         None => match (&config.cluster.join, &config.cluster.join_token) {
-            (Some(via), Some(token)) => Some(
-                crate::cluster::join::join(&data_dir, via, token, &node_name, &advertise, names.clone()).await?,
-            ),
+            (Some(via), Some(token)) => {
+                Some(crate::cluster::join::join(&data_dir, via, token, &node_name, &advertise, names.clone()).await?)
+            }
             _ => None,
         },
     };

@@ -196,7 +196,8 @@ pub fn sign_csr(ca_key_pem: &str, csr_pem: &str, node_name: &str) -> Result<Stri
         })
         .collect();
     let issuer = Issuer::new(ca_params()?, KeyPair::from_pem(ca_key_pem)?);
-    let signed = rcgen::CertificateSigningRequestParams { params: node_params(node_name, sans)?, public_key: csr.public_key };
+    let signed =
+        rcgen::CertificateSigningRequestParams { params: node_params(node_name, sans)?, public_key: csr.public_key };
     Ok(signed.signed_by(&issuer)?.pem())
 }
 
@@ -311,11 +312,9 @@ mod tests {
         let der = CertificateDer::from_pem_slice(cert.as_bytes()).expect("pem");
         assert_eq!(common_name(der.as_ref()).as_deref(), Some("node-b"));
         // It chains to the CA, as a client certificate too.
-        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(
-            roots(&ca.ca_cert_path).expect("roots"),
-        ))
-        .build()
-        .expect("verifier");
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots(&ca.ca_cert_path).expect("roots")))
+            .build()
+            .expect("verifier");
         verifier.verify_client_cert(&der, &[], rustls_pki_types::UnixTime::now()).expect("chains to the CA");
         assert!(matches!(sign_csr(&ca_key, &csr, "node-c"), Err(SignError::WrongName { .. })));
         assert!(matches!(sign_csr(&ca_key, "garbage", "node-b"), Err(SignError::BadRequest(_))));

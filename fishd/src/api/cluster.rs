@@ -125,7 +125,11 @@ pub async fn create_join_token(
     };
     let ttl = req.ttl.map(|d| d.get()).unwrap_or(DEFAULT_TTL);
     if ttl.is_zero() || ttl > MAX_TTL {
-        return Err(ApiError::invalid_field("join token request is invalid", "ttl", "must be more than 0 and at most 7d"));
+        return Err(ApiError::invalid_field(
+            "join token request is invalid",
+            "ttl",
+            "must be more than 0 and at most 7d",
+        ));
     }
     if state.cluster.ca_fingerprint.is_empty() {
         return Err(ApiError::Unavailable("this node has no cluster CA".into()));
@@ -157,9 +161,8 @@ pub async fn join(State(state): State<AppState>, headers: HeaderMap, body: Body)
     let bytes = read_body(&headers, body, MAX_JOIN_BODY).await?;
     let req: JoinRequest =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("join request: {e}")))?;
-    let token: JoinToken = req.token.parse().map_err(|e: crate::cluster::token::Malformed| {
-        ApiError::BadRequest(e.to_string())
-    })?;
+    let token: JoinToken =
+        req.token.parse().map_err(|e: crate::cluster::token::Malformed| ApiError::BadRequest(e.to_string()))?;
     let cluster = &state.cluster;
     if cluster.ca_fingerprint.is_empty() {
         return Err(ApiError::Unavailable("this node has no cluster CA".into()));
@@ -167,7 +170,9 @@ pub async fn join(State(state): State<AppState>, headers: HeaderMap, body: Body)
     if token.ca_fingerprint() != cluster.ca_fingerprint {
         return Err(ApiError::Forbidden("join token was made for another cluster (its CA fingerprint differs)".into()));
     }
-    req.node.parse::<api_types::Name>().map_err(|e| ApiError::invalid_field("join request is invalid", "node", e.to_string()))?;
+    req.node
+        .parse::<api_types::Name>()
+        .map_err(|e| ApiError::invalid_field("join request is invalid", "node", e.to_string()))?;
     if req.advertise.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
         return Err(ApiError::invalid_field("join request is invalid", "advertise", "must be HOST:PORT"));
     }
@@ -178,7 +183,8 @@ pub async fn join(State(state): State<AppState>, headers: HeaderMap, body: Body)
             req.node
         )));
     }
-    let consume = Command::ConsumeJoinToken { digest: token.digest(), node: req.node.clone(), now: OffsetDateTime::now_utc() };
+    let consume =
+        Command::ConsumeJoinToken { digest: token.digest(), node: req.node.clone(), now: OffsetDateTime::now_utc() };
     if let Err(rejection) = state.store.execute(consume).await? {
         tracing::warn!(node = %req.node, reason = %rejection, "refused a join");
         return Err(rejection.into());

@@ -78,7 +78,8 @@ impl<S: Send + 'static> Accept<TcpStream, S> for GuardedAcceptor {
         Box::pin(async move {
             let (tls, service) = handshake.await?;
             // rustls verified it against the cluster CA during the handshake.
-            let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::new(c.clone().into_owned()));
+            let peer =
+                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::new(c.clone().into_owned()));
             let service = WithPeer { inner: service, peer: PeerCert(peer) };
             Ok((Guarded::new(tls, permit, first_bytes), service))
         })

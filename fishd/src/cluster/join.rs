@@ -14,7 +14,7 @@
 //! # Guarantees
 //! - A refused join writes nothing, and its error is one line naming the problem.
 //! - A data dir that already holds a node's state is never joined (it would mix two
-//!    clusters' state): the error says to use an empty one.
+//!   clusters' state): the error says to use an empty one.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -141,12 +141,8 @@ pub async fn join(
     let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).map_err(unreachable)?;
     let client =
         reqwest::Client::builder().tls_certs_only([ca]).timeout(REQUEST_TIMEOUT).build().map_err(unreachable)?;
-    let body = JoinRequest {
-        token: token.reveal().to_owned(),
-        node: node.to_owned(),
-        advertise: advertise.to_owned(),
-        csr,
-    };
+    let body =
+        JoinRequest { token: token.reveal().to_owned(), node: node.to_owned(), advertise: advertise.to_owned(), csr };
     let resp = client.post(format!("https://{addr}/cluster/join")).json(&body).send().await.map_err(unreachable)?;
     let status = resp.status();
     let bytes = resp.bytes().await.map_err(unreachable)?;

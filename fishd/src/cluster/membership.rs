@@ -50,7 +50,11 @@ pub struct LocalMembership {
 impl LocalMembership {
     /// A one-node membership of `node` at `advertise`.
     pub fn new(cluster_id: String, node: &str, advertise: &str) -> Self {
-        LocalMembership { cluster_id, me: node.to_owned(), members: Mutex::new(BTreeMap::from([(node.to_owned(), advertise.to_owned())])) }
+        LocalMembership {
+            cluster_id,
+            me: node.to_owned(),
+            members: Mutex::new(BTreeMap::from([(node.to_owned(), advertise.to_owned())])),
+        }
     }
 }
 
@@ -78,10 +82,6 @@ impl Membership for LocalMembership {
     }
 
     fn role(&self, node: &str) -> Option<String> {
-        if node == self.me {
-            Some("leader".into())
-        } else {
-            self.is_member(node).then(|| "learner".into())
-        }
+        if node == self.me { Some("leader".into()) } else { self.is_member(node).then(|| "learner".into()) }
     }
 }

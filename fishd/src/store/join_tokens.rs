@@ -10,9 +10,9 @@ use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::StoreError;
 use super::command::{Outcome, Rejection, Response};
 use super::tables::JOIN_TOKENS;
-use super::StoreError;
 
 /// How long an expired token is kept so that using it says "expired" rather than
 /// "unknown"; after that it is removed when the next token is made.

@@ -129,7 +129,10 @@ async fn bad_join_tokens_stop_fishd_with_one_line() {
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["details"][0]["field"], "ttl");
     let (status, user) = a
-        .post("/api/v1/users", Some(json!({"kind": "User", "metadata": {"name": "carol"}, "spec": {"roles": ["user"]}})))
+        .post(
+            "/api/v1/users",
+            Some(json!({"kind": "User", "metadata": {"name": "carol"}, "spec": {"roles": ["user"]}})),
+        )
         .await
         .unwrap();
     assert_eq!(status, 201, "{user}");

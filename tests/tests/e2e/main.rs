@@ -8,6 +8,6 @@ mod docker;
 mod fishctl;
 mod hardening;
 mod join;
-mod partition;
 mod lifecycle;
+mod partition;
 mod process;

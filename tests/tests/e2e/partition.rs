@@ -24,8 +24,7 @@ async fn namespaces_cut_and_heal_traffic_between_nodes() {
     let (status, body) = a.post("/api/v1/cluster/join-tokens", Some(json!({"ttl": "10m"}))).await.unwrap();
     assert_eq!(status, 201, "{body}");
     let token = body["token"].as_str().unwrap().to_owned();
-    let b =
-        TestDaemon::start_in_netns(net.ns(1), net.ip(1), Some((&a, &token)), "nodeName: node-b\n").await.unwrap();
+    let b = TestDaemon::start_in_netns(net.ns(1), net.ip(1), Some((&a, &token)), "nodeName: node-b\n").await.unwrap();
     assert!(b.data_dir().join("cluster.json").exists(), "b joined a across namespaces");
 
     let wait = Duration::from_secs(2);
