@@ -19,6 +19,9 @@ _fishctl() {
             fishctl,apply)
                 cmd="fishctl__subcmd__apply"
                 ;;
+            fishctl,backup)
+                cmd="fishctl__subcmd__backup"
+                ;;
             fishctl,completions)
                 cmd="fishctl__subcmd__completions"
                 ;;
@@ -37,6 +40,9 @@ _fishctl() {
             fishctl,describe)
                 cmd="fishctl__subcmd__describe"
                 ;;
+            fishctl,diff)
+                cmd="fishctl__subcmd__diff"
+                ;;
             fishctl,get)
                 cmd="fishctl__subcmd__get"
                 ;;
@@ -48,6 +54,12 @@ _fishctl() {
                 ;;
             fishctl,maintenance)
                 cmd="fishctl__subcmd__maintenance"
+                ;;
+            fishctl,rotate)
+                cmd="fishctl__subcmd__rotate"
+                ;;
+            fishctl,top)
+                cmd="fishctl__subcmd__top"
                 ;;
             fishctl,version)
                 cmd="fishctl__subcmd__version"
@@ -100,6 +112,9 @@ _fishctl() {
             fishctl__subcmd__help,apply)
                 cmd="fishctl__subcmd__help__subcmd__apply"
                 ;;
+            fishctl__subcmd__help,backup)
+                cmd="fishctl__subcmd__help__subcmd__backup"
+                ;;
             fishctl__subcmd__help,completions)
                 cmd="fishctl__subcmd__help__subcmd__completions"
                 ;;
@@ -118,6 +133,9 @@ _fishctl() {
             fishctl__subcmd__help,describe)
                 cmd="fishctl__subcmd__help__subcmd__describe"
                 ;;
+            fishctl__subcmd__help,diff)
+                cmd="fishctl__subcmd__help__subcmd__diff"
+                ;;
             fishctl__subcmd__help,get)
                 cmd="fishctl__subcmd__help__subcmd__get"
                 ;;
@@ -129,6 +147,12 @@ _fishctl() {
                 ;;
             fishctl__subcmd__help,maintenance)
                 cmd="fishctl__subcmd__help__subcmd__maintenance"
+                ;;
+            fishctl__subcmd__help,rotate)
+                cmd="fishctl__subcmd__help__subcmd__rotate"
+                ;;
+            fishctl__subcmd__help,top)
+                cmd="fishctl__subcmd__help__subcmd__top"
                 ;;
             fishctl__subcmd__help,version)
                 cmd="fishctl__subcmd__help__subcmd__version"
@@ -158,7 +182,7 @@ _fishctl() {
 
     case "${cmd}" in
         fishctl)
-            opts="-h -V --config --context --help --version apply get describe deallocate delete create maintenance logs whoami version completions config help"
+            opts="-h -V --config --context --help --version apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -180,7 +204,7 @@ _fishctl() {
             return 0
             ;;
         fishctl__subcmd__apply)
-            opts="-f -R -h --filename --recursive --wait --timeout --config --context --help"
+            opts="-f -R -h --filename --recursive --applyset --prune --dry-run --wait --timeout --config --context --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -194,7 +218,41 @@ _fishctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --applyset)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fishctl__subcmd__backup)
+            opts="-o -h --output --config --context --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -597,8 +655,42 @@ _fishctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        fishctl__subcmd__diff)
+            opts="-f -R -h --filename --recursive --applyset --prune --config --context --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --filename)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --applyset)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         fishctl__subcmd__get)
-            opts="-o -w -h --output --watch --phase --label --config --context --help labels applications nodes users"
+            opts="-o -w -h --output --watch --phase --label --config --context --help labels applications nodes users all"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -636,7 +728,7 @@ _fishctl() {
             return 0
             ;;
         fishctl__subcmd__help)
-            opts="apply get describe deallocate delete create maintenance logs whoami version completions config help"
+            opts="apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -650,6 +742,20 @@ _fishctl() {
             return 0
             ;;
         fishctl__subcmd__help__subcmd__apply)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fishctl__subcmd__help__subcmd__backup)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -817,6 +923,20 @@ _fishctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        fishctl__subcmd__help__subcmd__diff)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         fishctl__subcmd__help__subcmd__get)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -873,6 +993,34 @@ _fishctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        fishctl__subcmd__help__subcmd__rotate)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fishctl__subcmd__help__subcmd__top)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         fishctl__subcmd__help__subcmd__version)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -902,7 +1050,7 @@ _fishctl() {
             return 0
             ;;
         fishctl__subcmd__logs)
-            opts="-f -h --follow --config --context --help application"
+            opts="-f -h --follow --config --context --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -925,6 +1073,50 @@ _fishctl() {
             ;;
         fishctl__subcmd__maintenance)
             opts="-h --config --context --help on off"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fishctl__subcmd__rotate)
+            opts="-h --config --context --help token"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fishctl__subcmd__top)
+            opts="-h --config --context --help nodes"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -40,12 +40,19 @@ complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "whoami" -d 'Show th
 complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "version" -d 'Print the fishctl version'
 complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "config" -d 'Show or switch contexts of the config file'
+complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "diff" -d 'Show what apply would change, as a unified diff (exit 0: none, 1: changes, >1: error)'
+complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "backup" -d 'Save a consistent backup of the whole store (admin); restore with `fishd restore`'
+complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "rotate" -d 'Make a new API token for yourself (updates the config file), or for USER as admin'
+complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "top" -d 'Show capacity used of total, allocated applications and queue per node'
 complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c fishctl -n "__fish_fishctl_using_subcommand apply" -s f -l filename -d 'Manifest file, directory (*.yaml, *.yml, *.json) or - for stdin; may be repeated' -r -F
+complete -c fishctl -n "__fish_fishctl_using_subcommand apply" -l applyset -d 'Record the labels and users applied as members of this applyset (admin)' -r
 complete -c fishctl -n "__fish_fishctl_using_subcommand apply" -l timeout -d 'How long --wait waits' -r
 complete -c fishctl -n "__fish_fishctl_using_subcommand apply" -l config -d 'Config file [default: $FISHCTL_CONFIG, else ~/.config/fishctl/config.yaml]' -r -F
 complete -c fishctl -n "__fish_fishctl_using_subcommand apply" -l context -d 'Context of the config file to use instead of its current_context' -r
 complete -c fishctl -n "__fish_fishctl_using_subcommand apply" -s R -l recursive -d 'Also read the subdirectories of a directory'
+complete -c fishctl -n "__fish_fishctl_using_subcommand apply" -l prune -d 'Delete labels and users of the applyset that are no longer in the files'
+complete -c fishctl -n "__fish_fishctl_using_subcommand apply" -l dry-run -d 'Check everything and print what would happen; nothing is written'
 complete -c fishctl -n "__fish_fishctl_using_subcommand apply" -l wait -d 'Wait until every applied application is ALLOCATED'
 complete -c fishctl -n "__fish_fishctl_using_subcommand apply" -s h -l help -d 'Print help'
 complete -c fishctl -n "__fish_fishctl_using_subcommand get" -s o -l output -d 'Output format' -r -f -a "table\t''
@@ -125,19 +132,40 @@ complete -c fishctl -n "__fish_fishctl_using_subcommand config; and __fish_seen_
 complete -c fishctl -n "__fish_fishctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "use-context" -d 'Make a context the current one'
 complete -c fishctl -n "__fish_fishctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "current-context" -d 'Print the name of the current context'
 complete -c fishctl -n "__fish_fishctl_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config help" -f -a "apply" -d 'Create or update labels, applications and users from manifests'
-complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config help" -f -a "get" -d 'List objects of a kind, or show one; --watch follows changes'
-complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config help" -f -a "describe" -d 'Show one object in detail'
-complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config help" -f -a "deallocate" -d 'Ask fishd to release the resources of applications'
-complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config help" -f -a "delete" -d 'Delete a label or a user, or deallocate an application'
-complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config help" -f -a "create" -d 'Create a user (prints its token once) or a cluster join token'
-complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config help" -f -a "maintenance" -d 'Put a node into maintenance (no new applications) or take it out'
-complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config help" -f -a "logs" -d 'Print the output of an application\'s resource'
-complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config help" -f -a "whoami" -d 'Show the user the current context authenticates as'
-complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config help" -f -a "version" -d 'Print the fishctl version'
-complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config help" -f -a "completions" -d 'Print a shell completion script'
-complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config help" -f -a "config" -d 'Show or switch contexts of the config file'
-complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c fishctl -n "__fish_fishctl_using_subcommand diff" -s f -l filename -d 'Manifest file, directory (*.yaml, *.yml, *.json) or - for stdin; may be repeated' -r -F
+complete -c fishctl -n "__fish_fishctl_using_subcommand diff" -l applyset -d 'Record the labels and users applied as members of this applyset (admin)' -r
+complete -c fishctl -n "__fish_fishctl_using_subcommand diff" -l config -d 'Config file [default: $FISHCTL_CONFIG, else ~/.config/fishctl/config.yaml]' -r -F
+complete -c fishctl -n "__fish_fishctl_using_subcommand diff" -l context -d 'Context of the config file to use instead of its current_context' -r
+complete -c fishctl -n "__fish_fishctl_using_subcommand diff" -s R -l recursive -d 'Also read the subdirectories of a directory'
+complete -c fishctl -n "__fish_fishctl_using_subcommand diff" -l prune -d 'Delete labels and users of the applyset that are no longer in the files'
+complete -c fishctl -n "__fish_fishctl_using_subcommand diff" -s h -l help -d 'Print help'
+complete -c fishctl -n "__fish_fishctl_using_subcommand backup" -s o -l output -d 'Where to write it (- for stdout)' -r -F
+complete -c fishctl -n "__fish_fishctl_using_subcommand backup" -l config -d 'Config file [default: $FISHCTL_CONFIG, else ~/.config/fishctl/config.yaml]' -r -F
+complete -c fishctl -n "__fish_fishctl_using_subcommand backup" -l context -d 'Context of the config file to use instead of its current_context' -r
+complete -c fishctl -n "__fish_fishctl_using_subcommand backup" -s h -l help -d 'Print help'
+complete -c fishctl -n "__fish_fishctl_using_subcommand rotate" -l config -d 'Config file [default: $FISHCTL_CONFIG, else ~/.config/fishctl/config.yaml]' -r -F
+complete -c fishctl -n "__fish_fishctl_using_subcommand rotate" -l context -d 'Context of the config file to use instead of its current_context' -r
+complete -c fishctl -n "__fish_fishctl_using_subcommand rotate" -s h -l help -d 'Print help'
+complete -c fishctl -n "__fish_fishctl_using_subcommand top" -l config -d 'Config file [default: $FISHCTL_CONFIG, else ~/.config/fishctl/config.yaml]' -r -F
+complete -c fishctl -n "__fish_fishctl_using_subcommand top" -l context -d 'Context of the config file to use instead of its current_context' -r
+complete -c fishctl -n "__fish_fishctl_using_subcommand top" -s h -l help -d 'Print help'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "apply" -d 'Create or update labels, applications and users from manifests'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "get" -d 'List objects of a kind, or show one; --watch follows changes'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "describe" -d 'Show one object in detail'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "deallocate" -d 'Ask fishd to release the resources of applications'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "delete" -d 'Delete a label or a user, or deallocate an application'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "create" -d 'Create a user (prints its token once) or a cluster join token'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "maintenance" -d 'Put a node into maintenance (no new applications) or take it out'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "logs" -d 'Print the output of an application\'s resource'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "whoami" -d 'Show the user the current context authenticates as'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "version" -d 'Print the fishctl version'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "completions" -d 'Print a shell completion script'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "config" -d 'Show or switch contexts of the config file'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "diff" -d 'Show what apply would change, as a unified diff (exit 0: none, 1: changes, >1: error)'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "backup" -d 'Save a consistent backup of the whole store (admin); restore with `fishd restore`'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "rotate" -d 'Make a new API token for yourself (updates the config file), or for USER as admin'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "top" -d 'Show capacity used of total, allocated applications and queue per node'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and __fish_seen_subcommand_from create" -f -a "user" -d 'Create a user and print its API token (shown this once)'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and __fish_seen_subcommand_from create" -f -a "join-token" -d 'Create a one-time token for a new node to join the cluster (prints it alone)'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "get-contexts" -d 'List the contexts of the config file'

@@ -141,9 +141,9 @@ pub struct Disk {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Network {
-    /// No route out (the default): `""`.
+    /// No route out (the default): `"isolated"`; `""` is accepted on input for it.
     #[default]
-    #[serde(rename = "")]
+    #[serde(rename = "isolated", alias = "")]
     Isolated,
     /// Outbound access allowed: `"nat"`.
     #[serde(rename = "nat")]

@@ -225,7 +225,7 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
             format!("aliases expand to more than {MAX_ALIAS_EVENTS} nodes")
         }
         _ => {
-            let line = first_line(&e.to_string());
+            let line = without_position(&first_line(&e.to_string()));
             // The scanner's flow nesting limit (set to our depth limit) has no variant of its own.
             if line.contains("recursion limit exceeded") {
                 format!("document nested deeper than {MAX_DEPTH} levels")
@@ -233,6 +233,19 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
                 line
             }
         }
+    }
+}
+
+/// serde-saphyr's display starts `error: line L column C: `; the position is in
+/// [`ManifestError::Syntax`]'s own fields, shown once by whoever prints it.
+fn without_position(line: &str) -> String {
+    let rest = line.strip_prefix("error: ").unwrap_or(line);
+    let Some(after) = rest.strip_prefix("line ") else { return rest.to_owned() };
+    // `L column C: message`
+    let mut parts = after.splitn(2, ": ");
+    match (parts.next(), parts.next()) {
+        (Some(pos), Some(msg)) if pos.split(" column ").all(|n| n.parse::<u64>().is_ok()) => msg.to_owned(),
+        _ => rest.to_owned(),
     }
 }
 
@@ -625,6 +638,14 @@ spec: {label: "ubuntu-ci:1", metadata: {JENKINS_AGENT_SECRET: s}}
     #[test]
     fn duplicate_keys_are_rejected() {
         assert!(matches!(parse("kind: Label\nkind: User\n"), Err(ManifestError::Syntax { .. })));
+        // The position is said once, in its fields, and the message does not say "error".
+        match parse("kind: Label\nmetadata: {name: x\nspec: [\n") {
+            Err(ManifestError::Syntax { message, line: Some(_), column: Some(_) }) => {
+                assert!(!message.contains("error") && !message.contains("line "), "{message}");
+                assert!(message.starts_with("invalid YAML: "), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

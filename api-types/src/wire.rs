@@ -65,6 +65,8 @@ pub enum ApplyAction {
     Created,
     Unchanged,
     Configured,
+    /// Deleted because it left its applyset (`apply --prune`).
+    Pruned,
 }
 
 impl std::fmt::Display for ApplyAction {
@@ -73,6 +75,7 @@ impl std::fmt::Display for ApplyAction {
             ApplyAction::Created => "created",
             ApplyAction::Unchanged => "unchanged",
             ApplyAction::Configured => "configured",
+            ApplyAction::Pruned => "pruned",
         })
     }
 }
@@ -93,6 +96,12 @@ pub struct ApplyResult {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApplyResponse {
     pub results: Vec<ApplyResult>,
+    /// Dry runs only (`?dryRun=true`): for each result, the object as the apply would
+    /// store it (`null` for a pruned one), so a client can diff it against the stored
+    /// one. Users never carry secrets here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<Object>>))]
+    pub objects: Option<Vec<serde_json::Value>>,
 }
 
 /// Machine-readable error reasons, each tied to one HTTP status.

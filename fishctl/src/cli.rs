@@ -9,7 +9,7 @@ use std::time::Duration;
 use api_types::{Phase, Role};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub use crate::kind::Kind;
+pub use crate::kind::{Kind, KindOrAll};
 
 /// fishctl — the Aquarium CLI: apply manifests, watch applications, manage nodes and users.
 #[derive(Debug, Parser)]
@@ -55,17 +55,73 @@ pub enum Command {
     /// Show or switch contexts of the config file
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Show what apply would change, as a unified diff (exit 0: none, 1: changes, >1: error)
+    Diff(DiffArgs),
+    /// Save a consistent backup of the whole store (admin); restore with `fishd restore`
+    Backup {
+        /// Where to write it (- for stdout)
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Make a new API token for yourself (updates the config file), or for USER as admin
+    Rotate {
+        /// token
+        what: RotateWhat,
+        /// The user [default: yourself]
+        user: Option<String>,
+    },
+    /// Show capacity used of total, allocated applications and queue per node
+    Top {
+        /// nodes
+        what: TopWhat,
+    },
 }
 
-/// `apply`.
+/// What `rotate` renews.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RotateWhat {
+    Token,
+}
+
+/// What `top` shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TopWhat {
+    #[value(name = "nodes", aliases = ["node", "no"])]
+    Nodes,
+}
+
+/// The manifests and applyset flags `apply` and `diff` share.
 #[derive(Debug, Args)]
-pub struct ApplyArgs {
+pub struct ManifestArgs {
     /// Manifest file, directory (*.yaml, *.yml, *.json) or - for stdin; may be repeated
     #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", required = true)]
     pub files: Vec<PathBuf>,
     /// Also read the subdirectories of a directory
     #[arg(short = 'R', long)]
     pub recursive: bool,
+    /// Record the labels and users applied as members of this applyset (admin)
+    #[arg(long, value_name = "NAME")]
+    pub applyset: Option<String>,
+    /// Delete labels and users of the applyset that are no longer in the files
+    #[arg(long, requires = "applyset")]
+    pub prune: bool,
+}
+
+/// `diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub manifests: ManifestArgs,
+}
+
+/// `apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub manifests: ManifestArgs,
+    /// Check everything and print what would happen; nothing is written
+    #[arg(long)]
+    pub dry_run: bool,
     /// Wait until every applied application is ALLOCATED
     #[arg(long)]
     pub wait: bool,
@@ -88,8 +144,8 @@ pub enum OutputFormat {
 /// `get`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// labels, applications (app), nodes or users
-    pub kind: Kind,
+    /// labels, applications (app), nodes, users, or all
+    pub kind: KindOrAll,
     /// Show only this object
     pub name: Option<String>,
     /// Output format
@@ -233,10 +289,9 @@ pub enum OnOff {
 /// `logs`.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// application (app)
-    pub kind: DeallocateKind,
-    /// The application's name (or uid)
-    pub name: String,
+    /// [application] NAME: the application's name (or uid); the kind may be left out
+    #[arg(value_name = "NAME", num_args = 1..=2, required = true)]
+    pub target: Vec<String>,
     /// Keep printing new output until the resource ends
     #[arg(short, long)]
     pub follow: bool,
@@ -311,7 +366,7 @@ mod tests {
             ("users", Kind::User),
         ] {
             let Command::Get(g) = parse(&["get", alias]).command else { panic!("not get") };
-            assert_eq!(g.kind, kind, "{alias}");
+            assert_eq!(g.kind, KindOrAll::Kind(kind), "{alias}");
         }
     }
 
@@ -334,8 +389,8 @@ mod tests {
         else {
             panic!("not apply")
         };
-        assert_eq!(a.files, [PathBuf::from("m/"), PathBuf::from("-")]);
-        assert!(a.recursive && a.wait);
+        assert_eq!(a.manifests.files, [PathBuf::from("m/"), PathBuf::from("-")]);
+        assert!(a.manifests.recursive && a.wait);
         assert_eq!(a.timeout, Duration::from_secs(90));
     }
 

@@ -1,6 +1,7 @@
 //! Object kinds, shared by the command line, the client and the renderers.
 
 use clap::ValueEnum;
+use clap::builder::PossibleValue;
 
 /// Object kinds, with the names and aliases kubectl users reach for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
@@ -33,6 +34,32 @@ impl Kind {
             Kind::Application => "application",
             Kind::Node => "node",
             Kind::User => "user",
+        }
+    }
+}
+
+/// What `get` takes: one kind, or `all` (every workload kind, as `kubectl get all`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KindOrAll {
+    Kind(Kind),
+    All,
+}
+
+impl ValueEnum for KindOrAll {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            KindOrAll::Kind(Kind::Label),
+            KindOrAll::Kind(Kind::Application),
+            KindOrAll::Kind(Kind::Node),
+            KindOrAll::Kind(Kind::User),
+            KindOrAll::All,
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        match self {
+            KindOrAll::Kind(k) => k.to_possible_value(),
+            KindOrAll::All => Some(PossibleValue::new("all")),
         }
     }
 }

@@ -38,6 +38,13 @@ pub fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<commands::Exit>().is_some() => {
+            let exit = e.downcast_ref::<commands::Exit>();
+            if let Some(m) = exit.and_then(|x| x.message.as_deref()) {
+                eprintln!("{m}");
+            }
+            ExitCode::from(exit.map(|x| x.code).unwrap_or(EXIT_FAILURE))
+        }
         Err(e) => {
             eprintln!("{}", error_line(&e));
             let usage = e.downcast_ref::<commands::UsageError>().is_some();

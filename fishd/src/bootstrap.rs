@@ -4,7 +4,9 @@
 //! - The admin token exists in plain text only in `<data-dir>/fishctl.yaml` (mode 0600).
 //! - A later start keeps the user and the file, rewriting only `server:` when the API
 //!   address changed.
-//! - If the file is lost while `admin` exists, the admin token is rotated and a new
+//! - A data directory made by `fishd restore` keeps every token of the backup: without
+//!   the file, nothing is rotated.
+//! - Otherwise, if the file is lost while `admin` exists, the admin token is rotated and a new
 //!   file written (the old token is unrecoverable anyway; this is the way back in for
 //!   whoever can read the data directory).
 
@@ -18,6 +20,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::auth::secrets;
+use crate::store::backup::RESTORED_MARKER;
 use crate::store::{ApplyItem, Command, Store, StoreError, UserRecord};
 
 /// The name of the user made on first start.
@@ -71,6 +74,9 @@ pub enum Bootstrapped {
     Recovered,
     /// Users exist but no `admin` and no file: nothing to do.
     NoAdmin,
+    /// A data directory made by `fishd restore`, without the file: every token of the
+    /// backup is kept (rotating admin's would break the promise of the restore).
+    Restored,
 }
 
 /// The URL clients use for an API bound to `addr`: an unspecified address becomes
@@ -135,6 +141,14 @@ pub async fn bootstrap(
                 tracing::info!(config = %path.display(), server, "API address changed: updated the config file");
             }
             Ok(Bootstrapped::Kept { server_changed: changed })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && data_dir.join(RESTORED_MARKER).exists() => {
+            tracing::warn!(
+                config = %path.display(),
+                "restored data directory without {CONFIG_FILE}: every token of the backup still works; \
+                 copy your fishctl.yaml here (or point it at this node) to use it"
+            );
+            Ok(Bootstrapped::Restored)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => match admin {
             Some(_) => {

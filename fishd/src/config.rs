@@ -189,6 +189,10 @@ impl Default for Config {
     }
 }
 
+/// The longest lifetime or retention fishd accepts (about ten years): far beyond
+/// any CI job, far below what overflows a timestamp.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// Default slots when neither config nor a driver says: enough for a CI host's
 /// agents, few enough that a runaway client cannot start thousands of processes.
 pub const DEFAULT_SLOTS: u32 = 64;
@@ -240,8 +244,23 @@ impl Config {
         if self.allocation_retry == 0 {
             return Err(ConfigError::Invalid("allocationRetry must be at least 1".into()));
         }
-        if self.header_read_timeout.get().is_zero() {
-            return Err(ConfigError::Invalid("headerReadTimeout must be more than 0".into()));
+        // Every duration is bounded: `now + defaultLifetime` must stay a time, and an
+        // interval of zero (a busy loop) or of years (never) is a typo.
+        const DAY: u64 = 24 * 3600;
+        for (field, value, most) in [
+            ("defaultLifetime", self.default_lifetime, MAX_LIFETIME),
+            ("historyRetention", self.history_retention, MAX_LIFETIME),
+            ("headerReadTimeout", self.header_read_timeout, Duration::from_secs(3600)),
+            ("gracePeriod", self.grace_period, Duration::from_secs(DAY)),
+            ("inspectInterval", self.inspect_interval, Duration::from_secs(DAY)),
+            ("resyncInterval", self.resync_interval, Duration::from_secs(DAY)),
+        ] {
+            if value.get().is_zero() || value.get() > most {
+                return Err(ConfigError::Invalid(format!(
+                    "{field} must be more than 0 and at most {}",
+                    humantime::format_duration(most)
+                )));
+            }
         }
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid("maxConnections must be at least 1".into()));
@@ -350,5 +369,20 @@ mod tests {
             assert!(e.contains(key), "{yaml}: {e}");
         }
         assert_eq!(Config::default().cluster.voters, 3);
+    }
+
+    #[test]
+    fn unbounded_default_lifetime_is_refused_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fish.yml");
+        // Parses as a duration, but `now + defaultLifetime` would overflow a timestamp.
+        std::fs::write(&p, "defaultLifetime: 100000000years\n").unwrap();
+        let e = Config::load(&p).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("defaultLifetime"), "{e}");
+        std::fs::write(&p, "resyncInterval: 0s\n").unwrap();
+        let e = Config::load(&p).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("resyncInterval"), "{e}");
+        std::fs::write(&p, "defaultLifetime: 30d\nhistoryRetention: 7d\n").unwrap();
+        assert!(Config::load(&p).unwrap().validate().is_ok());
     }
 }

@@ -1,10 +1,11 @@
 //! `fishd`: parse flags, install the crypto provider and logging, run the node.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// The Aquarium daemon: serves the API, reconciles applications, runs drivers.
 #[derive(Parser, Debug)]
@@ -34,15 +35,71 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+/// What fishd does instead of running a node.
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Make a new data directory from a backup (`fishctl backup`); refuses a non-empty one.
+    /// Copy the TLS material (ca.crt, ca.key) and fishctl.yaml of the old node into it
+    /// before its first start, so clients keep trusting it (see README, Backup and restore).
+    Restore {
+        /// The data directory to create.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The backup file, or - for stdin.
+        file: PathBuf,
+    },
+}
+
+/// `fishd restore`: one line on stdout saying what was restored.
+fn restore(data_dir: &std::path::Path, file: &std::path::Path) -> ExitCode {
+    let result = if file.as_os_str() == "-" {
+        fishd::store::backup::restore(data_dir, std::io::stdin().lock())
+    } else {
+        match std::fs::File::open(file) {
+            Ok(f) => fishd::store::backup::restore(data_dir, std::io::BufReader::new(f)),
+            Err(e) => {
+                eprintln!("fishd: cannot read {}: {e}", file.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    match result {
+        Ok(sum) => {
+            println!(
+                "restored revision {} into {}: {} labels, {} applications, {} users, {} nodes",
+                sum.revision,
+                data_dir.display(),
+                sum.labels,
+                sum.applications,
+                sum.users,
+                sum.nodes
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fishd: restore failed: {:#}", anyhow::Error::from(e));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Sub::Restore { data_dir, file }) = &args.command {
+        return restore(data_dir, file);
+    }
     // Exactly one rustls provider in the process: ring (see reference/crates.md).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal, and never with NO_COLOR set (https://no-color.org):
+    // a log file must not fill with escape codes.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     if args.log_json {
         builder.json().init();
     } else {
@@ -67,7 +124,11 @@ fn main() -> ExitCode {
     match runtime.block_on(fishd::runtime::run(overrides)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let hint = e.hint();
             eprintln!("fishd: {:#}", anyhow::Error::from(e));
+            if let Some(hint) = hint {
+                eprintln!("fishd: {hint}");
+            }
             ExitCode::FAILURE
         }
     }

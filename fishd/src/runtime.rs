@@ -7,6 +7,7 @@
 //! them), then the API stops; all within the grace period. A second signal exits at
 //! once. With `drainAndDeallocate`, every application of the node is deallocated first.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{self, ApiLimits, AppState};
 use crate::config::{Config, ConfigError};
-use crate::drivers::{self, Driver, Drivers};
+use crate::drivers::{self, CallTimeouts, Driver, Drivers};
 use crate::meta_token::MetaTokens;
 use crate::reconcile::{Controller, Ctx, NodeIdentity, ReconcileConfig};
 use crate::store::{Command, Store, StoreError};
@@ -56,6 +57,7 @@ pub enum RunError {
     #[error("cannot open the store")]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}")]
+    /// See [`RunError::hint`] for what to do about it.
     Listen {
         addr: SocketAddr,
         #[source]
@@ -72,6 +74,20 @@ pub enum RunError {
     Bootstrap(String),
     #[error("API server failed")]
     Serve(#[source] std::io::Error),
+}
+
+impl RunError {
+    /// What the person starting fishd can do about this error, when there is
+    /// something obvious: a busy port names the flag and the setting that move it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            RunError::Listen { addr, source } if source.kind() == std::io::ErrorKind::AddrInUse => Some(format!(
+                "another process listens on {addr}: choose another address with --api ADDR \
+                 (or `api:` in fish.yml; the quickstart reads FISH_API, e.g. FISH_API=127.0.0.1:8002)"
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Loads the configuration and applies the overrides.
@@ -126,7 +142,11 @@ pub async fn build_drivers(
     };
     let mut out = Drivers::new();
     let mut dockers = Vec::new();
-    for (name, value) in entries {
+    for (name, mut value) in entries {
+        // `timeouts` is the reconciler's business (see `driver_timeouts`), not the driver's.
+        if let Some(settings) = value.as_object_mut() {
+            settings.remove("timeouts");
+        }
         let bad = |message: String| RunError::Driver { name: name.clone(), message };
         let driver: Arc<dyn Driver> = match name.split('/').next().unwrap_or("") {
             "test" => Arc::new(
@@ -159,6 +179,21 @@ pub async fn build_drivers(
     Ok((out, dockers))
 }
 
+/// The deadlines of each configured driver instance's calls (`drivers.<name>.timeouts`),
+/// each bounded so a typo cannot mean "forever".
+pub fn driver_timeouts(config: &Config) -> Result<BTreeMap<String, CallTimeouts>, RunError> {
+    let mut out = BTreeMap::new();
+    for (name, value) in config.drivers.iter().flatten() {
+        let Some(t) = value.get("timeouts") else { continue };
+        let timeouts: CallTimeouts = settings(&format!("{name}.timeouts"), t.clone())?;
+        timeouts
+            .check()
+            .map_err(|m| RunError::Driver { name: name.clone(), message: format!("drivers.{name}.{m}") })?;
+        out.insert(name.clone(), timeouts);
+    }
+    Ok(out)
+}
+
 /// A driver's settings from its `drivers.<name>` entry, errors naming the field.
 fn settings<T: serde::de::DeserializeOwned>(name: &str, value: serde_json::Value) -> Result<T, RunError> {
     serde_path_to_error::deserialize(value).map_err(|e| RunError::Driver {
@@ -180,50 +215,66 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Containers cannot reach the API on loopback: serve the metadata endpoint on the
 /// gateway address of each docker network (plain HTTP on the host-only bridge, where
-/// callers are identified by their source address).
+/// callers are identified by their source address). Bound now where the engine
+/// answers; otherwise (engine down at start, network recreated) by the driver through
+/// the binder, when a container is first put on that network.
 async fn serve_meta_on_docker_networks(
     dockers: &[Arc<drivers::docker::DockerDriver>],
     port: u16,
     state: &AppState,
     stop: CancellationToken,
 ) {
-    let mut bound = std::collections::BTreeSet::new();
+    let binder = meta_binder(state.clone(), stop);
     for d in dockers {
-        let addrs = match d.meta_listen_addrs(port).await {
-            Ok(a) => a,
+        d.set_meta_endpoint(port, binder.clone());
+        match d.meta_listen_addrs(port).await {
+            Ok(addrs) => {
+                for addr in addrs {
+                    if let Err(e) = binder(addr) {
+                        warn!(%addr, error = %e, "cannot listen for containers' metadata requests");
+                    }
+                }
+            }
             Err(e) => {
-                warn!(driver = %d.name(), error = %e, "containers will not reach the metadata endpoint");
-                continue;
+                info!(driver = %d.name(), error = %e, "metadata endpoint for containers bound once the engine answers")
             }
-        };
-        for addr in addrs {
-            if !bound.insert(addr) {
-                continue;
-            }
-            let listener = match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => l,
-                Err(e) => {
-                    warn!(%addr, error = %e, "cannot listen for containers' metadata requests");
-                    continue;
-                }
-            };
-            let router = api::meta_router(state.clone());
-            let stop = stop.clone();
-            info!(%addr, "metadata endpoint for containers");
-            tokio::spawn(async move {
-                let app = router.into_make_service_with_connect_info::<SocketAddr>();
-                let r = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
-                if let Err(e) = r {
-                    warn!(%addr, error = %e, "metadata listener failed");
-                }
-            });
         }
     }
 }
 
-/// Keeps the applications-by-phase gauge current for /metrics.
-async fn gauge_loop(store: Store, metrics: Arc<api::Metrics>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+/// Binds the metadata router at an address once (later calls for it are no-ops).
+fn meta_binder(state: AppState, stop: CancellationToken) -> drivers::docker::MetaBinder {
+    let bound = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    Arc::new(move |addr: SocketAddr| {
+        let mut bound = bound.lock().unwrap_or_else(|e| e.into_inner());
+        if bound.contains(&addr) {
+            return Ok(());
+        }
+        let std_listener = std::net::TcpListener::bind(addr).map_err(|e| e.to_string())?;
+        std_listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::from_std(std_listener).map_err(|e| e.to_string())?;
+        bound.insert(addr);
+        let router = api::meta_router(state.clone());
+        let stop = stop.clone();
+        info!(%addr, "metadata endpoint for containers");
+        tokio::spawn(async move {
+            let app = router.into_make_service_with_connect_info::<SocketAddr>();
+            let r = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+            if let Err(e) = r {
+                warn!(%addr, error = %e, "metadata listener failed");
+            }
+        });
+        Ok(())
+    })
+}
+
+/// How often the gauges of `/metrics` are set from the store; a scrape interval is
+/// typically 15-60 s, so this is never the stale part.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keeps the applications-by-phase and node capacity gauges current for /metrics.
+async fn gauge_loop(store: Store, metrics: crate::telemetry::PoolMetrics, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(GAUGE_INTERVAL);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -233,6 +284,9 @@ async fn gauge_loop(store: Store, metrics: Arc<api::Metrics>, stop: Cancellation
             if let Ok(uids) = store.uids_in_phase(phase) {
                 metrics.set_applications(phase, uids.len() as i64);
             }
+        }
+        if let Ok((_, nodes)) = store.list_nodes() {
+            metrics.set_nodes(&nodes);
         }
     }
 }
@@ -300,6 +354,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         inspect_interval: config.inspect_interval.get(),
         meta_url: format!("https://{addr}/meta/v1/data"),
         meta_ca: data_dir.join("ca.crt").display().to_string(),
+        timeouts: driver_timeouts(&config)?,
         ..ReconcileConfig::default()
     };
     let ctx = Ctx::new(store.clone(), drivers.clone(), node, rc, meta_tokens.clone());
@@ -325,12 +380,15 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
             let _ = cluster.membership.add_member(&m.name, &m.api).await;
         }
     }
-    let state = AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens, limits, api_stop.clone())
-        .with_cluster(cluster);
-    let metrics = state.metrics.clone();
+    let mut state =
+        AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens, limits, api_stop.clone())
+            .with_cluster(cluster);
+    state.metrics = Arc::new(api::Metrics::with_registry(ctx.metrics.clone(), |_| {}));
+    let metrics = ctx.metrics.clone();
     serve_meta_on_docker_networks(&dockers, addr.port(), &state, api_stop.clone()).await;
     let mut server = tokio::spawn(api::serve(state, listener, tls.server_config, api_stop.clone()));
     tokio::spawn(gauge_loop(store.clone(), metrics, beat.clone()));
+    tokio::spawn(crate::logs::janitor(store.clone(), data_dir.clone(), beat.clone()));
     info!(node = %node_name, api = %addr, data_dir = %data_dir.display(), drivers = ?drivers.keys().collect::<Vec<_>>(), "fishd ready");
 
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Serve)?;
@@ -367,7 +425,33 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         _ = term.recv() => warn!("second signal: exiting now"),
         _ = int.recv() => warn!("second signal: exiting now"),
     }
+    report_left_running(&store, &node_name);
     Ok(())
+}
+
+/// Says, as fishd's last words, how many resources of this node outlive it: stopping
+/// a demo should not leave work running silently.
+fn report_left_running(store: &Store, node: &str) {
+    let mut left = Vec::new();
+    for phase in [api_types::Phase::Elected, api_types::Phase::Allocated, api_types::Phase::Deallocate] {
+        for uid in store.uids_in_phase(phase).unwrap_or_default() {
+            if let Ok(Some(app)) = store.get_application_by_uid(uid)
+                && app.status.node.as_deref() == Some(node)
+            {
+                left.push(app.metadata.name_str().to_owned());
+            }
+        }
+    }
+    if left.is_empty() {
+        info!("nothing left running");
+    } else {
+        warn!(
+            applications = ?left,
+            "{} resource(s) left running; the next start of this node adopts them \
+             (stop with drainAndDeallocate / --drain-and-deallocate to release them instead)",
+            left.len()
+        );
+    }
 }
 
 async fn heartbeat_loop(ctx: Arc<Ctx>, config: Config, addr: SocketAddr, stop: CancellationToken) {

@@ -2,8 +2,9 @@
 //!
 //! Each test works as its own node (`dt-<random>`), so the tests run in parallel without
 //! seeing each other's containers, and a guard removes whatever a test labelled for its
-//! node even when the test fails. The tests skip only when there is no engine at all
-//! (no socket); an engine that is there but broken fails them. The image
+//! node even when the test fails. Without an engine at all (no socket) they skip, or
+//! fail under `CI=true` (see `aquarium_e2e::prerequisite`); an engine that is there but
+//! broken fails them. The image
 //! `aquarium-test/busybox:latest` is built by `.ci/docker-test-image.sh` when missing.
 
 use std::collections::HashMap;
@@ -37,8 +38,8 @@ where
     F: FnOnce(Docker) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
-    if !Path::new(DEFAULT_SOCKET).exists() {
-        eprintln!("SKIP: no docker engine on this machine ({DEFAULT_SOCKET} does not exist)");
+    let present = Path::new(DEFAULT_SOCKET).exists();
+    if !aquarium_e2e::prerequisite("docker", present, &format!("no docker engine ({DEFAULT_SOCKET} does not exist)")) {
         return;
     }
     let run = async {

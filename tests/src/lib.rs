@@ -138,6 +138,27 @@ impl TestDaemon {
         self.dir.path().join("fish.yml")
     }
 
+    /// A daemon not started yet, its port chosen: the test prepares its data directory
+    /// (`fishd restore` into [`TestDaemon::data_dir`]), then calls
+    /// [`TestDaemon::start_again`].
+    pub fn prepared(extra: &str) -> Result<TestDaemon> {
+        install_crypto();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Ok(TestDaemon {
+            child: None,
+            dir: tempfile::tempdir()?,
+            url: String::new(),
+            token: String::new(),
+            client: reqwest::Client::new(),
+            extra_config: extra.to_owned(),
+            port,
+            join: None,
+            joined_token: None,
+            netns: None,
+            host: "127.0.0.1".into(),
+        })
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
@@ -465,4 +486,24 @@ impl TestDaemon {
         }
         Ok(Watch { body: Box::pin(r.bytes_stream()), buf: Vec::new() })
     }
+}
+
+/// Whether a test's prerequisite (`what`: `docker`, `cgroup`...) is here. When it is
+/// not, the test fails under `CI=true`: CI must not report green for what it did not
+/// test. Elsewhere the test is skipped, saying so. `AQUARIUM_SKIP=docker,cgroup` opts
+/// out explicitly (in CI too).
+pub fn prerequisite(what: &str, present: bool, why_missing: &str) -> bool {
+    if present {
+        return true;
+    }
+    let opted_out = std::env::var("AQUARIUM_SKIP").is_ok_and(|v| v.split(',').any(|s| s.trim() == what));
+    if opted_out {
+        eprintln!("SKIP ({what} opted out by AQUARIUM_SKIP): {why_missing}");
+        return false;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("prerequisite {what} is missing under CI=true: {why_missing} (AQUARIUM_SKIP={what} opts out)");
+    }
+    eprintln!("SKIP (not in CI; set CI=true to fail instead): {why_missing}");
+    false
 }

@@ -195,6 +195,64 @@ impl Client {
         self.json(resp).await
     }
 
+    /// `POST /api/v1/apply` with options: `?dryRun=true` (nothing written; the answer
+    /// carries the objects as they would be stored), `?applyset=NAME[&prune=true]`.
+    pub async fn apply_with(
+        &self,
+        yaml: String,
+        dry_run: bool,
+        applyset: Option<&str>,
+        prune: bool,
+    ) -> Result<ApplyResponse, ClientError> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if dry_run {
+            query.push(("dryRun", "true".into()));
+        }
+        if let Some(set) = applyset {
+            query.push(("applyset", set.to_owned()));
+            if prune {
+                query.push(("prune", "true".into()));
+            }
+        }
+        let req = self
+            .request(Method::POST, self.url(&["apply"], &query))
+            .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+            .timeout(REQUEST_TIMEOUT)
+            .body(yaml);
+        let resp = self.send(req).await?;
+        self.json(resp).await
+    }
+
+    /// `GET /api/v1/<kind>/<name>`, `None` on 404.
+    pub async fn get_opt(&self, kind: Kind, name: &str) -> Result<Option<Value>, ClientError> {
+        match self.get(kind, name).await {
+            Ok(v) => Ok(Some(v)),
+            Err(ClientError::Api(body)) if body.code == 404 => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `POST /api/v1/users/<name>/token`: a new token; the old one stops working.
+    pub async fn rotate_token(&self, name: &str) -> Result<(String, String), ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Rotated {
+            user: String,
+            token: String,
+        }
+        let url = self.url(&["users", name, "token"], &[]);
+        let resp = self.send(self.request(Method::POST, url).timeout(REQUEST_TIMEOUT)).await?;
+        let r: Rotated = self.json(resp).await?;
+        Ok((r.user, r.token))
+    }
+
+    /// `GET /api/v1/backup`, as a raw byte stream (no overall timeout: a big store
+    /// takes as long as it takes).
+    pub async fn backup(&self) -> Result<ByteStream, ClientError> {
+        let url = self.url(&["backup"], &[]);
+        let resp = self.send(self.request(Method::GET, url)).await?;
+        Ok(ByteStream { client: self.clone(), resp })
+    }
+
     /// `GET /api/v1/<kind>`, items left untyped so that `-o json` shows every field the server sent.
     pub async fn list(&self, kind: Kind, query: &ListQuery) -> Result<List<Value>, ClientError> {
         let url = self.url(&[kind.plural()], &query_pairs(query));
@@ -216,12 +274,15 @@ impl Client {
         self.json(resp).await
     }
 
-    /// `DELETE /api/v1/<kind>/<name>[?version=N]`.
-    pub async fn delete(&self, kind: Kind, name: &str, version: Option<u32>) -> Result<(), ClientError> {
+    /// `DELETE /api/v1/<kind>/<name>[?version=N]`: the status (an application answers 200
+    /// when removed, 202 when only asked to deallocate) and the JSON body, if any.
+    pub async fn delete(&self, kind: Kind, name: &str, version: Option<u32>) -> Result<(u16, Value), ClientError> {
         let query: Vec<(&str, String)> = version.map(|v| ("version", v.to_string())).into_iter().collect();
         let url = self.url(&[kind.plural(), name], &query);
-        self.send(self.request(Method::DELETE, url).timeout(REQUEST_TIMEOUT)).await?;
-        Ok(())
+        let resp = self.send(self.request(Method::DELETE, url).timeout(REQUEST_TIMEOUT)).await?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(|e| self.connect_error(&e))?;
+        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
     }
 
     /// `POST /api/v1/applications/<name>/deallocate`; idempotent.

@@ -13,8 +13,8 @@ use api_types::manifest::{manifest_from_value, parse_values};
 use api_types::{ApplyAction, ApplyResult, Format, ManifestError, Phase};
 
 use super::{Env, shown};
-use crate::cli::ApplyArgs;
-use crate::client::one_line;
+use crate::cli::{ApplyArgs, ManifestArgs};
+use crate::client::{ClientError, one_line};
 
 /// File name endings read from a directory.
 const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
@@ -26,23 +26,57 @@ pub struct Source {
     pub text: String,
 }
 
+/// Reads every manifest the arguments name into one body; an error if there is none.
+pub fn manifest_body(m: &ManifestArgs) -> Result<String> {
+    Ok(manifest_sources(m)?.0)
+}
+
+/// The body, and for each document the file it came from.
+pub fn manifest_sources(m: &ManifestArgs) -> Result<(String, Vec<String>)> {
+    let sources = read_sources(&m.files, m.recursive)?;
+    let (body, origins) = build_body(&sources)?;
+    if origins.is_empty() {
+        bail!("no manifests found in {}", m.files.iter().map(|f| shown(f)).collect::<Vec<_>>().join(", "));
+    }
+    Ok((body, origins))
+}
+
 /// Applies the manifests, prints one line per document, and optionally waits.
 pub async fn run(env: &Env, args: ApplyArgs) -> Result<()> {
-    let sources = read_sources(&args.files, args.recursive)?;
-    let (body, count) = build_body(&sources)?;
-    if count == 0 {
-        bail!("no manifests found in {}", args.files.iter().map(|f| shown(f)).collect::<Vec<_>>().join(", "));
-    }
+    let (body, origins) = manifest_sources(&args.manifests)?;
     let client = env.client()?;
-    let resp = client.apply(body).await?;
-    let lines: String = resp.results.iter().map(result_line).collect();
+    let m = &args.manifests;
+    let resp = client
+        .apply_with(body, args.dry_run, m.applyset.as_deref(), m.prune)
+        .await
+        .map_err(|e| located(e, &origins))?;
+    let suffix = if args.dry_run { " (dry run)" } else { "" };
+    let lines: String = resp.results.iter().map(|r| result_line(r).replace('\n', &format!("{suffix}\n"))).collect();
     super::out(&lines)?;
-    if args.wait {
+    if args.wait && !args.dry_run {
         let apps: Vec<String> =
             resp.results.iter().filter(|r| r.kind == "Application").map(|r| r.name.clone()).collect();
         super::wait::wait_for(&client, &apps, Phase::Allocated, args.timeout).await?;
     }
     Ok(())
+}
+
+/// A server's verdict on the documents, prefixed with the file of the document it is
+/// about (`document N: ...` when several were sent, else the only file), as the checks
+/// made here are: the reader fixes a file, not a request.
+pub fn located(e: ClientError, origins: &[String]) -> anyhow::Error {
+    let ClientError::Api(body) = &e else { return e.into() };
+    let numbered = body
+        .message
+        .strip_prefix("document ")
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .and_then(|n| origins.get(n.wrapping_sub(1)));
+    let single = origins.first().filter(|first| origins.iter().all(|o| o == *first));
+    match numbered.or(single) {
+        Some(origin) => anyhow::anyhow!("{origin}: {e}"),
+        None => e.into(),
+    }
 }
 
 /// `label/ubuntu-ci created (version 1)`, `application/build-7 unchanged`.
@@ -124,9 +158,10 @@ fn is_blank_yaml(text: &str) -> bool {
 
 /// Checks every document and joins them into one YAML body (each document re-written
 /// as JSON, which is YAML too, so the server sees exactly what was checked here).
-/// Returns the body and the number of documents.
-pub fn build_body(sources: &[Source]) -> Result<(String, usize)> {
+/// Returns the body and, for each document in order, the file it came from.
+pub fn build_body(sources: &[Source]) -> Result<(String, Vec<String>)> {
     let mut docs = Vec::new();
+    let mut origins = Vec::new();
     for src in sources {
         if is_blank_yaml(&src.text) {
             continue;
@@ -136,10 +171,10 @@ pub fn build_body(sources: &[Source]) -> Result<(String, usize)> {
         for (i, value) in values.into_iter().enumerate() {
             manifest_from_value(i + 1, value.clone()).map_err(|e| manifest_error(&src.origin, &e))?;
             docs.push(serde_json::to_string(&value)?);
+            origins.push(src.origin.clone());
         }
     }
-    let count = docs.len();
-    Ok((docs.join("\n---\n") + "\n", count))
+    Ok((docs.join("\n---\n") + "\n", origins))
 }
 
 /// `FILE: document N (Label "x") is invalid: field: problem; ...` on one line.
@@ -217,8 +252,8 @@ mod tests {
                     .into(),
             },
         ];
-        let (body, n) = build_body(&sources).unwrap();
-        assert_eq!(n, 4);
+        let (body, origins) = build_body(&sources).unwrap();
+        assert_eq!(origins, ["a.yaml", "a.yaml", "b.json", "b.json"]);
         let parsed = api_types::parse_manifests(body.as_bytes(), Format::Yaml).unwrap();
         let names: Vec<_> = parsed.iter().map(|m| (m.kind(), m.metadata().name_str().to_owned())).collect();
         assert_eq!(
@@ -242,5 +277,31 @@ mod tests {
         );
         let e = build_body(&[Source { origin: "x.yaml".into(), text: "kind: [".into() }]).unwrap_err().to_string();
         assert!(e.starts_with("x.yaml: invalid YAML") && !e.contains('\n'), "{e}");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod located_tests {
+    use super::*;
+
+    fn api(message: &str) -> ClientError {
+        ClientError::Api(api_types::ErrorBody {
+            code: 422,
+            reason: api_types::ErrorReason::Invalid,
+            message: message.into(),
+            details: vec![],
+        })
+    }
+
+    #[test]
+    fn server_errors_name_the_file_of_their_document() {
+        let origins = ["a.yaml".to_owned(), "b.yaml".to_owned()];
+        let e = located(api("document 2: label \"x\" is invalid"), &origins).to_string();
+        assert!(e.starts_with("b.yaml: document 2: "), "{e}");
+        let e = located(api("label \"x\" is invalid"), &origins[..1]).to_string();
+        assert!(e.starts_with("a.yaml: label "), "{e}");
+        let e = located(api("label \"x\" is invalid"), &origins).to_string();
+        assert!(e.starts_with("label "), "no file is guessed: {e}");
     }
 }

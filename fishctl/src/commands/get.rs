@@ -1,4 +1,4 @@
-//! `fishctl get KIND [NAME] [-o FORMAT] [-w] [--phase P] [--label L]`.
+//! `fishctl get KIND [NAME] [-o FORMAT] [-w] [--phase P] [--label L]`, and `get all`.
 //!
 //! With `--watch` it first shows the list as without it, then follows changes from the
 //! list's `resourceVersion`: a table redrawn in place on a terminal, one line per change
@@ -15,22 +15,70 @@ use time::OffsetDateTime;
 use super::Env;
 use crate::cli::{GetArgs, OutputFormat};
 use crate::client::{Client, ListQuery, WatchUpdate, Watcher};
-use crate::kind::Kind;
+use crate::kind::{Kind, KindOrAll};
 use crate::output::watch::{LiveTable, WatchState, event_line, state_table};
 use crate::output::{Resource, kind_name, name_of, render_names, render_table, to_json, to_yaml, typed_all};
 
-/// Lists, shows or watches objects of one kind.
+/// How often a live watch table re-renders to keep its AGE column current (ages show
+/// seconds while young, so a second is the finest step a reader sees).
+const AGE_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The kinds `get all` shows, in this order (users are accounts, not workload).
+const ALL_KINDS: [Kind; 3] = [Kind::Label, Kind::Application, Kind::Node];
+
+/// Lists, shows or watches objects of one kind, or of every kind (`all`).
 pub async fn run(env: &Env, args: GetArgs) -> Result<()> {
-    if args.kind != Kind::Application && (args.phase.is_some() || args.label.is_some()) {
+    let kind = match args.kind {
+        KindOrAll::All => return get_all(env, &args).await,
+        KindOrAll::Kind(k) => k,
+    };
+    if kind != Kind::Application && (args.phase.is_some() || args.label.is_some()) {
         return super::usage("--phase and --label apply to applications only");
     }
     let client = env.client()?;
-    match args.kind {
+    match kind {
         Kind::Label => get::<Label>(&client, &args).await,
         Kind::Application => get::<Application>(&client, &args).await,
         Kind::Node => get::<Node>(&client, &args).await,
         Kind::User => get::<User>(&client, &args).await,
     }
+}
+
+/// `get all`: the table (or names, or one List) of every workload kind, as kubectl does.
+async fn get_all(env: &Env, args: &GetArgs) -> Result<()> {
+    if args.name.is_some() || args.watch || args.phase.is_some() || args.label.is_some() {
+        return super::usage("`get all` takes no name, --watch, --phase or --label; name a kind for those");
+    }
+    let client = env.client()?;
+    let now = OffsetDateTime::now_utc();
+    let mut sections = Vec::new();
+    let mut everything = Vec::new();
+    for kind in ALL_KINDS {
+        let items = client.list(kind, &ListQuery::default()).await?.items;
+        if items.is_empty() {
+            continue;
+        }
+        let text = match (kind, args.output) {
+            (_, OutputFormat::Json | OutputFormat::Yaml) => {
+                everything.extend(items);
+                continue;
+            }
+            (Kind::Label, o) => render::<Label>(&items, o, now)?,
+            (Kind::Application, o) => render::<Application>(&items, o, now)?,
+            (Kind::Node, o) => render::<Node>(&items, o, now)?,
+            (Kind::User, o) => render::<User>(&items, o, now)?,
+        };
+        sections.push(if is_table(args.output) { format!("{}:\n{text}", kind.plural()) } else { text });
+    }
+    let text = match args.output {
+        OutputFormat::Json | OutputFormat::Yaml => {
+            let list = serde_json::json!({"apiVersion": "aquarium.fish/v1", "kind": "List", "items": everything});
+            render_value(&list, args.output)?
+        }
+        OutputFormat::Name => sections.concat(),
+        _ => sections.join("\n"),
+    };
+    super::out(&text).map_err(Into::into)
 }
 
 fn query(args: &GetArgs) -> ListQuery {
@@ -133,12 +181,24 @@ async fn watch<T: Resource + DeserializeOwned>(
     let mut table = LiveTable::default();
     let width = comfy_table::Table::new().width().map(usize::from);
     let wide = args.output == OutputFormat::Wide;
+    let mut drawn = String::new();
     if live {
-        table.redraw(&mut std::io::stdout(), &state_table::<T>(&state, wide, OffsetDateTime::now_utc())?, width)?;
+        drawn = state_table::<T>(&state, wide, OffsetDateTime::now_utc())?;
+        table.redraw(&mut std::io::stdout(), &drawn, width)?;
     }
+    // The AGE column ticks between events: the live table is redrawn when it would change.
+    let mut tick = tokio::time::interval(AGE_TICK);
     loop {
         let update = tokio::select! {
             u = watcher.next() => u?,
+            _ = tick.tick(), if live => {
+                let now_drawn = state_table::<T>(&state, wide, OffsetDateTime::now_utc())?;
+                if now_drawn != drawn {
+                    table.redraw(&mut std::io::stdout(), &now_drawn, width)?;
+                    drawn = now_drawn;
+                }
+                continue;
+            }
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
         let update = match update {
@@ -148,8 +208,8 @@ async fn watch<T: Resource + DeserializeOwned>(
         };
         let changes = state.apply(update);
         if live {
-            let now = OffsetDateTime::now_utc();
-            table.redraw(&mut std::io::stdout(), &state_table::<T>(&state, wide, now)?, width)?;
+            drawn = state_table::<T>(&state, wide, OffsetDateTime::now_utc())?;
+            table.redraw(&mut std::io::stdout(), &drawn, width)?;
         } else {
             let lines: String =
                 changes.iter().map(|(t, o)| watch_line::<T>(*t, o, args.output)).collect::<Result<_>>()?;

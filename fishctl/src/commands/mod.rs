@@ -3,15 +3,19 @@
 //! here and in [`wait`].
 
 pub mod apply;
+pub mod backup;
 pub mod completions;
 pub mod config;
 pub mod create;
 pub mod deallocate;
 pub mod delete;
 pub mod describe;
+pub mod diff;
 pub mod get;
 pub mod logs;
 pub mod maintenance;
+pub mod rotate;
+pub mod top;
 pub mod version;
 pub mod wait;
 pub mod whoami;
@@ -75,7 +79,24 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Version => version::run(),
         Command::Completions(a) => completions::run(a),
         Command::Config(c) => config::run(&env, c),
+        Command::Diff(a) => match diff::run(&env, a).await {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(Exit { code: diff::EXIT_CHANGES, message: None }.into()),
+            Err(e) => Err(Exit { code: diff::EXIT_ERROR, message: Some(crate::error_line(&e)) }.into()),
+        },
+        Command::Backup { output } => backup::run(&env, &output).await,
+        Command::Rotate { user, .. } => rotate::run(&env, user).await,
+        Command::Top { .. } => top::run(&env).await,
     }
+}
+
+/// Ends fishctl with `code`, printing `message` (already an `error: ...` line) if any:
+/// for commands whose exit codes say more than success or failure (`diff`).
+#[derive(Debug, thiserror::Error)]
+#[error("exit {code}")]
+pub struct Exit {
+    pub code: u8,
+    pub message: Option<String>,
 }
 
 /// A command line clap accepted but that makes no sense (`--phase` on nodes); exits

@@ -1,4 +1,4 @@
-//! `/api/v1/applications`: list, watch, get, create, deallocate, resource and logs.
+//! `/api/v1/applications`: list, watch, get, create, deallocate, delete, resource and logs.
 //!
 //! A non-admin sees only its own applications: anyone else's answer 404, exactly
 //! as if they did not exist.
@@ -173,11 +173,15 @@ pub async fn deallocate_application(
     deallocate(&state, &user, &name).await
 }
 
-/// Ask for deallocation (202); idempotent. The record stays for `historyRetention`.
+/// An active application: ask for deallocation (202), as the deallocate route does. A
+/// DEALLOCATED or ERROR one: remove it now (200, the removed object), so its name is free
+/// again and its kept log goes with it (contract section 3).
 #[utoipa::path(
     delete, path = "/api/v1/applications/{name}", tag = "applications",
     params(("name" = String, Path, description = "application name or uid")),
-    responses((status = 202, body = Application), (status = 404, body = api_types::ErrorBody)),
+    responses((status = 202, body = Application, description = "deallocation requested"),
+        (status = 200, body = Application, description = "a finished application, removed"),
+        (status = 404, body = api_types::ErrorBody)),
     security(("bearer" = []), ("basic" = []))
 )]
 pub async fn delete_application(
@@ -185,7 +189,22 @@ pub async fn delete_application(
     user: AuthUser,
     Path(name): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Application>)> {
-    deallocate(&state, &user, &name).await
+    let app = find_visible(&state, &user, &name)?;
+    if !app.status.phase.is_terminal() {
+        return deallocate(&state, &user, &name).await;
+    }
+    // Terminal phases never change again, so nothing can race this removal.
+    let uid = app.metadata.uid.ok_or_else(|| ApiError::Internal("stored application without uid".into()))?;
+    let outcome = state.store.execute(Command::PurgeApplication { uid }).await?;
+    audit(
+        &user,
+        "delete",
+        "Application",
+        app.metadata.name_str(),
+        if outcome.is_ok() { "removed" } else { "rejected" },
+    );
+    outcome?;
+    Ok((StatusCode::OK, Json(app)))
 }
 
 /// The allocated resource (404 until ALLOCATED).
@@ -207,7 +226,22 @@ pub async fn get_resource(
     }
 }
 
-/// The resource's captured output; `?follow=true` streams until the application ends.
+/// The log of `app`'s resource, if its driver captures one and it exists yet.
+async fn open_log(state: &AppState, app: &Application, uid: uuid::Uuid) -> ApiResult<Option<tokio::fs::File>> {
+    let driver_name = match (&app.status.resource, app.status.definition) {
+        (Some(r), _) if !r.driver.is_empty() => r.driver.clone(),
+        (_, Some(i)) => match state.store.application_label(uid)?.and_then(|l| l.spec.definitions.get(i).cloned()) {
+            Some(d) => d.driver,
+            None => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    let Some(path) = state.drivers.get(&driver_name).and_then(|d| d.log_path(uid)) else { return Ok(None) };
+    Ok(tokio::fs::File::open(&path).await.ok())
+}
+
+/// The resource's captured output, kept until the application is removed;
+/// `?follow=true` waits for the output to appear and streams until the application ends.
 #[utoipa::path(
     get, path = "/api/v1/applications/{name}/logs", tag = "applications",
     params(("name" = String, Path, description = "application name or uid"), LogsQuery),
@@ -221,20 +255,27 @@ pub async fn get_logs(
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> ApiResult<Response> {
-    let app = find_visible(&state, &user, &name)?;
+    let follow = q.follow.unwrap_or(false);
+    let mut app = find_visible(&state, &user, &name)?;
     let uid = app.metadata.uid.ok_or_else(|| ApiError::Internal("stored application without uid".into()))?;
-    let no_logs = || ApiError::NotFound(format!("application {name:?} has no logs"));
-    let driver_name = match (&app.status.resource, app.status.definition) {
-        (Some(r), _) if !r.driver.is_empty() => r.driver.clone(),
-        (_, Some(i)) => state
-            .store
-            .application_label(uid)?
-            .and_then(|l| l.spec.definitions.get(i).map(|d| d.driver.clone()))
-            .ok_or_else(no_logs)?,
-        _ => return Err(no_logs()),
+    // With `follow`, an application whose resource has not written anything yet is
+    // waited for (as `kubectl logs -f` waits for a container), until it ends.
+    let file = loop {
+        match open_log(&state, &app, uid).await? {
+            Some(file) => break file,
+            None if follow && !app.status.phase.is_terminal() => {
+                tokio::select! {
+                    _ = state.shutdown.cancelled() => return Err(ApiError::Unavailable("fishd is shutting down".into())),
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+                app = find_visible(&state, &user, &name)?;
+            }
+            None => {
+                let why = if app.status.phase.is_terminal() { "captured no output" } else { "has no output yet" };
+                return Err(ApiError::NotFound(format!("application {name:?} {why}")));
+            }
+        }
     };
-    let path = state.drivers.get(&driver_name).and_then(|d| d.log_path(uid)).ok_or_else(no_logs)?;
-    let file = tokio::fs::File::open(&path).await.map_err(|_| no_logs())?;
     let follow = q.follow.unwrap_or(false);
     let store = state.store.clone();
     let shutdown = state.shutdown.clone();

@@ -8,24 +8,65 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use serde::Deserialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{content_type, read_body};
+use super::extract::{ApiQuery, content_type, read_body};
 use super::{AppState, audit};
 use crate::auth::{AuthUser, secrets};
 use crate::store::{ApplyItem, Command, Response, UserRecord};
 
+/// Query of `POST /api/v1/apply`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ApplyQuery {
+    /// Check and answer as a real apply would, with nothing written; the answer carries
+    /// the objects as they would be stored (`objects`).
+    pub dry_run: Option<bool>,
+    /// Record the labels and users applied as members of this applyset (admin).
+    pub applyset: Option<String>,
+    /// With `applyset`: delete the set's members that this apply no longer holds.
+    pub prune: Option<bool>,
+}
+
+/// How an apply runs: for real or as a dry run, under an applyset or not.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyOptions {
+    pub dry_run: bool,
+    /// (set name, prune).
+    pub applyset: Option<(String, bool)>,
+}
+
+impl ApplyQuery {
+    fn options(self) -> ApiResult<ApplyOptions> {
+        let prune = self.prune.unwrap_or(false);
+        let applyset = match self.applyset {
+            Some(set) => {
+                crate::store::check_set_name(&set)
+                    .map_err(|m| ApiError::BadRequest(format!("applyset {set:?}: {m}")))?;
+                Some((set, prune))
+            }
+            None if prune => {
+                return Err(ApiError::BadRequest("prune needs applyset: only members of a set are pruned".into()));
+            }
+            None => None,
+        };
+        Ok(ApplyOptions { dry_run: self.dry_run.unwrap_or(false), applyset })
+    }
+}
+
 /// Apply manifests: Labels, Applications and Users (YAML documents or JSON).
 #[utoipa::path(
-    post, path = "/api/v1/apply", tag = "apply",
+    post, path = "/api/v1/apply", tag = "apply", params(ApplyQuery),
     request_body(content = String, description = "YAML (one or more `---` documents) or JSON (an object or an array)",
         content_type = "application/yaml"),
     responses(
         (status = 200, body = ApplyResponse),
         (status = 400, body = api_types::ErrorBody, description = "not YAML/JSON; the message names line and column"),
-        (status = 403, body = api_types::ErrorBody, description = "a non-admin applied something other than an Application"),
+        (status = 403, body = api_types::ErrorBody, description = "a non-admin applied something other than an Application, or used an applyset"),
         (status = 409, body = api_types::ErrorBody),
         (status = 413, body = api_types::ErrorBody),
         (status = 422, body = api_types::ErrorBody, description = "invalid; `details` name the fields"),
@@ -35,9 +76,11 @@ use crate::store::{ApplyItem, Command, Response, UserRecord};
 pub async fn apply(
     State(state): State<AppState>,
     user: AuthUser,
+    ApiQuery(query): ApiQuery<ApplyQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<ApplyResponse>> {
+    let options = query.options()?;
     let bytes = read_body(&headers, body, state.limits.max_body_bytes).await?;
     let format = api_types::Format::detect(content_type(&headers), &bytes);
     let values = manifest::parse_values(&bytes, format).map_err(|e| ApiError::from_manifest(e, 1))?;
@@ -46,8 +89,7 @@ pub async fn apply(
     for (i, v) in values.into_iter().enumerate() {
         manifests.push(manifest::manifest_from_value(i + 1, v).map_err(|e| ApiError::from_manifest(e, count))?);
     }
-    let results = apply_manifests(&state, &user, manifests).await?;
-    Ok(Json(ApplyResponse { results }))
+    Ok(Json(apply_manifests_with(&state, &user, manifests, options).await?))
 }
 
 /// Parses a body that must be one document of `kind` (which it may omit).
@@ -106,6 +148,23 @@ pub async fn apply_manifests(
     user: &AuthUser,
     manifests: Vec<Manifest>,
 ) -> ApiResult<Vec<ApplyResult>> {
+    Ok(apply_manifests_with(state, user, manifests, ApplyOptions::default()).await?.results)
+}
+
+/// [`apply_manifests`] with options: a dry run (nothing written, the objects as they
+/// would be stored in the answer) and/or an applyset.
+pub async fn apply_manifests_with(
+    state: &AppState,
+    user: &AuthUser,
+    manifests: Vec<Manifest>,
+    options: ApplyOptions,
+) -> ApiResult<ApplyResponse> {
+    if let Some((set, _)) = &options.applyset
+        && !user.is_admin()
+    {
+        audit(user, "apply", "ApplySet", set, "forbidden");
+        return Err(ApiError::Forbidden(format!("only an admin may apply under an applyset ({set:?})")));
+    }
     let count = manifests.len();
     let mut items = Vec::with_capacity(count);
     for (i, m) in manifests.into_iter().enumerate() {
@@ -139,14 +198,25 @@ pub async fn apply_manifests(
             ApplyItem::User { record, .. } => ("User".to_owned(), record.user.metadata.name_str().to_owned()),
         })
         .collect();
-    let outcome =
-        state.store.execute(Command::Apply { items, owner: user.name.clone(), now: OffsetDateTime::now_utc() }).await?;
+    let (owner, now) = (user.name.clone(), OffsetDateTime::now_utc());
+    let command = match options.applyset {
+        Some((set, prune)) => Command::ApplySet { set, prune, items, owner, now },
+        None => Command::Apply { items, owner, now },
+    };
+    let (outcome, objects) = if options.dry_run {
+        let (outcome, objects) = state.store.dry_run(command).await?;
+        (outcome, Some(objects))
+    } else {
+        (state.store.execute(command).await?, None)
+    };
     match outcome {
         Ok(Response::Applied(results)) => {
-            for r in &results {
-                audit(user, "apply", &r.kind, &r.name, &r.action.to_string());
+            if objects.is_none() {
+                for r in &results {
+                    audit(user, "apply", &r.kind, &r.name, &r.action.to_string());
+                }
             }
-            Ok(results)
+            Ok(ApplyResponse { results, objects })
         }
         Ok(other) => Err(ApiError::Internal(format!("unexpected store answer to apply: {other:?}"))),
         Err(rejection) => {

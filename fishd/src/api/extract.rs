@@ -18,6 +18,8 @@ use super::error::ApiError;
 const DRAIN_MAX: usize = 64 * 1024 * 1024;
 /// How long draining may take.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Draining stops when the client sends nothing for this long: it is not sending.
+const DRAIN_IDLE: Duration = Duration::from_millis(500);
 
 /// Reads the whole body, refusing more than `limit` bytes with 413.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
@@ -28,6 +30,11 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
         .and_then(|v| v.parse::<u64>().ok());
     let mut stream = body.into_data_stream();
     if declared.is_some_and(|n| n > limit as u64) {
+        // A length we would not even drain: answer now (the connection is then closed),
+        // rather than wait for a body a lying client never sends.
+        if declared.is_some_and(|n| n > DRAIN_MAX as u64) {
+            return Err(too_large());
+        }
         drain(stream).await;
         return Err(too_large());
     }
@@ -46,7 +53,7 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
 async fn drain(mut stream: axum::body::BodyDataStream) {
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
         let mut seen = 0usize;
-        while let Some(Ok(chunk)) = stream.next().await {
+        while let Ok(Some(Ok(chunk))) = tokio::time::timeout(DRAIN_IDLE, stream.next()).await {
             seen += chunk.len();
             if seen > DRAIN_MAX {
                 break;

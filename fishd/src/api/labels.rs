@@ -126,11 +126,25 @@ pub async fn create_label(
     Ok((status, Json(label)).into_response())
 }
 
-/// Delete a label, or one version of it (admin). Applications keep their pinned version.
+/// What a label deletion did, and what it did not: applications of the label keep
+/// running on the version they pinned, and a person deleting a label in use should know.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelDeleted {
+    pub name: String,
+    /// The version deleted; absent when every version was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// Applications of the deleted version(s) that are not finished; they keep it.
+    pub applications_running: usize,
+}
+
+/// Delete a label, or one version of it (admin). Applications keep their pinned version;
+/// the answer says how many are still running on it.
 #[utoipa::path(
     delete, path = "/api/v1/labels/{name}", tag = "labels",
     params(("name" = String, Path, description = "label name"), VersionQuery),
-    responses((status = 204, description = "deleted"), (status = 403, body = api_types::ErrorBody),
+    responses((status = 200, body = LabelDeleted, description = "deleted"), (status = 403, body = api_types::ErrorBody),
         (status = 404, body = api_types::ErrorBody)),
     security(("bearer" = []), ("basic" = []))
 )]
@@ -139,14 +153,21 @@ pub async fn delete_label(
     user: AuthUser,
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<VersionQuery>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Json<LabelDeleted>> {
     user.require_admin("delete labels")?;
     let name = match name.parse::<uuid::Uuid>() {
         Ok(_) => find(&state, &name, None)?.metadata.name_str().to_owned(),
         Err(_) => name,
     };
+    let filter = crate::store::AppFilter { label: Some(name.clone()), ..Default::default() };
+    let (_, apps) = state.store.list_applications(&filter)?;
+    let applications_running = apps
+        .iter()
+        .filter(|a| !a.status.phase.is_terminal())
+        .filter(|a| q.version.is_none() || a.status.label_version == q.version)
+        .count();
     let outcome = state.store.execute(Command::DeleteLabel { name: name.clone(), version: q.version }).await?;
     audit(&user, "delete", "Label", &name, if outcome.is_ok() { "deleted" } else { "rejected" });
     outcome?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(LabelDeleted { name, version: q.version, applications_running }))
 }

@@ -2,10 +2,15 @@
 //!
 //! The caller is identified either by its `Bearer` resource token (processes get
 //! `FISH_META_TOKEN`) or by its source address, which must be the `ipAddr` of an
-//! ALLOCATED application (containers). Nothing else can read another resource's
-//! metadata. No user authentication: a resource holds no user credentials.
+//! ALLOCATED (or DEALLOCATE) application (containers). Nothing else can read another
+//! resource's metadata. No user authentication: a resource holds no user credentials.
+//!
+//! A container may ask as soon as it starts, before its allocation is recorded: a
+//! request from an address no application has yet waits (up to [`ADDRESS_WAIT`]) for
+//! one to be recorded with it, instead of a 404 the caller would have to retry.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use api_types::{Application, Metadata, Phase};
 use axum::Extension;
@@ -15,6 +20,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AppState;
+use crate::store::Kind;
+
+/// How long a request from an unknown address waits for an allocation to record it:
+/// longer than a driver takes from starting a container to answering.
+pub const ADDRESS_WAIT: Duration = Duration::from_secs(5);
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiQuery;
 
@@ -43,12 +53,12 @@ pub async fn meta_data(
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<MetaQuery>,
 ) -> ApiResult<Response> {
-    let app = identify(&state, peer.map(|Extension(ConnectInfo(a))| a.ip()), &headers)?;
+    let app = identify(&state, peer.map(|Extension(ConnectInfo(a))| a.ip()), &headers).await?;
     let data = merged_metadata(&state, &app)?;
     render(data, q.format.as_deref().unwrap_or("json"))
 }
 
-fn identify(state: &AppState, peer: Option<IpAddr>, headers: &HeaderMap) -> ApiResult<Application> {
+async fn identify(state: &AppState, peer: Option<IpAddr>, headers: &HeaderMap) -> ApiResult<Application> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -67,40 +77,67 @@ fn identify(state: &AppState, peer: Option<IpAddr>, headers: &HeaderMap) -> ApiR
     let Some(ip) = peer.map(|ip| ip.to_canonical()) else {
         return Err(ApiError::NotFound("the caller's address is unknown".into()));
     };
-    for uid in state.store.uids_in_phase(Phase::Allocated)? {
-        let Some(app) = state.store.get_application_by_uid(uid)? else { continue };
-        let matches = app
-            .status
-            .resource
-            .as_ref()
-            .and_then(|r| r.ip_addr.as_deref())
-            .and_then(|a| a.parse::<IpAddr>().ok())
-            .is_some_and(|a| a.to_canonical() == ip);
-        if matches {
-            return Ok(app);
+    // Subscribed before looking, so an allocation recorded in between is seen.
+    let mut changes = state.store.subscribe();
+    if let Some(app) = by_address(state, ip)? {
+        return Ok(app);
+    }
+    let deadline = tokio::time::Instant::now() + ADDRESS_WAIT;
+    loop {
+        let change = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            change = tokio::time::timeout_at(deadline, changes.recv()) => change,
+        };
+        match change {
+            Err(_) | Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => break,
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                if let Some(app) = by_address(state, ip)? {
+                    return Ok(app);
+                }
+            }
+            Ok(Ok(e)) if e.kind == Kind::Application => {
+                if let Ok(app) = serde_json::from_value::<Application>(e.object.clone())
+                    && has_address(&app, ip)
+                {
+                    return Ok(app);
+                }
+            }
+            Ok(Ok(_)) => {}
         }
     }
     Err(ApiError::NotFound(format!("no allocated resource has the address {ip}")))
 }
 
-/// Label metadata, overlaid by the application's, plus the `FISH_*` facts.
+/// The application holding a resource at `ip`, if any.
+fn by_address(state: &AppState, ip: IpAddr) -> ApiResult<Option<Application>> {
+    for phase in [Phase::Allocated, Phase::Deallocate] {
+        for uid in state.store.uids_in_phase(phase)? {
+            let Some(app) = state.store.get_application_by_uid(uid)? else { continue };
+            if has_address(&app, ip) {
+                return Ok(Some(app));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn has_address(app: &Application, ip: IpAddr) -> bool {
+    matches!(app.status.phase, Phase::Allocated | Phase::Deallocate)
+        && app
+            .status
+            .resource
+            .as_ref()
+            .and_then(|r| r.ip_addr.as_deref())
+            .and_then(|a| a.parse::<IpAddr>().ok())
+            .is_some_and(|a| a.to_canonical() == ip)
+}
+
+/// Label metadata, overlaid by the application's, plus the `FISH_*` facts: the same
+/// builder as the resource's environment ([`crate::metadata::merged`]).
 pub fn merged_metadata(state: &AppState, app: &Application) -> ApiResult<Metadata> {
     let uid = app.metadata.uid.ok_or_else(|| ApiError::Internal("stored application without uid".into()))?;
-    let mut data = Metadata::new();
     let label = state.store.application_label(uid)?;
-    if let Some(l) = &label {
-        data.extend(l.spec.metadata.clone());
-    }
-    data.extend(app.spec.metadata.clone());
-    let s = |v: &str| serde_json::Value::String(v.to_owned());
-    data.insert("FISH_APPLICATION".into(), s(app.metadata.name_str()));
-    data.insert("FISH_APPLICATION_UID".into(), s(&uid.to_string()));
-    data.insert("FISH_NODE".into(), s(app.status.node.as_deref().unwrap_or(&state.node_name)));
-    data.insert("FISH_LABEL".into(), s(app.spec.label.name.as_str()));
-    if let Some(v) = app.status.label_version {
-        data.insert("FISH_LABEL_VERSION".into(), s(&v.to_string()));
-    }
-    Ok(data)
+    Ok(crate::metadata::merged(label.as_ref(), app, &state.node_name))
 }
 
 fn render(data: Metadata, format: &str) -> ApiResult<Response> {

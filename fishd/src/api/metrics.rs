@@ -1,9 +1,8 @@
-//! Prometheus metrics: requests by route and status, their latency, and gauges the
-//! runtime sets (applications by phase).
+//! Prometheus metrics: requests by route and status and their latency (`fishd_http_*`),
+//! and the pool metrics of contract section 9 (`aquarium_*`, see [`crate::telemetry`]).
 
 use std::time::{Duration, Instant};
 
-use api_types::Phase;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
@@ -11,11 +10,11 @@ use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::AppState;
+use crate::telemetry::PoolMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -30,11 +29,6 @@ struct RouteLabels {
     route: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PhaseLabels {
-    phase: String,
-}
-
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 /// The registry and the metrics the API owns.
@@ -43,7 +37,8 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily,
-    applications: Family<PhaseLabels, Gauge>,
+    /// The `aquarium_*` metrics; the reconciler observes a clone of the same families.
+    pub pool: PoolMetrics,
 }
 
 impl Default for Metrics {
@@ -58,27 +53,27 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// The API's metrics in a new registry.
+    /// The API's metrics and fresh pool metrics in a new registry.
     pub fn new() -> Self {
-        Self::with_registry(|_| {})
+        Self::with_registry(PoolMetrics::default(), |_| {})
     }
 
-    /// Like [`Metrics::new`], letting the caller register its own metrics too.
-    pub fn with_registry(extra: impl FnOnce(&mut Registry)) -> Self {
-        let mut registry = Registry::with_prefix("fishd");
+    /// A registry holding the HTTP metrics, `pool`, and whatever `extra` registers in
+    /// the `aquarium_`-prefixed sub-registry (register `raft_term`, it is exported as
+    /// `aquarium_raft_term`).
+    pub fn with_registry(pool: PoolMetrics, extra: impl FnOnce(&mut Registry)) -> Self {
+        let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
-        let applications = Family::<PhaseLabels, Gauge>::default();
-        registry.register("http_requests", "HTTP requests answered, by route and status", requests.clone());
-        registry.register("http_request_duration_seconds", "Time to answer (headers) by route", latency.clone());
-        registry.register("applications", "Applications stored, by phase", applications.clone());
-        extra(&mut registry);
-        Metrics { registry, requests, latency, applications }
-    }
-
-    /// Sets the number of applications in `phase` (called by the runtime).
-    pub fn set_applications(&self, phase: Phase, count: i64) {
-        self.applications.get_or_create(&PhaseLabels { phase: phase.as_str().to_owned() }).set(count);
+        {
+            let http = registry.sub_registry_with_prefix("fishd");
+            http.register("http_requests", "HTTP requests answered, by route and status", requests.clone());
+            http.register("http_request_duration_seconds", "Time to answer (headers) by route", latency.clone());
+        }
+        let aquarium = registry.sub_registry_with_prefix("aquarium");
+        pool.register(aquarium);
+        extra(aquarium);
+        Metrics { registry, requests, latency, pool }
     }
 
     fn observe(&self, method: &str, route: &str, status: u16, took: Duration) {

@@ -10,6 +10,7 @@
 
 pub mod applications;
 pub mod apply;
+pub mod backup;
 pub mod cluster;
 pub mod conn;
 pub mod error;

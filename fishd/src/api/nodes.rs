@@ -1,8 +1,13 @@
 //! `/api/v1/nodes`: list, watch, get, and maintenance mode.
+//!
+//! `status.allocated` of a listed or fetched node is computed from the store's
+//! applications when serving, so it never lags a phase change; watches carry the
+//! node's own heartbeat record.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use api_types::{List, Node};
+use api_types::{List, Node, NodeCapacity, Phase};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -58,7 +63,9 @@ pub async fn list_nodes(
         });
     }
     let (rev, mut items) = state.store.list_nodes()?;
+    let usage = allocated_by_node(&state)?;
     for n in &mut items {
+        n.status.allocated = usage.get(n.metadata.name_str()).copied().unwrap_or_default();
         with_role(&state, n);
     }
     Ok(Json(List::new("Node", rev, items)).into_response())
@@ -69,17 +76,41 @@ fn with_role(state: &AppState, node: &mut Node) {
     node.status.role = state.cluster.membership.role(node.metadata.name_str());
 }
 
-fn find(state: &AppState, name_or_uid: &str) -> ApiResult<Node> {
-    if let Some(n) = state.store.get_node(name_or_uid)? {
-        return Ok(n);
-    }
-    if let Ok(uid) = name_or_uid.parse::<uuid::Uuid>() {
-        let (_, all) = state.store.list_nodes()?;
-        if let Some(n) = all.into_iter().find(|n| n.metadata.uid == Some(uid)) {
-            return Ok(n);
+/// What each node holds now, from the store's applications (ELECTED, ALLOCATED and
+/// DEALLOCATE ones reserve their definition's resources, as the election counts them),
+/// so `get nodes` is current the moment a phase changes rather than at the next heartbeat.
+fn allocated_by_node(state: &AppState) -> ApiResult<BTreeMap<String, NodeCapacity>> {
+    let mut usage: BTreeMap<String, NodeCapacity> = BTreeMap::new();
+    for phase in [Phase::Elected, Phase::Allocated, Phase::Deallocate] {
+        for uid in state.store.uids_in_phase(phase)? {
+            let Some(app) = state.store.get_application_by_uid(uid)? else { continue };
+            let (Some(node), Some(i)) = (app.status.node, app.status.definition) else { continue };
+            let Some(label) = state.store.application_label(uid)? else { continue };
+            let Some(def) = label.spec.definitions.get(i) else { continue };
+            let u = usage.entry(node).or_default();
+            u.cpu = u.cpu.saturating_add(def.resources.cpu);
+            u.ram = u.ram.saturating_add(def.resources.ram);
+            u.slots = u.slots.saturating_add(def.resources.slots());
+            u.applications += 1;
         }
     }
-    Err(ApiError::NotFound(format!("node {name_or_uid:?} not found")))
+    Ok(usage)
+}
+
+fn find(state: &AppState, name_or_uid: &str) -> ApiResult<Node> {
+    let mut node = match state.store.get_node(name_or_uid)? {
+        Some(n) => n,
+        None => {
+            let uid = name_or_uid.parse::<uuid::Uuid>().ok();
+            let (_, all) = state.store.list_nodes()?;
+            all.into_iter()
+                .find(|n| uid.is_some() && n.metadata.uid == uid)
+                .ok_or_else(|| ApiError::NotFound(format!("node {name_or_uid:?} not found")))?
+        }
+    };
+    node.status.allocated = allocated_by_node(state)?.remove(node.metadata.name_str()).unwrap_or_default();
+    with_role(state, &mut node);
+    Ok(node)
 }
 
 /// One node.
@@ -94,9 +125,7 @@ pub async fn get_node(
     _user: AuthUser,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Node>> {
-    let mut node = find(&state, &name)?;
-    with_role(&state, &mut node);
-    Ok(Json(node))
+    Ok(Json(find(&state, &name)?))
 }
 
 /// Turn maintenance on or off (admin).

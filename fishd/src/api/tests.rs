@@ -284,7 +284,7 @@ async fn apply_actions_and_errors() {
     );
     assert_eq!(
         send(s, Method::DELETE, "/api/v1/labels/l?version=1", Some(&fx.admin), None).await.status,
-        StatusCode::NO_CONTENT
+        StatusCode::OK
     );
     assert_eq!(
         send(s, Method::GET, "/api/v1/labels/l?version=1", Some(&fx.admin), None).await.status,
@@ -335,8 +335,9 @@ async fn watch_added_modified_resume_and_expired() {
     send(s, Method::POST, "/api/v1/applications/b1/deallocate", Some(&fx.bob), None).await;
     let r = send(s, Method::DELETE, "/api/v1/applications/a1", Some(&fx.alice), None).await;
     assert_eq!((r.status, r.body["status"]["phase"].clone()), (StatusCode::ACCEPTED, json!("DEALLOCATED")));
+    // Asking again is idempotent (a second DELETE would now remove the finished application).
     assert_eq!(
-        send(s, Method::DELETE, "/api/v1/applications/a1", Some(&fx.alice), None).await.status,
+        send(s, Method::POST, "/api/v1/applications/a1/deallocate", Some(&fx.alice), None).await.status,
         StatusCode::ACCEPTED,
         "idempotent"
     );
@@ -491,6 +492,24 @@ async fn concurrent_create_user_conflict_does_not_overwrite_the_winner() {
 }
 
 #[tokio::test]
+async fn openapi_network_values_are_the_ones_serde_reads_and_writes() {
+    let fx = fixture().await;
+    let doc = send(&fx.state, Method::GET, "/api/v1/openapi.json", None, None).await.body;
+    let values = doc["components"]["schemas"]["Network"]["enum"].as_array().cloned().unwrap_or_default();
+    assert!(!values.is_empty(), "no Network enum in {:#}", doc["components"]["schemas"]["Network"]);
+    for v in &values {
+        assert!(
+            serde_json::from_value::<api_types::Network>(v.clone()).is_ok(),
+            "the schema offers {v}, serde refuses it"
+        );
+    }
+    let written = serde_json::to_value(api_types::Network::default()).unwrap();
+    assert!(values.contains(&written), "serde writes {written}, the schema allows only {values:?}");
+    // What older clients send still means isolated.
+    assert_eq!(serde_json::from_value::<api_types::Network>(json!("")).unwrap(), api_types::Network::Isolated);
+}
+
+#[tokio::test]
 async fn openapi_document_lists_the_routes() {
     let fx = fixture().await;
     let r = send(&fx.state, Method::GET, "/api/v1/openapi.json", None, None).await;
@@ -543,6 +562,30 @@ async fn allocate(state: &AppState, name: &str, ip: &str) -> Uuid {
         .unwrap()
         .unwrap();
     uid
+}
+
+#[tokio::test]
+async fn meta_by_address_answers_a_request_made_before_the_allocation_is_recorded() {
+    let fx = fixture().await;
+    let s = &fx.state;
+    send(s, Method::POST, "/api/v1/apply", Some(&fx.admin), Some(LABEL)).await;
+    send(s, Method::POST, "/api/v1/apply", Some(&fx.alice), Some(&app_yaml("early"))).await;
+    let peer = std::net::SocketAddr::from(([10, 9, 8, 7], 40000));
+    let req = Request::get("/meta/v1/data").extension(axum::extract::ConnectInfo(peer)).body(Body::empty()).unwrap();
+    let before = s.store.subscribers();
+    let early = tokio::spawn(router(s.clone()).oneshot(req));
+    // The container asked first: its request is waiting (or, before the fix, answered 404).
+    let deadline = tokio::time::Instant::now() + T;
+    while s.store.subscribers() == before && !early.is_finished() {
+        assert!(tokio::time::Instant::now() < deadline, "the request neither waited nor answered");
+        tokio::task::yield_now().await;
+    }
+    allocate(s, "early", "10.9.8.7").await;
+    let resp = tokio::time::timeout(T, early).await.expect("timeout").unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "an early request from the resource's address got an error");
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    let data: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(data["FISH_APPLICATION"], "early");
 }
 
 #[tokio::test]

@@ -40,7 +40,8 @@ macro_rules! asset {
 const JS: &str = "text/javascript; charset=utf-8";
 
 /// Every file of `fishd/ui/` (a unit test checks this list against the directory).
-const ASSETS: &[Asset] = &[
+/// A `static`, not a `const`: a const would be copied into every function using it.
+static ASSETS: &[Asset] = &[
     asset!("index.html", "text/html; charset=utf-8"),
     asset!("app.css", "text/css; charset=utf-8"),
     asset!("icon.svg", "image/svg+xml"),

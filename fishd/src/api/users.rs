@@ -135,7 +135,7 @@ pub async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Rotate a user's token (admin): the old token stops working at once.
+/// Rotate a user's token (an admin any, a user its own): the old token stops working at once.
 #[utoipa::path(
     post, path = "/api/v1/users/{name}/token", tag = "users",
     params(("name" = String, Path, description = "user name")),
@@ -148,7 +148,10 @@ pub async fn rotate_token(
     user: AuthUser,
     Path(name): Path<String>,
 ) -> ApiResult<Json<TokenResponse>> {
-    user.require_admin("rotate tokens")?;
+    if !user.is_admin() && user.name != name {
+        // Like `get_user`: a user learns nothing about other users.
+        return Err(ApiError::NotFound(format!("user {name:?} not found")));
+    }
     let token = secrets::new_token().map_err(|e| ApiError::Internal(e.to_string()))?;
     let outcome = state
         .store

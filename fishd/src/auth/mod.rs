@@ -291,6 +291,9 @@ impl<K> Default for RateLimiter<K> {
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// The key's own limit as of its last request: pruning refills each bucket at its
+    /// own rate, never at the rate of whoever happens to trigger the pruning.
+    limit: u32,
 }
 
 const WINDOW: Duration = Duration::from_secs(60);
@@ -334,11 +337,12 @@ impl<K: std::hash::Hash + Eq + Clone> RateLimiter<K> {
         let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if b.len() >= MAX_KEYS {
             b.retain(|_, bucket| {
-                bucket.refill(limit, now);
-                bucket.tokens < f64::from(limit)
+                bucket.refill(bucket.limit, now);
+                bucket.tokens < f64::from(bucket.limit)
             });
         }
-        let bucket = b.entry(key.clone()).or_insert(Bucket { tokens: f64::from(limit), at: now });
+        let bucket = b.entry(key.clone()).or_insert(Bucket { tokens: f64::from(limit), at: now, limit });
+        bucket.limit = limit;
         bucket.refill(limit, now);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
@@ -404,6 +408,22 @@ mod tests {
         assert!(r.check(&a, 2, t0 + Duration::from_secs(600)).is_ok(), "up to the limit");
         assert!(r.check(&a, 2, t0 + Duration::from_secs(600)).is_err(), "and no further");
         assert!(r.check(&a, 0, t0).is_ok(), "0 = unlimited");
+    }
+
+    #[test]
+    fn pruning_a_full_map_refills_each_key_at_its_own_limit() {
+        let r = RateLimiter::default();
+        let t0 = Instant::now();
+        let slow = "slow".to_owned();
+        assert!(r.check(&slow, 1, t0).is_ok());
+        assert!(r.check(&slow, 1, t0).is_err(), "one a minute");
+        for i in 0..MAX_KEYS {
+            r.consume(format!("k{i}"), 1, t0);
+        }
+        // A caller with a high limit fills the map and triggers pruning a second later.
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(r.check(&"fast".to_owned(), 100_000, t1).is_ok());
+        assert!(r.check(&slow, 1, t1).is_err(), "pruning refilled a 1/min key at another caller's limit");
     }
 
     #[test]

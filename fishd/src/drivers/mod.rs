@@ -10,9 +10,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use api_types::{Definition, FieldError, Metadata, NodeCapacity};
+use api_types::{Definition, FieldError, HumanDuration, Metadata, NodeCapacity};
 use async_trait::async_trait;
+use serde::Deserialize;
 use uuid::Uuid;
 
 pub mod docker;
@@ -146,3 +148,97 @@ pub trait Driver: Send + Sync {
 
 /// The driver instances of a node, by instance name.
 pub type Drivers = BTreeMap<String, Arc<dyn Driver>>;
+
+/// A driver call, named for its deadline and for error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverOp {
+    Allocate,
+    Inspect,
+    Deallocate,
+    ListOwned,
+}
+
+impl std::fmt::Display for DriverOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DriverOp::Allocate => "allocate",
+            DriverOp::Inspect => "inspect",
+            DriverOp::Deallocate => "deallocate",
+            DriverOp::ListOwned => "list owned resources",
+        })
+    }
+}
+
+/// The longest any driver call may be given; more is a typo, not a plan.
+pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// How long each driver call may take (`drivers.<name>.timeouts` in fish.yml). A call
+/// past its deadline is a failed call with that reason, so a stalled image download
+/// cannot hold a reconcile slot (and its image lock) forever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CallTimeouts {
+    /// Image downloads and loads are slow: 30 minutes by default.
+    #[serde(default = "default_allocate")]
+    pub allocate: HumanDuration,
+    /// One look at a resource: 1 minute.
+    #[serde(default = "default_inspect")]
+    pub inspect: HumanDuration,
+    /// Graceful stops, then kills: 5 minutes.
+    #[serde(default = "default_deallocate")]
+    pub deallocate: HumanDuration,
+    /// Listing at start: 2 minutes.
+    #[serde(default = "default_list_owned")]
+    pub list_owned: HumanDuration,
+}
+
+fn default_allocate() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30 * 60))
+}
+fn default_inspect() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_deallocate() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5 * 60))
+}
+fn default_list_owned() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2 * 60))
+}
+
+impl Default for CallTimeouts {
+    fn default() -> Self {
+        CallTimeouts {
+            allocate: default_allocate(),
+            inspect: default_inspect(),
+            deallocate: default_deallocate(),
+            list_owned: default_list_owned(),
+        }
+    }
+}
+
+impl CallTimeouts {
+    /// The deadline of one call.
+    pub fn of(&self, op: DriverOp) -> Duration {
+        match op {
+            DriverOp::Allocate => self.allocate.get(),
+            DriverOp::Inspect => self.inspect.get(),
+            DriverOp::Deallocate => self.deallocate.get(),
+            DriverOp::ListOwned => self.list_owned.get(),
+        }
+    }
+
+    /// Refuses a zero deadline or one over [`MAX_CALL_TIMEOUT`], naming the field.
+    pub fn check(&self) -> Result<(), String> {
+        for (field, d) in [
+            ("allocate", self.allocate),
+            ("inspect", self.inspect),
+            ("deallocate", self.deallocate),
+            ("listOwned", self.list_owned),
+        ] {
+            if d.get().is_zero() || d.get() > MAX_CALL_TIMEOUT {
+                return Err(format!("timeouts.{field}: must be more than 0 and at most 24h"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -3,14 +3,26 @@
 //! A resource is a JSON file `<data-dir>/test/<instance>/<uid>.json`, so simulated
 //! resources survive a fishd restart and are adopted like real ones. Definitions
 //! can script the paths a test needs to drive: `allocateDelay` (humantime) and
-//! `failAllocations` (fail the first N attempts of each application).
-//! Writing `{"ended": "message"}` into a resource file makes it end by itself.
+//! `failAllocations` (fail the first N attempts of each application; the count is
+//! kept in `<uid>.attempts`, apart from the resource, so releasing a failed attempt's
+//! leftovers does not reset it). Writing `{"ended": "message"}` into a resource file
+//! makes it end by itself. `journal.log` gets one line per resource created, so a test
+//! can check what ran.
+//!
+//! # Fault injection
+//! `faults` in the driver's settings, or `faults.json` in its directory (read at every
+//! call, so a test can change it on demand), makes `allocate`, `deallocate` and
+//! `inspect` fail or stall at random: `{"allocate": {"fail": 0.3, "stall": 0.1},
+//! "stallFor": "5s"}`. A stall waits `stallFor` and then does the call.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use api_types::{Definition, FieldError, HumanDuration, NodeCapacity};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::{AllocateRequest, Allocated, Driver, DriverError, OwnedResource, ResourceState};
@@ -25,6 +37,34 @@ pub struct TestConfig {
     /// Report the driver unavailable with this reason (to test that path).
     #[serde(default)]
     pub unavailable: Option<String>,
+    /// Faults to inject from the start (`faults.json` in the directory overrides).
+    #[serde(default)]
+    pub faults: Option<Faults>,
+}
+
+/// Which calls fail or stall, and how often.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Faults {
+    #[serde(default)]
+    pub allocate: Fault,
+    #[serde(default)]
+    pub deallocate: Fault,
+    #[serde(default)]
+    pub inspect: Fault,
+    /// How long a stalled call waits before it goes on (default 1 h: "forever").
+    #[serde(default)]
+    pub stall_for: Option<HumanDuration>,
+}
+
+/// The chances (0 to 1) that one call fails, or stalls.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    #[serde(default)]
+    pub fail: f64,
+    #[serde(default)]
+    pub stall: f64,
 }
 
 /// Definition options of the test driver.
@@ -40,8 +80,7 @@ struct TestOptions {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Record {
     identifier: String,
-    /// Allocation attempts seen for this application, failed or not.
-    attempts: u32,
+    /// False while an allocation is under way (or failed half-way): still owned.
     allocated: bool,
     #[serde(default)]
     ended: Option<String>,
@@ -53,6 +92,8 @@ pub struct TestDriver {
     name: String,
     dir: PathBuf,
     config: TestConfig,
+    /// Random state for fault injection (splitmix64).
+    dice: AtomicU64,
 }
 
 impl TestDriver {
@@ -61,11 +102,17 @@ impl TestDriver {
         let dir = data_dir.join("test").join(name.replace('/', "_"));
         std::fs::create_dir_all(&dir)
             .map_err(|e| DriverError::with_source("cannot create test driver directory", e))?;
-        Ok(TestDriver { name, dir, config })
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(|e| DriverError::failed(format!("no random seed: {e}")))?;
+        Ok(TestDriver { name, dir, config, dice: AtomicU64::new(u64::from_le_bytes(seed)) })
     }
 
     fn path(&self, uid: Uuid) -> PathBuf {
         self.dir.join(format!("{uid}.json"))
+    }
+
+    fn attempts_path(&self, uid: Uuid) -> PathBuf {
+        self.dir.join(format!("{uid}.attempts"))
     }
 
     async fn read(&self, uid: Uuid) -> Result<Option<Record>, DriverError> {
@@ -78,13 +125,75 @@ impl TestDriver {
         }
     }
 
+    async fn write_atomic(&self, path: PathBuf, bytes: Vec<u8>) -> Result<(), DriverError> {
+        let tmp = path.with_extension("tmp");
+        tokio::fs::write(&tmp, bytes).await.map_err(|e| DriverError::with_source("cannot write test resource", e))?;
+        tokio::fs::rename(&tmp, path).await.map_err(|e| DriverError::with_source("cannot write test resource", e))
+    }
+
     async fn write(&self, uid: Uuid, r: &Record) -> Result<(), DriverError> {
         let bytes = serde_json::to_vec(r).map_err(|e| DriverError::with_source("cannot encode test resource", e))?;
-        let tmp = self.dir.join(format!("{uid}.tmp"));
-        tokio::fs::write(&tmp, bytes).await.map_err(|e| DriverError::with_source("cannot write test resource", e))?;
-        tokio::fs::rename(&tmp, self.path(uid))
+        self.write_atomic(self.path(uid), bytes).await
+    }
+
+    /// Counts one more allocation attempt of `uid`; returns the count.
+    async fn count_attempt(&self, uid: Uuid) -> Result<u32, DriverError> {
+        let n = match tokio::fs::read_to_string(self.attempts_path(uid)).await {
+            Ok(s) => s.trim().parse::<u32>().unwrap_or(0),
+            Err(_) => 0,
+        } + 1;
+        self.write_atomic(self.attempts_path(uid), n.to_string().into_bytes()).await?;
+        Ok(n)
+    }
+
+    async fn journal(&self, line: String) -> Result<(), DriverError> {
+        let mut f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("journal.log"))
             .await
-            .map_err(|e| DriverError::with_source("cannot write test resource", e))
+            .map_err(|e| DriverError::with_source("cannot open the journal", e))?;
+        f.write_all(format!("{line}\n").as_bytes()).await.map_err(|e| DriverError::with_source("cannot journal", e))?;
+        // tokio writes in the background: done only once flushed.
+        f.flush().await.map_err(|e| DriverError::with_source("cannot journal", e))
+    }
+
+    /// The faults in force: `faults.json` if present, else the settings'.
+    async fn faults(&self) -> Option<Faults> {
+        match tokio::fs::read(self.dir.join("faults.json")).await {
+            Ok(b) => match serde_json::from_slice(&b) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(driver = %self.name, error = %e, "faults.json is not valid; no faults injected");
+                    None
+                }
+            },
+            Err(_) => self.config.faults.clone(),
+        }
+    }
+
+    /// A number in [0, 1).
+    fn roll(&self) -> f64 {
+        let mut z = self.dice.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Stalls or fails the call `op` as the faults in force say.
+    async fn inject(&self, op: &str, pick: impl Fn(&Faults) -> Fault) -> Result<(), DriverError> {
+        let Some(faults) = self.faults().await else { return Ok(()) };
+        let fault = pick(&faults);
+        if fault.stall > 0.0 && self.roll() < fault.stall {
+            let d = faults.stall_for.map(|d| d.get()).unwrap_or(Duration::from_secs(3600));
+            tracing::info!(driver = %self.name, op, stall = ?d, "injected stall");
+            tokio::time::sleep(d).await;
+        }
+        if fault.fail > 0.0 && self.roll() < fault.fail {
+            return Err(DriverError::failed(format!("injected {op} failure")));
+        }
+        Ok(())
     }
 }
 
@@ -126,25 +235,32 @@ impl Driver for TestDriver {
         if rec.allocated {
             return Ok(allocated(&rec));
         }
-        rec.attempts += 1;
+        // Counted apart from the resource and before anything can fail, so neither a
+        // restart nor the release of a failed attempt's leftovers resets it.
+        let attempt = self.count_attempt(req.uid).await?;
         rec.identifier = format!("test-{}", req.uid.simple());
-        // Persisted before failing, so the count of failures survives a restart.
+        // Half-made: owned (listed, released) from here on.
         self.write(req.uid, &rec).await?;
+        self.inject("allocate", |f| f.allocate).await?;
         if let Some(d) = opts.allocate_delay {
             tokio::time::sleep(d.get()).await;
         }
-        if rec.attempts <= opts.fail_allocations {
+        if attempt <= opts.fail_allocations {
             return Err(DriverError::failed(format!(
-                "simulated allocation failure {} of {}",
-                rec.attempts, opts.fail_allocations
+                "simulated allocation failure {attempt} of {}",
+                opts.fail_allocations
             )));
         }
         rec.allocated = true;
         self.write(req.uid, &rec).await?;
+        self.journal(format!("allocated {}", req.uid)).await?;
+        // Allocated: later calls return this resource, so the count has done its job.
+        let _ = tokio::fs::remove_file(self.attempts_path(req.uid)).await;
         Ok(allocated(&rec))
     }
 
     async fn inspect(&self, uid: Uuid, _identifier: &str) -> Result<ResourceState, DriverError> {
+        self.inject("inspect", |f| f.inspect).await?;
         Ok(match self.read(uid).await? {
             Some(Record { allocated: true, ended: None, .. }) => ResourceState::Running,
             Some(Record { allocated: true, ended: Some(m), .. }) => ResourceState::Ended(m),
@@ -153,6 +269,7 @@ impl Driver for TestDriver {
     }
 
     async fn deallocate(&self, uid: Uuid, _identifier: &str) -> Result<(), DriverError> {
+        self.inject("deallocate", |f| f.deallocate).await?;
         match tokio::fs::remove_file(self.path(uid)).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -168,9 +285,8 @@ impl Driver for TestDriver {
         while let Some(entry) = dir.next_entry().await.map_err(|e| DriverError::with_source("cannot list", e))? {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(uid) = name.strip_suffix(".json").and_then(|u| Uuid::try_parse(u).ok()) else { continue };
-            if let Some(rec) = self.read(uid).await?
-                && rec.allocated
-            {
+            // Half-made resources are owned too: a crash or a failed release may leave them.
+            if let Some(rec) = self.read(uid).await? {
                 out.push(OwnedResource { uid, identifier: rec.identifier });
             }
         }
@@ -218,6 +334,43 @@ mod tests {
         d2.deallocate(uid, &a.identifier).await.unwrap();
         d2.deallocate(uid, &a.identifier).await.unwrap();
         assert!(matches!(d2.inspect(uid, &a.identifier).await.unwrap(), ResourceState::Lost(_)));
+    }
+
+    #[tokio::test]
+    async fn fail_allocations_counts_attempts_across_the_release_of_failed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = TestDriver::new("test".into(), TestConfig::default(), dir.path()).unwrap();
+        let uid = Uuid::now_v7();
+        let r = req(uid, def(serde_json::json!({"failAllocations": 1})));
+        assert!(d.allocate(&r).await.is_err());
+        // The reconciler releases what a failed attempt left; that must not reset the count.
+        assert_eq!(d.list_owned().await.unwrap().len(), 1, "a half-made resource is owned");
+        d.deallocate(uid, "").await.unwrap();
+        assert!(d.list_owned().await.unwrap().is_empty());
+        d.allocate(&r).await.expect("the second attempt must succeed with failAllocations: 1");
+        let journal = std::fs::read_to_string(dir.path().join("test/test/journal.log")).unwrap();
+        assert_eq!(journal.lines().count(), 1, "{journal}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn injected_faults_fail_and_stall_on_demand() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = TestDriver::new("test".into(), TestConfig::default(), dir.path()).unwrap();
+        let uid = Uuid::now_v7();
+        let r = req(uid, def(serde_json::json!({})));
+        let faults = dir.path().join("test/test/faults.json");
+        std::fs::write(&faults, r#"{"allocate": {"fail": 1}, "deallocate": {"fail": 1}, "inspect": {"fail": 1}}"#)
+            .unwrap();
+        assert!(d.allocate(&r).await.unwrap_err().to_string().contains("injected allocate failure"));
+        assert!(d.inspect(uid, "").await.unwrap_err().to_string().contains("injected inspect failure"));
+        assert!(d.deallocate(uid, "").await.unwrap_err().to_string().contains("injected deallocate failure"));
+        std::fs::write(&faults, r#"{"deallocate": {"stall": 1}, "stallFor": "10m"}"#).unwrap();
+        let stalled = tokio::time::timeout(Duration::from_secs(60), d.deallocate(uid, "")).await;
+        assert!(stalled.is_err(), "a stall of 10 minutes answered within a minute");
+        std::fs::write(&faults, "{}").unwrap();
+        d.deallocate(uid, "").await.unwrap();
+        assert!(d.list_owned().await.unwrap().is_empty());
+        d.allocate(&r).await.unwrap();
     }
 
     #[test]

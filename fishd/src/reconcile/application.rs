@@ -1,45 +1,76 @@
 //! Reconciling one application: allocate what is ELECTED here, watch what is
 //! ALLOCATED, release what is asked to DEALLOCATE, purge what has been finished
-//! for longer than the retention.
+//! for longer than the retention, and release leftovers nothing else owns.
 //!
 //! # Guarantees
 //! - Never runs twice at once for one application (the queue ensures it).
 //! - Status is written with compare-and-set on the phase: if a user deallocated an
 //!   application while its allocation ran, the allocation's write is refused and the
-//!   fresh resource is released at once, so nothing leaks.
+//!   fresh resource is recorded on the application (DEALLOCATE), or as a leftover, and
+//!   released; a release is retried until the driver confirms it, with the last
+//!   failure in `status.message`.
+//! - Every driver call has a deadline ([`crate::drivers::CallTimeouts`]); a call past it
+//!   is a failed call with that reason.
+//! - A panicking reconcile is caught, recorded in `status.message` and retried.
 //!
 //! # Assumptions
 //! - Drivers allocate idempotently per uid, so an ELECTED application found after a
 //!   crash can simply be allocated again.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use api_types::{Application, Label, Phase, ResourceStatus};
+use futures::FutureExt;
 use time::OffsetDateTime;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
 
 use super::queue::Queue;
-use super::{Ctx, backoff, transition};
-use crate::drivers::{AllocateRequest, DriverError, ResourceState};
+use super::{Ctx, Leftover, backoff, transition};
+use crate::drivers::{AllocateRequest, DriverError, DriverOp, ResourceState};
 use crate::store::{Command, Rejection, StoreError};
 
 /// What to do after a reconcile: run again after this long, or wait for a trigger.
 type Next = Option<Duration>;
 
-/// Reconciles application `uid` as it is now.
+/// Reconciles application `uid` as it is now. A panic inside is caught: it is logged,
+/// recorded on the application and retried with backoff, so the uid is never stranded.
 pub async fn reconcile(ctx: Arc<Ctx>, uid: Uuid) -> Next {
-    let app = match ctx.store.get_application_by_uid(uid) {
-        Ok(Some(app)) => app,
-        Ok(None) => {
-            ctx.forget(uid);
-            return None;
+    match AssertUnwindSafe(reconcile_once(ctx.clone(), uid)).catch_unwind().await {
+        Ok(next) => next,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            error!(%uid, panic = %what, "reconcile panicked; will retry");
+            let n = ctx.failure(uid);
+            if let Ok(Some(app)) = ctx.store.get_application_by_uid(uid) {
+                let note = format!("reconcile failed unexpectedly ({what}); retrying");
+                if let Err(e) = note_message(&ctx, &app, note).await {
+                    warn!(%uid, error = %e, "could not record the panic");
+                }
+            }
+            Some(backoff(n))
         }
+    }
+}
+
+async fn reconcile_once(ctx: Arc<Ctx>, uid: Uuid) -> Next {
+    let app = match ctx.store.get_application_by_uid(uid) {
+        Ok(app) => app,
         Err(e) => {
             warn!(%uid, error = %e, "cannot read application");
             return Some(backoff(ctx.failure(uid)));
         }
+    };
+    let leftovers = release_leftovers(&ctx, uid, app.as_ref()).await;
+    let Some(app) = app else {
+        ctx.forget(uid);
+        return leftovers;
     };
     let span = info_span!("reconcile", app = %app.metadata.name_str(), uid = %uid, phase = %app.status.phase);
     let mine = app.status.node.as_deref() == Some(ctx.node.name.as_str());
@@ -56,12 +87,20 @@ pub async fn reconcile(ctx: Arc<Ctx>, uid: Uuid) -> Next {
     }
     .instrument(span)
     .await;
-    match result {
+    let next = match result {
         Ok(next) => next,
         Err(e) => {
             warn!(%uid, error = %e, "reconcile failed; will retry");
             Some(backoff(ctx.failure(uid)))
         }
+    };
+    earliest(next, leftovers)
+}
+
+fn earliest(a: Next, b: Next) -> Next {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
     }
 }
 
@@ -83,27 +122,78 @@ async fn write(
     }
 }
 
+/// Shows `message` on the application without changing its phase, and without the
+/// write re-triggering this reconcile at once (the caller returns its own backoff).
+async fn note_message(ctx: &Ctx, app: &Application, message: String) -> Result<bool, StoreError> {
+    if app.status.message == message {
+        return Ok(true);
+    }
+    let uid = app.metadata.uid.unwrap_or_default();
+    let mut s = app.status.clone();
+    s.message = message;
+    ctx.expect_own_write(uid);
+    let written = write(ctx, app, app.status.phase, s).await;
+    if !matches!(written, Ok(true)) {
+        // No event will come to consume the mark.
+        ctx.is_own_write(uid);
+    }
+    written
+}
+
 fn label_of(ctx: &Ctx, uid: Uuid) -> Result<Option<Label>, StoreError> {
     ctx.store.application_label(uid)
 }
 
-/// Label metadata, overlaid by the application's, plus what fishd adds.
-fn merged_metadata(ctx: &Ctx, app: &Application, label: &Label, uid: Uuid) -> api_types::Metadata {
-    let mut m = label.spec.metadata.clone();
-    m.extend(app.spec.metadata.clone());
-    let s = |v: &str| serde_json::Value::String(v.to_owned());
-    m.insert("FISH_APPLICATION".into(), s(app.metadata.name_str()));
-    m.insert("FISH_APPLICATION_UID".into(), s(&uid.to_string()));
-    m.insert("FISH_NODE".into(), s(&ctx.node.name));
-    m.insert("FISH_LABEL".into(), s(&format!("{}:{}", label.metadata.name_str(), label.metadata.version.unwrap_or(0))));
-    m.insert("FISH_META_TOKEN".into(), s(&ctx.meta_tokens.issue(uid)));
-    if !ctx.config.meta_url.is_empty() {
-        m.insert("FISH_META_URL".into(), s(&ctx.config.meta_url));
+/// The driver of the definition the application was elected with.
+fn definition_driver(ctx: &Ctx, app: &Application) -> Option<String> {
+    let uid = app.metadata.uid?;
+    let label = label_of(ctx, uid).ok()??;
+    label.spec.definitions.get(app.status.definition.unwrap_or(0)).map(|d| d.driver.clone())
+}
+
+/// Whether `app`, as it is now, may hold a resource of driver instance `driver` on this
+/// node: then that resource is the phase handler's business, not an orphan.
+fn holds(ctx: &Ctx, app: &Application, driver: &str) -> bool {
+    if app.status.node.as_deref() != Some(ctx.node.name.as_str()) {
+        return false;
     }
-    if !ctx.config.meta_ca.is_empty() {
-        m.insert("FISH_CA_CERT".into(), s(&ctx.config.meta_ca));
+    match app.status.phase {
+        Phase::Allocated | Phase::Deallocate => match &app.status.resource {
+            Some(r) => r.driver == driver,
+            None => definition_driver(ctx, app).as_deref() == Some(driver),
+        },
+        Phase::Elected => definition_driver(ctx, app).as_deref() == Some(driver),
+        Phase::New | Phase::Deallocated | Phase::Error => false,
     }
-    m
+}
+
+/// Releases what drivers hold for `uid` that the application does not account for (a
+/// failed attempt's remains whose cleanup failed, an orphan found at start). Returns
+/// when to try again if some release failed.
+async fn release_leftovers(ctx: &Ctx, uid: Uuid, app: Option<&Application>) -> Next {
+    let leftovers = ctx.take_leftovers(uid);
+    if leftovers.is_empty() {
+        return None;
+    }
+    let mut failed = Vec::new();
+    for l in leftovers {
+        if app.is_some_and(|a| holds(ctx, a, &l.driver)) {
+            continue;
+        }
+        let Some(driver) = ctx.drivers.get(&l.driver).cloned() else { continue };
+        match ctx.call(&l.driver, DriverOp::Deallocate, driver.deallocate(uid, &l.identifier)).await {
+            Ok(()) => info!(%uid, driver = %l.driver, identifier = %l.identifier, "released leftover resource"),
+            Err(e) => {
+                warn!(%uid, driver = %l.driver, identifier = %l.identifier, error = %e, "could not release leftover resource; retrying");
+                failed.push(l);
+            }
+        }
+    }
+    if failed.is_empty() {
+        return None;
+    }
+    ctx.add_leftovers(uid, failed);
+    Some(backoff(ctx.failure(uid)))
 }
 
 async fn allocate(ctx: &Ctx, app: Application) -> Result<Option<Duration>, StoreError> {
@@ -133,12 +223,12 @@ async fn allocate(ctx: &Ctx, app: Application) -> Result<Option<Duration>, Store
         uid,
         name: app.metadata.name_str().to_owned(),
         definition: def.clone(),
-        metadata: merged_metadata(ctx, &app, &label, uid),
+        metadata: super::request_metadata(ctx, &app, &label, uid),
         node: ctx.node.name.clone(),
     };
     info!(driver = %def.driver, definition = idx, "allocating");
     let started = std::time::Instant::now();
-    match driver.allocate(&req).await {
+    match ctx.call(&def.driver, DriverOp::Allocate, driver.allocate(&req)).await {
         Ok(a) => {
             let lifetime = effective_lifetime(ctx, &app, &def);
             let now = OffsetDateTime::now_utc();
@@ -152,29 +242,42 @@ async fn allocate(ctx: &Ctx, app: Application) -> Result<Option<Duration>, Store
                     started.elapsed().as_millis()
                 ),
             );
-            s.resource = Some(ResourceStatus {
+            let resource = ResourceStatus {
                 driver: def.driver.clone(),
                 identifier: a.identifier.clone(),
                 ip_addr: a.ip_addr,
                 hw_addr: a.hw_addr,
-                expires_at: Some(now + lifetime),
+                expires_at: Some(
+                    now.checked_add(lifetime.try_into().unwrap_or(time::Duration::MAX)).unwrap_or(max_time()),
+                ),
                 details: a.details,
-            });
+            };
+            s.resource = Some(resource.clone());
             if write(ctx, &app, Phase::Elected, s).await? {
                 info!(identifier = %a.identifier, "allocated");
+                observe_allocated(ctx, &app, &def.driver, now);
                 ctx.clear_failures(uid);
-                Ok(Some(ctx.config.inspect_interval.min(lifetime)))
-            } else {
-                // Deallocated while we allocated: release what we just made.
-                info!(identifier = %a.identifier, "deallocated during allocation; releasing");
-                if let Err(e) = driver.deallocate(uid, &a.identifier).await {
-                    warn!(error = %e, "could not release a resource allocated after deallocation; retrying");
-                    return Ok(Some(backoff(ctx.failure(uid))));
-                }
-                Ok(None)
+                return Ok(Some(ctx.config.inspect_interval.min(lifetime)));
             }
+            // Deallocation was asked while we allocated: put what we made on the record
+            // of its release, or, if the application is gone or finished, among the
+            // leftovers; either way the next reconcile releases it until the driver confirms.
+            info!(identifier = %a.identifier, "deallocation requested during allocation; releasing");
+            let recorded = match ctx.store.get_application_by_uid(uid)? {
+                Some(cur) if cur.status.phase == Phase::Deallocate && cur.status.resource.is_none() => {
+                    let mut s = cur.status.clone();
+                    s.resource = Some(resource);
+                    write(ctx, &cur, Phase::Deallocate, s).await?
+                }
+                _ => false,
+            };
+            if !recorded {
+                ctx.add_leftovers(uid, vec![Leftover { driver: def.driver.clone(), identifier: a.identifier }]);
+            }
+            Ok(Some(Duration::ZERO))
         }
         Err(DriverError::Unavailable(reason)) => {
+            ctx.metrics.allocation_failed(&def.driver);
             // Not the definition's fault: back to NEW without counting an attempt.
             let mut s = transition(&app.status, Phase::New, format!("driver {} unavailable: {reason}", def.driver));
             s.node = None;
@@ -185,13 +288,22 @@ async fn allocate(ctx: &Ctx, app: Application) -> Result<Option<Duration>, Store
             Ok(None)
         }
         Err(e) => {
-            // Whatever a failed attempt left behind goes now, not at the next restart.
-            if let Err(ce) = driver.deallocate(uid, "").await {
-                warn!(error = %ce, "cleanup after a failed allocation failed");
+            // Whatever a failed attempt left behind goes now, not at the next restart;
+            // if that fails too, it is a leftover retried until the driver confirms.
+            let mut next = None;
+            if let Err(ce) = ctx.call(&def.driver, DriverOp::Deallocate, driver.deallocate(uid, "")).await {
+                warn!(error = %ce, "cleanup after a failed allocation failed; retrying it");
+                ctx.add_leftovers(uid, vec![Leftover { driver: def.driver.clone(), identifier: String::new() }]);
+                next = Some(backoff(ctx.failure(uid)));
             }
-            fail_attempt(ctx, &app, idx, &def.driver, &e).await
+            Ok(earliest(fail_attempt(ctx, &app, idx, &def.driver, &e).await?, next))
         }
     }
+}
+
+/// The latest time `OffsetDateTime` can carry, for expiries past it.
+fn max_time() -> OffsetDateTime {
+    time::PrimitiveDateTime::MAX.assume_utc()
 }
 
 async fn fail_attempt(
@@ -207,6 +319,7 @@ async fn fail_attempt(
         ctx.config.allocation_retry, ctx.node.name
     );
     warn!(attempts, %reason, "allocation failed");
+    ctx.metrics.allocation_failed(driver);
     let mut s = if attempts >= ctx.config.allocation_retry {
         transition(&app.status, Phase::Error, format!("{reason}; giving up"))
     } else {
@@ -219,6 +332,16 @@ async fn fail_attempt(
     }
     ctx.wake_election();
     Ok(None)
+}
+
+/// Records the queue time (creation to `now`) and the allocation time (the current
+/// attempt's ELECTED entry to `now`) of an application this node just allocated.
+fn observe_allocated(ctx: &Ctx, app: &Application, driver: &str, now: OffsetDateTime) {
+    let since = |t: Option<OffsetDateTime>| {
+        t.map(|t| Duration::try_from(now - t).unwrap_or(Duration::ZERO)).unwrap_or(Duration::ZERO)
+    };
+    let elected = app.status.history.iter().rev().find(|h| h.phase == Phase::Elected).map(|h| h.at);
+    ctx.metrics.allocated(app.spec.label.name.as_str(), driver, since(app.metadata.created_at), since(elected));
 }
 
 /// The shortest of the application's lifetime, the definition's, or the node default.
@@ -256,14 +379,14 @@ async fn observe(ctx: &Ctx, app: Application) -> Result<Option<Duration>, StoreE
         .map(|e| Duration::try_from(e - now).unwrap_or(Duration::ZERO))
         .unwrap_or(ctx.config.inspect_interval);
     let next = ctx.config.inspect_interval.min(until_expiry);
-    match driver.inspect(uid, &res.identifier).await {
+    match ctx.call(&res.driver, DriverOp::Inspect, driver.inspect(uid, &res.identifier)).await {
         Ok(ResourceState::Running) => {
             ctx.clear_failures(uid);
             Ok(Some(next))
         }
         Ok(ResourceState::Ended(how)) => {
             // Clean up what the resource left (work directory, container) before saying so.
-            if let Err(e) = driver.deallocate(uid, &res.identifier).await {
+            if let Err(e) = ctx.call(&res.driver, DriverOp::Deallocate, driver.deallocate(uid, &res.identifier)).await {
                 warn!(error = %e, "cleanup of an ended resource failed; retrying");
                 return Ok(Some(backoff(ctx.failure(uid))));
             }
@@ -272,12 +395,15 @@ async fn observe(ctx: &Ctx, app: Application) -> Result<Option<Duration>, StoreE
             Ok(None)
         }
         Ok(ResourceState::Lost(why)) => {
-            if let Err(e) = driver.deallocate(uid, &res.identifier).await {
-                warn!(error = %e, "cleanup of a lost resource failed");
+            let mut next = None;
+            if let Err(e) = ctx.call(&res.driver, DriverOp::Deallocate, driver.deallocate(uid, &res.identifier)).await {
+                warn!(error = %e, "cleanup of a lost resource failed; retrying it");
+                ctx.add_leftovers(uid, vec![Leftover { driver: res.driver.clone(), identifier: res.identifier }]);
+                next = Some(backoff(ctx.failure(uid)));
             }
             let s = transition(&app.status, Phase::Error, format!("resource lost: {why}"));
             write(ctx, &app, Phase::Allocated, s).await?;
-            Ok(None)
+            Ok(next)
         }
         Err(e) => {
             warn!(error = %e, "inspect failed");
@@ -288,30 +414,36 @@ async fn observe(ctx: &Ctx, app: Application) -> Result<Option<Duration>, StoreE
 
 async fn release(ctx: &Ctx, app: Application) -> Result<Option<Duration>, StoreError> {
     let uid = app.metadata.uid.unwrap_or_default();
-    let why = app.status.message.clone();
-    if let Some(res) = app.status.resource.clone() {
-        let Some(driver) = ctx.drivers.get(&res.driver).cloned() else {
-            let s = transition(
-                &app.status,
-                Phase::Error,
-                format!("cannot release: driver {} is not configured", res.driver),
-            );
+    // Why it is being released: the message of the move to DEALLOCATE (later messages
+    // may be failed attempts).
+    let why = app
+        .status
+        .history
+        .iter()
+        .rev()
+        .find(|h| h.phase == Phase::Deallocate)
+        .map(|h| h.message.clone())
+        .unwrap_or_else(|| app.status.message.clone());
+    // No resource record: deallocated while its allocation ran, which may have made
+    // something (or may still, after a crash): release by uid.
+    let target = match &app.status.resource {
+        Some(r) => Some((r.driver.clone(), r.identifier.clone())),
+        None => definition_driver(ctx, &app).map(|d| (d, String::new())),
+    };
+    if let Some((name, identifier)) = target {
+        let Some(driver) = ctx.drivers.get(&name).cloned() else {
+            let s = transition(&app.status, Phase::Error, format!("cannot release: driver {name} is not configured"));
             write(ctx, &app, Phase::Deallocate, s).await?;
             return Ok(None);
         };
-        if let Err(e) = driver.deallocate(uid, &res.identifier).await {
+        if let Err(e) = ctx.call(&name, DriverOp::Deallocate, driver.deallocate(uid, &identifier)).await {
+            // Retried until the driver confirms: giving up would leak the resource.
             let n = ctx.failure(uid);
-            if n >= ctx.config.deallocate_retries {
-                let s = transition(
-                    &app.status,
-                    Phase::Error,
-                    format!("could not release resource {} after {n} attempts: {e}", res.identifier),
-                );
-                write(ctx, &app, Phase::Deallocate, s).await?;
-                return Ok(None);
-            }
+            let wait = backoff(n);
             warn!(error = %e, attempt = n, "deallocation failed; retrying");
-            return Ok(Some(backoff(n)));
+            let note = format!("release attempt {n} failed: {e}; retrying in {} s ({why})", wait.as_secs());
+            note_message(ctx, &app, note).await?;
+            return Ok(Some(wait));
         }
     }
     let s = transition(&app.status, Phase::Deallocated, format!("resource released ({why})"));
@@ -327,7 +459,8 @@ async fn retention(ctx: &Ctx, app: Application) -> Result<Option<Duration>, Stor
     let uid = app.metadata.uid.unwrap_or_default();
     let finished =
         app.status.history.last().map(|h| h.at).or(app.metadata.created_at).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let due = finished + ctx.config.history_retention;
+    let retention = time::Duration::try_from(ctx.config.history_retention).unwrap_or(time::Duration::MAX);
+    let due = finished.checked_add(retention).unwrap_or(max_time());
     let now = OffsetDateTime::now_utc();
     if due <= now {
         ctx.store.execute(Command::PurgeApplication { uid }).await?.ok();
@@ -337,12 +470,13 @@ async fn retention(ctx: &Ctx, app: Application) -> Result<Option<Duration>, Stor
     Ok(Some(Duration::try_from(due - now).unwrap_or(Duration::ZERO)))
 }
 
-/// After a start: releases resources the drivers own for applications that are gone
-/// or finished (orphans), and queues every application with work left, so ELECTED
-/// ones are allocated (idempotently) and ALLOCATED ones adopted.
+/// After a start: queues the release of resources the drivers own for applications
+/// that are gone, finished, or placed with another driver or node (orphans), and
+/// queues every application with work left, so ELECTED ones are allocated
+/// (idempotently) and ALLOCATED ones adopted.
 pub async fn adopt(ctx: &Ctx, queue: &Queue) {
     for (name, driver) in ctx.drivers.iter() {
-        let owned = match driver.list_owned().await {
+        let owned = match ctx.call(name, DriverOp::ListOwned, driver.list_owned()).await {
             Ok(o) => o,
             Err(e) => {
                 warn!(driver = %name, error = %e, "cannot list owned resources; orphans stay until the next start");
@@ -351,10 +485,7 @@ pub async fn adopt(ctx: &Ctx, queue: &Queue) {
         };
         for r in owned {
             let keep = match ctx.store.get_application_by_uid(r.uid) {
-                Ok(Some(app)) => {
-                    app.status.node.as_deref() == Some(ctx.node.name.as_str())
-                        && matches!(app.status.phase, Phase::Elected | Phase::Allocated | Phase::Deallocate)
-                }
+                Ok(Some(app)) => holds(ctx, &app, name),
                 Ok(None) => false,
                 // Unsure: keep it; the next start tries again.
                 Err(_) => true,
@@ -363,9 +494,8 @@ pub async fn adopt(ctx: &Ctx, queue: &Queue) {
                 info!(driver = %name, uid = %r.uid, identifier = %r.identifier, "adopted resource");
             } else {
                 info!(driver = %name, uid = %r.uid, identifier = %r.identifier, "removing orphaned resource");
-                if let Err(e) = driver.deallocate(r.uid, &r.identifier).await {
-                    warn!(driver = %name, uid = %r.uid, error = %e, "could not remove orphaned resource");
-                }
+                ctx.add_leftovers(r.uid, vec![Leftover { driver: name.clone(), identifier: r.identifier }]);
+                queue.now(r.uid);
             }
         }
     }

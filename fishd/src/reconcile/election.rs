@@ -79,8 +79,19 @@ pub fn choose(
         }
     }
     let prefix = if never { "can never fit on this node: " } else { "waiting for capacity: " };
-    Decision::Wait(format!("{prefix}{}", reasons.join("; ")))
+    // Bounded: a label with thousands of definitions must not give every waiting
+    // application a message of megabytes.
+    let more = reasons.len().saturating_sub(MAX_REASONS);
+    reasons.truncate(MAX_REASONS);
+    let mut message = format!("{prefix}{}", reasons.join("; "));
+    if more > 0 {
+        message.push_str(&format!("; and {more} more"));
+    }
+    Decision::Wait(message)
 }
+
+/// Definitions' reasons shown in a waiting application's message; the rest are counted.
+pub const MAX_REASONS: usize = 5;
 
 /// Loads the definition an active application reserves, through the context's cache.
 async fn reserved_definition(ctx: &Ctx, app: &Application) -> Result<Option<Definition>, StoreError> {
@@ -237,6 +248,19 @@ mod tests {
                 assert!(m.starts_with("can never fit"), "{m}");
                 assert!(m.contains("definition 0 (docker): no driver"), "{m}");
                 assert!(m.contains("definition 1 (test): node host-a has 4 cpu in total"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_message_of_a_label_with_thousands_of_definitions_is_bounded() {
+        let defs: Vec<Definition> = (0..10_000).map(|_| def("test", 99)).collect();
+        match choose(&defs, 0, &node(), &Ledger::default(), &drivers(&["test"]), &BTreeMap::new()) {
+            Decision::Wait(m) => {
+                assert!(m.len() < 2_000, "{} bytes", m.len());
+                assert!(m.contains("definition 0 (test)"), "{m}");
+                assert!(m.ends_with(&format!("; and {} more", 10_000 - MAX_REASONS)), "{m}");
             }
             other => panic!("{other:?}"),
         }

@@ -13,7 +13,7 @@ pub mod queue;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::drivers::Drivers;
+use crate::drivers::{CallTimeouts, DriverError, DriverOp, Drivers};
 use crate::meta_token::MetaTokens;
 use crate::store::{Kind, Store};
 
@@ -46,8 +46,8 @@ pub struct ReconcileConfig {
     pub resync: Duration,
     /// How often an allocated resource is checked; bounds how late an exit is seen.
     pub inspect_interval: Duration,
-    /// Deallocation attempts before an application is left in ERROR.
-    pub deallocate_retries: u32,
+    /// Deadlines of driver calls, per driver instance (missing: the defaults).
+    pub timeouts: BTreeMap<String, CallTimeouts>,
     /// Reconciles at once; allocations can be slow (image loads), so more than cores.
     pub concurrency: usize,
     /// Where resources find the metadata endpoint (`FISH_META_URL`).
@@ -65,7 +65,7 @@ impl Default for ReconcileConfig {
             history_retention: Duration::from_secs(24 * 3600),
             resync: Duration::from_secs(30),
             inspect_interval: Duration::from_secs(2),
-            deallocate_retries: 10,
+            timeouts: BTreeMap::new(),
             concurrency: 64,
             meta_url: String::new(),
             meta_ca: String::new(),
@@ -88,6 +88,8 @@ pub struct Ctx {
     pub node: NodeIdentity,
     pub config: ReconcileConfig,
     pub meta_tokens: MetaTokens,
+    /// Queue and allocation metrics this node observes (shared with `/metrics`).
+    pub metrics: crate::telemetry::PoolMetrics,
     /// Cleared on drain: no new application is elected.
     accepting: AtomicBool,
     election: Notify,
@@ -102,6 +104,21 @@ pub struct Ctx {
     failures: Mutex<HashMap<Uuid, u32>>,
     /// Last availability of each driver instance.
     availability: Mutex<BTreeMap<String, Result<(), String>>>,
+    /// Resources to release that no application record accounts for (a failed
+    /// attempt's remains whose cleanup failed, orphans found at start), per uid; the
+    /// uid's reconcile releases them, retrying until the driver confirms.
+    leftovers: Mutex<HashMap<Uuid, Vec<Leftover>>>,
+    /// Uids whose next MODIFIED event is a reconcile's own note (a message, same
+    /// phase): not a reason to run again before the backoff it chose.
+    own_writes: Mutex<HashSet<Uuid>>,
+}
+
+/// A resource of a driver instance that must be released.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leftover {
+    pub driver: String,
+    /// May be empty: drivers release by uid.
+    pub identifier: String,
 }
 
 impl Ctx {
@@ -119,12 +136,15 @@ impl Ctx {
             node,
             config,
             meta_tokens,
+            metrics: Default::default(),
             accepting: AtomicBool::new(true),
             election: Notify::new(),
             ledger: Mutex::new(Ledger::default()),
             definitions: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             availability: Mutex::new(BTreeMap::new()),
+            leftovers: Mutex::new(HashMap::new()),
+            own_writes: Mutex::new(HashSet::new()),
         })
     }
 
@@ -164,6 +184,47 @@ impl Ctx {
         self.release_definition(uid);
     }
 
+    fn add_leftovers(&self, uid: Uuid, list: Vec<Leftover>) {
+        let mut all = self.leftovers.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = all.entry(uid).or_default();
+        for l in list {
+            if !mine.contains(&l) {
+                mine.push(l);
+            }
+        }
+    }
+
+    fn take_leftovers(&self, uid: Uuid) -> Vec<Leftover> {
+        self.leftovers.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid).unwrap_or_default()
+    }
+
+    fn expect_own_write(&self, uid: Uuid) {
+        self.own_writes.lock().unwrap_or_else(|e| e.into_inner()).insert(uid);
+    }
+
+    /// Whether this event is the reconcile's own note for `uid` (consumed once).
+    fn is_own_write(&self, uid: Uuid) -> bool {
+        self.own_writes.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid)
+    }
+
+    /// Runs one call of driver instance `driver` under its deadline; past it, the call
+    /// is dropped (cancelled) and fails with that reason.
+    pub async fn call<T>(
+        &self,
+        driver: &str,
+        op: DriverOp,
+        call: impl std::future::Future<Output = Result<T, DriverError>>,
+    ) -> Result<T, DriverError> {
+        let limit = self.config.timeouts.get(driver).copied().unwrap_or_default().of(op);
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => result,
+            Err(_) => Err(DriverError::failed(format!(
+                "driver {driver}: {op} did not finish within {}",
+                humantime::format_duration(limit)
+            ))),
+        }
+    }
+
     /// The application no longer reserves anything on this node.
     fn release_definition(&self, uid: Uuid) {
         self.definitions.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
@@ -173,6 +234,27 @@ impl Ctx {
 /// Exponential backoff: 1 s, 2 s, 4 s … capped at a minute.
 fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60))
+}
+
+/// The metadata handed to a resource at allocation: the merged metadata (the same
+/// builder `/meta/v1/data` uses) plus how to reach the endpoint (`FISH_META_TOKEN`,
+/// `FISH_META_URL`, `FISH_CA_CERT`).
+pub fn request_metadata(
+    ctx: &Ctx,
+    app: &api_types::Application,
+    label: &api_types::Label,
+    uid: Uuid,
+) -> api_types::Metadata {
+    let mut m = crate::metadata::merged(Some(label), app, &ctx.node.name);
+    let s = |v: &str| serde_json::Value::String(v.to_owned());
+    m.insert("FISH_META_TOKEN".into(), s(&ctx.meta_tokens.issue(uid)));
+    if !ctx.config.meta_url.is_empty() {
+        m.insert("FISH_META_URL".into(), s(&ctx.config.meta_url));
+    }
+    if !ctx.config.meta_ca.is_empty() {
+        m.insert("FISH_CA_CERT".into(), s(&ctx.config.meta_ca));
+    }
+    m
 }
 
 /// `status` moved to `phase`, with the transition in the history.
@@ -275,10 +357,11 @@ async fn trigger_loop(ctx: Arc<Ctx>, queue: Queue, stop: CancellationToken) {
                 Kind::Application => {
                     let phase = ev.object["status"]["phase"].as_str().and_then(|p| p.parse::<Phase>().ok());
                     if let Some(uid) = ev.object["metadata"]["uid"].as_str().and_then(|u| Uuid::try_parse(u).ok()) {
-                        if ev.event_type != api_types::WatchEventType::Deleted {
-                            queue.now(uid);
-                        } else {
-                            ctx.forget(uid);
+                        match ev.event_type {
+                            api_types::WatchEventType::Deleted => ctx.forget(uid),
+                            // A reconcile's own note: it already chose when to run again.
+                            api_types::WatchEventType::Modified if ctx.is_own_write(uid) => {}
+                            _ => queue.now(uid),
                         }
                     }
                     // A new application, or capacity freed: the election may place something.
@@ -289,8 +372,9 @@ async fn trigger_loop(ctx: Arc<Ctx>, queue: Queue, stop: CancellationToken) {
                 Kind::Node => ctx.wake_election(),
                 Kind::Label | Kind::User => {}
             },
-            // Missed events are made up for by a full resync.
-            Err(RecvError::Lagged(_)) => resync(&ctx, &queue),
+            // Missed events are made up for by a full resync, finished applications
+            // included: a missed "finished" event is a purge never scheduled.
+            Err(RecvError::Lagged(_)) => resync_after_lag(&ctx, &queue),
             Err(RecvError::Closed) => return,
         }
     }
@@ -306,6 +390,18 @@ async fn resync_loop(ctx: Arc<Ctx>, queue: Queue, stop: CancellationToken) {
         resync(&ctx, &queue);
         application::remove_due_labels(&ctx).await;
     }
+}
+
+/// After missed events: queues every application but NEW ones (the election pass
+/// reads those), so finished ones get their purge scheduled too.
+fn resync_after_lag(ctx: &Ctx, queue: &Queue) {
+    for phase in [Phase::Deallocated, Phase::Error] {
+        match ctx.store.uids_in_phase(phase) {
+            Ok(uids) => uids.into_iter().for_each(|u| queue.now(u)),
+            Err(e) => tracing::error!(error = %e, "resync could not list applications"),
+        }
+    }
+    resync(ctx, queue);
 }
 
 /// Queues every application that has something left to happen.

@@ -5,19 +5,26 @@
 //! - One uid is never reconciled twice at once: a uid queued while it runs is run
 //!   again after the running reconcile ends.
 //! - At most `concurrency` reconciles run at once.
+//! - Once `stop` is cancelled, no reconcile starts, not even one already waiting for
+//!   a slot: a draining node begins no new work.
+//! - A reconcile that panics is run again (after a minute), never stranded as running.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::time::{DelayQueue, delay_queue};
 use uuid::Uuid;
+
+/// When a reconcile that panicked (and did not catch it itself) runs again.
+const PANIC_RETRY: Duration = Duration::from_secs(60);
 
 /// Handle to enqueue work; cheap to clone.
 #[derive(Clone, Debug)]
@@ -108,9 +115,21 @@ async fn run<F, Fut>(
                 let permits = permits.clone();
                 let work = work.clone();
                 let done = done_tx.clone();
+                let stop = stop.clone();
                 tracker.spawn(async move {
-                    let Ok(_permit) = permits.acquire_owned().await else { return };
-                    let next = work(uid).await;
+                    let permit = tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => return,
+                        p = permits.acquire_owned() => p,
+                    };
+                    let Ok(_permit) = permit else { return };
+                    let next = match AssertUnwindSafe(work(uid)).catch_unwind().await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            tracing::error!(%uid, "reconcile panicked; running it again in a minute");
+                            Some(PANIC_RETRY)
+                        }
+                    };
                     let _ = done.send((uid, next));
                 });
             }
@@ -166,6 +185,53 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(runs.load(Ordering::SeqCst), 2);
         assert_eq!(*max_seen.lock().unwrap(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_waiting_for_a_slot_does_not_start_after_stop() {
+        let started = Arc::new(Mutex::new(Vec::new()));
+        let s = started.clone();
+        let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+        let (q, _h) = start(1, tracker.clone(), stop.clone(), move |uid| {
+            s.lock().unwrap().push(uid);
+            async move {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                None
+            }
+        });
+        let (first, waiting) = (Uuid::now_v7(), Uuid::now_v7());
+        q.now(first);
+        while started.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        q.now(waiting);
+        // The second is spawned and waits for the one slot.
+        while tracker.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        stop.cancel();
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(60), tracker.wait()).await.unwrap();
+        assert_eq!(*started.lock().unwrap(), vec![first], "work started after stop");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_reconcile_is_run_again() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let (q, _h) = start(8, TaskTracker::new(), CancellationToken::new(), move |_uid| {
+            let n = r.fetch_add(1, Ordering::SeqCst);
+            async move {
+                assert!(n > 0, "first run panics");
+                None
+            }
+        });
+        q.now(Uuid::now_v7());
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while runs.load(Ordering::SeqCst) < 2 {
+            assert!(Instant::now() < deadline, "a panicked uid was never run again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -121,13 +121,13 @@ async fn waits_for_capacity_and_keeps_creation_order() {
 async fn falls_back_to_the_next_definition_then_gives_up() {
     let h = harness(cap(4, 8), ReconcileConfig::default()).await;
     let defs =
-        "{driver: test, resources: {cpu: 1}, options: {failAllocations: 9}}, {driver: test, resources: {cpu: 1}}";
+        "{driver: test, resources: {cpu: 1}, options: {failAllocations: 1}}, {driver: test, resources: {cpu: 1}}";
     apply(&h.store, &(label("two", defs) + &app("fallback", "two"))).await;
     let a = wait_phase(&h.store, "fallback", Phase::Allocated).await;
     assert_eq!(a.status.definition, Some(1));
     assert_eq!(a.status.attempts, 1);
 
-    let bad = "{driver: test, resources: {cpu: 1}, options: {failAllocations: 9}}";
+    let bad = "{driver: test, resources: {cpu: 1}, options: {failAllocations: 3}}";
     apply(&h.store, &(label("bad", bad) + &app("doomed", "bad"))).await;
     let a = wait_phase(&h.store, "doomed", Phase::Error).await;
     let elected = a.status.history.iter().filter(|e| e.phase == Phase::Elected).count();
@@ -177,5 +177,234 @@ async fn retention_purges_finished_applications() {
     while h.store.get_application("p").unwrap().is_some() {
         assert!(tokio::time::Instant::now() < deadline, "not purged");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A test driver whose first `allocate` panics.
+struct PanicOnce {
+    inner: TestDriver,
+    panicked: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl crate::drivers::Driver for PanicOnce {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn validate(&self, d: &api_types::Definition) -> Vec<api_types::FieldError> {
+        self.inner.validate(d)
+    }
+    async fn available(&self) -> Result<(), String> {
+        self.inner.available().await
+    }
+    async fn allocate(
+        &self,
+        req: &crate::drivers::AllocateRequest,
+    ) -> Result<crate::drivers::Allocated, crate::drivers::DriverError> {
+        if !self.panicked.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            panic!("driver bug");
+        }
+        self.inner.allocate(req).await
+    }
+    async fn inspect(&self, uid: Uuid, id: &str) -> Result<crate::drivers::ResourceState, crate::drivers::DriverError> {
+        self.inner.inspect(uid, id).await
+    }
+    async fn deallocate(&self, uid: Uuid, id: &str) -> Result<(), crate::drivers::DriverError> {
+        self.inner.deallocate(uid, id).await
+    }
+    async fn list_owned(&self) -> Result<Vec<crate::drivers::OwnedResource>, crate::drivers::DriverError> {
+        self.inner.list_owned().await
+    }
+}
+
+/// A controller over `drivers` (name → driver) on a store in `dir`.
+async fn start_with(
+    store: &Store,
+    drivers: Vec<(&str, Arc<dyn crate::drivers::Driver>)>,
+    config: ReconcileConfig,
+) -> (Arc<Ctx>, Controller) {
+    let drivers: crate::drivers::Drivers = drivers.into_iter().map(|(n, d)| (n.to_owned(), d)).collect();
+    let node = NodeIdentity { name: "host-a".into(), identifiers: vec![], capacity: cap(8, 16) };
+    let ctx = Ctx::new(store.clone(), Arc::new(drivers), node, config, crate::meta_token::MetaTokens::new([1; 32]));
+    let controller = Controller::start(ctx.clone()).await;
+    (ctx, controller)
+}
+
+fn test_driver(dir: &std::path::Path, name: &str) -> Arc<dyn crate::drivers::Driver> {
+    Arc::new(TestDriver::new(name.into(), TestConfig::default(), dir).unwrap())
+}
+
+/// Waits, by the wall clock (time may be paused), until `cond` holds.
+/// A context with no drivers, for tests of what the reconciler computes rather than allocates.
+fn driverless_ctx(store: &Store) -> Arc<Ctx> {
+    let node = NodeIdentity { name: "host-a".into(), identifiers: vec![], capacity: cap(8, 16) };
+    Ctx::new(
+        store.clone(),
+        Arc::default(),
+        node,
+        ReconcileConfig::default(),
+        crate::meta_token::MetaTokens::new([1; 32]),
+    )
+}
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn phase_of(store: &Store, name: &str) -> Application {
+    store.get_application(name).unwrap().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deallocation_during_allocation_whose_release_fails_is_retried_until_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("fish.redb")).unwrap();
+    let (_ctx, _c) =
+        start_with(&store, vec![("test", test_driver(dir.path(), "test"))], ReconcileConfig::default()).await;
+    let faults = dir.path().join("test/test/faults.json");
+    // The allocation stalls (so the deallocation comes during it), then every release fails.
+    std::fs::write(&faults, r#"{"allocate": {"stall": 1}, "deallocate": {"fail": 1}, "stallFor": "10s"}"#).unwrap();
+    apply(&store, &(label("l", "{driver: test, resources: {cpu: 1}}") + &app("x", "l"))).await;
+    until("ELECTED", || phase_of(&store, "x").status.phase == Phase::Elected).await;
+    deallocate(&store, "x").await;
+    until("a failed release shown on the application", || {
+        let a = phase_of(&store, "x");
+        a.status.phase == Phase::Deallocate && a.status.message.contains("injected deallocate failure")
+    })
+    .await;
+    let uid = phase_of(&store, "x").metadata.uid.unwrap();
+    let resource = dir.path().join(format!("test/test/{uid}.json"));
+    assert!(resource.exists(), "the allocation made nothing, so nothing was at risk");
+    // The driver recovers: the release is retried until it confirms.
+    std::fs::write(&faults, "{}").unwrap();
+    until("DEALLOCATED", || phase_of(&store, "x").status.phase == Phase::Deallocated).await;
+    assert!(!resource.exists(), "resource leaked: {}", resource.display());
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_allocations_fails_only_the_first_n_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("fish.redb")).unwrap();
+    let (_ctx, _c) =
+        start_with(&store, vec![("test", test_driver(dir.path(), "test"))], ReconcileConfig::default()).await;
+    apply(&store, &(label("l", "{driver: test, resources: {cpu: 1}, options: {failAllocations: 2}}") + &app("x", "l")))
+        .await;
+    until("ALLOCATED or ERROR", || matches!(phase_of(&store, "x").status.phase, Phase::Allocated | Phase::Error)).await;
+    let a = phase_of(&store, "x");
+    assert_eq!(a.status.phase, Phase::Allocated, "{:#?}", a.status.history);
+    assert_eq!(a.status.attempts, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn adoption_releases_a_resource_of_another_driver_than_the_applications() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("fish.redb")).unwrap();
+    let drivers = || vec![("test", test_driver(dir.path(), "test")), ("test/b", test_driver(dir.path(), "test/b"))];
+    let (_ctx, c) = start_with(&store, drivers(), ReconcileConfig::default()).await;
+    apply(&store, &(label("l", "{driver: test, resources: {cpu: 1}}") + &app("x", "l"))).await;
+    until("ALLOCATED", || phase_of(&store, "x").status.phase == Phase::Allocated).await;
+    assert!(c.shutdown(Duration::from_secs(10)).await);
+    // What a failed attempt with another driver left behind for the same application.
+    let uid = phase_of(&store, "x").metadata.uid.unwrap();
+    let stray = dir.path().join(format!("test/test_b/{uid}.json"));
+    std::fs::write(&stray, r#"{"identifier": "stray", "allocated": true}"#).unwrap();
+    let kept = dir.path().join(format!("test/test/{uid}.json"));
+    let (_ctx, _c) = start_with(&store, drivers(), ReconcileConfig::default()).await;
+    until("the stray resource released", || !stray.exists()).await;
+    assert!(kept.exists(), "the application's own resource was released");
+    assert_eq!(phase_of(&store, "x").status.phase, Phase::Allocated);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_allocation_times_out_as_a_failed_attempt_with_that_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("fish.redb")).unwrap();
+    let timeouts: crate::drivers::CallTimeouts = serde_json::from_str(r#"{"allocate": "5s"}"#).unwrap();
+    let config = ReconcileConfig {
+        allocation_retry: 1,
+        timeouts: [("test".to_owned(), timeouts)].into_iter().collect(),
+        ..Default::default()
+    };
+    let (_ctx, _c) = start_with(&store, vec![("test", test_driver(dir.path(), "test"))], config).await;
+    std::fs::write(dir.path().join("test/test/faults.json"), r#"{"allocate": {"stall": 1}, "stallFor": "1h"}"#)
+        .unwrap();
+    apply(&store, &(label("l", "{driver: test, resources: {cpu: 1}}") + &app("x", "l"))).await;
+    until("ERROR", || phase_of(&store, "x").status.phase == Phase::Error).await;
+    let a = phase_of(&store, "x");
+    assert!(a.status.message.contains("allocate did not finish within 5s"), "{}", a.status.message);
+    // The timed-out attempt's remains were released too.
+    let uid = a.metadata.uid.unwrap();
+    until("the half-made resource released", || !dir.path().join(format!("test/test/{uid}.json")).exists()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_reconcile_is_recorded_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("fish.redb")).unwrap();
+    let mut events = store.subscribe();
+    let d: Arc<dyn crate::drivers::Driver> = Arc::new(PanicOnce {
+        inner: TestDriver::new("test".into(), TestConfig::default(), dir.path()).unwrap(),
+        panicked: Default::default(),
+    });
+    let (_ctx, _c) = start_with(&store, vec![("test", d)], ReconcileConfig::default()).await;
+    apply(&store, &(label("l", "{driver: test, resources: {cpu: 1}}") + &app("x", "l"))).await;
+    until("ALLOCATED", || phase_of(&store, "x").status.phase == Phase::Allocated).await;
+    let mut recorded = false;
+    while let Ok(e) = events.try_recv() {
+        recorded |= e.object["status"]["message"].as_str().is_some_and(|m| m.contains("driver bug"));
+    }
+    assert!(recorded, "the panic was not recorded on the application");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_default_lifetime_does_not_overflow_the_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("fish.redb")).unwrap();
+    // `now + defaultLifetime` is past any representable time: it must saturate, not panic.
+    let config = ReconcileConfig { default_lifetime: Duration::from_secs(u64::MAX / 4), ..Default::default() };
+    let (_ctx, _c) = start_with(&store, vec![("test", test_driver(dir.path(), "test"))], config).await;
+    apply(&store, &(label("l", "{driver: test, resources: {cpu: 1}}") + &app("x", "l"))).await;
+    until("ALLOCATED", || phase_of(&store, "x").status.phase == Phase::Allocated).await;
+    assert!(phase_of(&store, "x").status.resource.unwrap().expires_at.is_some());
+}
+
+#[tokio::test]
+async fn resync_after_a_lagged_channel_schedules_purges() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("fish.redb")).unwrap();
+    apply(&store, &(label("l", "{driver: test, resources: {cpu: 1}}") + &app("x", "l"))).await;
+    deallocate(&store, "x").await;
+    let uid = phase_of(&store, "x").metadata.uid.unwrap();
+    let ctx = driverless_ctx(&store);
+    let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let r = ran.clone();
+    let (queue, _h) =
+        queue::start(4, tokio_util::task::TaskTracker::new(), tokio_util::sync::CancellationToken::new(), move |uid| {
+            r.lock().unwrap().push(uid);
+            async { None }
+        });
+    resync_after_lag(&ctx, &queue);
+    until("the finished application queued for its purge", || ran.lock().unwrap().contains(&uid)).await;
+}
+
+#[tokio::test]
+async fn the_resource_environment_and_the_meta_endpoint_agree_on_the_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("fish.redb")).unwrap();
+    apply(&store, &(label("l", "{driver: test, resources: {cpu: 1}}") + &app("x", "l"))).await;
+    let a = phase_of(&store, "x");
+    let uid = a.metadata.uid.unwrap();
+    let label = store.application_label(uid).unwrap().unwrap();
+    let ctx = driverless_ctx(&store);
+    let env = request_metadata(&ctx, &a, &label, uid);
+    let served = crate::metadata::merged(Some(&label), &a, "host-a");
+    assert_eq!(env["FISH_LABEL"], serde_json::json!("l"));
+    assert_eq!(env["FISH_LABEL_VERSION"], serde_json::json!("1"));
+    for (k, v) in &served {
+        assert_eq!(env.get(k), Some(v), "{k} differs between the environment and /meta/v1/data");
     }
 }

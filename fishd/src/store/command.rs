@@ -44,7 +44,18 @@ pub enum Command {
         owner: String,
         now: OffsetDateTime,
     },
-    /// Ask for deallocation; NEW and ELECTED applications end at once.
+    /// An apply under an applyset (`fishctl apply --applyset NAME [--prune]`): the
+    /// labels and users applied become members of `set`; with `prune`, members of
+    /// `set` not among `items` are deleted. All or nothing, like [`Command::Apply`].
+    ApplySet {
+        set: String,
+        prune: bool,
+        items: Vec<ApplyItem>,
+        owner: String,
+        now: OffsetDateTime,
+    },
+    /// Ask for deallocation; NEW applications end at once, ELECTED ones go to
+    /// DEALLOCATE (their allocation may be under way).
     RequestDeallocate {
         uid: Uuid,
         by: String,

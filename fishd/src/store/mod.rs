@@ -9,7 +9,10 @@
 //!   it starts a transaction (group commit): concurrent writers share one fsync.
 //! - Live events are published after the commit, in revision order.
 
+mod applyset;
+pub mod backup;
 mod command;
+mod dry_run;
 mod join_tokens;
 mod state;
 mod tables;
@@ -23,6 +26,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
+pub use applyset::check_set_name;
+pub use backup::Summary;
 pub use command::{ApplyItem, Command, Outcome, Rejection, Response, UserRecord};
 use tables::*;
 
@@ -141,6 +146,11 @@ impl Store {
     /// Live events from now on; pair with [`Store::events_since`] to resume.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.events.subscribe()
+    }
+
+    /// How many live subscriptions are open (watches, waiting requests, loops).
+    pub fn subscribers(&self) -> usize {
+        self.events.receiver_count()
     }
 
     fn read(&self) -> Result<ReadTransaction, StoreError> {
@@ -387,5 +397,7 @@ fn writer_loop(
     }
 }
 
+#[cfg(test)]
+mod ops_tests;
 #[cfg(test)]
 mod tests;

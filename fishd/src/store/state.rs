@@ -5,6 +5,7 @@
 //! others. Nothing here reads a clock or a random source: commands carry those.
 
 mod apply;
+pub(super) use apply::apply_items;
 
 use api_types::{Application, ApplicationStatus, FieldError, HistoryEntry, Label, Node, Phase, WatchEventType};
 use redb::{Database, ReadableTable, WriteTransaction};
@@ -32,15 +33,16 @@ pub(super) fn init(db: &Database) -> Result<(), StoreError> {
         txn.open_table(NODES)?;
         txn.open_table(EVENTS)?;
         txn.open_table(JOIN_TOKENS)?;
+        txn.open_table(super::applyset::APPLYSET_MEMBERS)?;
     }
     txn.commit()?;
     Ok(())
 }
 
-struct Tx<'a> {
-    txn: &'a WriteTransaction,
-    rev: u64,
-    events: Vec<Event>,
+pub(super) struct Tx<'a> {
+    pub(super) txn: &'a WriteTransaction,
+    pub(super) rev: u64,
+    pub(super) events: Vec<Event>,
 }
 
 impl Tx<'_> {
@@ -84,7 +86,7 @@ pub(super) fn apply_batch(
     Ok((outcomes, events))
 }
 
-fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Outcome, StoreError> {
+pub(super) fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Outcome, StoreError> {
     match cmd {
         Command::Apply { items, owner, now } => apply::apply_items(tx, items, &owner, now),
         Command::CreateUser { record, uid, now } => create_user(tx, *record, uid, now),
@@ -100,6 +102,9 @@ fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Outcome, StoreError> {
             super::join_tokens::create(tx.txn, &digest, expires_at, &created_by, now)
         }
         Command::ConsumeJoinToken { digest, node, now } => super::join_tokens::consume(tx.txn, &digest, &node, now),
+        Command::ApplySet { set, prune, items, owner, now } => {
+            super::applyset::apply_set(tx, &set, prune, items, &owner, now)
+        }
     }
 }
 
@@ -194,9 +199,10 @@ fn request_deallocate(tx: &mut Tx<'_>, uid: Uuid, by: &str, now: OffsetDateTime)
     };
     let old = app.status.phase;
     let (phase, message) = match old {
-        Phase::New | Phase::Elected => {
-            (Phase::Deallocated, format!("deallocated by {by} before allocation; nothing to release"))
-        }
+        Phase::New => (Phase::Deallocated, format!("deallocated by {by} before allocation; nothing to release")),
+        // Its allocation may be running (or have run before a crash): the elected node
+        // releases whatever it made, retrying until its driver confirms.
+        Phase::Elected => (Phase::Deallocate, format!("deallocation requested by {by} during allocation")),
         Phase::Allocated => (Phase::Deallocate, format!("deallocation requested by {by}")),
         // Already going or gone: idempotent.
         Phase::Deallocate | Phase::Deallocated | Phase::Error => return Ok(Ok(Response::Application(Box::new(app)))),
@@ -240,7 +246,7 @@ fn purge(tx: &mut Tx<'_>, uid: Uuid) -> Result<Outcome, StoreError> {
     Ok(Ok(Response::Done))
 }
 
-fn delete_label(tx: &mut Tx<'_>, name: &str, version: Option<u32>) -> Result<Outcome, StoreError> {
+pub(super) fn delete_label(tx: &mut Tx<'_>, name: &str, version: Option<u32>) -> Result<Outcome, StoreError> {
     let mut removed = Vec::new();
     {
         let mut labels = tx.txn.open_table(LABELS)?;
@@ -312,7 +318,7 @@ fn set_token(tx: &mut Tx<'_>, name: &str, token_digest: String) -> Result<Outcom
     Ok(Ok(Response::Done))
 }
 
-fn delete_user(tx: &mut Tx<'_>, name: &str) -> Result<Outcome, StoreError> {
+pub(super) fn delete_user(tx: &mut Tx<'_>, name: &str) -> Result<Outcome, StoreError> {
     let Some(record) = read_user(&tx.txn.open_table(USERS)?, name)? else {
         return Ok(Err(Rejection::NotFound(format!("user {name:?} not found"))));
     };

@@ -7,20 +7,25 @@ use uuid::Uuid;
 
 use super::*;
 
-fn store() -> (tempfile::TempDir, Store) {
+/// A store in a temp dir (shared with `ops_tests`).
+pub(super) fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(&dir.path().join("fish.redb")).unwrap();
     (dir, s)
 }
 
-fn items(yaml: &str) -> Vec<ApplyItem> {
+/// The documents of `yaml` as apply items with fresh uids (shared with `ops_tests`).
+pub(super) fn items(yaml: &str) -> Vec<ApplyItem> {
     parse_manifests(yaml.as_bytes(), Format::Yaml)
         .unwrap()
         .into_iter()
         .map(|m| match m {
             Manifest::Label(label) => ApplyItem::Label { label, uid: Uuid::now_v7() },
             Manifest::Application(app) => ApplyItem::Application { app, uid: Uuid::now_v7() },
-            Manifest::User(_) => unreachable!(),
+            Manifest::User(user) => ApplyItem::User {
+                record: UserRecord { user, password_hash: None, token_digest: format!("digest-{}", Uuid::now_v7()) },
+                uid: Uuid::now_v7(),
+            },
         })
         .collect()
 }
@@ -207,4 +212,20 @@ async fn data_survives_reopen() {
     };
     assert!(s.get_application("a").unwrap().is_some());
     assert_eq!(s.revision().unwrap(), 2);
+}
+
+#[tokio::test]
+async fn an_application_lifetime_longer_than_its_labels_is_refused_naming_both() {
+    let (_d, s) = store();
+    apply(&s, &LABEL.replace("ram: 1}", "ram: 1, lifetime: 1h}")).await.unwrap();
+    let long = APP.replace("spec: {label: l}", "spec: {label: l, lifetime: 2h}");
+    match apply(&s, &long).await {
+        Err(Rejection::Invalid { errors, .. }) => {
+            assert_eq!(errors[0].field, "spec.lifetime");
+            assert!(errors[0].message.contains("2h") && errors[0].message.contains("1h"), "{}", errors[0].message);
+        }
+        other => panic!("{other:?}"),
+    }
+    let short = APP.replace("spec: {label: l}", "spec: {label: l, lifetime: 30m}");
+    assert!(apply(&s, &short).await.is_ok());
 }

@@ -57,14 +57,11 @@ async fn kill9_mid_allocation_resumes_without_allocating_twice() {
     d.kill9();
     d.start_again().await.unwrap();
     let app = d.wait_phase("crash-1", "ALLOCATED").await.unwrap();
-    // One simulated resource on disk: the retry found the first attempt's resource.
-    let dir = d.data_dir().join("test/test");
-    let files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
+    // What ran: the test driver journals every resource it creates; one for this uid.
+    let uid = app["metadata"]["uid"].as_str().unwrap();
+    let journal = std::fs::read_to_string(d.data_dir().join("test/test/journal.log")).unwrap();
+    let created = journal.lines().filter(|l| *l == format!("allocated {uid}")).count();
+    assert_eq!(created, 1, "{journal}");
     let elected = app["status"]["history"].as_array().unwrap().iter().filter(|h| h["phase"] == "ELECTED").count();
     assert_eq!(elected, 1, "{:#}", app["status"]["history"]);
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use aquarium_e2e::TestDaemon;
 use aquarium_e2e::browser::{Browser, png_size};
+use fantoccini::key::Key;
 use serde_json::{Value, json};
 
 const CONFIG: &str = "nodeName: pool-a\ndrivers:\n  test: {}\n  process: {gracePeriod: 1s}\n";
@@ -80,6 +81,9 @@ async fn shoot(b: &Browser, dir: &std::path::Path, name: &str, (w, h): (u32, u32
     assert_eq!(png_size(&png), Some((w, h)), "{name}: the screenshot is not the viewport size");
     std::fs::write(dir.join(format!("{name}-{w}x{h}.png")), png).unwrap();
 }
+
+/// The maintenance switch of the test node.
+const SWITCH: &str = "button[role=switch][data-node=pool-a]";
 
 /// Elements reaching past the right edge of the viewport (outside scrolling boxes).
 const OVERFLOWING: &str = "const w = document.documentElement.clientWidth; \
@@ -155,6 +159,16 @@ async fn dashboard_shows_live_applications_deallocates_and_has_a_clean_console()
     )
     .await
     .unwrap();
+    // By keyboard: Enter opens the dialog with Cancel focused, Escape closes it and changes nothing.
+    let key = |k: Key| char::from(k).to_string();
+    b.find("#deallocate").await.unwrap().send_keys(&key(Key::Enter)).await.unwrap();
+    b.wait_js("the confirmation dialog", "return document.getElementById('confirm').open").await.unwrap();
+    let focused = b.js("return document.activeElement.textContent").await.unwrap();
+    assert_eq!(focused, json!("Cancel"), "the dialog should focus Cancel");
+    b.client.active_element().await.unwrap().send_keys(&key(Key::Escape)).await.unwrap();
+    b.wait_js("the dialog to close", "return !document.getElementById('confirm').open").await.unwrap();
+    assert_eq!(b.js("return document.activeElement.id").await.unwrap(), json!("deallocate"), "focus returns");
+    assert_eq!(d.application("live-1").await.unwrap()["status"]["phase"], "ALLOCATED", "deallocated though cancelled");
     b.find("#deallocate").await.unwrap().click().await.unwrap();
     b.wait_js("the confirmation dialog", "return document.getElementById('confirm').open").await.unwrap();
     assert_eq!(d.application("live-1").await.unwrap()["status"]["phase"], "ALLOCATED", "deallocated before confirming");
@@ -193,7 +207,10 @@ async fn dashboard_shows_live_applications_deallocates_and_has_a_clean_console()
     b.client.goto(&format!("{}/ui/#/labels", d.url)).await.unwrap();
     b.wait_js("both labels", "return !!document.querySelector('[data-label=\"builder\"]') && !!document.querySelector('[data-label=\"ubuntu-ci\"]')").await.unwrap();
     b.client.goto(&format!("{}/ui/#/nodes", d.url)).await.unwrap();
-    b.find("button[role=switch][data-node=\"pool-a\"]").await.unwrap().click().await.unwrap();
+    b.find(SWITCH).await.unwrap();
+    // Clicked from the page in one step: a heartbeat re-renders the card (and its switch)
+    // at any moment, which would make an element found a moment earlier stale.
+    b.js(&format!("document.querySelector('{SWITCH}').click(); return true")).await.unwrap();
     b.wait_js(
         "maintenance on",
         "return document.querySelector('button[role=switch]')?.getAttribute('aria-checked') === 'true'",
@@ -201,7 +218,10 @@ async fn dashboard_shows_live_applications_deallocates_and_has_a_clean_console()
     .await
     .unwrap();
     assert_eq!(d.get("/api/v1/nodes/pool-a").await.unwrap().1["status"]["maintenance"], true);
-    b.find("button[role=switch][data-node=\"pool-a\"]").await.unwrap().click().await.unwrap();
+    b.find(SWITCH).await.unwrap();
+    // Clicked from the page in one step: a heartbeat re-renders the card (and its switch)
+    // at any moment, which would make an element found a moment earlier stale.
+    b.js(&format!("document.querySelector('{SWITCH}').click(); return true")).await.unwrap();
     b.wait_js(
         "maintenance off",
         "return document.querySelector('button[role=switch]')?.getAttribute('aria-checked') === 'false'",
@@ -326,13 +346,15 @@ async fn dashboard_resumes_its_watch_after_a_restart_and_lists_again_after_410()
         many.push_str(&app(&format!("burst-{i}"), "ubuntu-ci"));
     }
     assert_eq!(d.apply(&many).await.unwrap().0, 200);
+    for i in 0..25 {
+        d.wait_phase(&format!("burst-{i}"), "ALLOCATED").await.unwrap();
+    }
     b.offline(false).await.unwrap();
     b.wait_js("burst-24", "return !!document.querySelector('#apps-table tr[data-name=\"burst-24\"]')").await.unwrap();
-    assert_eq!(
-        lists().await.unwrap().as_u64().unwrap(),
-        listed.as_u64().unwrap() + 1,
-        "after 410 the page lists exactly once more"
-    );
+    // At least once more: on a slow machine the allocations can outrun the history
+    // again between the new list and its watch, and the page rightly lists again.
+    let relisted = lists().await.unwrap().as_u64().unwrap();
+    assert!(relisted > listed.as_u64().unwrap(), "after 410 the page did not list again ({relisted} lists)");
     let rows = b.js("return document.querySelectorAll('#apps-table tbody tr').length").await.unwrap();
     assert_eq!(rows, json!(27));
     assert_eq!(b.js("return window.aqNoReload === true").await.unwrap(), json!(true), "the page was reloaded");

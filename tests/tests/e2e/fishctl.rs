@@ -115,7 +115,7 @@ async fn wait_fails_for_an_application_that_ends_in_error() {
     let f = dir.path().join("doomed.yaml");
     std::fs::write(
         &f,
-        "kind: Label\nmetadata: {name: doomed}\nspec: {definitions: [{driver: test, resources: {cpu: 1}, options: {failAllocations: 9}}]}\n---\nkind: Application\nmetadata: {name: doomed-1}\nspec: {label: doomed}\n",
+        "kind: Label\nmetadata: {name: doomed}\nspec: {definitions: [{driver: test, resources: {cpu: 1}, options: {failAllocations: 3}}]}\n---\nkind: Application\nmetadata: {name: doomed-1}\nspec: {label: doomed}\n",
     )
     .unwrap();
     let o = d.fishctl(&["apply", "-f", f.to_str().unwrap(), "--wait", "--timeout", "30s"]);

@@ -207,6 +207,31 @@ fn addr(d: &TestDaemon) -> String {
 }
 
 #[tokio::test]
+async fn a_declared_length_over_the_limit_is_refused_at_once_not_after_the_read_deadline() {
+    let d = TestDaemon::start("").await.unwrap();
+    let mut s = tls(&d, TcpStream::connect(addr(&d)).await.unwrap()).await.unwrap();
+    let request = format!(
+        "POST /api/v1/apply HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/yaml\r\nContent-Length: 99999999999\r\n\r\nkind: x\n",
+        d.token
+    );
+    let started = Instant::now();
+    s.write_all(request.as_bytes()).await.unwrap();
+    // The client sends nothing more: the answer must not wait for the rest.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            other => panic!("no answer: {other:?} after {:?}", started.elapsed()),
+        }
+    }
+    let took = started.elapsed();
+    let head = String::from_utf8_lossy(&answer);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(took < FAST, "413 came only after {took:?}");
+}
+
+#[tokio::test]
 async fn slow_clients_are_cut_at_the_header_timeout_while_others_are_served() {
     let d = TestDaemon::start("headerReadTimeout: 2s\n").await.unwrap();
     let honest = Honest::start(&d);

@@ -2,12 +2,15 @@
 //! One test binary, so the workspace links it once.
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap fails with the value it saw
 
+mod chaos;
 mod core;
 mod dashboard;
 mod docker;
+mod firsthour;
 mod fishctl;
 mod hardening;
 mod join;
 mod lifecycle;
+mod operations;
 mod partition;
 mod process;

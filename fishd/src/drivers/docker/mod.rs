@@ -10,8 +10,10 @@
 //! [`DockerDriver::available`] says why it cannot.
 //!
 //! Containers sit on an internal network by default ([`network`]); they reach the node's
-//! metadata endpoint at their network's gateway address, which the runtime learns from
-//! [`DockerDriver::meta_listen_addrs`] and must listen on.
+//! metadata endpoint at their network's gateway address. The runtime hands the driver a
+//! [`MetaBinder`]; the driver binds the endpoint at a gateway when it first uses that
+//! network (an engine down at start, a network recreated), so a container never gets
+//! a `FISH_META_URL` nothing listens on.
 
 mod container;
 mod image;
@@ -21,8 +23,8 @@ mod options;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use api_types::{Definition, FieldError, Network, NodeCapacity};
@@ -117,6 +119,10 @@ pub async fn detect(socket: &Path) -> bool {
     }
 }
 
+/// Makes the node's metadata endpoint listen at an address (a network's gateway) if
+/// it does not yet; called by the driver when a network is used. Errors say why not.
+pub type MetaBinder = Arc<dyn Fn(SocketAddr) -> Result<(), String> + Send + Sync>;
+
 /// A docker driver instance.
 pub struct DockerDriver {
     name: String,
@@ -131,6 +137,8 @@ pub struct DockerDriver {
     networks: Networks,
     /// The port of the metadata endpoint at each gateway; 0 until the runtime says.
     meta_port: AtomicU16,
+    /// Binds the endpoint at a gateway; set by the runtime with the port.
+    meta_binder: OnceLock<MetaBinder>,
 }
 
 impl DockerDriver {
@@ -153,6 +161,7 @@ impl DockerDriver {
             images: ImageStore::new(data_dir.join("docker").join("images"))?,
             networks: Networks::default(),
             meta_port: AtomicU16::new(0),
+            meta_binder: OnceLock::new(),
         };
         if let Err(reason) = driver.available().await {
             tracing::warn!(driver = %driver.name, %reason, "docker engine not reachable yet");
@@ -174,8 +183,8 @@ impl DockerDriver {
     /// callers are identified by their source address there, and minimal images
     /// (busybox's wget) cannot speak TLS 1.2 with the ciphers rustls offers.
     ///
-    /// The addresses change only if someone removes a network; the runtime calls this
-    /// again after the engine restarts and rebinds if the answer differs.
+    /// The addresses change only if someone removes a network; the driver binds at a
+    /// new one through [`DockerDriver::set_meta_endpoint`]'s binder when it first uses it.
     pub async fn meta_listen_addrs(&self, port: u16) -> Result<Vec<SocketAddr>, DriverError> {
         self.meta_port.store(port, Ordering::Relaxed);
         let docker = self.docker().await?;
@@ -190,10 +199,31 @@ impl DockerDriver {
         Ok(addrs)
     }
 
+    /// Tells the driver the endpoint's port and how to bind it at a gateway. Until this
+    /// is called, containers get no `FISH_META_URL`.
+    pub fn set_meta_endpoint(&self, port: u16, binder: MetaBinder) {
+        self.meta_port.store(port, Ordering::Relaxed);
+        if self.meta_binder.set(binder).is_err() {
+            tracing::warn!(driver = %self.name, "metadata endpoint binder set twice; keeping the first");
+        }
+    }
+
+    /// The endpoint's URL on `network`, bound there first: a container is never handed
+    /// an address nothing listens on (it gets none, and a warning is logged, instead).
     fn meta_url(&self, network: &NetworkInfo) -> Option<String> {
         let port = self.meta_port.load(Ordering::Relaxed);
         let gateway = network.gateway?;
-        (port != 0).then(|| format!("http://{}/meta/v1/data", SocketAddr::new(gateway, port)))
+        if port == 0 {
+            return None;
+        }
+        let addr = SocketAddr::new(gateway, port);
+        if let Some(bind) = self.meta_binder.get()
+            && let Err(e) = bind(addr)
+        {
+            tracing::warn!(driver = %self.name, %addr, error = %e, "cannot serve the metadata endpoint on this network");
+            return None;
+        }
+        Some(format!("http://{addr}/meta/v1/data"))
     }
 
     /// The engine client, connecting first if this is the first successful contact.

@@ -29,7 +29,9 @@
 //!
 //! # Output
 //! stdout and stderr go to `output.log`, capped at `logLimit` bytes (default 10 MiB);
-//! what comes after the cap is discarded. [`Driver::log_path`] returns the file.
+//! what comes after the cap is discarded. [`Driver::log_path`] returns the file. On
+//! deallocation the log moves to fishd's kept logs ([`crate::logs`]), where it stays
+//! until the application is removed.
 //!
 //! # Environment
 //! A fixed `PATH`, `HOME` (the working directory), then the definition's `env`, then the
@@ -105,6 +107,8 @@ impl Default for ProcessConfig {
 pub struct ProcessDriver {
     name: String,
     root: PathBuf,
+    /// fishd's data directory, where logs of released processes are kept.
+    data_dir: PathBuf,
     grace: Duration,
     log_limit: u64,
     cgroups: Option<Cgroups>,
@@ -127,6 +131,7 @@ impl ProcessDriver {
         Ok(ProcessDriver {
             name: instance_name,
             root,
+            data_dir: data_dir.to_owned(),
             grace: config.grace_period.map_or(DEFAULT_GRACE, HumanDuration::get),
             log_limit: config.log_limit.unwrap_or(DEFAULT_LOG_LIMIT).max(1),
             cgroups,
@@ -348,6 +353,10 @@ impl Driver for ProcessDriver {
                 tokio::time::sleep(POLL).await;
             }
         }
+        // The output outlives the process: kept until the application is removed.
+        if let Err(e) = crate::logs::keep(&self.data_dir, uid, &dir.join(launch::LOG_FILE)) {
+            tracing::warn!(%uid, error = %e, "cannot keep the process's log; it is removed with its directory");
+        }
         match fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -371,7 +380,8 @@ impl Driver for ProcessDriver {
     }
 
     fn log_path(&self, uid: Uuid) -> Option<PathBuf> {
-        Some(self.app_dir(uid).join(launch::LOG_FILE))
+        let live = self.app_dir(uid).join(launch::LOG_FILE);
+        Some(if live.exists() { live } else { crate::logs::kept_path(&self.data_dir, uid) })
     }
 }
 

@@ -48,7 +48,7 @@ struct Planner<'t> {
     names_planned: HashSet<String>,
 }
 
-pub(super) fn apply_items(
+pub(in crate::store) fn apply_items(
     tx: &mut Tx<'_>,
     items: Vec<ApplyItem>,
     owner: &str,
@@ -200,6 +200,9 @@ impl Planner<'_> {
             };
             return Ok(Err(invalid("Application", app.metadata.name_str(), "spec.label", msg)));
         };
+        if let Some(rejection) = lifetime_beyond_label(&app, &label) {
+            return Ok(Err(rejection));
+        }
         let name = match &app.metadata.name {
             Some(n) => n.to_string(),
             None => generated_name(label_name, uid, |n| {
@@ -287,6 +290,33 @@ fn write_new_application(tx: &mut Tx<'_>, mut app: Application, label: &Label) -
     tx.txn.open_table(APP_BY_OWNER)?.insert((owner.as_str(), uid), ())?;
     tx.emit(Kind::Application, WatchEventType::Added, serde_json::to_value(&app)?, Some(owner));
     Ok(())
+}
+
+/// Refuses an application lifetime longer than every definition of its label allows
+/// (when each sets one): it would be capped silently otherwise.
+fn lifetime_beyond_label(app: &Application, label: &Label) -> Option<Rejection> {
+    let asked = app.spec.lifetime?.get();
+    let longest = label
+        .spec
+        .definitions
+        .iter()
+        .map(|d| d.resources.lifetime.map(|l| l.get()))
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .max()?;
+    (asked > longest).then(|| {
+        invalid(
+            "Application",
+            app.metadata.name_str(),
+            "spec.lifetime",
+            format!(
+                "lifetime {} is longer than label {:?}'s lifetime {}",
+                humantime::format_duration(asked),
+                app.spec.label.name.as_str(),
+                humantime::format_duration(longest)
+            ),
+        )
+    })
 }
 
 /// `<label>-<8 hex of the uid's random tail>`, or the whole uid if that is taken.
