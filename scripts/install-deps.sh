@@ -11,10 +11,14 @@ want() { command -v "$1" >/dev/null 2>&1 || need+=("$2"); }
 # (util-linux) start them.
 want curl curl
 want setpriv util-linux
-# The cluster partition tests put fishd nodes in network namespaces and cut them
-# apart with iptables.
-want ip iproute2
+# The sandbox tests read and change the host firewall and list its addresses; a root
+# fishd makes per-application users (useradd, in passwd) and network namespaces (nsenter,
+# in util-linux). The cluster partition tests put fishd nodes in network namespaces
+# (ip) and cut them apart with iptables.
 want iptables iptables
+want ip iproute2
+want useradd passwd
+want nsenter util-linux
 # The dashboard's browser tests drive a headless Chromium over WebDriver.
 want chromium chromium
 want chromedriver chromium-driver

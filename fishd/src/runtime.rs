@@ -23,6 +23,7 @@ use crate::api::{self, ApiLimits, AppState};
 use crate::config::{Config, ConfigError};
 use crate::drivers::{self, CallTimeouts, Driver, Drivers};
 use crate::meta_token::MetaTokens;
+use crate::proxy::{Proxy, ProxyMetrics, StoreDirectory};
 use crate::reconcile::{Controller, Ctx, NodeIdentity, ReconcileConfig};
 use crate::store::{Command, Store, StoreError};
 
@@ -74,6 +75,8 @@ pub enum RunError {
     Bootstrap(String),
     #[error("API server failed")]
     Serve(#[source] std::io::Error),
+    #[error("proxy: {0}")]
+    Proxy(String),
 }
 
 impl RunError {
@@ -221,10 +224,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 async fn serve_meta_on_docker_networks(
     dockers: &[Arc<drivers::docker::DockerDriver>],
     port: u16,
-    state: &AppState,
-    stop: CancellationToken,
+    binder: &drivers::docker::MetaBinder,
 ) {
-    let binder = meta_binder(state.clone(), stop);
     for d in dockers {
         d.set_meta_endpoint(port, binder.clone());
         match d.meta_listen_addrs(port).await {
@@ -256,7 +257,7 @@ fn meta_binder(state: AppState, stop: CancellationToken) -> drivers::docker::Met
         bound.insert(addr);
         let router = api::meta_router(state.clone());
         let stop = stop.clone();
-        info!(%addr, "metadata endpoint for containers");
+        info!(%addr, "metadata endpoint for resources");
         tokio::spawn(async move {
             let app = router.into_make_service_with_connect_info::<SocketAddr>();
             let r = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
@@ -266,6 +267,100 @@ fn meta_binder(state: AppState, stop: CancellationToken) -> drivers::docker::Met
         });
         Ok(())
     })
+}
+
+/// Where isolated processes reach the node: the process gateway, with the metadata
+/// endpoint and the proxy bound on it. `None` (with the reason logged) where fishd
+/// cannot make network namespaces, or runs no process driver.
+async fn serve_process_gateway(
+    drivers: &Drivers,
+    meta_port: u16,
+    proxy: &Proxy,
+    proxy_port: Option<u16>,
+    binder: &drivers::docker::MetaBinder,
+) -> Option<std::net::IpAddr> {
+    if !drivers.keys().any(|n| n.split('/').next() == Some("process")) {
+        return None;
+    }
+    let gateway = match tokio::task::spawn_blocking(drivers::process::netns::ensure_gateway).await {
+        Ok(Ok(gw)) => std::net::IpAddr::V4(gw),
+        Ok(Err(reason)) => {
+            info!(%reason, "isolated processes cannot run on this node");
+            return None;
+        }
+        Err(e) => {
+            warn!(error = %e, "process gateway setup panicked");
+            return None;
+        }
+    };
+    let meta = SocketAddr::new(gateway, meta_port);
+    if let Err(e) = binder(meta) {
+        warn!(addr = %meta, error = %e, "isolated processes will not reach the metadata endpoint");
+    }
+    if let Some(port) = proxy_port
+        && let Err(e) = proxy.listen(SocketAddr::new(gateway, port)).await
+    {
+        warn!(error = %error_chain(&e), "isolated processes will not reach the proxy");
+    }
+    Some(gateway)
+}
+
+/// Starts the proxy's shared listeners: `auto` binds 127.0.0.1 on a free port (processes
+/// present their token) and the same port on every docker network's gateway, which it
+/// tells the docker drivers so containers get it in their environment and their
+/// network's firewall chain lets it through.
+async fn start_proxy(
+    proxy: &Proxy,
+    listen: Option<Option<SocketAddr>>,
+    dockers: &[Arc<drivers::docker::DockerDriver>],
+) -> Result<Option<SocketAddr>, RunError> {
+    let addr = match listen {
+        Some(None) => {
+            info!("proxy off (proxy.listen: off): isolated resources reach only their metadata");
+            return Ok(None);
+        }
+        Some(Some(addr)) => addr,
+        None => SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    let bound = proxy.listen(addr).await.map_err(|e| RunError::Proxy(error_chain(&e)))?;
+    if listen.is_some() {
+        return Ok(Some(bound));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for d in dockers {
+        let addrs = match d.proxy_listen_addrs(bound.port()).await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(driver = %d.name(), error = %e, "containers will not reach the proxy");
+                continue;
+            }
+        };
+        for addr in addrs {
+            if seen.insert(addr)
+                && let Err(e) = proxy.listen(addr).await
+            {
+                warn!(%addr, error = %error_chain(&e), "containers of this network will not reach the proxy");
+            }
+        }
+    }
+    Ok(Some(bound))
+}
+
+/// Checks and repairs the docker networks' firewall rules at start and every `every`,
+/// deleting those of networks removed since.
+async fn firewall_loop(dockers: Vec<Arc<drivers::docker::DockerDriver>>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for d in &dockers {
+            if let Err(e) = d.enforce_networks().await {
+                warn!(driver = %d.name(), error = %e, "docker network firewall rules not checked");
+            }
+        }
+    }
 }
 
 /// How often the gauges of `/metrics` are set from the store; a scrape interval is
@@ -342,6 +437,14 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
             .map_err(|e| RunError::Bootstrap(error_chain(&e)))?;
     }
 
+    let proxy_metrics = ProxyMetrics::default();
+    let proxy = Proxy::new(
+        Arc::new(StoreDirectory::new(store.clone(), meta_tokens.clone())),
+        config.proxy.rules()?,
+        config.proxy.limits(),
+        proxy_metrics.clone(),
+        CancellationToken::new(),
+    );
     let (drivers, dockers) = build_drivers(&config, &data_dir, &node_name).await?;
     let drivers = Arc::new(drivers);
     let node =
@@ -381,11 +484,25 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         }
     }
     let mut state =
-        AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens, limits, api_stop.clone())
+        AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens.clone(), limits, api_stop.clone())
             .with_cluster(cluster);
-    state.metrics = Arc::new(api::Metrics::with_registry(ctx.metrics.clone(), |_| {}));
+    state.metrics = Arc::new(api::Metrics::with_registry(ctx.metrics.clone(), |r| proxy_metrics.register(r)));
     let metrics = ctx.metrics.clone();
-    serve_meta_on_docker_networks(&dockers, addr.port(), &state, api_stop.clone()).await;
+    let binder = meta_binder(state.clone(), api_stop.clone());
+    serve_meta_on_docker_networks(&dockers, addr.port(), &binder).await;
+    let proxy_addr = start_proxy(&proxy, config.proxy.listen_addr()?, &dockers).await?;
+    let proxy_port = proxy_addr.map(|a| a.port());
+    let process_gateway = serve_process_gateway(&drivers, addr.port(), &proxy, proxy_port, &binder).await;
+    let services = drivers::NodeServices {
+        meta_port: addr.port(),
+        proxy_port: proxy_port.unwrap_or(0),
+        proxy: proxy_port.is_some().then(|| proxy.clone()),
+        process_gateway,
+    };
+    for d in drivers.values() {
+        d.attach(&services);
+    }
+    tokio::spawn(firewall_loop(dockers.clone(), config.resync_interval.get(), beat.clone()));
     let mut server = tokio::spawn(api::serve(state, listener, tls.server_config, api_stop.clone()));
     tokio::spawn(gauge_loop(store.clone(), metrics, beat.clone()));
     tokio::spawn(crate::logs::janitor(store.clone(), data_dir.clone(), beat.clone()));

@@ -14,3 +14,4 @@ mod lifecycle;
 mod operations;
 mod partition;
 mod process;
+mod sandbox;
