@@ -378,9 +378,9 @@ impl Config {
         if let Some(d) = &self.drivers {
             for name in d.keys() {
                 let kind = name.split('/').next().unwrap_or("");
-                if !matches!(kind, "test" | "process" | "docker") {
+                if !matches!(kind, "test" | "process" | "docker" | "qemu") {
                     return Err(ConfigError::Invalid(format!(
-                        "drivers.{name}: unknown driver {kind:?} (known: test, process, docker)"
+                        "drivers.{name}: unknown driver {kind:?} (known: test, process, docker, qemu)"
                     )));
                 }
             }

@@ -121,14 +121,19 @@ pub fn configure(o: &Overrides) -> Result<Config, RunError> {
     Ok(config)
 }
 
+/// Docker instances, typed, for the metadata listeners they need.
+type Dockers = Vec<Arc<drivers::docker::DockerDriver>>;
+/// Qemu instances, typed, for the metadata sockets they need.
+type Qemus = Vec<Arc<drivers::qemu::QemuDriver>>;
+
 /// Builds the configured driver instances, or the defaults: `process` always,
-/// `docker` when an engine answers. Docker instances are also returned typed, for
-/// the metadata listeners they need.
+/// `docker` when an engine answers. Docker and qemu instances are also returned typed,
+/// for the metadata listeners they need.
 pub async fn build_drivers(
     config: &Config,
     data_dir: &Path,
     node: &str,
-) -> Result<(Drivers, Vec<Arc<drivers::docker::DockerDriver>>), RunError> {
+) -> Result<(Drivers, Dockers, Qemus), RunError> {
     let entries: Vec<(String, serde_json::Value)> = match &config.drivers {
         Some(m) => {
             m.iter().map(|(k, v)| (k.clone(), if v.is_null() { serde_json::json!({}) } else { v.clone() })).collect()
@@ -145,6 +150,7 @@ pub async fn build_drivers(
     };
     let mut out = Drivers::new();
     let mut dockers = Vec::new();
+    let mut qemus = Vec::new();
     for (name, mut value) in entries {
         // `timeouts` is the reconciler's business (see `driver_timeouts`), not the driver's.
         if let Some(settings) = value.as_object_mut() {
@@ -174,12 +180,20 @@ pub async fn build_drivers(
                 dockers.push(d.clone());
                 d
             }
+            "qemu" => {
+                let q = Arc::new(
+                    drivers::qemu::QemuDriver::new(name.clone(), settings(&name, value)?, data_dir)
+                        .map_err(|e| bad(e.to_string()))?,
+                );
+                qemus.push(q.clone());
+                q
+            }
             other => return Err(bad(format!("unknown driver kind {other:?}"))),
         };
         info!(driver = %name, "driver enabled");
         out.insert(name, driver);
     }
-    Ok((out, dockers))
+    Ok((out, dockers, qemus))
 }
 
 /// The deadlines of each configured driver instance's calls (`drivers.<name>.timeouts`),
@@ -195,6 +209,27 @@ pub fn driver_timeouts(config: &Config) -> Result<BTreeMap<String, CallTimeouts>
         out.insert(name.clone(), timeouts);
     }
     Ok(out)
+}
+
+/// Refuses a `timeouts.deallocate` shorter than what a driver may need to stop its
+/// resource gracefully and then kill it ([`Driver::deallocate_time`]): the deadline
+/// would end every slow stop before the kill, and the retry would start over.
+pub fn check_deallocate_time(drivers: &Drivers, timeouts: &BTreeMap<String, CallTimeouts>) -> Result<(), RunError> {
+    for (name, driver) in drivers {
+        let needed = driver.deallocate_time();
+        let limit = timeouts.get(name).copied().unwrap_or_default().deallocate;
+        if limit.get() < needed {
+            return Err(RunError::Driver {
+                name: name.clone(),
+                message: format!(
+                    "drivers.{name}.timeouts.deallocate: {limit} is shorter than a deallocation may take \
+                     ({}: its gracePeriod, then the kill); raise it or shorten gracePeriod",
+                    api_types::HumanDuration(needed)
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A driver's settings from its `drivers.<name>` entry, errors naming the field.
@@ -240,6 +275,30 @@ async fn serve_meta_on_docker_networks(
                 info!(driver = %d.name(), error = %e, "metadata endpoint for containers bound once the engine answers")
             }
         }
+    }
+}
+
+/// Virtual machines reach the metadata endpoint through a unix socket of their own
+/// (see `drivers::qemu`): every request on it is that application's.
+fn serve_meta_to_machines(qemus: &[Arc<drivers::qemu::QemuDriver>], state: &AppState, stop: &CancellationToken) {
+    for q in qemus {
+        let state = state.clone();
+        let node_stop = stop.clone();
+        q.set_meta_server(Arc::new(move |listener, uid, machine_stop| {
+            let router = api::meta_router(state.clone()).layer(axum::Extension(api::meta::ResourceUid(uid)));
+            let (node_stop, machine_stop) = (node_stop.clone(), machine_stop.clone());
+            tokio::spawn(async move {
+                let done = async move {
+                    tokio::select! {
+                        _ = node_stop.cancelled() => {}
+                        _ = machine_stop.cancelled() => {}
+                    }
+                };
+                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(done).await {
+                    warn!(%uid, error = %e, "metadata socket of a machine failed");
+                }
+            });
+        }));
     }
 }
 
@@ -445,7 +504,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         proxy_metrics.clone(),
         CancellationToken::new(),
     );
-    let (drivers, dockers) = build_drivers(&config, &data_dir, &node_name).await?;
+    let (drivers, dockers, qemus) = build_drivers(&config, &data_dir, &node_name).await?;
     let drivers = Arc::new(drivers);
     let node =
         NodeIdentity { name: node_name.clone(), identifiers: config.identifiers.clone(), capacity: config.capacity() };
@@ -460,6 +519,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         timeouts: driver_timeouts(&config)?,
         ..ReconcileConfig::default()
     };
+    check_deallocate_time(&drivers, &rc.timeouts)?;
     let ctx = Ctx::new(store.clone(), drivers.clone(), node, rc, meta_tokens.clone());
     // The node record exists before the first election reads its maintenance flag.
     heartbeat(&ctx, &config, addr).await;
@@ -490,6 +550,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     let metrics = ctx.metrics.clone();
     let binder = meta_binder(state.clone(), api_stop.clone());
     serve_meta_on_docker_networks(&dockers, addr.port(), &binder).await;
+    serve_meta_to_machines(&qemus, &state, &api_stop);
     let proxy_addr = start_proxy(&proxy, config.proxy.listen_addr()?, &dockers).await?;
     let proxy_port = proxy_addr.map(|a| a.port());
     let process_gateway = serve_process_gateway(&drivers, addr.port(), &proxy, proxy_port, &binder).await;
@@ -596,7 +657,12 @@ async fn heartbeat(ctx: &Ctx, config: &Config, addr: SocketAddr) {
             location: config.location.clone(),
             drivers: availability
                 .into_iter()
-                .map(|(name, a)| DriverStatus { name, available: a.is_ok(), reason: a.err().unwrap_or_default() })
+                .map(|(name, a)| DriverStatus {
+                    info: ctx.drivers.get(&name).map(|d| d.info()).unwrap_or_default(),
+                    name,
+                    available: a.is_ok(),
+                    reason: a.err().unwrap_or_default(),
+                })
                 .collect(),
             capacity: ctx.node.capacity,
             allocated: ledger.node.as_capacity(),
@@ -608,5 +674,36 @@ async fn heartbeat(ctx: &Ctx, config: &Config, addr: SocketAddr) {
     };
     if let Err(e) = ctx.store.execute(Command::PutNode { node: Box::new(node) }).await {
         warn!(error = %e, "could not record the node's status");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn with_process(process: serde_json::Value) -> Config {
+        serde_json::from_value(serde_json::json!({ "drivers": { "process": process } })).unwrap()
+    }
+
+    /// A grace period longer than the deallocate deadline is refused at start, naming
+    /// the field; the defaults of the process driver fit the default deadline.
+    #[tokio::test]
+    async fn a_deallocate_deadline_shorter_than_the_grace_period_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = with_process(serde_json::json!({"gracePeriod": "10m", "cgroups": false}));
+        let (drivers, _, _) = build_drivers(&config, dir.path(), "n1").await.unwrap();
+        let err = check_deallocate_time(&drivers, &driver_timeouts(&config).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("drivers.process.timeouts.deallocate: 5m is shorter"), "{err}");
+
+        let config = with_process(
+            serde_json::json!({"gracePeriod": "10m", "cgroups": false, "timeouts": {"deallocate": "11m"}}),
+        );
+        let (drivers, _, _) = build_drivers(&config, dir.path(), "n1").await.unwrap();
+        check_deallocate_time(&drivers, &driver_timeouts(&config).unwrap()).unwrap();
+
+        let config = with_process(serde_json::json!({"cgroups": false}));
+        let (drivers, _, _) = build_drivers(&config, dir.path(), "n1").await.unwrap();
+        check_deallocate_time(&drivers, &driver_timeouts(&config).unwrap()).unwrap();
     }
 }

@@ -14,4 +14,5 @@ mod lifecycle;
 mod operations;
 mod partition;
 mod process;
+mod qemu;
 mod sandbox;
