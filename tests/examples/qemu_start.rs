@@ -6,9 +6,9 @@
 //! same guest started by hand (`qemu-system-x86_64` with the same kernel, initramfs,
 //! overlay and network), timed to its QMP socket (the process is up) and to the
 //! guest's first connection to a unix socket the benchmark listens on (the metadata
-//! relay). Median of 5 each. Run with release binaries on a machine as quiet as you can:
-//!   bash scripts/qemu-test-guest.sh && cargo build --release --bins &&
-//!   cargo run --release -p aquarium-e2e --example qemu_start
+//! relay). Median of 5 each. Run on a machine as quiet as you can (the guest's boot under
+//! TCG dominates, so a debug fishd is fine):
+//!   cargo build --workspace --bins --examples && target/debug/examples/qemu_start
 //! Writes bench/results/qemu-start.json.
 
 use std::path::{Path, PathBuf};
