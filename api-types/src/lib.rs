@@ -7,6 +7,7 @@
 
 pub mod allow;
 pub mod application;
+pub mod cluster;
 pub mod cluster_status;
 pub mod duration;
 pub mod label;
@@ -20,6 +21,7 @@ pub mod wire;
 
 pub use allow::{AllowRule, AllowRuleError};
 pub use application::{Application, ApplicationSpec, ApplicationStatus, HistoryEntry, LabelRef, Phase, ResourceStatus};
+pub use cluster::{JoinMember, JoinRequest, JoinResponse, JoinToken, JoinTokenRequest};
 pub use cluster_status::{ClusterMember, ClusterStatus, MemberRole};
 pub use duration::HumanDuration;
 pub use label::{Definition, Disk, Image, Label, LabelSpec, Network, Resources};

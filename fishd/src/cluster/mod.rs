@@ -1,11 +1,17 @@
-//! The cluster: many fishd nodes sharing one replicated store.
+//! The cluster: many fishd nodes, one replicated store (contract section 8).
 //!
-//! `raft_net` carries Raft and forwarded writes between nodes; `status` answers what the
-//! cluster looks like (leader, members, metrics).
+//! - [`token`]: join tokens, single-use and expiring, carrying the CA fingerprint.
+//! - [`membership`]: who the members are, as the peer check and the join call see it.
+//! - [`join`]: the joining node's side of the join, and what it keeps in the data dir.
+//! - [`raft_net`] carries Raft and forwarded writes between nodes; [`raft_membership`]
+//!   changes the Raft membership; [`status`] answers what the cluster looks like.
 
+pub mod join;
+pub mod membership;
 pub mod raft_membership;
 pub mod raft_net;
 pub mod status;
+pub mod token;
 
 use axum::Router;
 use axum::routing::post;

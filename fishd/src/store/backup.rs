@@ -16,7 +16,8 @@
 //!   go on while it streams and none of them is half in it.
 //! - It holds every replicated table ([`TABLES`]): labels (every version and the
 //!   version counters), applications with their pinned labels and indexes, users with
-//!   their password and token digests, nodes, applyset members. Not the watch history.
+//!   their password and token digests, nodes, applyset members, cluster join tokens
+//!   (digests only). Not the watch history.
 //! - A restore checks the trailer (entry count and SHA-256) before it commits: a
 //!   truncated or altered file leaves nothing behind.
 //! - [`TABLES`] is THE list of replicated tables: a Raft snapshot is this same dump
@@ -44,7 +45,7 @@ pub const RESTORED_MARKER: &str = "restored.json";
 pub const FORMAT: u64 = 1;
 /// The replicated tables, by their names in the file: what a backup and a Raft
 /// snapshot hold. Everything else (the Raft log, `local_*`) belongs to one node.
-pub const TABLES: [&str; 14] = [
+pub const TABLES: [&str; 15] = [
     "meta",
     "labels",
     "applications",
@@ -59,6 +60,7 @@ pub const TABLES: [&str; 14] = [
     "applyset_members",
     "dedup",
     "dedup_by_index",
+    "join_tokens",
 ];
 
 /// Why a backup or a restore failed.
@@ -225,6 +227,10 @@ pub fn dump<W: Write>(tx: &ReadTransaction, out: W) -> Result<Summary, BackupErr
         let (k, _) = e?;
         let (i, u) = k.value();
         put(&mut w, "dedup_by_index", json!([i, uid_str(u)]), Value::Null)?;
+    }
+    for e in tx.open_table(JOIN_TOKENS)?.iter()? {
+        let (k, v) = e?;
+        put(&mut w, "join_tokens", json!(k.value()), json_of(v.value())?)?;
     }
     let digest = hex(&w.hash.clone().finalize());
     let trailer = json!({"end": {"entries": sum.entries, "sha256": digest}});
@@ -430,6 +436,9 @@ fn insert(txn: &WriteTransaction, table: &str, k: &Value, v: &Value) -> Result<(
             let (i, u) = pair(k)?;
             txn.open_table(DEDUP_BY_INDEX)?.insert((num(i)?, uid(u)?), ())?;
         }
+        "join_tokens" => {
+            txn.open_table(JOIN_TOKENS)?.insert(s(k)?, object(v)?.as_slice())?;
+        }
         other => return Err(Entry::Bad(format!("unknown table {other:?}"))),
     }
     Ok(())
@@ -453,5 +462,6 @@ fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(DEDUP)?.retain(|_, _| false)?;
     txn.open_table(DEDUP_BY_INDEX)?.retain(|_, _| false)?;
     txn.open_table(LOCAL_EVENTS)?.retain(|_, _| false)?;
+    txn.open_table(JOIN_TOKENS)?.retain(|_, _| false)?;
     Ok(())
 }

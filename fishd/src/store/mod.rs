@@ -19,6 +19,7 @@ mod applyset;
 pub mod backup;
 mod command;
 mod dry_run;
+mod join_tokens;
 pub mod raft;
 mod state;
 mod tables;
