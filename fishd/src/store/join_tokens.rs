@@ -90,7 +90,7 @@ mod tests {
     #[tokio::test]
     async fn a_token_works_once_for_one_node_and_expires() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("s.redb")).unwrap();
+        let s = Store::open(&dir.path().join("s.redb")).await.unwrap();
         let now = OffsetDateTime::now_utc();
         let mk = |d: &str, exp| Command::CreateJoinToken {
             digest: d.into(),
