@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::applyset::APPLYSET_MEMBERS;
+use super::gates::{GATE_DELIVERIES, GATE_JOBS, GATE_RUNNERS};
 use super::tables::*;
 use super::{Store, StoreError};
 
@@ -40,7 +41,7 @@ pub const RESTORED_MARKER: &str = "restored.json";
 /// The format version written in the header.
 pub const FORMAT: u64 = 1;
 /// The tables a backup holds, by their names in the file.
-pub const TABLES: [&str; 12] = [
+pub const TABLES: [&str; 15] = [
     "meta",
     "labels",
     "applications",
@@ -53,6 +54,9 @@ pub const TABLES: [&str; 12] = [
     "tokens",
     "nodes",
     "applyset_members",
+    "gate_deliveries",
+    "gate_jobs",
+    "gate_runners",
 ];
 
 /// Why a backup or a restore failed.
@@ -210,6 +214,21 @@ pub fn dump<W: Write>(tx: &ReadTransaction, out: W) -> Result<Summary, BackupErr
         let (k, _) = e?;
         let (s, kind, name) = k.value();
         put(&mut w, "applyset_members", json!([s, kind, name]), Value::Null)?;
+    }
+    for e in tx.open_table(GATE_DELIVERIES)?.iter()? {
+        let (k, v) = e?;
+        let (gate, guid) = k.value();
+        put(&mut w, "gate_deliveries", json!([gate, guid]), json!(v.value()))?;
+    }
+    for e in tx.open_table(GATE_JOBS)?.iter()? {
+        let (k, v) = e?;
+        let (gate, id) = k.value();
+        put(&mut w, "gate_jobs", json!([gate, id]), json_of(v.value())?)?;
+    }
+    for e in tx.open_table(GATE_RUNNERS)?.iter()? {
+        let (k, v) = e?;
+        let (gate, u) = k.value();
+        put(&mut w, "gate_runners", json!([gate, uid_str(u)]), json_of(v.value())?)?;
     }
     let digest = hex(&w.hash.clone().finalize());
     let trailer = json!({"end": {"entries": sum.entries, "sha256": digest}});
@@ -403,6 +422,19 @@ fn insert(txn: &WriteTransaction, table: &str, k: &Value, v: &Value) -> Result<(
             }
             _ => return Err(Entry::Bad(format!("{k} is not a (set, kind, name) triple"))),
         },
+        "gate_deliveries" => {
+            let (gate, guid) = pair(k)?;
+            let seen = v.as_i64().ok_or_else(|| Entry::Bad(format!("{v} is not a time")))?;
+            txn.open_table(GATE_DELIVERIES)?.insert((s(gate)?, s(guid)?), seen)?;
+        }
+        "gate_jobs" => {
+            let (gate, id) = pair(k)?;
+            txn.open_table(GATE_JOBS)?.insert((s(gate)?, num(id)?), object(v)?.as_slice())?;
+        }
+        "gate_runners" => {
+            let (gate, u) = pair(k)?;
+            txn.open_table(GATE_RUNNERS)?.insert((s(gate)?, uid(u)?), object(v)?.as_slice())?;
+        }
         other => return Err(Entry::Bad(format!("unknown table {other:?}"))),
     }
     Ok(())
@@ -423,6 +455,9 @@ fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(TOKENS)?.retain(|_, _| false)?;
     txn.open_table(NODES)?.retain(|_, _| false)?;
     txn.open_table(APPLYSET_MEMBERS)?.retain(|_, _| false)?;
+    txn.open_table(GATE_DELIVERIES)?.retain(|_, _| false)?;
+    txn.open_table(GATE_JOBS)?.retain(|_, _| false)?;
+    txn.open_table(GATE_RUNNERS)?.retain(|_, _| false)?;
     txn.open_table(EVENTS)?.retain(|_, _| false)?;
     Ok(())
 }

@@ -13,6 +13,7 @@ mod applyset;
 pub mod backup;
 mod command;
 mod dry_run;
+pub mod gates;
 mod state;
 mod tables;
 
