@@ -7,6 +7,7 @@
 
 pub mod application;
 pub mod duration;
+pub mod gate;
 pub mod label;
 pub mod manifest;
 pub mod meta;
@@ -18,6 +19,7 @@ pub mod wire;
 
 pub use application::{Application, ApplicationSpec, ApplicationStatus, HistoryEntry, LabelRef, Phase, ResourceStatus};
 pub use duration::HumanDuration;
+pub use gate::{ApiBudget, Gate, GateError, GateRoute, GateStatus, WaitingJob};
 pub use label::{Definition, Disk, Image, Label, LabelSpec, Network, Resources};
 pub use manifest::{Format, Manifest, ManifestError, parse_manifests};
 pub use meta::{API_VERSION, ObjectMeta};

@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod drivers;
 pub mod fsutil;
+pub mod gates;
 pub mod logs;
 pub mod meta_token;
 pub mod metadata;

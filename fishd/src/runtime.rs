@@ -320,6 +320,16 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         ..ReconcileConfig::default()
     };
     let ctx = Ctx::new(store.clone(), drivers.clone(), node, rc, meta_tokens.clone());
+    let gate_metrics = crate::gates::GateMetrics::default();
+    let gates_config = match &config.gates {
+        Some(v) => crate::gates::config::parse(v).map_err(|e| RunError::Config(ConfigError::Invalid(e)))?,
+        None => Default::default(),
+    };
+    let gates = Arc::new(
+        crate::gates::Gates::build(&gates_config, &store, &data_dir, &gate_metrics)
+            .map_err(|e| RunError::Config(ConfigError::Invalid(e)))?,
+    );
+    ctx.secrets.register(Arc::new(crate::gates::GateSecrets(gates.clone())));
     // The node record exists before the first election reads its maintenance flag.
     heartbeat(&ctx, &config, addr).await;
     let controller = Controller::start(ctx.clone()).await;
@@ -337,7 +347,10 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     };
     let mut state =
         AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens, limits, api_stop.clone());
-    state.metrics = Arc::new(api::Metrics::with_registry(ctx.metrics.clone(), |_| {}));
+    state.metrics = Arc::new(api::Metrics::with_registry(ctx.metrics.clone(), |r| gate_metrics.register(r)));
+    state.secrets = ctx.secrets.clone();
+    state.gates = gates.clone();
+    gates.start(tls.server_config.clone(), beat.clone()).map_err(|e| RunError::Config(ConfigError::Invalid(e)))?;
     let metrics = ctx.metrics.clone();
     serve_meta_on_docker_networks(&dockers, addr.port(), &state, api_stop.clone()).await;
     let mut server = tokio::spawn(api::serve(state, listener, tls.server_config, api_stop.clone()));

@@ -14,6 +14,7 @@ pub mod backup;
 pub mod conn;
 pub mod error;
 pub mod extract;
+pub mod gates;
 pub mod health;
 pub mod labels;
 pub mod meta;
@@ -100,6 +101,10 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Request metrics and the gauges the runtime sets.
     pub metrics: Arc<Metrics>,
+    /// Per-application secrets a resource may read from `/meta/v1/data`.
+    pub secrets: crate::metadata::SecretProviders,
+    /// The gates' observed state, for `GET /api/v1/gates`.
+    pub gates: Arc<crate::gates::Gates>,
 }
 
 impl AppState {
@@ -121,6 +126,8 @@ impl AppState {
             shutdown,
             auth: Arc::new(Auth::default()),
             metrics: Arc::new(Metrics::new()),
+            secrets: Default::default(),
+            gates: Default::default(),
         }
     }
 }
