@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fuzzes manifest parsing (fuzz_targets/manifest.rs). Never part of CI: it needs libFuzzer
-# and the compiler's unstable -Z flags.
+# Fuzzes manifest parsing (fuzz_targets/manifest.rs), or with FUZZ_TARGET=proxy_wire the
+# proxy's SOCKS5/CONNECT parsers (fuzz_targets/proxy_wire.rs). Never part of CI: it needs
+# libFuzzer and the compiler's unstable -Z flags.
 #
 #   fuzz/run.sh [SECONDS]        fuzz for SECONDS (default 600), growing corpus/manifest
 #   fuzz/run.sh cmin             minimize corpus/manifest in place (do this before committing)
@@ -22,16 +23,17 @@ export RUSTC_BOOTSTRAP=1
 # workspace's artifacts.
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}/fuzz"
 fuzz=(cargo fuzz)
+target="${FUZZ_TARGET:-manifest}"
 
 case "${1:-run}" in
 cmin)
-    "${fuzz[@]}" cmin --target-dir "$target_dir" manifest corpus/manifest
+    "${fuzz[@]}" cmin --target-dir "$target_dir" "$target" "corpus/$target"
     ;;
 tmin)
-    "${fuzz[@]}" tmin --target-dir "$target_dir" manifest "${2:?artifact to minimize}"
+    "${fuzz[@]}" tmin --target-dir "$target_dir" "$target" "${2:?artifact to minimize}"
     ;;
 repro)
-    "${fuzz[@]}" run --target-dir "$target_dir" manifest "${2:?input to run}"
+    "${fuzz[@]}" run --target-dir "$target_dir" "$target" "${2:?input to run}"
     ;;
 *)
     seconds="${1:-600}"
@@ -40,7 +42,7 @@ repro)
     # tests in api-types/tests/hostile.rs cover; longer inputs only slow the search down.
     # -timeout: a single input running 10 s is a finding (the limits promise < 2 s).
     # -rss_limit_mb: the parse limits bound memory far below this; going over is a finding.
-    "${fuzz[@]}" run --target-dir "$target_dir" manifest -- \
+    "${fuzz[@]}" run --target-dir "$target_dir" "$target" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=65536 -timeout=10 -print_final_stats=1
     ;;
 esac

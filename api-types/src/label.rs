@@ -106,6 +106,14 @@ pub struct Resources {
     pub disks: BTreeMap<String, Disk>,
     #[serde(default)]
     pub network: Network,
+    /// What the resource may reach through the node's proxy (section 10):
+    /// `host:port`, `*.suffix:port`, `CIDR:port`, with `*` for any port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// The most processes (tasks) the resource may run at once, where the driver can
+    /// enforce it (process: cgroup `pids.max`); the driver's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
     /// Globs on the node name and its identifiers; every one must match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub node_filter: Vec<String>,
@@ -148,6 +156,20 @@ pub enum Network {
     /// Outbound access allowed: `"nat"`.
     #[serde(rename = "nat")]
     Nat,
+    /// The host's own network, on purpose (`process` only): `"host"`.
+    #[serde(rename = "host")]
+    Host,
+}
+
+impl Network {
+    /// The mode as written in a label (`isolated` for `""`, so a human can read it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::Isolated => "isolated",
+            Network::Nat => "nat",
+            Network::Host => "host",
+        }
+    }
 }
 
 /// The longest lifetime a label may ask for; longer is almost always a typo (`200d`).
@@ -168,6 +190,17 @@ impl Validate for Label {
             let r = &def.resources;
             if r.slots == Some(0) {
                 v.push(format!("{at}.resources.slots"), "must be > 0");
+            }
+            if r.pids == Some(0) {
+                v.push(format!("{at}.resources.pids"), "must be > 0");
+            }
+            if r.network == Network::Host && def.driver_kind() != "process" {
+                v.push(format!("{at}.resources.network"), "\"host\" is for the process driver only");
+            }
+            for (j, rule) in r.allow.iter().enumerate() {
+                if let Err(e) = rule.parse::<crate::AllowRule>() {
+                    v.push(format!("{at}.resources.allow[{j}]"), e.to_string());
+                }
             }
             for (name, disk) in &r.disks {
                 if name.parse::<crate::Name>().is_err() {

@@ -5,6 +5,7 @@
 //! manifests reject unknown keys, and [`validate`] returns every problem of an object
 //! at once, each with the field path a user can find in their YAML.
 
+pub mod allow;
 pub mod application;
 pub mod duration;
 pub mod gate;
@@ -17,6 +18,7 @@ pub mod user;
 pub mod validate;
 pub mod wire;
 
+pub use allow::{AllowRule, AllowRuleError};
 pub use application::{Application, ApplicationSpec, ApplicationStatus, HistoryEntry, LabelRef, Phase, ResourceStatus};
 pub use duration::HumanDuration;
 pub use gate::{ApiBudget, Gate, GateError, GateRoute, GateStatus, WaitingJob};

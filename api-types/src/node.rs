@@ -62,6 +62,9 @@ pub struct DriverStatus {
     pub available: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// What the driver says about itself (the qemu driver: `accel: kvm` or `accel: tcg (...)`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub info: String,
 }
 
 /// Cpu (cores), ram (GiB), slots and application count.

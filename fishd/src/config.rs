@@ -101,6 +101,83 @@ pub struct Config {
     /// Cluster settings: accepted for forward compatibility, not used by a single node.
     #[serde(default)]
     pub cluster: Option<serde_json::Value>,
+    /// The egress proxy of isolated resources (contract section 10).
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+}
+
+/// `proxy:` in fish.yml.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// `auto`: on 127.0.0.1 (processes, with their token) and on every docker network's
+    /// gateway; `off`; or one `ADDR:PORT`.
+    #[serde(default = "default_proxy_listen")]
+    pub listen: String,
+    /// Rules every resource of this node may use, on top of its definition's `allow`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// A relayed connection with no traffic for this long is closed.
+    #[serde(default = "default_proxy_idle")]
+    pub idle_timeout: HumanDuration,
+    /// Time a client has for its greeting and request.
+    #[serde(default = "default_proxy_handshake")]
+    pub handshake_timeout: HumanDuration,
+    /// Relayed connections one resource may hold at once.
+    #[serde(default = "default_proxy_per_resource")]
+    pub max_connections_per_resource: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        serde_json::from_value(serde_json::json!({})).unwrap_or_else(|_| unreachable!("defaults deserialize"))
+    }
+}
+
+impl ProxyConfig {
+    /// The limits this configuration sets.
+    pub fn limits(&self) -> crate::proxy::ProxyLimits {
+        crate::proxy::ProxyLimits {
+            idle: self.idle_timeout.get(),
+            handshake: self.handshake_timeout.get(),
+            per_resource: self.max_connections_per_resource,
+            ..crate::proxy::ProxyLimits::default()
+        }
+    }
+
+    /// The parsed node rules.
+    pub fn rules(&self) -> Result<Vec<api_types::AllowRule>, ConfigError> {
+        self.allow
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r.parse().map_err(|e| ConfigError::Invalid(format!("proxy.allow[{i}]: {e}"))))
+            .collect()
+    }
+
+    /// Where to listen: `None` for `auto`, `Some(None)` for `off`, `Some(addr)` else.
+    pub fn listen_addr(&self) -> Result<Option<Option<SocketAddr>>, ConfigError> {
+        match self.listen.as_str() {
+            "auto" => Ok(None),
+            "off" => Ok(Some(None)),
+            other => other
+                .parse()
+                .map(|a| Some(Some(a)))
+                .map_err(|_| ConfigError::Invalid(format!("proxy.listen: {other:?} is not auto, off or ADDR:PORT"))),
+        }
+    }
+}
+
+fn default_proxy_listen() -> String {
+    "auto".into()
+}
+fn default_proxy_idle() -> HumanDuration {
+    HumanDuration(crate::proxy::ProxyLimits::default().idle)
+}
+fn default_proxy_handshake() -> HumanDuration {
+    HumanDuration(crate::proxy::ProxyLimits::default().handshake)
+}
+fn default_proxy_per_resource() -> usize {
+    crate::proxy::ProxyLimits::default().per_resource
 }
 
 fn default_lifetime() -> HumanDuration {
@@ -226,12 +303,22 @@ impl Config {
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid("maxConnections must be at least 1".into()));
         }
+        self.proxy.rules()?;
+        self.proxy.listen_addr()?;
+        if self.proxy.max_connections_per_resource == 0 {
+            return Err(ConfigError::Invalid("proxy.maxConnectionsPerResource must be at least 1".into()));
+        }
+        if self.proxy.idle_timeout.get().is_zero() || self.proxy.handshake_timeout.get().is_zero() {
+            return Err(ConfigError::Invalid(
+                "proxy.idleTimeout and proxy.handshakeTimeout must be more than 0".into(),
+            ));
+        }
         if let Some(d) = &self.drivers {
             for name in d.keys() {
                 let kind = name.split('/').next().unwrap_or("");
-                if !matches!(kind, "test" | "process" | "docker") {
+                if !matches!(kind, "test" | "process" | "docker" | "qemu") {
                     return Err(ConfigError::Invalid(format!(
-                        "drivers.{name}: unknown driver {kind:?} (known: test, process, docker)"
+                        "drivers.{name}: unknown driver {kind:?} (known: test, process, docker, qemu)"
                     )));
                 }
             }

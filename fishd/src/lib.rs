@@ -13,6 +13,7 @@ pub mod gates;
 pub mod logs;
 pub mod meta_token;
 pub mod metadata;
+pub mod proxy;
 pub mod reconcile;
 pub mod runtime;
 pub mod store;

@@ -23,6 +23,7 @@ use crate::api::{self, ApiLimits, AppState};
 use crate::config::{Config, ConfigError};
 use crate::drivers::{self, CallTimeouts, Driver, Drivers};
 use crate::meta_token::MetaTokens;
+use crate::proxy::{Proxy, ProxyMetrics, StoreDirectory};
 use crate::reconcile::{Controller, Ctx, NodeIdentity, ReconcileConfig};
 use crate::store::{Command, Store, StoreError};
 
@@ -67,6 +68,8 @@ pub enum RunError {
     Bootstrap(String),
     #[error("API server failed")]
     Serve(#[source] std::io::Error),
+    #[error("proxy: {0}")]
+    Proxy(String),
 }
 
 impl RunError {
@@ -105,14 +108,19 @@ pub fn configure(o: &Overrides) -> Result<Config, RunError> {
     Ok(config)
 }
 
+/// Docker instances, typed, for the metadata listeners they need.
+type Dockers = Vec<Arc<drivers::docker::DockerDriver>>;
+/// Qemu instances, typed, for the metadata sockets they need.
+type Qemus = Vec<Arc<drivers::qemu::QemuDriver>>;
+
 /// Builds the configured driver instances, or the defaults: `process` always,
-/// `docker` when an engine answers. Docker instances are also returned typed, for
-/// the metadata listeners they need.
+/// `docker` when an engine answers. Docker and qemu instances are also returned typed,
+/// for the metadata listeners they need.
 pub async fn build_drivers(
     config: &Config,
     data_dir: &Path,
     node: &str,
-) -> Result<(Drivers, Vec<Arc<drivers::docker::DockerDriver>>), RunError> {
+) -> Result<(Drivers, Dockers, Qemus), RunError> {
     let entries: Vec<(String, serde_json::Value)> = match &config.drivers {
         Some(m) => {
             m.iter().map(|(k, v)| (k.clone(), if v.is_null() { serde_json::json!({}) } else { v.clone() })).collect()
@@ -129,6 +137,7 @@ pub async fn build_drivers(
     };
     let mut out = Drivers::new();
     let mut dockers = Vec::new();
+    let mut qemus = Vec::new();
     for (name, mut value) in entries {
         // `timeouts` is the reconciler's business (see `driver_timeouts`), not the driver's.
         if let Some(settings) = value.as_object_mut() {
@@ -158,12 +167,20 @@ pub async fn build_drivers(
                 dockers.push(d.clone());
                 d
             }
+            "qemu" => {
+                let q = Arc::new(
+                    drivers::qemu::QemuDriver::new(name.clone(), settings(&name, value)?, data_dir)
+                        .map_err(|e| bad(e.to_string()))?,
+                );
+                qemus.push(q.clone());
+                q
+            }
             other => return Err(bad(format!("unknown driver kind {other:?}"))),
         };
         info!(driver = %name, "driver enabled");
         out.insert(name, driver);
     }
-    Ok((out, dockers))
+    Ok((out, dockers, qemus))
 }
 
 /// The deadlines of each configured driver instance's calls (`drivers.<name>.timeouts`),
@@ -179,6 +196,27 @@ pub fn driver_timeouts(config: &Config) -> Result<BTreeMap<String, CallTimeouts>
         out.insert(name.clone(), timeouts);
     }
     Ok(out)
+}
+
+/// Refuses a `timeouts.deallocate` shorter than what a driver may need to stop its
+/// resource gracefully and then kill it ([`Driver::deallocate_time`]): the deadline
+/// would end every slow stop before the kill, and the retry would start over.
+pub fn check_deallocate_time(drivers: &Drivers, timeouts: &BTreeMap<String, CallTimeouts>) -> Result<(), RunError> {
+    for (name, driver) in drivers {
+        let needed = driver.deallocate_time();
+        let limit = timeouts.get(name).copied().unwrap_or_default().deallocate;
+        if limit.get() < needed {
+            return Err(RunError::Driver {
+                name: name.clone(),
+                message: format!(
+                    "drivers.{name}.timeouts.deallocate: {limit} is shorter than a deallocation may take \
+                     ({}: its gracePeriod, then the kill); raise it or shorten gracePeriod",
+                    api_types::HumanDuration(needed)
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A driver's settings from its `drivers.<name>` entry, errors naming the field.
@@ -208,10 +246,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 async fn serve_meta_on_docker_networks(
     dockers: &[Arc<drivers::docker::DockerDriver>],
     port: u16,
-    state: &AppState,
-    stop: CancellationToken,
+    binder: &drivers::docker::MetaBinder,
 ) {
-    let binder = meta_binder(state.clone(), stop);
     for d in dockers {
         d.set_meta_endpoint(port, binder.clone());
         match d.meta_listen_addrs(port).await {
@@ -229,6 +265,30 @@ async fn serve_meta_on_docker_networks(
     }
 }
 
+/// Virtual machines reach the metadata endpoint through a unix socket of their own
+/// (see `drivers::qemu`): every request on it is that application's.
+fn serve_meta_to_machines(qemus: &[Arc<drivers::qemu::QemuDriver>], state: &AppState, stop: &CancellationToken) {
+    for q in qemus {
+        let state = state.clone();
+        let node_stop = stop.clone();
+        q.set_meta_server(Arc::new(move |listener, uid, machine_stop| {
+            let router = api::meta_router(state.clone()).layer(axum::Extension(api::meta::ResourceUid(uid)));
+            let (node_stop, machine_stop) = (node_stop.clone(), machine_stop.clone());
+            tokio::spawn(async move {
+                let done = async move {
+                    tokio::select! {
+                        _ = node_stop.cancelled() => {}
+                        _ = machine_stop.cancelled() => {}
+                    }
+                };
+                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(done).await {
+                    warn!(%uid, error = %e, "metadata socket of a machine failed");
+                }
+            });
+        }));
+    }
+}
+
 /// Binds the metadata router at an address once (later calls for it are no-ops).
 fn meta_binder(state: AppState, stop: CancellationToken) -> drivers::docker::MetaBinder {
     let bound = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
@@ -243,7 +303,7 @@ fn meta_binder(state: AppState, stop: CancellationToken) -> drivers::docker::Met
         bound.insert(addr);
         let router = api::meta_router(state.clone());
         let stop = stop.clone();
-        info!(%addr, "metadata endpoint for containers");
+        info!(%addr, "metadata endpoint for resources");
         tokio::spawn(async move {
             let app = router.into_make_service_with_connect_info::<SocketAddr>();
             let r = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
@@ -253,6 +313,100 @@ fn meta_binder(state: AppState, stop: CancellationToken) -> drivers::docker::Met
         });
         Ok(())
     })
+}
+
+/// Where isolated processes reach the node: the process gateway, with the metadata
+/// endpoint and the proxy bound on it. `None` (with the reason logged) where fishd
+/// cannot make network namespaces, or runs no process driver.
+async fn serve_process_gateway(
+    drivers: &Drivers,
+    meta_port: u16,
+    proxy: &Proxy,
+    proxy_port: Option<u16>,
+    binder: &drivers::docker::MetaBinder,
+) -> Option<std::net::IpAddr> {
+    if !drivers.keys().any(|n| n.split('/').next() == Some("process")) {
+        return None;
+    }
+    let gateway = match tokio::task::spawn_blocking(drivers::process::netns::ensure_gateway).await {
+        Ok(Ok(gw)) => std::net::IpAddr::V4(gw),
+        Ok(Err(reason)) => {
+            info!(%reason, "isolated processes cannot run on this node");
+            return None;
+        }
+        Err(e) => {
+            warn!(error = %e, "process gateway setup panicked");
+            return None;
+        }
+    };
+    let meta = SocketAddr::new(gateway, meta_port);
+    if let Err(e) = binder(meta) {
+        warn!(addr = %meta, error = %e, "isolated processes will not reach the metadata endpoint");
+    }
+    if let Some(port) = proxy_port
+        && let Err(e) = proxy.listen(SocketAddr::new(gateway, port)).await
+    {
+        warn!(error = %error_chain(&e), "isolated processes will not reach the proxy");
+    }
+    Some(gateway)
+}
+
+/// Starts the proxy's shared listeners: `auto` binds 127.0.0.1 on a free port (processes
+/// present their token) and the same port on every docker network's gateway, which it
+/// tells the docker drivers so containers get it in their environment and their
+/// network's firewall chain lets it through.
+async fn start_proxy(
+    proxy: &Proxy,
+    listen: Option<Option<SocketAddr>>,
+    dockers: &[Arc<drivers::docker::DockerDriver>],
+) -> Result<Option<SocketAddr>, RunError> {
+    let addr = match listen {
+        Some(None) => {
+            info!("proxy off (proxy.listen: off): isolated resources reach only their metadata");
+            return Ok(None);
+        }
+        Some(Some(addr)) => addr,
+        None => SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    let bound = proxy.listen(addr).await.map_err(|e| RunError::Proxy(error_chain(&e)))?;
+    if listen.is_some() {
+        return Ok(Some(bound));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for d in dockers {
+        let addrs = match d.proxy_listen_addrs(bound.port()).await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(driver = %d.name(), error = %e, "containers will not reach the proxy");
+                continue;
+            }
+        };
+        for addr in addrs {
+            if seen.insert(addr)
+                && let Err(e) = proxy.listen(addr).await
+            {
+                warn!(%addr, error = %error_chain(&e), "containers of this network will not reach the proxy");
+            }
+        }
+    }
+    Ok(Some(bound))
+}
+
+/// Checks and repairs the docker networks' firewall rules at start and every `every`,
+/// deleting those of networks removed since.
+async fn firewall_loop(dockers: Vec<Arc<drivers::docker::DockerDriver>>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for d in &dockers {
+            if let Err(e) = d.enforce_networks().await {
+                warn!(driver = %d.name(), error = %e, "docker network firewall rules not checked");
+            }
+        }
+    }
 }
 
 /// How often the gauges of `/metrics` are set from the store; a scrape interval is
@@ -304,7 +458,15 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         .await
         .map_err(|e| RunError::Bootstrap(error_chain(&e)))?;
 
-    let (drivers, dockers) = build_drivers(&config, &data_dir, &node_name).await?;
+    let proxy_metrics = ProxyMetrics::default();
+    let proxy = Proxy::new(
+        Arc::new(StoreDirectory::new(store.clone(), meta_tokens.clone())),
+        config.proxy.rules()?,
+        config.proxy.limits(),
+        proxy_metrics.clone(),
+        CancellationToken::new(),
+    );
+    let (drivers, dockers, qemus) = build_drivers(&config, &data_dir, &node_name).await?;
     let drivers = Arc::new(drivers);
     let node =
         NodeIdentity { name: node_name.clone(), identifiers: config.identifiers.clone(), capacity: config.capacity() };
@@ -319,6 +481,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         timeouts: driver_timeouts(&config)?,
         ..ReconcileConfig::default()
     };
+    check_deallocate_time(&drivers, &rc.timeouts)?;
     let ctx = Ctx::new(store.clone(), drivers.clone(), node, rc, meta_tokens.clone());
     let gate_metrics = crate::gates::GateMetrics::default();
     let gates_config = match &config.gates {
@@ -346,13 +509,31 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         ..ApiLimits::default()
     };
     let mut state =
-        AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens, limits, api_stop.clone());
-    state.metrics = Arc::new(api::Metrics::with_registry(ctx.metrics.clone(), |r| gate_metrics.register(r)));
+        AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens.clone(), limits, api_stop.clone());
+    state.metrics = Arc::new(api::Metrics::with_registry(ctx.metrics.clone(), |r| {
+        proxy_metrics.register(r);
+        gate_metrics.register(r);
+    }));
     state.secrets = ctx.secrets.clone();
     state.gates = gates.clone();
     gates.start(tls.server_config.clone(), beat.clone()).map_err(|e| RunError::Config(ConfigError::Invalid(e)))?;
     let metrics = ctx.metrics.clone();
-    serve_meta_on_docker_networks(&dockers, addr.port(), &state, api_stop.clone()).await;
+    let binder = meta_binder(state.clone(), api_stop.clone());
+    serve_meta_on_docker_networks(&dockers, addr.port(), &binder).await;
+    serve_meta_to_machines(&qemus, &state, &api_stop);
+    let proxy_addr = start_proxy(&proxy, config.proxy.listen_addr()?, &dockers).await?;
+    let proxy_port = proxy_addr.map(|a| a.port());
+    let process_gateway = serve_process_gateway(&drivers, addr.port(), &proxy, proxy_port, &binder).await;
+    let services = drivers::NodeServices {
+        meta_port: addr.port(),
+        proxy_port: proxy_port.unwrap_or(0),
+        proxy: proxy_port.is_some().then(|| proxy.clone()),
+        process_gateway,
+    };
+    for d in drivers.values() {
+        d.attach(&services);
+    }
+    tokio::spawn(firewall_loop(dockers.clone(), config.resync_interval.get(), beat.clone()));
     let mut server = tokio::spawn(api::serve(state, listener, tls.server_config, api_stop.clone()));
     tokio::spawn(gauge_loop(store.clone(), metrics, beat.clone()));
     tokio::spawn(crate::logs::janitor(store.clone(), data_dir.clone(), beat.clone()));
@@ -446,7 +627,12 @@ async fn heartbeat(ctx: &Ctx, config: &Config, addr: SocketAddr) {
             location: config.location.clone(),
             drivers: availability
                 .into_iter()
-                .map(|(name, a)| DriverStatus { name, available: a.is_ok(), reason: a.err().unwrap_or_default() })
+                .map(|(name, a)| DriverStatus {
+                    info: ctx.drivers.get(&name).map(|d| d.info()).unwrap_or_default(),
+                    name,
+                    available: a.is_ok(),
+                    reason: a.err().unwrap_or_default(),
+                })
                 .collect(),
             capacity: ctx.node.capacity,
             allocated: ledger.node.as_capacity(),
@@ -457,5 +643,36 @@ async fn heartbeat(ctx: &Ctx, config: &Config, addr: SocketAddr) {
     };
     if let Err(e) = ctx.store.execute(Command::PutNode { node: Box::new(node) }).await {
         warn!(error = %e, "could not record the node's status");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn with_process(process: serde_json::Value) -> Config {
+        serde_json::from_value(serde_json::json!({ "drivers": { "process": process } })).unwrap()
+    }
+
+    /// A grace period longer than the deallocate deadline is refused at start, naming
+    /// the field; the defaults of the process driver fit the default deadline.
+    #[tokio::test]
+    async fn a_deallocate_deadline_shorter_than_the_grace_period_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = with_process(serde_json::json!({"gracePeriod": "10m", "cgroups": false}));
+        let (drivers, _, _) = build_drivers(&config, dir.path(), "n1").await.unwrap();
+        let err = check_deallocate_time(&drivers, &driver_timeouts(&config).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("drivers.process.timeouts.deallocate: 5m is shorter"), "{err}");
+
+        let config = with_process(
+            serde_json::json!({"gracePeriod": "10m", "cgroups": false, "timeouts": {"deallocate": "11m"}}),
+        );
+        let (drivers, _, _) = build_drivers(&config, dir.path(), "n1").await.unwrap();
+        check_deallocate_time(&drivers, &driver_timeouts(&config).unwrap()).unwrap();
+
+        let config = with_process(serde_json::json!({"cgroups": false}));
+        let (drivers, _, _) = build_drivers(&config, dir.path(), "n1").await.unwrap();
+        check_deallocate_time(&drivers, &driver_timeouts(&config).unwrap()).unwrap();
     }
 }

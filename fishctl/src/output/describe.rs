@@ -150,11 +150,10 @@ pub fn label(label: &Label, now: OffsetDateTime) -> String {
         if r.cpu_overbook || r.ram_overbook {
             p.field(4, "Overbook", format!("cpu={} ram={}", r.cpu_overbook, r.ram_overbook));
         }
-        let network = match r.network {
-            api_types::Network::Isolated => "isolated",
-            api_types::Network::Nat => "nat",
-        };
-        p.field(4, "Network", network);
+        p.field(4, "Network", r.network.as_str());
+        if !r.allow.is_empty() {
+            p.field(4, "Allow", r.allow.join(", "));
+        }
         p.field(4, "Lifetime", or_none(r.lifetime.map(|l| l.to_string())));
         if !r.disks.is_empty() {
             let disks: Vec<String> = r.disks.iter().map(|(n, d)| format!("{n}={}GiB", d.size)).collect();

@@ -18,7 +18,9 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 pub mod docker;
+pub mod firewall;
 pub mod process;
+pub mod qemu;
 pub mod test;
 
 /// Everything a driver needs to allocate one resource.
@@ -65,6 +67,25 @@ pub struct OwnedResource {
     /// The application the resource was allocated for.
     pub uid: Uuid,
     pub identifier: String,
+}
+
+/// What the node offers resources besides the driver itself: where its metadata
+/// endpoint and proxy listen. Handed to every driver by [`Driver::attach`] once the
+/// runtime has bound them.
+#[derive(Clone)]
+pub struct NodeServices {
+    /// The metadata endpoint's port on every address the node serves it (docker
+    /// gateways, the process gateway); 0 when not served there.
+    pub meta_port: u16,
+    /// The proxy's port on those addresses; 0 when the proxy is off.
+    pub proxy_port: u16,
+    /// The proxy, for drivers that need a listener of their own per resource
+    /// ([`crate::proxy::Proxy::listen_for`], e.g. a VM behind user-mode networking).
+    pub proxy: Option<crate::proxy::Proxy>,
+    /// The host address isolated processes reach from their network namespace, with
+    /// the metadata endpoint and the proxy bound on it; `None` where fishd cannot make
+    /// network namespaces (not root), so isolated processes cannot run.
+    pub process_gateway: Option<std::net::IpAddr>,
 }
 
 /// Why a driver call failed.
@@ -119,6 +140,17 @@ pub trait Driver: Send + Sync {
     /// field is relative to the definition (`options.command`, `images[0].sum`).
     fn validate(&self, definition: &Definition) -> Vec<FieldError>;
 
+    /// Whether this node can ever run `definition` with this driver, and why not (e.g. an
+    /// isolated process needs network namespaces, so root). An `Err` makes the
+    /// application "can never fit" on this node, with the reason. Cheap: called on
+    /// every election.
+    fn supports(&self, _definition: &Definition) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Learns where the node's metadata endpoint and proxy are, once they are bound.
+    fn attach(&self, _services: &NodeServices) {}
+
     /// Whether the backend answers now, and why not. Cheap: called on every election.
     async fn available(&self) -> Result<(), String>;
 
@@ -140,9 +172,22 @@ pub trait Driver: Send + Sync {
     /// Every resource this instance owns on this node.
     async fn list_owned(&self) -> Result<Vec<OwnedResource>, DriverError>;
 
+    /// What the node reports about this instance besides availability (the qemu
+    /// driver: which accelerator its machines get). Empty: nothing to say.
+    fn info(&self) -> String {
+        String::new()
+    }
+
     /// Where the resource's captured output is, for drivers that capture it.
     fn log_path(&self, _uid: Uuid) -> Option<PathBuf> {
         None
+    }
+
+    /// The longest `deallocate` may wait on its way to a kill (a grace period, then the
+    /// kill). The node refuses a `timeouts.deallocate` shorter than this at start: such
+    /// a deadline would cut every slow stop short, before the kill. Zero: no such wait.
+    fn deallocate_time(&self) -> Duration {
+        Duration::ZERO
     }
 }
 

@@ -27,6 +27,9 @@ pub enum Decision {
     Wait(String),
 }
 
+/// Whether the node can ever run a definition (see `Driver::supports`).
+pub type Supports<'a> = dyn Fn(&Definition) -> Result<(), String> + 'a;
+
 /// Chooses the first definition, starting at `start` and wrapping round, that this
 /// node can run now.
 pub fn choose(
@@ -36,6 +39,7 @@ pub fn choose(
     ledger: &Ledger,
     driver_capacity: &BTreeMap<String, Option<NodeCapacity>>,
     availability: &BTreeMap<String, Result<(), String>>,
+    supported: Option<&Supports<'_>>,
 ) -> Decision {
     let n = definitions.len();
     if n == 0 {
@@ -57,6 +61,10 @@ pub fn choose(
             continue;
         }
         if let Err(m) = filter_matches(&def.resources.node_filter, &node.name, &node.identifiers) {
+            reasons.push(why(&m));
+            continue;
+        }
+        if let Some(Err(m)) = supported.map(|s| s(def)) {
             reasons.push(why(&m));
             continue;
         }
@@ -163,6 +171,10 @@ pub async fn pass(ctx: &Ctx) -> Result<(), StoreError> {
     let driver_capacity: BTreeMap<String, Option<NodeCapacity>> =
         ctx.drivers.iter().map(|(n, d)| (n.clone(), d.capacity())).collect();
     let maintenance = ctx.store.get_node(&ctx.node.name)?.is_some_and(|n| n.status.maintenance);
+    let supports = |def: &Definition| match ctx.drivers.get(&def.driver) {
+        Some(d) => d.supports(def),
+        None => Ok(()),
+    };
     let mut writes = Vec::new();
     for uid in new {
         let Some(app) = ctx.store.get_application_by_uid(uid)? else { continue };
@@ -173,7 +185,7 @@ pub async fn pass(ctx: &Ctx) -> Result<(), StoreError> {
             Decision::Wait(format!("node {} is in maintenance", ctx.node.name))
         } else {
             let start = app.status.attempts as usize;
-            choose(&label.spec.definitions, start, &ctx.node, &ledger, &driver_capacity, &availability)
+            choose(&label.spec.definitions, start, &ctx.node, &ledger, &driver_capacity, &availability, Some(&supports))
         };
         let status = match decision {
             Decision::Elect(i) => {
@@ -234,16 +246,16 @@ mod tests {
         let defs = vec![def("test", 8), def("test", 2), def("test", 1)];
         let d = drivers(&["test"]);
         let none = BTreeMap::new();
-        assert_eq!(choose(&defs, 0, &node(), &Ledger::default(), &d, &none), Decision::Elect(1));
-        assert_eq!(choose(&defs, 2, &node(), &Ledger::default(), &d, &none), Decision::Elect(2));
+        assert_eq!(choose(&defs, 0, &node(), &Ledger::default(), &d, &none, None), Decision::Elect(1));
+        assert_eq!(choose(&defs, 2, &node(), &Ledger::default(), &d, &none, None), Decision::Elect(2));
         // Wraps round.
-        assert_eq!(choose(&defs, 3, &node(), &Ledger::default(), &d, &none), Decision::Elect(1));
+        assert_eq!(choose(&defs, 3, &node(), &Ledger::default(), &d, &none, None), Decision::Elect(1));
     }
 
     #[test]
     fn reasons_name_every_definition() {
         let defs = vec![def("docker", 1), def("test", 99)];
-        match choose(&defs, 0, &node(), &Ledger::default(), &drivers(&["test"]), &BTreeMap::new()) {
+        match choose(&defs, 0, &node(), &Ledger::default(), &drivers(&["test"]), &BTreeMap::new(), None) {
             Decision::Wait(m) => {
                 assert!(m.starts_with("can never fit"), "{m}");
                 assert!(m.contains("definition 0 (docker): no driver"), "{m}");
@@ -256,7 +268,7 @@ mod tests {
     #[test]
     fn the_message_of_a_label_with_thousands_of_definitions_is_bounded() {
         let defs: Vec<Definition> = (0..10_000).map(|_| def("test", 99)).collect();
-        match choose(&defs, 0, &node(), &Ledger::default(), &drivers(&["test"]), &BTreeMap::new()) {
+        match choose(&defs, 0, &node(), &Ledger::default(), &drivers(&["test"]), &BTreeMap::new(), None) {
             Decision::Wait(m) => {
                 assert!(m.len() < 2_000, "{} bytes", m.len());
                 assert!(m.contains("definition 0 (test)"), "{m}");
@@ -271,14 +283,14 @@ mod tests {
         let defs = vec![def("test", 3)];
         let mut ledger = Ledger::default();
         ledger.reserve(&def("test", 2));
-        match choose(&defs, 0, &node(), &ledger, &drivers(&["test"]), &BTreeMap::new()) {
+        match choose(&defs, 0, &node(), &ledger, &drivers(&["test"]), &BTreeMap::new(), None) {
             Decision::Wait(m) => assert!(m.starts_with("waiting for capacity"), "{m}"),
             other => panic!("{other:?}"),
         }
         let mut capped = drivers(&["test"]);
         capped.insert("test".into(), Some(NodeCapacity { cpu: 1, ram: 8, slots: 8, applications: 0 }));
         assert!(matches!(
-            choose(&[def("test", 2)], 0, &node(), &Ledger::default(), &capped, &BTreeMap::new()),
+            choose(&[def("test", 2)], 0, &node(), &Ledger::default(), &capped, &BTreeMap::new(), None),
             Decision::Wait(_)
         ));
     }
@@ -287,7 +299,7 @@ mod tests {
     fn unavailable_driver_waits_with_its_reason() {
         let mut av = BTreeMap::new();
         av.insert("test".to_string(), Err("engine down".to_string()));
-        match choose(&[def("test", 1)], 0, &node(), &Ledger::default(), &drivers(&["test"]), &av) {
+        match choose(&[def("test", 1)], 0, &node(), &Ledger::default(), &drivers(&["test"]), &av, None) {
             Decision::Wait(m) => assert!(m.contains("engine down") && m.starts_with("waiting"), "{m}"),
             other => panic!("{other:?}"),
         }

@@ -31,8 +31,10 @@ fn rand_suffix() -> u64 {
         .unwrap_or(0)
 }
 
+/// Networks of their own: the firewall chains fishd gives its networks never touch the
+/// default ones other nodes of this host use.
 fn config(node: &str) -> String {
-    format!("nodeName: {node}\ndrivers:\n  docker: {{}}\n")
+    format!("nodeName: {node}\ndrivers:\n  docker: {{networkPrefix: aquarium-e2e}}\n")
 }
 
 fn label(name: &str, command: &str, extra: &str) -> String {

@@ -54,7 +54,7 @@ async fn setup(route_max: u32, extra: &str) -> Setup {
 /// The route's label: the fake runner, run by the process driver.
 fn runner_label(ca: &Path, mode: &str) -> String {
     format!(
-        "kind: Label\nmetadata: {{name: ubuntu-ci}}\nspec:\n  definitions:\n    - driver: process\n      resources: {{cpu: 1, ram: 1}}\n      options:\n        command: [{runner}]\n        env: {{FAKE_GITHUB_CA: {ca}, FAKE_RUNNER_MODE: \"{mode}\"}}\n",
+        "kind: Label\nmetadata: {{name: ubuntu-ci}}\nspec:\n  definitions:\n    - driver: process\n      resources: {{cpu: 1, ram: 1, network: host}}\n      options:\n        command: [{runner}]\n        env: {{FAKE_GITHUB_CA: {ca}, FAKE_RUNNER_MODE: \"{mode}\"}}\n",
         runner = bin("fake-gh-runner").display(),
         ca = ca.display(),
     )

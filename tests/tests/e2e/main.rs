@@ -13,3 +13,5 @@ mod hardening;
 mod lifecycle;
 mod operations;
 mod process;
+mod qemu;
+mod sandbox;

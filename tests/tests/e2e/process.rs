@@ -9,10 +9,14 @@ use aquarium_e2e::{TestDaemon, eventually};
 
 const CONFIG: &str = "drivers:\n  process: {gracePeriod: 2s}\n  test: {}\n";
 
+/// A process label on the host's network, run as fishd's own user: these tests are
+/// about the driver's lifecycle, and their scripts write into the test's data directory
+/// (the sandbox has its own tests in `sandbox.rs`).
 fn label(name: &str, script: &str) -> String {
     let script = script.replace('\n', "\n            ");
+    let user = if nix::unistd::geteuid().is_root() { "\n        user: root" } else { "" };
     format!(
-        "---\nkind: Label\nmetadata: {{name: {name}}}\nspec:\n  metadata: {{FROM_LABEL: label-value}}\n  definitions:\n    - driver: process\n      resources: {{cpu: 1, ram: 1}}\n      options:\n        command:\n          - sh\n          - -c\n          - |\n            {script}\n"
+        "---\nkind: Label\nmetadata: {{name: {name}}}\nspec:\n  metadata: {{FROM_LABEL: label-value}}\n  definitions:\n    - driver: process\n      resources: {{cpu: 1, ram: 1, network: host}}\n      options:{user}\n        command:\n          - sh\n          - -c\n          - |\n            {script}\n"
     )
 }
 

@@ -74,20 +74,32 @@ pub(super) fn uid_of(labels: Option<&HashMap<String, String>>) -> Option<Uuid> {
     labels?.get(LABEL_APPLICATION)?.parse().ok()
 }
 
+/// Where a container finds the node: its metadata URL and the proxy on its gateway.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Endpoints {
+    pub meta_url: Option<String>,
+    pub proxy: Option<std::net::SocketAddr>,
+}
+
 /// The container's environment: the definition's `env`, overlaid by the merged metadata
-/// (strings as they are, other values JSON-encoded), overlaid by `FISH_META_URL`.
+/// (strings as they are, other values JSON-encoded), overlaid by `FISH_META_URL` and the
+/// proxy variables (`FISH_PROXY`, `ALL_PROXY`, `HTTPS_PROXY`, `HTTP_PROXY`, with
+/// `NO_PROXY` naming the gateway so metadata requests go straight to it).
 pub(super) fn environment(
     options: &DockerOptions,
     metadata: &api_types::Metadata,
-    meta_url: Option<&str>,
+    endpoints: &Endpoints,
 ) -> Vec<String> {
-    let mut env: std::collections::BTreeMap<&str, String> =
-        options.env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let mut env: std::collections::BTreeMap<String, String> =
+        options.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     for (key, value) in metadata {
-        env.insert(key, env_value(value));
+        env.insert(key.clone(), env_value(value));
     }
-    if let Some(url) = meta_url {
-        env.insert("FISH_META_URL", url.to_owned());
+    if let Some(url) = &endpoints.meta_url {
+        env.insert("FISH_META_URL".into(), url.to_owned());
+    }
+    if let Some(proxy) = endpoints.proxy {
+        env.extend(crate::proxy::environment(proxy, None));
     }
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
@@ -99,7 +111,7 @@ pub(super) fn create_body(
     options: &DockerOptions,
     image: &str,
     network: &NetworkInfo,
-    meta_url: Option<&str>,
+    endpoints: &Endpoints,
 ) -> ContainerCreateBody {
     let resources = &req.definition.resources;
     let memory = (resources.ram > 0).then(|| i64::from(resources.ram) * GIB);
@@ -116,7 +128,7 @@ pub(super) fn create_body(
     ContainerCreateBody {
         image: Some(image.to_owned()),
         cmd: options.command.clone(),
-        env: Some(environment(options, &req.metadata, meta_url)),
+        env: Some(environment(options, &req.metadata, endpoints)),
         labels: Some(owner.labels(req.uid, &req.name)),
         host_config: Some(HostConfig {
             nano_cpus: (resources.cpu > 0).then(|| i64::from(resources.cpu) * 1_000_000_000),
@@ -216,15 +228,25 @@ mod tests {
             env: [("A".into(), "opt".into()), ("B".into(), "opt".into())].into(),
             ..Default::default()
         };
-        let env = environment(&options, &request().metadata, Some("https://gw/meta"));
+        let endpoints = Endpoints { meta_url: Some("https://gw/meta".into()), proxy: None };
+        let env = environment(&options, &request().metadata, &endpoints);
         assert_eq!(env, ["A=meta", "B=opt", "FISH_META_URL=https://gw/meta", r#"N={"x":1}"#]);
+        let endpoints = Endpoints { meta_url: None, proxy: Some("172.30.0.1:9000".parse().expect("address")) };
+        let env = environment(&options, &request().metadata, &endpoints);
+        assert!(env.contains(&"ALL_PROXY=socks5h://172.30.0.1:9000".to_owned()), "{env:?}");
+        assert!(env.contains(&"NO_PROXY=172.30.0.1,localhost,127.0.0.1".to_owned()), "{env:?}");
     }
 
     #[test]
     fn limits_mounts_and_labels() {
         let owner = Owner { node: "n1".into(), instance: "docker/dev".into() };
-        let net = NetworkInfo { name: "aquarium-isolated", id: "netid".into(), gateway: None };
-        let body = create_body(&request(), &owner, &DockerOptions::default(), "img:1", &net, None);
+        let net = NetworkInfo {
+            name: "aquarium-isolated".into(),
+            id: "netid".into(),
+            bridge: "br-netid".into(),
+            gateway: None,
+        };
+        let body = create_body(&request(), &owner, &DockerOptions::default(), "img:1", &net, &Endpoints::default());
         let host = body.host_config.unwrap();
         assert_eq!(host.nano_cpus, Some(2_000_000_000));
         assert_eq!(host.memory, Some(1 << 30));

@@ -47,7 +47,7 @@ use self::container::{Owner, allocated, create_body, state_of, uid_of};
 use self::image::ImageStore;
 use self::network::{NetworkInfo, Networks};
 use self::options::DockerOptions;
-use super::{AllocateRequest, Allocated, Driver, DriverError, OwnedResource, ResourceState};
+use super::{AllocateRequest, Allocated, Driver, DriverError, NodeServices, OwnedResource, ResourceState};
 
 /// Label: the uid of the application a container or volume was made for.
 pub const LABEL_APPLICATION: &str = "aquarium.fish/application";
@@ -83,12 +83,20 @@ pub struct DockerConfig {
     /// Limits of this instance; what is left out comes from the engine (cpus, memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<DockerCapacity>,
+    /// Networks are `<networkPrefix>-isolated` and `<networkPrefix>-nat`; nodes sharing
+    /// an engine share them unless they say otherwise (tests use their own).
+    #[serde(default = "default_network_prefix")]
+    pub network_prefix: String,
 }
 
 impl Default for DockerConfig {
     fn default() -> Self {
-        DockerConfig { socket: default_socket(), capacity: None }
+        DockerConfig { socket: default_socket(), capacity: None, network_prefix: default_network_prefix() }
     }
+}
+
+fn default_network_prefix() -> String {
+    network::DEFAULT_PREFIX.to_owned()
 }
 
 fn default_socket() -> PathBuf {
@@ -137,6 +145,13 @@ pub struct DockerDriver {
     networks: Networks,
     /// The port of the metadata endpoint at each gateway; 0 until the runtime says.
     meta_port: AtomicU16,
+    /// The port of the node's proxy at each gateway; 0 until the runtime says.
+    proxy_port: AtomicU16,
+    /// The node's proxy (from [`Driver::attach`]), bound at a gateway the runtime did not
+    /// know at start (engine down then, network recreated since); the lock makes
+    /// check-and-bind one step for concurrent allocations.
+    proxy: OnceLock<crate::proxy::Proxy>,
+    proxy_bind: tokio::sync::Mutex<()>,
     /// Binds the endpoint at a gateway; set by the runtime with the port.
     meta_binder: OnceLock<MetaBinder>,
 }
@@ -159,8 +174,11 @@ impl DockerDriver {
             client: tokio::sync::OnceCell::new(),
             engine: Mutex::new(None),
             images: ImageStore::new(data_dir.join("docker").join("images"))?,
-            networks: Networks::default(),
+            networks: Networks::new(config.network_prefix),
             meta_port: AtomicU16::new(0),
+            proxy_port: AtomicU16::new(0),
+            proxy: OnceLock::new(),
+            proxy_bind: tokio::sync::Mutex::new(()),
             meta_binder: OnceLock::new(),
         };
         if let Err(reason) = driver.available().await {
@@ -190,13 +208,65 @@ impl DockerDriver {
         let docker = self.docker().await?;
         let mut addrs = Vec::new();
         for mode in [Network::Isolated, Network::Nat] {
-            let network = self.networks.ensure(docker, mode).await?;
+            let network = self.networks.ensure(docker, mode, &self.ports()).await?;
             match network.gateway {
                 Some(ip) => addrs.push(SocketAddr::new(ip, port)),
-                None => tracing::warn!(network = network.name, "docker network has no gateway address"),
+                None => tracing::warn!(network = %network.name, "docker network has no gateway address"),
             }
         }
         Ok(addrs)
+    }
+
+    /// The gateway addresses of both networks (created if needed), where the node's proxy
+    /// must listen for containers; remembers `port` for the containers' environment and
+    /// opens it in the isolated network's firewall chain.
+    pub async fn proxy_listen_addrs(&self, port: u16) -> Result<Vec<SocketAddr>, DriverError> {
+        self.proxy_port.store(port, Ordering::Relaxed);
+        let docker = self.docker().await?;
+        let mut addrs = Vec::new();
+        for mode in [Network::Isolated, Network::Nat] {
+            let network = self.networks.ensure(docker, mode, &self.ports()).await?;
+            if let Some(ip) = network.gateway {
+                addrs.push(SocketAddr::new(ip, port));
+            }
+        }
+        Ok(addrs)
+    }
+
+    /// Checks and repairs the networks' firewall rules, and deletes those of removed
+    /// networks. The runtime calls it at start and at every resync.
+    pub async fn enforce_networks(&self) -> Result<(), DriverError> {
+        let docker = self.docker().await?;
+        self.networks.enforce(docker, &self.ports()).await
+    }
+
+    /// The gateway ports containers may open: metadata and proxy.
+    fn ports(&self) -> Vec<u16> {
+        [self.meta_port.load(Ordering::Relaxed), self.proxy_port.load(Ordering::Relaxed)]
+            .into_iter()
+            .filter(|p| *p != 0)
+            .collect()
+    }
+
+    /// The proxy's address on `network`, bound there first if it is not yet: like the
+    /// metadata URL, a container is never handed an address nothing listens on.
+    async fn proxy_addr(&self, network: &NetworkInfo) -> Option<SocketAddr> {
+        let port = self.proxy_port.load(Ordering::Relaxed);
+        let gateway = network.gateway?;
+        if port == 0 {
+            return None;
+        }
+        let addr = SocketAddr::new(gateway, port);
+        if let Some(proxy) = self.proxy.get() {
+            let _one = self.proxy_bind.lock().await;
+            if !proxy.addrs().contains(&addr)
+                && let Err(e) = proxy.listen(addr).await
+            {
+                tracing::warn!(driver = %self.name, %addr, error = %e, "cannot serve the proxy on this network");
+                return None;
+            }
+        }
+        Some(addr)
     }
 
     /// Tells the driver the endpoint's port and how to bind it at a gateway. Until this
@@ -290,7 +360,7 @@ impl DockerDriver {
             .first()
             .ok_or_else(|| DriverError::Invalid("images: the docker driver needs one image".into()))?;
         let image = self.images.resolve(docker, image).await?;
-        let network = self.networks.ensure(docker, req.definition.resources.network).await?;
+        let network = self.networks.ensure(docker, req.definition.resources.network, &self.ports()).await?;
         for disk in req.definition.resources.disks.keys() {
             let volume = VolumeCreateRequest {
                 name: Some(volume_name(req.uid, disk)),
@@ -303,7 +373,9 @@ impl DockerDriver {
                 .map_err(|e| engine_error(&format!("creating volume for disk {disk}"), e))?;
         }
         let name = container_name(req.uid);
-        let body = create_body(req, &self.owner, &options, &image, &network, self.meta_url(&network).as_deref());
+        let endpoints =
+            container::Endpoints { meta_url: self.meta_url(&network), proxy: self.proxy_addr(&network).await };
+        let body = create_body(req, &self.owner, &options, &image, &network, &endpoints);
         let create = CreateContainerOptionsBuilder::default().name(&name).build();
         match docker.create_container(Some(create), body).await {
             Ok(_) => {}
@@ -325,7 +397,7 @@ impl DockerDriver {
         }
         let inspect =
             docker.inspect_container(&name, None).await.map_err(|e| engine_error("inspecting the container", e))?;
-        tracing::info!(driver = %self.name, uid = %req.uid, container = %name, %image, network = network.name, "container started");
+        tracing::info!(driver = %self.name, uid = %req.uid, container = %name, %image, network = %network.name, "container started");
         Ok(allocated(&inspect))
     }
 
@@ -397,6 +469,14 @@ impl Driver for DockerDriver {
         options::validate(definition)
     }
 
+    fn attach(&self, services: &NodeServices) {
+        if let Some(proxy) = &services.proxy
+            && self.proxy.set(proxy.clone()).is_err()
+        {
+            tracing::warn!(driver = %self.name, "attached twice; keeping the first proxy");
+        }
+    }
+
     async fn available(&self) -> Result<(), String> {
         let docker = self.docker().await.map_err(|e| e.to_string())?;
         match tokio::time::timeout(PING_TIMEOUT, docker.ping()).await {
@@ -432,11 +512,25 @@ impl Driver for DockerDriver {
 
     async fn allocate(&self, req: &AllocateRequest) -> Result<Allocated, DriverError> {
         let docker = self.docker().await?;
-        if let Some(found) = self.existing(docker, req.uid).await? {
-            tracing::info!(driver = %self.name, uid = %req.uid, "container already there; adopting it");
-            return Ok(found);
+        let mut allocated = match self.existing(docker, req.uid).await? {
+            Some(found) => {
+                tracing::info!(driver = %self.name, uid = %req.uid, "container already there; adopting it");
+                found
+            }
+            None => self.create(docker, req).await?,
+        };
+        // What `fishctl describe` shows of the sandbox.
+        let resources = &req.definition.resources;
+        let details = &mut allocated.details;
+        details.insert("network".into(), resources.network.as_str().into());
+        let network = self.networks.ensure(docker, resources.network, &self.ports()).await?;
+        if let Some(proxy) = self.proxy_addr(&network).await {
+            details.insert("proxy".into(), proxy.to_string().into());
         }
-        self.create(docker, req).await
+        if !resources.allow.is_empty() {
+            details.insert("allow".into(), resources.allow.join(", ").into());
+        }
+        Ok(allocated)
     }
 
     async fn inspect(&self, uid: Uuid, identifier: &str) -> Result<ResourceState, DriverError> {

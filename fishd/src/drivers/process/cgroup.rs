@@ -6,6 +6,10 @@
 //! they can be enabled down to the driver's cgroup; on a hybrid host (cgroup v1 controllers,
 //! an empty v2 hierarchy, as in many containers) the cgroup still tracks and kills the
 //! processes, and memory falls back to an rlimit (see the parent module).
+//!
+//! The number of tasks is limited by `pids.max` (`resources.pids`, default
+//! [`DEFAULT_PIDS`]): in the v2 cgroup where the `pids` controller can be enabled there,
+//! else in a group of the v1 `pids` hierarchy ([`PidsV1`]) that the process joins too.
 
 use std::fs;
 use std::io;
@@ -16,12 +20,17 @@ use uuid::Uuid;
 /// `cpu.max` period: the kernel's default, 100 ms.
 const CPU_PERIOD_US: u64 = 100_000;
 
+/// Tasks a process resource may run at once unless `resources.pids` says: a parallel
+/// build uses a few hundred, a fork bomb reaches it in milliseconds.
+pub const DEFAULT_PIDS: u32 = 1024;
+
 /// The driver instance's cgroup, under which each application gets its own.
 #[derive(Clone, Debug)]
 pub struct Cgroups {
     root: PathBuf,
     cpu: bool,
     memory: bool,
+    pids: bool,
 }
 
 /// What one application's cgroup enforces.
@@ -29,6 +38,7 @@ pub struct Cgroups {
 pub struct Applied {
     pub cpu: bool,
     pub memory: bool,
+    pub pids: bool,
 }
 
 impl Cgroups {
@@ -60,9 +70,9 @@ impl Cgroups {
                 already || fs::write(dir.join("cgroup.subtree_control"), format!("+{ctl}")).is_ok()
             })
         };
-        let cgroups = Cgroups { cpu: enable("cpu"), memory: enable("memory"), root };
+        let cgroups = Cgroups { cpu: enable("cpu"), memory: enable("memory"), pids: enable("pids"), root };
         tracing::info!(
-            path = %cgroups.root.display(), cpu = cgroups.cpu, memory = cgroups.memory,
+            path = %cgroups.root.display(), cpu = cgroups.cpu, memory = cgroups.memory, pids = cgroups.pids,
             "process resources get a cgroup v2"
         );
         Some(cgroups)
@@ -73,8 +83,14 @@ impl Cgroups {
         self.root.join(uid.to_string())
     }
 
-    /// Creates the application's cgroup with its limits: `cpu` cores and `ram` GiB, 0 for none.
-    pub fn create(&self, uid: Uuid, cpu: u32, ram: u32) -> io::Result<(PathBuf, Applied)> {
+    /// Whether these cgroups enforce `pids.max`.
+    pub fn limits_pids(&self) -> bool {
+        self.pids
+    }
+
+    /// Creates the application's cgroup with its limits: `cpu` cores and `ram` GiB, 0 for
+    /// none, and at most `pids` tasks.
+    pub fn create(&self, uid: Uuid, cpu: u32, ram: u32, pids: u32) -> io::Result<(PathBuf, Applied)> {
         let path = self.path(uid);
         match fs::create_dir(&path) {
             Ok(()) => {}
@@ -92,8 +108,63 @@ impl Cgroups {
             let _ = fs::write(path.join("memory.swap.max"), "0");
             applied.memory = true;
         }
+        if self.pids {
+            fs::write(path.join("pids.max"), pids.to_string())?;
+            applied.pids = true;
+        }
         Ok((path, applied))
     }
+}
+
+/// The v1 `pids` hierarchy, for hosts whose v2 hierarchy has no `pids` controller.
+#[derive(Clone, Debug)]
+pub struct PidsV1 {
+    root: PathBuf,
+}
+
+impl PidsV1 {
+    /// Prepares `<pids mount>/aquarium/<dir_name>`; `None` without a writable v1 `pids`.
+    pub fn detect(dir_name: &str) -> Option<PidsV1> {
+        let mount = v1_mount("pids")?;
+        let root = mount.join("aquarium").join(dir_name);
+        if let Err(e) = fs::create_dir_all(&root) {
+            tracing::info!(path = %root.display(), error = %e, "no v1 pids cgroup for processes");
+            return None;
+        }
+        tracing::info!(path = %root.display(), "process resources get a v1 pids cgroup");
+        Some(PidsV1 { root })
+    }
+
+    /// The group of one application (whether or not it exists).
+    pub fn path(&self, uid: Uuid) -> PathBuf {
+        self.root.join(uid.to_string())
+    }
+
+    /// Creates the application's group with `pids.max` = `pids`.
+    pub fn create(&self, uid: Uuid, pids: u32) -> io::Result<PathBuf> {
+        let path = self.path(uid);
+        match fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        fs::write(path.join("pids.max"), pids.to_string())?;
+        Ok(path)
+    }
+}
+
+/// Where the v1 hierarchy with `controller` is mounted.
+fn v1_mount(controller: &str) -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        if r.next()? != "cgroup" {
+            return None;
+        }
+        let options = r.nth(1)?;
+        options.split(',').any(|o| o == controller).then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+    })
 }
 
 /// The pids in a cgroup (empty when it does not exist).

@@ -24,13 +24,19 @@ pub const PID_FILE: &str = "pid";
 pub const STATUS_FILE: &str = "status";
 /// The command's stdout and stderr, interleaved, at most `logLimit` bytes.
 pub const LOG_FILE: &str = "output.log";
+/// The address of the application's network namespace, when it has one.
+pub const ADDR_FILE: &str = "addr";
 
 /// `$1` status file, `$2` log cap in bytes, `$3` cgroup directory or empty, `$4` data
-/// rlimit in KiB or empty; the rest is the command.
-const WRAPPER: &str = r#"status=$1 limit=$2 cg=$3 data=$4
-shift 4
+/// rlimit in KiB or empty, `$5` a v1 pids cgroup directory or empty; the rest is the
+/// command.
+const WRAPPER: &str = r#"status=$1 limit=$2 cg=$3 data=$4 pcg=$5
+shift 5
 if [ -n "$cg" ] && ! echo $$ > "$cg/cgroup.procs"; then
   echo "fishd: cannot enter cgroup $cg" >&2; echo 125 > "$status"; exit 125
+fi
+if [ -n "$pcg" ] && ! echo $$ > "$pcg/cgroup.procs"; then
+  echo "fishd: cannot enter cgroup $pcg" >&2; echo 125 > "$status"; exit 125
 fi
 {
   if [ -n "$data" ] && ! ulimit -d "$data"; then echo 125 > "$status"; exit 125; fi
@@ -59,6 +65,16 @@ impl PidRecord {
         let tmp = dir.join(format!("{PID_FILE}.tmp"));
         fs::write(&tmp, format!("{} {}\n", self.pid, self.start_time))?;
         fs::rename(tmp, dir.join(PID_FILE))
+    }
+
+    /// Records the namespace address, so an adopted resource reports it again.
+    pub fn write_addr(dir: &Path, addr: std::net::Ipv4Addr) -> io::Result<()> {
+        fs::write(dir.join(ADDR_FILE), addr.to_string())
+    }
+
+    /// The recorded namespace address.
+    pub fn read_addr(dir: &Path) -> Option<std::net::Ipv4Addr> {
+        fs::read_to_string(dir.join(ADDR_FILE)).ok()?.trim().parse().ok()
     }
 
     /// Whether this very process still runs (not a later one with the same pid).
@@ -98,6 +114,10 @@ pub struct Launch<'a> {
     pub log_limit: u64,
     pub cgroup: Option<PathBuf>,
     pub data_limit_kib: Option<u64>,
+    /// A v1 `pids` group to join as well.
+    pub pids_cgroup: Option<PathBuf>,
+    /// Run in this network namespace (an `nsenter --net=` argument).
+    pub netns: Option<String>,
     /// `(name, uid, gid)` to switch to, through `setpriv`.
     pub user: Option<(String, u32, u32)>,
     /// The `setsid` program; without it the wrapper only gets its own process group.
@@ -108,23 +128,28 @@ pub struct Launch<'a> {
 /// is its parent.
 pub fn spawn(l: Launch<'_>) -> io::Result<PidRecord> {
     let log = fs::File::create(l.dir.join(LOG_FILE))?;
-    let mut cmd = match l.setsid {
-        Some(setsid) => {
-            let mut c = tokio::process::Command::new(setsid);
-            c.arg("sh");
-            c
-        }
-        None => {
-            let mut c = tokio::process::Command::new("sh");
-            c.process_group(0);
-            c
-        }
-    };
+    // setsid and nsenter exec what follows, so the pid recorded is the wrapper's.
+    let mut prefix: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(setsid) = l.setsid {
+        prefix.push(setsid.into());
+    }
+    if let Some(ns) = &l.netns {
+        prefix.push("nsenter".into());
+        prefix.push(ns.into());
+        prefix.push("--".into());
+    }
+    prefix.push("sh".into());
+    let mut cmd = tokio::process::Command::new(&prefix[0]);
+    cmd.args(&prefix[1..]);
+    if l.setsid.is_none() {
+        cmd.process_group(0);
+    }
     cmd.env_clear().envs(&l.env).current_dir(l.workdir);
     cmd.arg("-c").arg(WRAPPER).arg("fish-process");
     cmd.arg(l.dir.join(STATUS_FILE)).arg(l.log_limit.to_string());
     cmd.arg(l.cgroup.as_deref().unwrap_or(Path::new("")));
     cmd.arg(l.data_limit_kib.map(|k| k.to_string()).unwrap_or_default());
+    cmd.arg(l.pids_cgroup.as_deref().unwrap_or(Path::new("")));
     if let Some((name, uid, gid)) = &l.user {
         cmd.args(["setpriv", &format!("--reuid={uid}"), &format!("--regid={gid}"), "--init-groups", "--"]);
         cmd.env("USER", name).env("LOGNAME", name);

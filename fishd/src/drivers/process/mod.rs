@@ -33,15 +33,27 @@
 //! deallocation the log moves to fishd's kept logs ([`crate::logs`]), where it stays
 //! until the application is removed.
 //!
+//! # Isolation
+//! `network: ""` (the default) runs the process in a network namespace of its own that
+//! reaches only the node's metadata endpoint and proxy ([`netns`]); that needs a root
+//! fishd, and elsewhere such a definition can never fit (see [`Driver::supports`]).
+//! `network: host` shares the host's network on purpose; `nat` is not offered.
+//! When fishd runs as root and the definition names no `user`, the process runs as a
+//! user made for the application and removed with it ([`users`]). Every resource's
+//! tasks are capped by `pids.max` (`resources.pids`, default
+//! [`cgroup::DEFAULT_PIDS`]) where a cgroup `pids` controller is available.
+//!
 //! # Environment
 //! A fixed `PATH`, `HOME` (the working directory), then the definition's `env`, then the
 //! merged metadata (strings as they are, other JSON values JSON-encoded), so the
 //! `FISH_*` variables of the metadata always win. Nothing of fishd's own environment leaks.
 
 mod cgroup;
-mod launch;
+pub(crate) mod launch;
+pub mod netns;
 mod options;
-mod procfs;
+pub(crate) mod procfs;
+pub mod users;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -49,7 +61,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use api_types::{Definition, FieldError, HumanDuration};
+use api_types::{Definition, FieldError, HumanDuration, Network};
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
 use serde::Deserialize;
@@ -57,8 +69,9 @@ use serde_json::Value;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::{AllocateRequest, Allocated, Driver, DriverError, OwnedResource, ResourceState};
-use cgroup::Cgroups;
+use super::firewall::{Firewall, Policy};
+use super::{AllocateRequest, Allocated, Driver, DriverError, NodeServices, OwnedResource, ResourceState};
+use cgroup::{Cgroups, PidsV1};
 use launch::{Launch, PidRecord};
 pub use options::ProcessOptions;
 
@@ -112,8 +125,30 @@ pub struct ProcessDriver {
     grace: Duration,
     log_limit: u64,
     cgroups: Option<Cgroups>,
+    /// The v1 `pids` hierarchy, when the v2 cgroups cannot limit tasks.
+    pids_v1: Option<PidsV1>,
     setsid: Option<PathBuf>,
     is_root: bool,
+    /// What the runtime bound: metadata and proxy ports on the process gateway.
+    services: std::sync::Mutex<Endpoints>,
+    /// Serializes namespace addresses and user creation.
+    setup: tokio::sync::Mutex<()>,
+    firewall: Firewall,
+}
+
+/// The node's services as isolated processes reach them.
+#[derive(Clone, Copy, Debug, Default)]
+struct Endpoints {
+    meta_port: u16,
+    proxy_port: u16,
+    gateway: Option<std::net::IpAddr>,
+}
+
+/// How one allocation is isolated, decided before anything is made.
+struct Isolation {
+    netns: bool,
+    /// A user made for the application (not named by the definition).
+    own_user: bool,
 }
 
 impl ProcessDriver {
@@ -124,6 +159,11 @@ impl ProcessDriver {
         fs::create_dir_all(&root)
             .map_err(|e| DriverError::with_source(format!("cannot create {}", root.display()), e))?;
         let cgroups = if config.cgroups { Cgroups::detect(config.cgroup_parent.as_deref(), &dir_name) } else { None };
+        let pids_v1 = match &cgroups {
+            Some(cg) if cg.limits_pids() => None,
+            _ if config.cgroups => PidsV1::detect(&dir_name),
+            _ => None,
+        };
         let setsid = find_program("setsid");
         if setsid.is_none() {
             tracing::warn!("no setsid program: processes get their own process group but share fishd's session");
@@ -135,9 +175,64 @@ impl ProcessDriver {
             grace: config.grace_period.map_or(DEFAULT_GRACE, HumanDuration::get),
             log_limit: config.log_limit.unwrap_or(DEFAULT_LOG_LIMIT).max(1),
             cgroups,
+            pids_v1,
             setsid,
             is_root: nix::unistd::geteuid().is_root(),
+            services: std::sync::Mutex::new(Endpoints::default()),
+            setup: tokio::sync::Mutex::new(()),
+            firewall: Firewall::default(),
         })
+    }
+
+    fn endpoints(&self) -> Endpoints {
+        *self.services.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn isolation(&self, req: &AllocateRequest, opts: &ProcessOptions) -> Result<Isolation, DriverError> {
+        let netns = match req.definition.resources.network {
+            Network::Host => false,
+            Network::Isolated if self.is_root => true,
+            Network::Isolated => return Err(DriverError::Invalid(NEEDS_ROOT.into())),
+            Network::Nat => return Err(DriverError::Invalid(NO_NAT.into())),
+        };
+        Ok(Isolation { netns, own_user: self.is_root && opts.user.is_none() })
+    }
+
+    /// Makes the namespace (and its firewall chain) and the user of an allocation.
+    async fn prepare(
+        &self,
+        req: &AllocateRequest,
+        isolation: &Isolation,
+        workdir: &Path,
+    ) -> Result<(Option<std::net::Ipv4Addr>, Option<(String, u32, u32)>), DriverError> {
+        let _serial = self.setup.lock().await;
+        let uid = req.uid;
+        let addr = if isolation.netns {
+            let addr = tokio::task::spawn_blocking(move || netns::create(uid))
+                .await
+                .map_err(|e| DriverError::failed(format!("network namespace setup panicked: {e}")))??;
+            let ep = self.endpoints();
+            let policy = Policy {
+                bridge: netns::host_iface(uid),
+                gateway: Some(std::net::IpAddr::V4(netns::GATEWAY)),
+                isolated: true,
+                ports: vec![ep.meta_port, ep.proxy_port],
+            };
+            self.firewall.ensure(&policy).await?;
+            Some(addr)
+        } else {
+            None
+        };
+        let user = if isolation.own_user {
+            let home = workdir.to_owned();
+            let user = tokio::task::spawn_blocking(move || users::ensure(uid, &home))
+                .await
+                .map_err(|e| DriverError::failed(format!("user setup panicked: {e}")))??;
+            Some(user)
+        } else {
+            None
+        };
+        Ok((addr, user))
     }
 
     /// The directory of one application.
@@ -154,13 +249,38 @@ impl ProcessDriver {
 
     fn allocated(&self, req: &AllocateRequest, record: PidRecord, workdir: &Path) -> Allocated {
         let mut details = serde_json::Map::new();
+        let resources = &req.definition.resources;
+        details.insert("network".into(), resources.network.as_str().into());
+        let ip_addr = (resources.network == Network::Isolated)
+            .then(|| PidRecord::read_addr(&self.app_dir(req.uid)))
+            .flatten()
+            .map(|a| a.to_string());
+        let ep = self.endpoints();
+        if resources.network == Network::Isolated
+            && let Some(gw) = ep.gateway
+            && ep.proxy_port != 0
+        {
+            details.insert("proxy".into(), std::net::SocketAddr::new(gw, ep.proxy_port).to_string().into());
+            if !resources.allow.is_empty() {
+                details.insert("allow".into(), resources.allow.join(", ").into());
+            }
+        }
+        let runs_as = match ProcessOptions::parse(&req.definition.options).ok().and_then(|o| o.user) {
+            Some(u) => u,
+            None if self.is_root => users::user_name(req.uid),
+            None => nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .ok()
+                .flatten()
+                .map_or_else(|| nix::unistd::geteuid().to_string(), |u| u.name),
+        };
+        details.insert("user".into(), runs_as.into());
         details.insert("pid".into(), record.pid.into());
         details.insert("workdir".into(), workdir.display().to_string().into());
         details.insert("log".into(), self.app_dir(req.uid).join(launch::LOG_FILE).display().to_string().into());
         if let Some(cg) = &self.cgroups {
             details.insert("cgroup".into(), cg.path(req.uid).display().to_string().into());
         }
-        Allocated { identifier: record.pid.to_string(), ip_addr: None, hw_addr: None, details }
+        Allocated { identifier: record.pid.to_string(), ip_addr, hw_addr: None, details }
     }
 
     /// Resolves `options.user` to `(name, uid, gid)`; `None` runs as fishd's user.
@@ -237,7 +357,28 @@ impl Driver for ProcessDriver {
     }
 
     fn validate(&self, definition: &Definition) -> Vec<FieldError> {
-        options::validate(&definition.options)
+        let mut errors = options::validate(&definition.options);
+        if definition.resources.network == Network::Nat {
+            errors.push(FieldError { field: "resources.network".into(), message: NO_NAT.into() });
+        }
+        errors
+    }
+
+    fn supports(&self, definition: &Definition) -> Result<(), String> {
+        match definition.resources.network {
+            Network::Host => Ok(()),
+            Network::Nat => Err(NO_NAT.into()),
+            Network::Isolated if !self.is_root => Err(NEEDS_ROOT.into()),
+            Network::Isolated => Ok(()),
+        }
+    }
+
+    fn attach(&self, services: &NodeServices) {
+        *self.services.lock().unwrap_or_else(|e| e.into_inner()) = Endpoints {
+            meta_port: services.meta_port,
+            proxy_port: services.proxy_port,
+            gateway: services.process_gateway,
+        };
     }
 
     async fn available(&self) -> Result<(), String> {
@@ -256,22 +397,35 @@ impl Driver for ProcessDriver {
             // A crash between creating the directory and writing the pid file: start over.
             self.deallocate(req.uid, "").await?;
         }
-        let user = self.user(&opts)?;
+        let isolation = self.isolation(req, &opts)?;
+        let named_user = self.user(&opts)?;
         let io_err = |what: &str, e: io::Error| DriverError::with_source(format!("{what}: {e}"), e);
         fs::create_dir_all(&dir).map_err(|e| io_err(&format!("cannot create {}", dir.display()), e))?;
         fs::create_dir_all(&workdir).map_err(|e| io_err(&format!("cannot create {}", workdir.display()), e))?;
+        let (addr, own_user) = self.prepare(req, &isolation, &workdir).await?;
+        if let Some(addr) = addr {
+            PidRecord::write_addr(&dir, addr).map_err(|e| io_err("cannot record the namespace address", e))?;
+        }
+        let user = named_user.or(own_user);
         if let Some((_, uid, gid)) = &user {
             std::os::unix::fs::chown(&workdir, Some(*uid), Some(*gid))
                 .map_err(|e| io_err(&format!("cannot chown {}", workdir.display()), e))?;
         }
         let (cpu, ram) = (req.definition.resources.cpu, req.definition.resources.ram);
+        let pids = req.definition.resources.pids.unwrap_or(cgroup::DEFAULT_PIDS);
         let (cgroup, applied) = match &self.cgroups {
             Some(cg) => {
                 let (path, applied) =
-                    cg.create(req.uid, cpu, ram).map_err(|e| io_err("cannot create the cgroup", e))?;
+                    cg.create(req.uid, cpu, ram, pids).map_err(|e| io_err("cannot create the cgroup", e))?;
                 (Some(path), applied)
             }
             None => (None, cgroup::Applied::default()),
+        };
+        let pids_cgroup = match &self.pids_v1 {
+            Some(v1) if !applied.pids => {
+                Some(v1.create(req.uid, pids).map_err(|e| io_err("cannot create the pids cgroup", e))?)
+            }
+            _ => None,
         };
         let data_limit_kib = (ram > 0 && !applied.memory).then(|| u64::from(ram) << 20);
         let mut env = BTreeMap::new();
@@ -285,6 +439,18 @@ impl Driver for ProcessDriver {
             };
             env.insert(k.clone(), value);
         }
+        if isolation.netns {
+            let ep = self.endpoints();
+            let gw = std::net::IpAddr::V4(netns::GATEWAY);
+            if ep.meta_port != 0 {
+                let url = format!("http://{}/meta/v1/data", std::net::SocketAddr::new(gw, ep.meta_port));
+                env.insert("FISH_META_URL".into(), url);
+            }
+            if ep.proxy_port != 0 {
+                let token = req.metadata.get("FISH_META_TOKEN").and_then(Value::as_str);
+                env.extend(crate::proxy::environment(std::net::SocketAddr::new(gw, ep.proxy_port), token));
+            }
+        }
         let record = launch::spawn(Launch {
             dir: &dir,
             workdir: &workdir,
@@ -293,6 +459,8 @@ impl Driver for ProcessDriver {
             log_limit: self.log_limit,
             cgroup,
             data_limit_kib,
+            pids_cgroup,
+            netns: isolation.netns.then(|| netns::nsenter_arg(req.uid)),
             user,
             setsid: self.setsid.as_deref(),
         })
@@ -353,6 +521,26 @@ impl Driver for ProcessDriver {
                 tokio::time::sleep(POLL).await;
             }
         }
+        if let Some(v1) = &self.pids_v1 {
+            let path = v1.path(uid);
+            let deadline = Instant::now() + KILL_TIMEOUT;
+            while let Err(e) = cgroup::remove(&path) {
+                if Instant::now() >= deadline {
+                    return Err(DriverError::with_source(format!("cannot remove cgroup {}", path.display()), e));
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        if self.is_root {
+            let _serial = self.setup.lock().await;
+            tokio::task::spawn_blocking(move || {
+                netns::remove(uid)?;
+                users::remove(uid)
+            })
+            .await
+            .map_err(|e| DriverError::failed(format!("cleanup panicked: {e}")))??;
+            self.firewall.remove(&netns::host_iface(uid)).await?;
+        }
         // The output outlives the process: kept until the application is removed.
         if let Err(e) = crate::logs::keep(&self.data_dir, uid, &dir.join(launch::LOG_FILE)) {
             tracing::warn!(%uid, error = %e, "cannot keep the process's log; it is removed with its directory");
@@ -383,7 +571,18 @@ impl Driver for ProcessDriver {
         let live = self.app_dir(uid).join(launch::LOG_FILE);
         Some(if live.exists() { live } else { crate::logs::kept_path(&self.data_dir, uid) })
     }
+
+    /// SIGTERM's grace period, SIGKILL's wait and the cgroup's removal.
+    fn deallocate_time(&self) -> Duration {
+        self.grace + KILL_TIMEOUT * 2
+    }
 }
+
+/// Why an isolated process cannot run here.
+const NEEDS_ROOT: &str = "network \"\" (isolated) runs a process in a network namespace of its own, which only a \
+    root fishd can make; run fishd as root, or use network: host to share the host's network on purpose";
+/// Why `nat` is refused.
+const NO_NAT: &str = "the process driver offers network \"\" (isolated) or \"host\", not \"nat\"";
 
 /// The first `name` in the usual system directories.
 fn find_program(name: &str) -> Option<PathBuf> {
