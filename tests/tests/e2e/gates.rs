@@ -51,10 +51,13 @@ async fn setup(route_max: u32, extra: &str) -> Setup {
     Setup { gh, d, dir }
 }
 
-/// The route's label: the fake runner, run by the process driver.
+/// The route's label: the fake runner, run by the process driver on the host's network
+/// (the fake GitHub listens on loopback) as fishd's own user (it reads the node CA in the
+/// data directory to fetch its metadata).
 fn runner_label(ca: &Path, mode: &str) -> String {
+    let user = if nix::unistd::geteuid().is_root() { "\n        user: root" } else { "" };
     format!(
-        "kind: Label\nmetadata: {{name: ubuntu-ci}}\nspec:\n  definitions:\n    - driver: process\n      resources: {{cpu: 1, ram: 1, network: host}}\n      options:\n        command: [{runner}]\n        env: {{FAKE_GITHUB_CA: {ca}, FAKE_RUNNER_MODE: \"{mode}\"}}\n",
+        "kind: Label\nmetadata: {{name: ubuntu-ci}}\nspec:\n  definitions:\n    - driver: process\n      resources: {{cpu: 1, ram: 1, network: host}}\n      options:{user}\n        command: [{runner}]\n        env: {{FAKE_GITHUB_CA: {ca}, FAKE_RUNNER_MODE: \"{mode}\"}}\n",
         runner = bin("fake-gh-runner").display(),
         ca = ca.display(),
     )
@@ -260,8 +263,11 @@ async fn the_runner_config_reaches_only_its_own_resource() {
     assert_eq!(s.d.apply(&label).await.unwrap().0, 200);
     s.gh.set_job_duration(Duration::from_secs(3));
     let job = s.gh.queue_job("acme/app", &LABELS);
-    eventually("the job runs", || async { s.gh.job(job).is_some_and(|j| j.status != "queued") }).await.unwrap();
     let name = format!("gh-acme-{job}");
+    if eventually("the job runs", || async { s.gh.job(job).is_some_and(|j| j.status != "queued") }).await.is_err() {
+        let r = s.d.client.get(format!("{}/api/v1/applications/{name}/logs", s.d.url)).bearer_auth(&s.d.token);
+        panic!("the job did not run; runner log:\n{}", r.send().await.unwrap().text().await.unwrap());
+    }
     let app = s.d.application(&name).await.unwrap();
     assert!(!app.to_string().contains("JITCONFIG"));
     // Its own process holds its own runner's config; once busy, the endpoint no longer
@@ -364,10 +370,10 @@ async fn a_stolen_job_is_covered_by_counting_per_route() {
 #[tokio::test]
 async fn a_cancelled_job_retires_its_runner_and_the_422_race_keeps_it() {
     let s = setup(5, "").await;
-    let a = s.gh.queue_job("acme/app", &LABELS);
-    // Hold the runner back from jobs until the gate's DELETE, which assigns one: a
-    // job taken at the very moment the runner is retired.
+    // Hold runners back from jobs until the gate's DELETE, which assigns one: a job
+    // taken at the very moment the runner is retired.
     s.gh.set_assign_on_delete(true);
+    let a = s.gh.queue_job("acme/app", &LABELS);
     eventually("A's runner is online", || async { s.gh.registrations().iter().any(|r| r.online) }).await.unwrap();
     // A is cancelled while queued: its runner is surplus and is retired, DELETE first.
     s.gh.cancel_job(a);
@@ -377,9 +383,9 @@ async fn a_cancelled_job_retires_its_runner_and_the_422_race_keeps_it() {
 
     // The race: C is queued at GitHub (its webhook held back), D cancelled; the DELETE
     // that retires D's runner finds it has just taken C: 422, the runner is kept and runs C.
+    s.gh.set_assign_on_delete(true);
     let d = s.gh.queue_job("acme/app", &LABELS);
     eventually("D's runner is online", || async { s.gh.registrations().iter().any(|r| r.online) }).await.unwrap();
-    s.gh.set_assign_on_delete(true);
     s.gh.hold(true);
     let c = s.gh.queue_job("acme/app", &LABELS);
     s.gh.hold(false);
