@@ -93,6 +93,8 @@ chmod +x "$root/udhcpc.sh"
 
 # What the guest does, steered by the kernel command line:
 #   fish.probe=HOST:PORT  try http://HOST:PORT/ and print whether it was reached
+#   fish.connect=T1,T2    through the proxy its metadata names (FISH_PROXY), HTTP CONNECT
+#                         to each HOST:PORT and GET /; print the reply on one line
 #   fish.disk=1           write a marker to /dev/vda (the overlay, never the base)
 #   fish.poweroff=1       power off once done (the resource ends by itself)
 cat >"$root/init" <<'EOF'
@@ -122,6 +124,14 @@ if [ -n "$probe" ]; then
   else
     echo "fish-probe: blocked $probe"
   fi
+fi
+connect=$(arg fish.connect)
+if [ -n "$connect" ]; then
+  proxy=$(timeout 10 wget -q -O - "http://10.0.2.100/meta/v1/data?format=env" | sed -n "s/^FISH_PROXY='\(.*\)'$/\1/p")
+  for t in $(echo "$connect" | tr ',' ' '); do
+    reply=$( (printf 'CONNECT %s HTTP/1.1\r\n\r\nGET / HTTP/1.0\r\n\r\n' "$t"; sleep 3) | timeout 10 nc "${proxy%:*}" "${proxy##*:}" 2>&1 | tr -d '\r' | tr '\n' ' ')
+    echo "fish-proxy: $t via ${proxy:-no proxy}: $reply"
+  done
 fi
 if [ "$(arg fish.poweroff)" = 1 ]; then
   echo "fish-guest: powering off by itself"

@@ -271,8 +271,10 @@ fn serve_meta_to_machines(qemus: &[Arc<drivers::qemu::QemuDriver>], state: &AppS
     for q in qemus {
         let state = state.clone();
         let node_stop = stop.clone();
-        q.set_meta_server(Arc::new(move |listener, uid, machine_stop| {
-            let router = api::meta_router(state.clone()).layer(axum::Extension(api::meta::ResourceUid(uid)));
+        q.set_meta_server(Arc::new(move |listener, uid, vars, machine_stop| {
+            let router = api::meta_router(state.clone())
+                .layer(axum::Extension(api::meta::ResourceUid(uid)))
+                .layer(axum::Extension(api::meta::ResourceVars(Arc::new(vars))));
             let (node_stop, machine_stop) = (node_stop.clone(), machine_stop.clone());
             tokio::spawn(async move {
                 let done = async move {
@@ -520,7 +522,6 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     let metrics = ctx.metrics.clone();
     let binder = meta_binder(state.clone(), api_stop.clone());
     serve_meta_on_docker_networks(&dockers, addr.port(), &binder).await;
-    serve_meta_to_machines(&qemus, &state, &api_stop);
     let proxy_addr = start_proxy(&proxy, config.proxy.listen_addr()?, &dockers).await?;
     let proxy_port = proxy_addr.map(|a| a.port());
     let process_gateway = serve_process_gateway(&drivers, addr.port(), &proxy, proxy_port, &binder).await;
@@ -533,6 +534,8 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     for d in drivers.values() {
         d.attach(&services);
     }
+    // After attach: a machine's metadata names the proxy when there is one.
+    serve_meta_to_machines(&qemus, &state, &api_stop);
     tokio::spawn(firewall_loop(dockers.clone(), config.resync_interval.get(), beat.clone()));
     let mut server = tokio::spawn(api::serve(state, listener, tls.server_config, api_stop.clone()));
     tokio::spawn(gauge_loop(store.clone(), metrics, beat.clone()));

@@ -34,6 +34,12 @@ use super::extract::ApiQuery;
 #[derive(Clone, Copy, Debug)]
 pub struct ResourceUid(pub uuid::Uuid);
 
+/// Variables a listener adds to its application's metadata, over the metadata's own
+/// keys: what only the driver knows (a virtual machine's proxy address, which a
+/// container gets in its environment instead).
+#[derive(Clone, Debug, Default)]
+pub struct ResourceVars(pub std::sync::Arc<std::collections::BTreeMap<String, String>>);
+
 /// Query of the metadata route.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -57,6 +63,7 @@ pub async fn meta_data(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     resource: Option<Extension<ResourceUid>>,
+    vars: Option<Extension<ResourceVars>>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<MetaQuery>,
 ) -> ApiResult<Response> {
@@ -67,7 +74,10 @@ pub async fn meta_data(
         }
         None => identify(&state, peer.map(|Extension(ConnectInfo(a))| a.ip()), &headers).await?,
     };
-    let data = merged_metadata(&state, &app)?;
+    let mut data = merged_metadata(&state, &app)?;
+    if let Some(Extension(ResourceVars(vars))) = vars {
+        data.extend(vars.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))));
+    }
     render(data, q.format.as_deref().unwrap_or("json"))
 }
 

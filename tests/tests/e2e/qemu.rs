@@ -31,6 +31,38 @@ fn guest() -> Option<(PathBuf, PathBuf, PathBuf)> {
     Some((out.join("vmlinuz"), out.join("initramfs.cpio.gz"), out.join("base.qcow2")))
 }
 
+/// A host service answering any request with `marker`; its port.
+async fn http_service(marker: &'static str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+                let body = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{marker}", marker.len());
+                let _ = s.write_all(body.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// Sends `request` on a machine's unix socket and reads the answer to its end.
+async fn through_socket(socket: &Path, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+        .await
+        .expect("no answer within 20 s")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn sha256(path: &Path) -> String {
     format!("sha256:{}", hex(&Sha256::digest(std::fs::read(path).unwrap())))
 }
@@ -43,8 +75,21 @@ const CONFIG: &str = "allocationRetry: 1\ndrivers:\n  qemu: {gracePeriod: 10s}\n
 
 /// A label booting the test guest from `image` (url and sum) with `extra` kernel arguments.
 fn label(name: &str, kernel: &Path, initrd: &Path, image: &Path, sum: &str, extra: &str) -> String {
+    label_allowing(name, kernel, initrd, image, sum, extra, &[])
+}
+
+/// [`label`] whose machines may reach `allow` through the node's proxy.
+fn label_allowing(
+    name: &str,
+    kernel: &Path,
+    initrd: &Path,
+    image: &Path,
+    sum: &str,
+    extra: &str,
+    allow: &[String],
+) -> String {
     format!(
-        "---\nkind: Label\nmetadata: {{name: {name}}}\nspec:\n  metadata: {{FROM_LABEL: label-value}}\n  definitions:\n    - driver: qemu\n      images: [{{url: \"{}\", sum: \"{sum}\"}}]\n      resources: {{cpu: 1, ram: 1}}\n      options:\n        kernel: {}\n        initrd: {}\n        append: \"console=ttyS0 quiet panic=-1 {extra}\"\n",
+        "---\nkind: Label\nmetadata: {{name: {name}}}\nspec:\n  metadata: {{FROM_LABEL: label-value}}\n  definitions:\n    - driver: qemu\n      images: [{{url: \"{}\", sum: \"{sum}\"}}]\n      resources: {{cpu: 1, ram: 1, allow: {allow:?}}}\n      options:\n        kernel: {}\n        initrd: {}\n        append: \"console=ttyS0 quiet panic=-1 {extra}\"\n",
         image.display(),
         kernel.display(),
         initrd.display()
@@ -103,8 +148,11 @@ async fn machine_reads_its_metadata_over_the_isolated_network_and_leaves_nothing
     let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let extra = format!("fish.disk=1 fish.probe=10.0.2.2:{port}");
-    let yaml = label("vm", &kernel, &initrd, &image, &sum, &extra) + &app("vm1", "vm");
+    // A host service the label allows through the node's proxy.
+    let allowed = http_service("allowed-target").await;
+    let extra = format!("fish.disk=1 fish.probe=10.0.2.2:{port} fish.connect=localhost:{allowed},localhost:{port}");
+    let allow = [format!("localhost:{allowed}")];
+    let yaml = label_allowing("vm", &kernel, &initrd, &image, &sum, &extra, &allow) + &app("vm1", "vm");
     assert_eq!(d.apply(&yaml).await.unwrap().0, 200);
     let a = d.wait_phase("vm1", "ALLOCATED").await.unwrap();
     let uid = a["metadata"]["uid"].as_str().unwrap().to_owned();
@@ -112,7 +160,7 @@ async fn machine_reads_its_metadata_over_the_isolated_network_and_leaves_nothing
     let machine_dir = d.data_dir().join("qemu/qemu").join(&uid);
     assert!(machine_dir.join("overlay.qcow2").exists());
 
-    let console = console_until(&d, "vm1", "fish-probe:").await;
+    let console = console_until(&d, "vm1", &format!("fish-proxy: localhost:{port} ")).await;
     let meta: String = console
         .split("fish-guest: metadata begin")
         .nth(1)
@@ -123,6 +171,17 @@ async fn machine_reads_its_metadata_over_the_isolated_network_and_leaves_nothing
     assert!(meta.contains("FROM_LABEL='label-value'") && meta.contains("FROM_APP='app-value'"), "{console}");
     assert!(console.contains(&format!("fish-probe: blocked 10.0.2.2:{port}")), "{console}");
     assert!(console.contains("fish-guest: wrote to /dev/vda"), "{console}");
+    // The proxy, named in the metadata: the allowed target is reached, the host service
+    // outside the allowance is refused.
+    assert!(meta.contains("FISH_PROXY='10.0.2.101:3128'"), "{console}");
+    let through = |target: String| {
+        let prefix = format!("fish-proxy: {target} via 10.0.2.101:3128: ");
+        console.lines().find(|l| l.starts_with(&prefix)).unwrap_or_default().to_owned()
+    };
+    let reached = through(format!("localhost:{allowed}"));
+    assert!(reached.contains("HTTP/1.1 200") && reached.contains("allowed-target"), "{console}");
+    assert!(through(format!("localhost:{port}")).contains("HTTP/1.1 403"), "{console}");
+    assert!(d.log().contains("proxy refused"), "{}", d.log());
     let mut conn = listener.accept();
     assert!(
         matches!(&conn, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
@@ -149,7 +208,9 @@ async fn machines_outlive_a_killed_fishd_and_orphans_are_killed() {
     let Some((kernel, initrd, base)) = guest() else { return };
     let mut d = TestDaemon::start(CONFIG).await.unwrap();
     let (image, sum) = own_base(&d, &base);
-    let yaml = label("vm", &kernel, &initrd, &image, &sum, "") + &app("m1", "vm") + &app("m2", "vm");
+    let allowed = http_service("allowed-target").await;
+    let allow = [format!("localhost:{allowed}")];
+    let yaml = label_allowing("vm", &kernel, &initrd, &image, &sum, "", &allow) + &app("m1", "vm") + &app("m2", "vm");
     assert_eq!(d.apply(&yaml).await.unwrap().0, 200);
     let pids = [
         pid_of(&d.wait_phase("m1", "ALLOCATED").await.unwrap()),
@@ -194,9 +255,18 @@ async fn machines_outlive_a_killed_fishd_and_orphans_are_killed() {
         assert_eq!(pid_of(&a), pid);
         assert!(alive(pid));
     }
-    // The adopted machines' metadata sockets are served again.
+    // The adopted machines' metadata and proxy sockets are served again, each as its own
+    // application: asked the way the guest's relay asks (QEMU's command line cannot change).
     for name in ["m1", "m2"] {
         console_until(&d, name, "fish-guest: ready").await;
+        let a = d.application(name).await.unwrap();
+        let dir = d.data_dir().join("qemu/qemu").join(a["metadata"]["uid"].as_str().unwrap());
+        let meta = through_socket(&dir.join("meta.sock"), "GET /meta/v1/data?format=env HTTP/1.0\r\n\r\n").await;
+        assert!(meta.contains(&format!("FISH_APPLICATION='{name}'")), "{meta}");
+        assert!(meta.contains("FISH_PROXY='10.0.2.101:3128'"), "{meta}");
+        let connect = format!("CONNECT localhost:{allowed} HTTP/1.1\r\n\r\nGET / HTTP/1.0\r\n\r\n");
+        let reply = through_socket(&dir.join("proxy.sock"), &connect).await;
+        assert!(reply.contains("200 Connection established") && reply.contains("allowed-target"), "{reply}");
     }
     for name in ["m1", "m2"] {
         d.post(&format!("/api/v1/applications/{name}/deallocate"), None).await.unwrap();

@@ -34,6 +34,8 @@ pub const QMP_SOCKET: &str = "qmp.sock";
 pub const META_SOCKET: &str = "meta.sock";
 /// The guest sees its metadata endpoint here (port 80).
 pub const META_GUEST_ADDR: &str = "10.0.2.100";
+/// Where the guest's proxy connections arrive (see `proxy`).
+pub const PROXY_SOCKET: &str = "proxy.sock";
 /// The longest unix socket path the kernel accepts (`sun_path` less its NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -94,6 +96,8 @@ pub struct Spec<'a> {
     pub network: Network,
     /// The per-connection command behind the guest's metadata address.
     pub relay: &'a str,
+    /// The per-connection command behind the guest's proxy address.
+    pub proxy_relay: &'a str,
 }
 
 /// A MAC address for the machine, stable per application (QEMU's local prefix).
@@ -150,14 +154,21 @@ pub fn args(spec: &Spec<'_>) -> Vec<String> {
         push(&["-append", ap]);
     }
     let restrict = if spec.network == Network::Nat { "off" } else { "on" };
-    let netdev = format!("user,id=net0,restrict={restrict},guestfwd=tcp:{META_GUEST_ADDR}:80-cmd:{}", opt(spec.relay));
+    // The proxy's forward is always there: QEMU's command line is fixed for the machine's
+    // life, while the node may turn its proxy on by the time it adopts the machine.
+    let netdev = format!(
+        "user,id=net0,restrict={restrict},guestfwd=tcp:{META_GUEST_ADDR}:80-cmd:{},guestfwd=tcp:{}-cmd:{}",
+        opt(spec.relay),
+        super::proxy::GUEST_PROXY,
+        opt(spec.proxy_relay)
+    );
     push(&["-netdev", &netdev, "-device", &format!("virtio-net-pci,netdev=net0,mac={}", mac_of(spec.uid))]);
     a
 }
 
 /// Fails when a socket path in `dir` would be too long for the kernel.
 pub fn check_socket_paths(dir: &Path) -> Result<(), String> {
-    for name in [QMP_SOCKET, META_SOCKET] {
+    for name in [QMP_SOCKET, META_SOCKET, PROXY_SOCKET] {
         let p = dir.join(name);
         if p.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(format!(
@@ -264,11 +275,13 @@ mod tests {
             append: Some("console=ttyS0"),
             network: Network::Isolated,
             relay: "socat - UNIX-CONNECT:/m.sock",
+            proxy_relay: "socat - UNIX-CONNECT:/p.sock",
         };
         let a = args(&spec).join(" ");
         assert!(a.contains("-accel tcg"), "{a}");
         assert!(a.contains("-smp 2 -m 1G"), "{a}");
-        assert!(a.contains("restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:socat - UNIX-CONNECT:/m.sock"), "{a}");
+        assert!(a.contains("restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:socat - UNIX-CONNECT:/m.sock,"), "{a}");
+        assert!(a.contains(",guestfwd=tcp:10.0.2.101:3128-cmd:socat - UNIX-CONNECT:/p.sock"), "{a}");
         assert!(a.contains("unix:/data/qemu/qemu/x,,y/qmp.sock,server=on"), "commas doubled: {a}");
         assert!(a.contains("virtio-blk-pci,drive=disk0,serial=ws"), "{a}");
         assert!(a.contains("-no-shutdown"), "{a}");

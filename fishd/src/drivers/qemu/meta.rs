@@ -10,7 +10,7 @@
 //! serving when the machine is released. Drivers never touch the store: the server the
 //! runtime hands in does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -18,9 +18,10 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Serves the node's metadata endpoint on `listener` to application `uid` until the
-/// token is cancelled. Provided by the runtime, which owns the store.
-pub type MetaServer = Arc<dyn Fn(UnixListener, Uuid, CancellationToken) + Send + Sync>;
+/// Serves the node's metadata endpoint on `listener` to application `uid`, with the
+/// variables only the driver knows added (the guest's proxy address), until the token
+/// is cancelled. Provided by the runtime, which owns the store.
+pub type MetaServer = Arc<dyn Fn(UnixListener, Uuid, BTreeMap<String, String>, CancellationToken) + Send + Sync>;
 
 /// The sockets being served, by application.
 #[derive(Default)]
@@ -35,25 +36,17 @@ impl MetaSockets {
         let _ = self.server.set(server);
     }
 
-    /// Serves `uid` on `path` unless it is already served; a no-op before the runtime
-    /// set the server (it serves every running machine when it does).
-    pub fn serve(&self, uid: Uuid, path: &Path) -> std::io::Result<()> {
+    /// Serves `uid` on `path`, adding `vars`, unless it is already served; a no-op
+    /// before the runtime set the server (it serves every running machine when it does).
+    pub fn serve(&self, uid: Uuid, path: &Path, vars: BTreeMap<String, String>) -> std::io::Result<()> {
         let Some(server) = self.server.get() else { return Ok(()) };
         let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
         if served.contains_key(&uid) {
             return Ok(());
         }
-        // A socket file left by an earlier fishd: nobody listens on it any more.
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let listener = std::os::unix::net::UnixListener::bind(path)?;
-        listener.set_nonblocking(true)?;
-        let listener = UnixListener::from_std(listener)?;
+        let listener = bind_fresh(path)?;
         let stop = CancellationToken::new();
-        server(listener, uid, stop.clone());
+        server(listener, uid, vars, stop.clone());
         served.insert(uid, stop);
         tracing::debug!(%uid, path = %path.display(), "serving metadata to the machine");
         Ok(())
@@ -65,6 +58,19 @@ impl MetaSockets {
             stop.cancel();
         }
     }
+}
+
+/// Binds a unix socket at `path`, replacing a socket file left by an earlier fishd
+/// (nobody listens on it any more).
+pub fn bind_fresh(path: &Path) -> std::io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
+    UnixListener::from_std(listener)
 }
 
 /// The relay command QEMU runs per guest connection: `socat` to the socket, the path
@@ -86,9 +92,9 @@ mod tests {
         let sockets = MetaSockets::default();
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         // Before the server is set: nothing is bound.
-        sockets.serve(a, &dir.path().join("a.sock")).unwrap();
+        sockets.serve(a, &dir.path().join("a.sock"), BTreeMap::new()).unwrap();
         assert!(!dir.path().join("a.sock").exists());
-        sockets.set_server(Arc::new(|listener: UnixListener, uid: Uuid, stop: CancellationToken| {
+        sockets.set_server(Arc::new(|listener: UnixListener, uid: Uuid, _vars, stop: CancellationToken| {
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -98,9 +104,9 @@ mod tests {
                 }
             });
         }));
-        sockets.serve(a, &dir.path().join("a.sock")).unwrap();
-        sockets.serve(a, &dir.path().join("a.sock")).unwrap();
-        sockets.serve(b, &dir.path().join("b.sock")).unwrap();
+        sockets.serve(a, &dir.path().join("a.sock"), BTreeMap::new()).unwrap();
+        sockets.serve(a, &dir.path().join("a.sock"), BTreeMap::new()).unwrap();
+        sockets.serve(b, &dir.path().join("b.sock"), BTreeMap::new()).unwrap();
         for (uid, name) in [(a, "a.sock"), (b, "b.sock")] {
             let mut s = tokio::net::UnixStream::connect(dir.path().join(name)).await.unwrap();
             let mut got = String::new();

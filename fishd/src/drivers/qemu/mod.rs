@@ -25,8 +25,10 @@
 //! # Network
 //! QEMU user networking: `network: ""` (isolated) with `restrict=on`, so the guest has
 //! no route out (not the host, not the internet, not other machines), except its
-//! metadata at `http://10.0.2.100/meta/v1/data`, forwarded to the node ([`meta`]);
-//! `nat` without `restrict`, so outbound connections are made by QEMU on the host.
+//! metadata at `http://10.0.2.100/meta/v1/data`, forwarded to the node ([`meta`]), and
+//! the node's proxy at `10.0.2.101:3128` ([`proxy`]), which lets it reach its
+//! definition's `resources.allow`; `nat` without `restrict`, so outbound connections
+//! are made by QEMU on the host.
 //!
 //! # Accelerator
 //! `accel: auto` uses KVM when `/dev/kvm` opens and the CPU reports `vmx`/`svm`
@@ -37,6 +39,7 @@ mod image;
 mod machine;
 mod meta;
 mod options;
+mod proxy;
 mod qmp;
 
 use std::fs;
@@ -53,7 +56,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::process::procfs;
-use super::{AllocateRequest, Allocated, Driver, DriverError, OwnedResource, ResourceState};
+use super::{AllocateRequest, Allocated, Driver, DriverError, NodeServices, OwnedResource, ResourceState};
 use machine::Accel;
 pub use meta::MetaServer;
 use options::{AccelChoice, QemuOptions};
@@ -119,6 +122,7 @@ pub struct QemuDriver {
     /// Whether KVM works here, and why not; probed once.
     kvm: Result<(), String>,
     meta: meta::MetaSockets,
+    proxy: proxy::ProxySockets,
 }
 
 impl std::fmt::Debug for QemuDriver {
@@ -157,22 +161,32 @@ impl QemuDriver {
             setsid: find_program("setsid"),
             kvm,
             meta: meta::MetaSockets::default(),
+            proxy: proxy::ProxySockets::default(),
         };
         tracing::info!(driver = %driver.name, accel = %driver.info(), "qemu driver ready");
         Ok(driver)
     }
 
     /// Hands in the server of the metadata endpoint, and serves every running machine
-    /// (those adopted after a restart included).
+    /// (those adopted after a restart included). After [`Driver::attach`], so the
+    /// guests' metadata names the proxy when there is one.
     pub fn set_meta_server(&self, server: MetaServer) {
         self.meta.set_server(server);
         for dir in self.machine_dirs() {
             if let (Some(uid), Some(_)) = (uid_of(&dir), machine::qemu_pid(&dir))
-                && let Err(e) = self.meta.serve(uid, &dir.join(machine::META_SOCKET))
+                && let Err(e) = self.serve_machine(uid, &dir)
             {
                 tracing::warn!(%uid, error = %e, "cannot serve metadata to an adopted machine");
             }
         }
+    }
+
+    /// Serves a machine's metadata and proxy sockets, unless already done (each is a
+    /// no-op until the runtime handed in the server or the proxy).
+    fn serve_machine(&self, uid: Uuid, dir: &Path) -> io::Result<()> {
+        let vars = if self.proxy.enabled() { proxy::guest_environment() } else { Default::default() };
+        self.meta.serve(uid, &dir.join(machine::META_SOCKET), vars)?;
+        self.proxy.serve(uid, &dir.join(machine::PROXY_SOCKET))
     }
 
     /// How many images were fetched into the cache.
@@ -209,6 +223,9 @@ impl QemuDriver {
         if let Ok(accel) = fs::read_to_string(dir.join("accel")) {
             details.insert("accel".into(), accel.trim().into());
         }
+        if self.proxy.enabled() {
+            details.insert("proxy".into(), format!("{} (in the guest)", proxy::GUEST_PROXY).into());
+        }
         Allocated { identifier: pid.to_string(), ip_addr: None, hw_addr: Some(machine::mac_of(uid)), details }
     }
 
@@ -242,9 +259,9 @@ impl QemuDriver {
             cloudinit::write_seed(dir, req.uid, &req.name, &req.metadata).await?;
         }
         fs::write(dir.join("accel"), accel.as_str()).map_err(io_err("cannot record the accelerator".into()))?;
-        let meta_socket = dir.join(machine::META_SOCKET);
-        self.meta.serve(req.uid, &meta_socket).map_err(io_err("cannot listen on the metadata socket".into()))?;
-        let relay = meta::relay_command(socat, &meta_socket);
+        self.serve_machine(req.uid, dir).map_err(io_err("cannot listen on the machine's sockets".into()))?;
+        let relay = meta::relay_command(socat, &dir.join(machine::META_SOCKET));
+        let proxy_relay = meta::relay_command(socat, &dir.join(machine::PROXY_SOCKET));
         let spec = machine::Spec {
             dir,
             uid: req.uid,
@@ -259,6 +276,7 @@ impl QemuDriver {
             append: opts.append.as_deref(),
             network: req.definition.resources.network,
             relay: &relay,
+            proxy_relay: &proxy_relay,
         };
         let args = machine::args(&spec);
         let wrapper = machine::spawn(dir, qemu, &args, self.log_limit, self.setsid.as_deref())
@@ -357,6 +375,13 @@ impl Driver for QemuDriver {
         }
     }
 
+    /// The node's proxy, for the guests' proxy sockets.
+    fn attach(&self, services: &NodeServices) {
+        if let Some(proxy) = &services.proxy {
+            self.proxy.set_proxy(proxy.clone());
+        }
+    }
+
     fn capacity(&self) -> Option<NodeCapacity> {
         let c = self.capacity?;
         Some(NodeCapacity {
@@ -377,7 +402,7 @@ impl Driver for QemuDriver {
         if dir.exists() {
             if let Some(pid) = machine::qemu_pid(&dir) {
                 tracing::info!(uid = %req.uid, pid, "machine already running; adopting it");
-                let _ = self.meta.serve(req.uid, &dir.join(machine::META_SOCKET));
+                let _ = self.serve_machine(req.uid, &dir);
                 return Ok(self.allocated(req.uid, pid));
             }
             // A crash between creating the directory and starting QEMU: start over.
@@ -395,8 +420,8 @@ impl Driver for QemuDriver {
         if machine::qemu_pid(&dir).is_none() {
             return Ok(ResourceState::Lost(machine::death(&dir)));
         }
-        // Adopted after a restart: the guest's metadata socket needs a server again.
-        if let Err(e) = self.meta.serve(uid, &dir.join(machine::META_SOCKET)) {
+        // Adopted after a restart: the guest's metadata and proxy sockets need a server again.
+        if let Err(e) = self.serve_machine(uid, &dir) {
             tracing::warn!(%uid, error = %e, "cannot serve metadata to the machine");
         }
         match qmp::run(&dir.join(machine::QMP_SOCKET), "query-status", QMP_TIMEOUT).await {
@@ -432,6 +457,7 @@ impl Driver for QemuDriver {
             procfs::signal_group(w.pid, Signal::SIGKILL);
         }
         self.meta.stop(uid);
+        self.proxy.stop(uid);
         // The console outlives the machine: kept until the application is removed.
         if let Err(e) = crate::logs::keep(&self.data_dir, uid, &dir.join(machine::CONSOLE_FILE)) {
             tracing::warn!(%uid, error = %e, "cannot keep the machine's console log; it is removed with its directory");
