@@ -79,6 +79,8 @@ pub struct GithubGate {
     metrics: GateMetrics,
     group: Mutex<Option<(u64, Instant)>>,
     last_sync: Mutex<Option<Instant>>,
+    /// The webhook listener's address once bound (`listen` may name port 0).
+    pub bound: Mutex<Option<std::net::SocketAddr>>,
 }
 
 /// A gate application as a pass sees it.
@@ -132,6 +134,7 @@ impl GithubGate {
             metrics,
             group: Mutex::new(None),
             last_sync: Mutex::new(None),
+            bound: Mutex::new(None),
         })
     }
 
@@ -791,7 +794,8 @@ impl GithubGate {
         status.system = "github".into();
         status.api_url = self.config.api_url.clone();
         status.scope = self.github.scope.to_string();
-        status.webhook = format!("https://{}{}", self.config.webhook.listen, self.config.webhook.path);
+        let addr = self.bound.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(self.config.webhook.listen);
+        status.webhook = format!("https://{addr}{}", self.config.webhook.path);
         status.api = super::github::budget_view(&self.github);
         status.last_errors = self.errors.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
         Gate {

@@ -135,6 +135,9 @@ pub fn serve(
         listener.set_nonblocking(true).map_err(|e| format!("webhook listener {addr}: {e}"))?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         bound.push(local);
+        for g in routes.values() {
+            *g.bound.lock().unwrap_or_else(|e| e.into_inner()) = Some(local);
+        }
         let router = Router::new()
             .fallback(axum::routing::post(receive))
             .layer(DefaultBodyLimit::max(MAX_BODY))

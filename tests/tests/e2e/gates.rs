@@ -19,10 +19,6 @@ struct Setup {
     dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// fishd with the process driver and gate `acme` pointed at a fresh fake; `route_max`
 /// caps its one route; `extra` is appended to the gate's settings.
 async fn setup(route_max: u32, extra: &str) -> Setup {
@@ -34,10 +30,9 @@ async fn setup(route_max: u32, extra: &str) -> Setup {
     std::fs::write(&hook, SECRET).unwrap();
     let old_hook = dir.path().join("gh-hook.prev");
     std::fs::write(&old_hook, "hook-secret-0").unwrap();
-    let port = free_port();
     let extra = extra.replace('\n', "\n      ");
     let config = format!(
-        "drivers:\n  process: {{gracePeriod: 2s}}\n  test: {{}}\ngates:\n  github:\n    acme:\n      apiUrl: {url}\n      caFile: {ca}\n      auth: {{token: {{file: {token}}}}}\n      scope: {{org: acme}}\n      webhook: {{listen: 127.0.0.1:{port}, path: /hooks/github/acme, secrets: [{{file: {hook}}}, {{file: {old}}}]}}\n      repositories: [\"acme/*\"]\n      routes:\n        - {{match: [self-hosted, linux, x64, ubuntu-ci], label: ubuntu-ci, max: {route_max}}}\n      reconcileEvery: 1s\n      idleTimeout: 1s\n      {extra}\n",
+        "drivers:\n  process: {{gracePeriod: 2s}}\n  test: {{}}\ngates:\n  github:\n    acme:\n      apiUrl: {url}\n      caFile: {ca}\n      auth: {{token: {{file: {token}}}}}\n      scope: {{org: acme}}\n      webhook: {{listen: 127.0.0.1:0, path: /hooks/github/acme, secrets: [{{file: {hook}}}, {{file: {old}}}]}}\n      repositories: [\"acme/*\"]\n      routes:\n        - {{match: [self-hosted, linux, x64, ubuntu-ci], label: ubuntu-ci, max: {route_max}}}\n      reconcileEvery: 1s\n      idleTimeout: 1s\n      {extra}\n",
         url = gh.url,
         ca = gh.ca_path.display(),
         token = token.display(),
@@ -45,10 +40,17 @@ async fn setup(route_max: u32, extra: &str) -> Setup {
         old = old_hook.display(),
     );
     let d = TestDaemon::start(&config).await.unwrap();
-    gh.set_hook(&format!("https://127.0.0.1:{port}/hooks/github/acme"), SECRET, &d.data_dir().join("ca.crt")).unwrap();
+    point_hook(&gh, &d).await;
     let (code, body) = d.apply(&runner_label(&gh.ca_path, "")).await.unwrap();
     assert_eq!(code, 200, "{body}");
     Setup { gh, d, dir }
+}
+
+/// Points the fake's webhook at the gate's listener (bound on a free port, anew at
+/// every start).
+async fn point_hook(gh: &FakeGithub, d: &TestDaemon) {
+    let url = gate(d).await["status"]["webhook"].as_str().unwrap().to_owned();
+    gh.set_hook(&url, SECRET, &d.data_dir().join("ca.crt")).unwrap();
 }
 
 /// The route's label: the fake runner, run by the process driver on the host's network
@@ -458,16 +460,19 @@ async fn kill_9_at_each_step_leaves_one_runner_per_job_and_no_orphans() {
     assert_eq!(s.gh.deliver(&held[0], Signature::Good).await.unwrap(), 202);
     s.d.kill9();
     s.d.start_again().await.unwrap();
+    point_hook(&s.gh, &s.d).await;
     // 2. Once the runner is registered (JIT minted; the resource may be starting).
     let b = s.gh.queue_job("acme/app", &LABELS);
     eventually("B's registration", || async { !s.gh.registrations().is_empty() }).await.unwrap();
     s.d.kill9();
     s.d.start_again().await.unwrap();
+    point_hook(&s.gh, &s.d).await;
     // 3. While jobs run.
     let c = s.gh.queue_job("acme/app", &LABELS);
     eventually("C runs", || async { s.gh.job(c).is_some_and(|j| j.status == "in_progress") }).await.unwrap();
     s.d.kill9();
     s.d.start_again().await.unwrap();
+    point_hook(&s.gh, &s.d).await;
     for j in [a, b, c] {
         job_completed(&s, j).await;
     }
