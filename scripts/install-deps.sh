@@ -13,7 +13,8 @@ want curl curl
 want setpriv util-linux
 # The sandbox tests read and change the host firewall and list its addresses; a root
 # fishd makes per-application users (useradd, in passwd) and network namespaces (nsenter,
-# in util-linux).
+# in util-linux). The cluster partition tests put fishd nodes in network namespaces
+# (ip) and cut them apart with iptables.
 want iptables iptables
 want ip iproute2
 want useradd passwd

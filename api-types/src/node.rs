@@ -48,6 +48,10 @@ pub struct NodeStatus {
     pub maintenance: bool,
     #[serde(default)]
     pub ready: bool,
+    /// Its part in the cluster (`leader`, `voter`, `learner`), filled in by the node
+    /// that answers from its current membership; not stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub last_seen: Option<OffsetDateTime>,

@@ -38,6 +38,10 @@ pub struct Overrides {
     pub api: Option<SocketAddr>,
     pub node_name: Option<String>,
     pub drain_and_deallocate: bool,
+    /// `--join HOST:PORT`: a member to join through (first start only).
+    pub join: Option<String>,
+    /// `--join-token`.
+    pub join_token: Option<String>,
 }
 
 /// Why the node could not start.
@@ -64,6 +68,9 @@ pub enum RunError {
     Driver { name: String, message: String },
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// One line naming the problem (a bad, used, expired or forged token, ...).
+    #[error(transparent)]
+    Join(#[from] crate::cluster::join::JoinError),
     #[error("first-start setup failed: {0}")]
     Bootstrap(String),
     #[error("API server failed")]
@@ -103,6 +110,12 @@ pub fn configure(o: &Overrides) -> Result<Config, RunError> {
     }
     if o.drain_and_deallocate {
         config.drain_and_deallocate = true;
+    }
+    if o.join.is_some() {
+        config.cluster.join = o.join.clone();
+    }
+    if o.join_token.is_some() {
+        config.cluster.join_token = o.join_token.clone();
     }
     config.validate()?;
     Ok(config)
@@ -447,18 +460,43 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     let config = configure(&overrides)?;
     let node_name = config.node_name();
     let data_dir = prepare_data_dir(&config.data_dir())?;
-    let store = Store::open_with_history(&data_dir.join("fish.redb"), config.watch_history)?;
-    let meta_tokens =
-        MetaTokens::load_or_create(&data_dir).map_err(|source| RunError::DataDir { path: data_dir.clone(), source })?;
-
     let listener =
         std::net::TcpListener::bind(config.api()).map_err(|source| RunError::Listen { addr: config.api(), source })?;
     let addr = listener.local_addr().map_err(|source| RunError::Listen { addr: config.api(), source })?;
-    let tls = crate::tls::load_or_create(&data_dir, &node_name, Some(&addr.ip().to_string()))
-        .map_err(|e| RunError::Tls(error_chain(&e)))?;
-    crate::bootstrap::bootstrap(&store, &data_dir, &node_name, addr, &tls.ca_cert_path)
-        .await
-        .map_err(|e| RunError::Bootstrap(error_chain(&e)))?;
+    let advertise = config.cluster.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let mut names = crate::tls::wanted_names(&node_name, Some(&addr.ip().to_string()));
+    if let Some((host, _)) = advertise.rsplit_once(':') {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if !names.iter().any(|n| n == host) && !host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+            names.push(host.to_owned());
+        }
+    }
+    let joined = match crate::cluster::join::Joined::load(&data_dir)? {
+        Some(j) => {
+            if config.cluster.join.is_some() {
+                info!(cluster = %j.cluster_id, "already a member: the join settings are not needed any more");
+            }
+            Some(j)
+        }
+        None => match (&config.cluster.join, &config.cluster.join_token) {
+            (Some(via), Some(token)) => {
+                Some(crate::cluster::join::join(&data_dir, via, token, &node_name, &advertise, names.clone()).await?)
+            }
+            _ => None,
+        },
+    };
+    let store = Store::open_with_history(&data_dir.join("fish.redb"), config.watch_history)?;
+    let meta_tokens =
+        MetaTokens::load_or_create(&data_dir).map_err(|source| RunError::DataDir { path: data_dir.clone(), source })?;
+    let tls =
+        crate::tls::load_or_create_for(&data_dir, &node_name, names).map_err(|e| RunError::Tls(error_chain(&e)))?;
+    // A joined node gets its users from the cluster: a local admin would be a second,
+    // different one.
+    if joined.is_none() {
+        crate::bootstrap::bootstrap(&store, &data_dir, &node_name, addr, &tls.ca_cert_path)
+            .await
+            .map_err(|e| RunError::Bootstrap(error_chain(&e)))?;
+    }
 
     let proxy_metrics = ProxyMetrics::default();
     let proxy = Proxy::new(
@@ -510,8 +548,16 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         max_watches_per_user: config.max_watches_per_user,
         ..ApiLimits::default()
     };
+    let cluster = api::cluster::ClusterCtx::local(&node_name, &advertise, &tls, data_dir.clone());
+    if let Some(j) = &joined {
+        // Until raft runs, this node knows the members it learnt when it joined.
+        for m in &j.members {
+            let _ = cluster.membership.add_member(&m.name, &m.api).await;
+        }
+    }
     let mut state =
-        AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens.clone(), limits, api_stop.clone());
+        AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens.clone(), limits, api_stop.clone())
+            .with_cluster(cluster);
     state.metrics = Arc::new(api::Metrics::with_registry(ctx.metrics.clone(), |r| {
         proxy_metrics.register(r);
         gate_metrics.register(r);
@@ -641,6 +687,7 @@ async fn heartbeat(ctx: &Ctx, config: &Config, addr: SocketAddr) {
             allocated: ledger.node.as_capacity(),
             maintenance: false,
             ready: ctx.accepting(),
+            role: None,
             last_seen: Some(OffsetDateTime::now_utc()),
         },
     };

@@ -11,6 +11,7 @@
 pub mod applications;
 pub mod apply;
 pub mod backup;
+pub mod cluster;
 pub mod conn;
 pub mod error;
 pub mod extract;
@@ -105,6 +106,8 @@ pub struct AppState {
     pub secrets: crate::metadata::SecretProviders,
     /// The gates' observed state, for `GET /api/v1/gates`.
     pub gates: Arc<crate::gates::Gates>,
+    /// Membership, CA and join signing; see [`cluster`].
+    pub cluster: Arc<cluster::ClusterCtx>,
 }
 
 impl AppState {
@@ -117,6 +120,7 @@ impl AppState {
         limits: ApiLimits,
         shutdown: CancellationToken,
     ) -> Self {
+        let node_name_for_cluster = node_name.clone();
         AppState {
             store,
             node_name,
@@ -128,7 +132,14 @@ impl AppState {
             metrics: Arc::new(Metrics::new()),
             secrets: Default::default(),
             gates: Default::default(),
+            cluster: Arc::new(cluster::ClusterCtx::none(&node_name_for_cluster)),
         }
+    }
+
+    /// This state with the cluster context `cluster` (the runtime's, with a CA).
+    pub fn with_cluster(mut self, cluster: cluster::ClusterCtx) -> Self {
+        self.cluster = Arc::new(cluster);
+        self
     }
 }
 

@@ -16,7 +16,8 @@
 //!   go on while it streams and none of them is half in it.
 //! - It holds every replicated table ([`TABLES`]): labels (every version and the
 //!   version counters), applications with their pinned labels and indexes, users with
-//!   their password and token digests, nodes, applyset members. Not the watch history.
+//!   their password and token digests, nodes, applyset members, cluster join tokens
+//!   (digests only). Not the watch history.
 //! - A restore checks the trailer (entry count and SHA-256) before it commits: a
 //!   truncated or altered file leaves nothing behind.
 //! - The raft snapshot can use the same format: [`dump`] works on any read
@@ -41,7 +42,7 @@ pub const RESTORED_MARKER: &str = "restored.json";
 /// The format version written in the header.
 pub const FORMAT: u64 = 1;
 /// The tables a backup holds, by their names in the file.
-pub const TABLES: [&str; 15] = [
+pub const TABLES: [&str; 16] = [
     "meta",
     "labels",
     "applications",
@@ -57,6 +58,7 @@ pub const TABLES: [&str; 15] = [
     "gate_deliveries",
     "gate_jobs",
     "gate_runners",
+    "join_tokens",
 ];
 
 /// Why a backup or a restore failed.
@@ -229,6 +231,10 @@ pub fn dump<W: Write>(tx: &ReadTransaction, out: W) -> Result<Summary, BackupErr
         let (k, v) = e?;
         let (gate, u) = k.value();
         put(&mut w, "gate_runners", json!([gate, uid_str(u)]), json_of(v.value())?)?;
+    }
+    for e in tx.open_table(JOIN_TOKENS)?.iter()? {
+        let (k, v) = e?;
+        put(&mut w, "join_tokens", json!(k.value()), json_of(v.value())?)?;
     }
     let digest = hex(&w.hash.clone().finalize());
     let trailer = json!({"end": {"entries": sum.entries, "sha256": digest}});
@@ -435,6 +441,9 @@ fn insert(txn: &WriteTransaction, table: &str, k: &Value, v: &Value) -> Result<(
             let (gate, u) = pair(k)?;
             txn.open_table(GATE_RUNNERS)?.insert((s(gate)?, uid(u)?), object(v)?.as_slice())?;
         }
+        "join_tokens" => {
+            txn.open_table(JOIN_TOKENS)?.insert(s(k)?, object(v)?.as_slice())?;
+        }
         other => return Err(Entry::Bad(format!("unknown table {other:?}"))),
     }
     Ok(())
@@ -458,6 +467,7 @@ fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(GATE_DELIVERIES)?.retain(|_, _| false)?;
     txn.open_table(GATE_JOBS)?.retain(|_, _| false)?;
     txn.open_table(GATE_RUNNERS)?.retain(|_, _| false)?;
+    txn.open_table(JOIN_TOKENS)?.retain(|_, _| false)?;
     txn.open_table(EVENTS)?.retain(|_, _| false)?;
     Ok(())
 }

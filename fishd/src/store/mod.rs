@@ -14,6 +14,7 @@ pub mod backup;
 mod command;
 mod dry_run;
 pub mod gates;
+mod join_tokens;
 mod state;
 mod tables;
 
