@@ -94,11 +94,17 @@ _fishctl() {
             fishctl__subcmd__create,help)
                 cmd="fishctl__subcmd__create__subcmd__help"
                 ;;
+            fishctl__subcmd__create,join-token)
+                cmd="fishctl__subcmd__create__subcmd__join__subcmd__token"
+                ;;
             fishctl__subcmd__create,user)
                 cmd="fishctl__subcmd__create__subcmd__user"
                 ;;
             fishctl__subcmd__create__subcmd__help,help)
                 cmd="fishctl__subcmd__create__subcmd__help__subcmd__help"
+                ;;
+            fishctl__subcmd__create__subcmd__help,join-token)
+                cmd="fishctl__subcmd__create__subcmd__help__subcmd__join__subcmd__token"
                 ;;
             fishctl__subcmd__create__subcmd__help,user)
                 cmd="fishctl__subcmd__create__subcmd__help__subcmd__user"
@@ -162,6 +168,9 @@ _fishctl() {
                 ;;
             fishctl__subcmd__help__subcmd__config,use-context)
                 cmd="fishctl__subcmd__help__subcmd__config__subcmd__use__subcmd__context"
+                ;;
+            fishctl__subcmd__help__subcmd__create,join-token)
+                cmd="fishctl__subcmd__help__subcmd__create__subcmd__join__subcmd__token"
                 ;;
             fishctl__subcmd__help__subcmd__create,user)
                 cmd="fishctl__subcmd__help__subcmd__create__subcmd__user"
@@ -443,7 +452,7 @@ _fishctl() {
             return 0
             ;;
         fishctl__subcmd__create)
-            opts="-h --config --context --help user help"
+            opts="-h --config --context --help user join-token help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -465,7 +474,7 @@ _fishctl() {
             return 0
             ;;
         fishctl__subcmd__create__subcmd__help)
-            opts="user help"
+            opts="user join-token help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -492,6 +501,20 @@ _fishctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        fishctl__subcmd__create__subcmd__help__subcmd__join__subcmd__token)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         fishctl__subcmd__create__subcmd__help__subcmd__user)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -499,6 +522,32 @@ _fishctl() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fishctl__subcmd__create__subcmd__join__subcmd__token)
+            opts="-h --ttl --config --context --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --ttl)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -791,8 +840,22 @@ _fishctl() {
             return 0
             ;;
         fishctl__subcmd__help__subcmd__create)
-            opts="user"
+            opts="user join-token"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fishctl__subcmd__help__subcmd__create__subcmd__join__subcmd__token)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -33,7 +33,7 @@ complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "get" -d 'List objec
 complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "describe" -d 'Show one object in detail'
 complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "deallocate" -d 'Ask fishd to release the resources of applications'
 complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "delete" -d 'Delete a label or a user, or deallocate an application'
-complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "create" -d 'Create a user (prints its token once)'
+complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "create" -d 'Create a user (prints its token once) or a cluster join token'
 complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "maintenance" -d 'Put a node into maintenance (no new applications) or take it out'
 complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "logs" -d 'Print the output of an application\'s resource'
 complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "whoami" -d 'Show the user the current context authenticates as'
@@ -78,17 +78,23 @@ complete -c fishctl -n "__fish_fishctl_using_subcommand delete" -l version -d 'L
 complete -c fishctl -n "__fish_fishctl_using_subcommand delete" -l config -d 'Config file [default: $FISHCTL_CONFIG, else ~/.config/fishctl/config.yaml]' -r -F
 complete -c fishctl -n "__fish_fishctl_using_subcommand delete" -l context -d 'Context of the config file to use instead of its current_context' -r
 complete -c fishctl -n "__fish_fishctl_using_subcommand delete" -s h -l help -d 'Print help'
-complete -c fishctl -n "__fish_fishctl_using_subcommand create; and not __fish_seen_subcommand_from user help" -l config -d 'Config file [default: $FISHCTL_CONFIG, else ~/.config/fishctl/config.yaml]' -r -F
-complete -c fishctl -n "__fish_fishctl_using_subcommand create; and not __fish_seen_subcommand_from user help" -l context -d 'Context of the config file to use instead of its current_context' -r
-complete -c fishctl -n "__fish_fishctl_using_subcommand create; and not __fish_seen_subcommand_from user help" -s h -l help -d 'Print help'
-complete -c fishctl -n "__fish_fishctl_using_subcommand create; and not __fish_seen_subcommand_from user help" -f -a "user" -d 'Create a user and print its API token (shown this once)'
-complete -c fishctl -n "__fish_fishctl_using_subcommand create; and not __fish_seen_subcommand_from user help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c fishctl -n "__fish_fishctl_using_subcommand create; and not __fish_seen_subcommand_from user join-token help" -l config -d 'Config file [default: $FISHCTL_CONFIG, else ~/.config/fishctl/config.yaml]' -r -F
+complete -c fishctl -n "__fish_fishctl_using_subcommand create; and not __fish_seen_subcommand_from user join-token help" -l context -d 'Context of the config file to use instead of its current_context' -r
+complete -c fishctl -n "__fish_fishctl_using_subcommand create; and not __fish_seen_subcommand_from user join-token help" -s h -l help -d 'Print help'
+complete -c fishctl -n "__fish_fishctl_using_subcommand create; and not __fish_seen_subcommand_from user join-token help" -f -a "user" -d 'Create a user and print its API token (shown this once)'
+complete -c fishctl -n "__fish_fishctl_using_subcommand create; and not __fish_seen_subcommand_from user join-token help" -f -a "join-token" -d 'Create a one-time token for a new node to join the cluster (prints it alone)'
+complete -c fishctl -n "__fish_fishctl_using_subcommand create; and not __fish_seen_subcommand_from user join-token help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c fishctl -n "__fish_fishctl_using_subcommand create; and __fish_seen_subcommand_from user" -l role -d 'Its role' -r -f -a "admin\t''
 user\t''"
 complete -c fishctl -n "__fish_fishctl_using_subcommand create; and __fish_seen_subcommand_from user" -l config -d 'Config file [default: $FISHCTL_CONFIG, else ~/.config/fishctl/config.yaml]' -r -F
 complete -c fishctl -n "__fish_fishctl_using_subcommand create; and __fish_seen_subcommand_from user" -l context -d 'Context of the config file to use instead of its current_context' -r
 complete -c fishctl -n "__fish_fishctl_using_subcommand create; and __fish_seen_subcommand_from user" -s h -l help -d 'Print help'
+complete -c fishctl -n "__fish_fishctl_using_subcommand create; and __fish_seen_subcommand_from join-token" -l ttl -d 'How long it may be used (e.g. 30m, 1h, 2d; at most 7d)' -r
+complete -c fishctl -n "__fish_fishctl_using_subcommand create; and __fish_seen_subcommand_from join-token" -l config -d 'Config file [default: $FISHCTL_CONFIG, else ~/.config/fishctl/config.yaml]' -r -F
+complete -c fishctl -n "__fish_fishctl_using_subcommand create; and __fish_seen_subcommand_from join-token" -l context -d 'Context of the config file to use instead of its current_context' -r
+complete -c fishctl -n "__fish_fishctl_using_subcommand create; and __fish_seen_subcommand_from join-token" -s h -l help -d 'Print help'
 complete -c fishctl -n "__fish_fishctl_using_subcommand create; and __fish_seen_subcommand_from help" -f -a "user" -d 'Create a user and print its API token (shown this once)'
+complete -c fishctl -n "__fish_fishctl_using_subcommand create; and __fish_seen_subcommand_from help" -f -a "join-token" -d 'Create a one-time token for a new node to join the cluster (prints it alone)'
 complete -c fishctl -n "__fish_fishctl_using_subcommand create; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c fishctl -n "__fish_fishctl_using_subcommand maintenance" -l config -d 'Config file [default: $FISHCTL_CONFIG, else ~/.config/fishctl/config.yaml]' -r -F
 complete -c fishctl -n "__fish_fishctl_using_subcommand maintenance" -l context -d 'Context of the config file to use instead of its current_context' -r
@@ -148,7 +154,7 @@ complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_see
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "describe" -d 'Show one object in detail'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "deallocate" -d 'Ask fishd to release the resources of applications'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "delete" -d 'Delete a label or a user, or deallocate an application'
-complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "create" -d 'Create a user (prints its token once)'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "create" -d 'Create a user (prints its token once) or a cluster join token'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "maintenance" -d 'Put a node into maintenance (no new applications) or take it out'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "logs" -d 'Print the output of an application\'s resource'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "whoami" -d 'Show the user the current context authenticates as'
@@ -161,6 +167,7 @@ complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_see
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "top" -d 'Show capacity used of total, allocated applications and queue per node'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and __fish_seen_subcommand_from create" -f -a "user" -d 'Create a user and print its API token (shown this once)'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and __fish_seen_subcommand_from create" -f -a "join-token" -d 'Create a one-time token for a new node to join the cluster (prints it alone)'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "get-contexts" -d 'List the contexts of the config file'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "use-context" -d 'Make a context the current one'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "current-context" -d 'Print the name of the current context'

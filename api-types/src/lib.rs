@@ -7,6 +7,7 @@
 
 pub mod allow;
 pub mod application;
+pub mod cluster;
 pub mod duration;
 pub mod label;
 pub mod manifest;
@@ -19,6 +20,7 @@ pub mod wire;
 
 pub use allow::{AllowRule, AllowRuleError};
 pub use application::{Application, ApplicationSpec, ApplicationStatus, HistoryEntry, LabelRef, Phase, ResourceStatus};
+pub use cluster::{JoinMember, JoinRequest, JoinResponse, JoinToken, JoinTokenRequest};
 pub use duration::HumanDuration;
 pub use label::{Definition, Disk, Image, Label, LabelSpec, Network, Resources};
 pub use manifest::{Format, Manifest, ManifestError, parse_manifests};

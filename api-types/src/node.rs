@@ -48,6 +48,10 @@ pub struct NodeStatus {
     pub maintenance: bool,
     #[serde(default)]
     pub ready: bool,
+    /// Its part in the cluster (`leader`, `voter`, `learner`), filled in by the node
+    /// that answers from its current membership; not stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub last_seen: Option<OffsetDateTime>,
@@ -62,6 +66,9 @@ pub struct DriverStatus {
     pub available: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// What the driver says about itself (the qemu driver: `accel: kvm` or `accel: tcg (...)`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub info: String,
 }
 
 /// Cpu (cores), ram (GiB), slots and application count.

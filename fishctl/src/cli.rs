@@ -40,7 +40,7 @@ pub enum Command {
     Deallocate(DeallocateArgs),
     /// Delete a label or a user, or deallocate an application
     Delete(DeleteArgs),
-    /// Create a user (prints its token once)
+    /// Create a user (prints its token once) or a cluster join token
     Create(CreateArgs),
     /// Put a node into maintenance (no new applications) or take it out
     Maintenance(MaintenanceArgs),
@@ -245,6 +245,12 @@ pub enum CreateCommand {
         /// Its role
         #[arg(long, value_enum, default_value_t = RoleArg::User)]
         role: RoleArg,
+    },
+    /// Create a one-time token for a new node to join the cluster (prints it alone)
+    JoinToken {
+        /// How long it may be used (e.g. 30m, 1h, 2d; at most 7d)
+        #[arg(long, default_value = "1h")]
+        ttl: api_types::HumanDuration,
     },
 }
 

@@ -95,9 +95,9 @@ pub struct Config {
     /// settings (`docker/dev` is a second instance of `docker`).
     #[serde(default)]
     pub drivers: Option<BTreeMap<String, serde_json::Value>>,
-    /// Cluster settings: accepted for forward compatibility, not used by a single node.
+    /// Cluster settings (contract section 8).
     #[serde(default)]
-    pub cluster: Option<serde_json::Value>,
+    pub cluster: ClusterConfig,
     /// The egress proxy of isolated resources (contract section 10).
     #[serde(default)]
     pub proxy: ProxyConfig,
@@ -162,6 +162,51 @@ impl ProxyConfig {
                 .map_err(|_| ConfigError::Invalid(format!("proxy.listen: {other:?} is not auto, off or ADDR:PORT"))),
         }
     }
+}
+
+/// `cluster:` in fish.yml.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `HOST:PORT` of any member, to join through on the first start.
+    #[serde(default)]
+    pub join: Option<String>,
+    /// The join token an admin made (`fishctl create join-token`).
+    #[serde(default)]
+    pub join_token: Option<String>,
+    /// `HOST:PORT` where other nodes reach this one; default: the API address.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// How many nodes vote; later ones are learners.
+    #[serde(default = "default_voters")]
+    pub voters: u32,
+    /// A node silent this long is not ready.
+    #[serde(default = "default_node_timeout")]
+    pub node_timeout: HumanDuration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            join: None,
+            join_token: None,
+            advertise: None,
+            voters: default_voters(),
+            node_timeout: default_node_timeout(),
+        }
+    }
+}
+
+fn default_voters() -> u32 {
+    3
+}
+fn default_node_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15))
+}
+
+/// Whether `s` looks like `HOST:PORT` with a port number.
+fn is_host_port(s: &str) -> bool {
+    s.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
 fn default_proxy_listen() -> String {
@@ -297,6 +342,29 @@ impl Config {
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid("maxConnections must be at least 1".into()));
         }
+        let c = &self.cluster;
+        for (key, v) in [("cluster.join", &c.join), ("cluster.advertise", &c.advertise)] {
+            if let Some(v) = v
+                && !is_host_port(v)
+            {
+                return Err(ConfigError::Invalid(format!("{key} {v:?}: must be HOST:PORT")));
+            }
+        }
+        match (&c.join, &c.join_token) {
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid("cluster.join needs cluster.joinToken (--join-token)".into()));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid("cluster.joinToken needs cluster.join (--join HOST:PORT)".into()));
+            }
+            _ => {}
+        }
+        if c.voters == 0 {
+            return Err(ConfigError::Invalid("cluster.voters must be at least 1".into()));
+        }
+        if c.node_timeout.get().is_zero() {
+            return Err(ConfigError::Invalid("cluster.nodeTimeout must be more than 0".into()));
+        }
         self.proxy.rules()?;
         self.proxy.listen_addr()?;
         if self.proxy.max_connections_per_resource == 0 {
@@ -310,9 +378,9 @@ impl Config {
         if let Some(d) = &self.drivers {
             for name in d.keys() {
                 let kind = name.split('/').next().unwrap_or("");
-                if !matches!(kind, "test" | "process" | "docker") {
+                if !matches!(kind, "test" | "process" | "docker" | "qemu") {
                     return Err(ConfigError::Invalid(format!(
-                        "drivers.{name}: unknown driver {kind:?} (known: test, process, docker)"
+                        "drivers.{name}: unknown driver {kind:?} (known: test, process, docker, qemu)"
                     )));
                 }
             }
@@ -360,6 +428,34 @@ mod tests {
         let c = Config::load(&p).unwrap();
         assert_eq!(c.capacity().cpu, 2);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn cluster_keys_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fish.yml");
+        std::fs::write(
+            &p,
+            "cluster: {join: \"h:8001\", joinToken: t, advertise: \"10.0.0.1:8001\", voters: 5, nodeTimeout: 20s}\n",
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.cluster.voters, 5);
+        assert_eq!(c.cluster.node_timeout.get(), Duration::from_secs(20));
+        std::fs::write(&p, "cluster: {joins: x}\n").unwrap();
+        assert!(Config::load(&p).unwrap_err().to_string().contains("joins"));
+        for (yaml, key) in [
+            ("cluster: {join: \"nohost\", joinToken: t}", "cluster.join"),
+            ("cluster: {join: \"h:1\"}", "cluster.joinToken"),
+            ("cluster: {advertise: \"h:0\"}", "cluster.advertise"),
+            ("cluster: {voters: 0}", "cluster.voters"),
+        ] {
+            std::fs::write(&p, yaml).unwrap();
+            let e = Config::load(&p).unwrap().validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{yaml}: {e}");
+        }
+        assert_eq!(Config::default().cluster.voters, 3);
     }
 
     #[test]

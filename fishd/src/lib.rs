@@ -6,6 +6,7 @@
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
+pub mod cluster;
 pub mod config;
 pub mod drivers;
 pub mod fsutil;

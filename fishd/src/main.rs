@@ -26,6 +26,12 @@ struct Args {
     /// On SIGTERM, deallocate every application of this node before exiting.
     #[arg(long)]
     drain_and_deallocate: bool,
+    /// Join the cluster through this member (`HOST:PORT`) on the first start.
+    #[arg(long, value_name = "HOST:PORT", requires = "join_token")]
+    join: Option<String>,
+    /// The join token an admin made with `fishctl create join-token`.
+    #[arg(long, value_name = "TOKEN", requires = "join")]
+    join_token: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -105,6 +111,8 @@ fn main() -> ExitCode {
         api: args.api,
         node_name: args.node_name,
         drain_and_deallocate: args.drain_and_deallocate,
+        join: args.join,
+        join_token: args.join_token,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,

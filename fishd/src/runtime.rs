@@ -38,6 +38,10 @@ pub struct Overrides {
     pub api: Option<SocketAddr>,
     pub node_name: Option<String>,
     pub drain_and_deallocate: bool,
+    /// `--join HOST:PORT`: a member to join through (first start only).
+    pub join: Option<String>,
+    /// `--join-token`.
+    pub join_token: Option<String>,
 }
 
 /// Why the node could not start.
@@ -64,6 +68,9 @@ pub enum RunError {
     Driver { name: String, message: String },
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// One line naming the problem (a bad, used, expired or forged token, ...).
+    #[error(transparent)]
+    Join(#[from] crate::cluster::join::JoinError),
     #[error("first-start setup failed: {0}")]
     Bootstrap(String),
     #[error("API server failed")]
@@ -104,18 +111,29 @@ pub fn configure(o: &Overrides) -> Result<Config, RunError> {
     if o.drain_and_deallocate {
         config.drain_and_deallocate = true;
     }
+    if o.join.is_some() {
+        config.cluster.join = o.join.clone();
+    }
+    if o.join_token.is_some() {
+        config.cluster.join_token = o.join_token.clone();
+    }
     config.validate()?;
     Ok(config)
 }
 
+/// Docker instances, typed, for the metadata listeners they need.
+type Dockers = Vec<Arc<drivers::docker::DockerDriver>>;
+/// Qemu instances, typed, for the metadata sockets they need.
+type Qemus = Vec<Arc<drivers::qemu::QemuDriver>>;
+
 /// Builds the configured driver instances, or the defaults: `process` always,
-/// `docker` when an engine answers. Docker instances are also returned typed, for
-/// the metadata listeners they need.
+/// `docker` when an engine answers. Docker and qemu instances are also returned typed,
+/// for the metadata listeners they need.
 pub async fn build_drivers(
     config: &Config,
     data_dir: &Path,
     node: &str,
-) -> Result<(Drivers, Vec<Arc<drivers::docker::DockerDriver>>), RunError> {
+) -> Result<(Drivers, Dockers, Qemus), RunError> {
     let entries: Vec<(String, serde_json::Value)> = match &config.drivers {
         Some(m) => {
             m.iter().map(|(k, v)| (k.clone(), if v.is_null() { serde_json::json!({}) } else { v.clone() })).collect()
@@ -132,6 +150,7 @@ pub async fn build_drivers(
     };
     let mut out = Drivers::new();
     let mut dockers = Vec::new();
+    let mut qemus = Vec::new();
     for (name, mut value) in entries {
         // `timeouts` is the reconciler's business (see `driver_timeouts`), not the driver's.
         if let Some(settings) = value.as_object_mut() {
@@ -161,12 +180,20 @@ pub async fn build_drivers(
                 dockers.push(d.clone());
                 d
             }
+            "qemu" => {
+                let q = Arc::new(
+                    drivers::qemu::QemuDriver::new(name.clone(), settings(&name, value)?, data_dir)
+                        .map_err(|e| bad(e.to_string()))?,
+                );
+                qemus.push(q.clone());
+                q
+            }
             other => return Err(bad(format!("unknown driver kind {other:?}"))),
         };
         info!(driver = %name, "driver enabled");
         out.insert(name, driver);
     }
-    Ok((out, dockers))
+    Ok((out, dockers, qemus))
 }
 
 /// The deadlines of each configured driver instance's calls (`drivers.<name>.timeouts`),
@@ -182,6 +209,27 @@ pub fn driver_timeouts(config: &Config) -> Result<BTreeMap<String, CallTimeouts>
         out.insert(name.clone(), timeouts);
     }
     Ok(out)
+}
+
+/// Refuses a `timeouts.deallocate` shorter than what a driver may need to stop its
+/// resource gracefully and then kill it ([`Driver::deallocate_time`]): the deadline
+/// would end every slow stop before the kill, and the retry would start over.
+pub fn check_deallocate_time(drivers: &Drivers, timeouts: &BTreeMap<String, CallTimeouts>) -> Result<(), RunError> {
+    for (name, driver) in drivers {
+        let needed = driver.deallocate_time();
+        let limit = timeouts.get(name).copied().unwrap_or_default().deallocate;
+        if limit.get() < needed {
+            return Err(RunError::Driver {
+                name: name.clone(),
+                message: format!(
+                    "drivers.{name}.timeouts.deallocate: {limit} is shorter than a deallocation may take \
+                     ({}: its gracePeriod, then the kill); raise it or shorten gracePeriod",
+                    api_types::HumanDuration(needed)
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A driver's settings from its `drivers.<name>` entry, errors naming the field.
@@ -227,6 +275,32 @@ async fn serve_meta_on_docker_networks(
                 info!(driver = %d.name(), error = %e, "metadata endpoint for containers bound once the engine answers")
             }
         }
+    }
+}
+
+/// Virtual machines reach the metadata endpoint through a unix socket of their own
+/// (see `drivers::qemu`): every request on it is that application's.
+fn serve_meta_to_machines(qemus: &[Arc<drivers::qemu::QemuDriver>], state: &AppState, stop: &CancellationToken) {
+    for q in qemus {
+        let state = state.clone();
+        let node_stop = stop.clone();
+        q.set_meta_server(Arc::new(move |listener, uid, vars, machine_stop| {
+            let router = api::meta_router(state.clone())
+                .layer(axum::Extension(api::meta::ResourceUid(uid)))
+                .layer(axum::Extension(api::meta::ResourceVars(Arc::new(vars))));
+            let (node_stop, machine_stop) = (node_stop.clone(), machine_stop.clone());
+            tokio::spawn(async move {
+                let done = async move {
+                    tokio::select! {
+                        _ = node_stop.cancelled() => {}
+                        _ = machine_stop.cancelled() => {}
+                    }
+                };
+                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(done).await {
+                    warn!(%uid, error = %e, "metadata socket of a machine failed");
+                }
+            });
+        }));
     }
 }
 
@@ -386,18 +460,43 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     let config = configure(&overrides)?;
     let node_name = config.node_name();
     let data_dir = prepare_data_dir(&config.data_dir())?;
-    let store = Store::open_with_history(&data_dir.join("fish.redb"), config.watch_history)?;
-    let meta_tokens =
-        MetaTokens::load_or_create(&data_dir).map_err(|source| RunError::DataDir { path: data_dir.clone(), source })?;
-
     let listener =
         std::net::TcpListener::bind(config.api()).map_err(|source| RunError::Listen { addr: config.api(), source })?;
     let addr = listener.local_addr().map_err(|source| RunError::Listen { addr: config.api(), source })?;
-    let tls = crate::tls::load_or_create(&data_dir, &node_name, Some(&addr.ip().to_string()))
-        .map_err(|e| RunError::Tls(error_chain(&e)))?;
-    crate::bootstrap::bootstrap(&store, &data_dir, &node_name, addr, &tls.ca_cert_path)
-        .await
-        .map_err(|e| RunError::Bootstrap(error_chain(&e)))?;
+    let advertise = config.cluster.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let mut names = crate::tls::wanted_names(&node_name, Some(&addr.ip().to_string()));
+    if let Some((host, _)) = advertise.rsplit_once(':') {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if !names.iter().any(|n| n == host) && !host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+            names.push(host.to_owned());
+        }
+    }
+    let joined = match crate::cluster::join::Joined::load(&data_dir)? {
+        Some(j) => {
+            if config.cluster.join.is_some() {
+                info!(cluster = %j.cluster_id, "already a member: the join settings are not needed any more");
+            }
+            Some(j)
+        }
+        None => match (&config.cluster.join, &config.cluster.join_token) {
+            (Some(via), Some(token)) => {
+                Some(crate::cluster::join::join(&data_dir, via, token, &node_name, &advertise, names.clone()).await?)
+            }
+            _ => None,
+        },
+    };
+    let store = Store::open_with_history(&data_dir.join("fish.redb"), config.watch_history)?;
+    let meta_tokens =
+        MetaTokens::load_or_create(&data_dir).map_err(|source| RunError::DataDir { path: data_dir.clone(), source })?;
+    let tls =
+        crate::tls::load_or_create_for(&data_dir, &node_name, names).map_err(|e| RunError::Tls(error_chain(&e)))?;
+    // A joined node gets its users from the cluster: a local admin would be a second,
+    // different one.
+    if joined.is_none() {
+        crate::bootstrap::bootstrap(&store, &data_dir, &node_name, addr, &tls.ca_cert_path)
+            .await
+            .map_err(|e| RunError::Bootstrap(error_chain(&e)))?;
+    }
 
     let proxy_metrics = ProxyMetrics::default();
     let proxy = Proxy::new(
@@ -407,7 +506,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         proxy_metrics.clone(),
         CancellationToken::new(),
     );
-    let (drivers, dockers) = build_drivers(&config, &data_dir, &node_name).await?;
+    let (drivers, dockers, qemus) = build_drivers(&config, &data_dir, &node_name).await?;
     let drivers = Arc::new(drivers);
     let node =
         NodeIdentity { name: node_name.clone(), identifiers: config.identifiers.clone(), capacity: config.capacity() };
@@ -422,6 +521,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         timeouts: driver_timeouts(&config)?,
         ..ReconcileConfig::default()
     };
+    check_deallocate_time(&drivers, &rc.timeouts)?;
     let ctx = Ctx::new(store.clone(), drivers.clone(), node, rc, meta_tokens.clone());
     // The node record exists before the first election reads its maintenance flag.
     heartbeat(&ctx, &config, addr).await;
@@ -438,8 +538,16 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         max_watches_per_user: config.max_watches_per_user,
         ..ApiLimits::default()
     };
+    let cluster = api::cluster::ClusterCtx::local(&node_name, &advertise, &tls, data_dir.clone());
+    if let Some(j) = &joined {
+        // Until raft runs, this node knows the members it learnt when it joined.
+        for m in &j.members {
+            let _ = cluster.membership.add_member(&m.name, &m.api).await;
+        }
+    }
     let mut state =
-        AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens.clone(), limits, api_stop.clone());
+        AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens.clone(), limits, api_stop.clone())
+            .with_cluster(cluster);
     state.metrics = Arc::new(api::Metrics::with_registry(ctx.metrics.clone(), |r| proxy_metrics.register(r)));
     let metrics = ctx.metrics.clone();
     let binder = meta_binder(state.clone(), api_stop.clone());
@@ -456,6 +564,8 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     for d in drivers.values() {
         d.attach(&services);
     }
+    // After attach: a machine's metadata names the proxy when there is one.
+    serve_meta_to_machines(&qemus, &state, &api_stop);
     tokio::spawn(firewall_loop(dockers.clone(), config.resync_interval.get(), beat.clone()));
     let mut server = tokio::spawn(api::serve(state, listener, tls.server_config, api_stop.clone()));
     tokio::spawn(gauge_loop(store.clone(), metrics, beat.clone()));
@@ -550,16 +660,53 @@ async fn heartbeat(ctx: &Ctx, config: &Config, addr: SocketAddr) {
             location: config.location.clone(),
             drivers: availability
                 .into_iter()
-                .map(|(name, a)| DriverStatus { name, available: a.is_ok(), reason: a.err().unwrap_or_default() })
+                .map(|(name, a)| DriverStatus {
+                    info: ctx.drivers.get(&name).map(|d| d.info()).unwrap_or_default(),
+                    name,
+                    available: a.is_ok(),
+                    reason: a.err().unwrap_or_default(),
+                })
                 .collect(),
             capacity: ctx.node.capacity,
             allocated: ledger.node.as_capacity(),
             maintenance: false,
             ready: ctx.accepting(),
+            role: None,
             last_seen: Some(OffsetDateTime::now_utc()),
         },
     };
     if let Err(e) = ctx.store.execute(Command::PutNode { node: Box::new(node) }).await {
         warn!(error = %e, "could not record the node's status");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn with_process(process: serde_json::Value) -> Config {
+        serde_json::from_value(serde_json::json!({ "drivers": { "process": process } })).unwrap()
+    }
+
+    /// A grace period longer than the deallocate deadline is refused at start, naming
+    /// the field; the defaults of the process driver fit the default deadline.
+    #[tokio::test]
+    async fn a_deallocate_deadline_shorter_than_the_grace_period_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = with_process(serde_json::json!({"gracePeriod": "10m", "cgroups": false}));
+        let (drivers, _, _) = build_drivers(&config, dir.path(), "n1").await.unwrap();
+        let err = check_deallocate_time(&drivers, &driver_timeouts(&config).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("drivers.process.timeouts.deallocate: 5m is shorter"), "{err}");
+
+        let config = with_process(
+            serde_json::json!({"gracePeriod": "10m", "cgroups": false, "timeouts": {"deallocate": "11m"}}),
+        );
+        let (drivers, _, _) = build_drivers(&config, dir.path(), "n1").await.unwrap();
+        check_deallocate_time(&drivers, &driver_timeouts(&config).unwrap()).unwrap();
+
+        let config = with_process(serde_json::json!({"cgroups": false}));
+        let (drivers, _, _) = build_drivers(&config, dir.path(), "n1").await.unwrap();
+        check_deallocate_time(&drivers, &driver_timeouts(&config).unwrap()).unwrap();
     }
 }

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod browser;
+pub mod netns;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -42,6 +43,14 @@ pub struct TestDaemon {
     pub client: reqwest::Client,
     extra_config: String,
     port: u16,
+    /// `(member HOST:PORT, join token)` for the first start of a joining node.
+    join: Option<(String, String)>,
+    /// A joined node writes no fishctl.yaml: it uses the cluster's admin token.
+    joined_token: Option<String>,
+    /// The network namespace fishd runs in (`ip netns exec`), if not the test's own.
+    netns: Option<String>,
+    /// The API's host address: 127.0.0.1, or the node's address in its namespace.
+    host: String,
 }
 
 impl TestDaemon {
@@ -57,9 +66,76 @@ impl TestDaemon {
             client: reqwest::Client::new(),
             extra_config: extra.to_owned(),
             port: 0,
+            join: None,
+            joined_token: None,
+            netns: None,
+            host: "127.0.0.1".into(),
         };
         d.spawn().await?;
         Ok(d)
+    }
+
+    /// Starts fishd in network namespace `ns`, its API on `ip` (see [`netns::Net`]);
+    /// with `join`, it joins the cluster of that member with that token.
+    pub async fn start_in_netns(
+        ns: &str,
+        ip: std::net::Ipv4Addr,
+        join: Option<(&TestDaemon, &str)>,
+        extra: &str,
+    ) -> Result<TestDaemon> {
+        install_crypto();
+        let mut d = TestDaemon {
+            child: None,
+            dir: tempfile::tempdir()?,
+            url: String::new(),
+            token: String::new(),
+            client: reqwest::Client::new(),
+            extra_config: extra.to_owned(),
+            // A namespace has its own ports: a fixed one keeps restarts simple.
+            port: 8001,
+            join: join.map(|(via, token)| (via.addr(), token.to_owned())),
+            joined_token: join.map(|(via, _)| via.token.clone()),
+            netns: Some(ns.to_owned()),
+            host: ip.to_string(),
+        };
+        d.spawn().await?;
+        d.join = None;
+        Ok(d)
+    }
+
+    /// Starts a fishd that joins the cluster of `via` with `token` (made by an admin
+    /// of that cluster), with `extra` appended to its fish.yml (give it a `nodeName:`).
+    /// Ready once its API answers `/readyz` over TLS verified by the cluster CA.
+    pub async fn start_joining(via: &TestDaemon, token: &str, extra: &str) -> Result<TestDaemon> {
+        install_crypto();
+        let dir = tempfile::tempdir()?;
+        let mut d = TestDaemon {
+            child: None,
+            dir,
+            url: String::new(),
+            token: via.token.clone(),
+            client: reqwest::Client::new(),
+            extra_config: extra.to_owned(),
+            port: 0,
+            join: Some((via.url.trim_start_matches("https://").to_owned(), token.to_owned())),
+            joined_token: Some(via.token.clone()),
+            netns: None,
+            host: "127.0.0.1".into(),
+        };
+        d.spawn().await?;
+        // Restarts need no join settings: the data dir remembers.
+        d.join = None;
+        Ok(d)
+    }
+
+    /// `HOST:PORT` of the API.
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("https://").to_owned()
+    }
+
+    /// The fish.yml of this daemon.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("fish.yml")
     }
 
     /// A daemon not started yet, its port chosen: the test prepares its data directory
@@ -76,6 +152,10 @@ impl TestDaemon {
             client: reqwest::Client::new(),
             extra_config: extra.to_owned(),
             port,
+            join: None,
+            joined_token: None,
+            netns: None,
+            host: "127.0.0.1".into(),
         })
     }
 
@@ -90,7 +170,7 @@ impl TestDaemon {
     }
 
     fn write_config(&self) -> Result<PathBuf> {
-        let mut yml = format!("dataDir: {}\napi: 127.0.0.1:{}\n", self.data_dir().display(), self.port);
+        let mut yml = format!("dataDir: {}\napi: {}:{}\n", self.data_dir().display(), self.host, self.port);
         if !self.extra_config.contains("nodeName:") {
             yml.push_str("nodeName: test-node\n");
         }
@@ -107,6 +187,9 @@ impl TestDaemon {
             yml.push_str("drivers:\n  test: {}\n");
         }
         yml.push_str(&self.extra_config);
+        if let Some((via, token)) = &self.join {
+            yml.push_str(&format!("cluster: {{join: \"{via}\", joinToken: \"{token}\"}}\n"));
+        }
         let path = self.dir.path().join("fish.yml");
         std::fs::write(&path, yml)?;
         Ok(path)
@@ -116,7 +199,15 @@ impl TestDaemon {
         install_crypto();
         let config = self.write_config()?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("fishd.log"))?;
-        let child = Command::new(bin("fishd"))
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("fishd"));
+                c
+            }
+            None => Command::new(bin("fishd")),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info,fishd=debug")
@@ -132,8 +223,15 @@ impl TestDaemon {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 bail!("fishd exited during start ({status}):\n{}", self.log());
             }
-            let config = std::fs::read_to_string(self.fishctl_config()).ok();
-            if let Some((url, token, ca)) = config.as_deref().and_then(parse_fishctl_config) {
+            let found = match &self.joined_token {
+                None => std::fs::read_to_string(self.fishctl_config()).ok().as_deref().and_then(parse_fishctl_config),
+                Some(token) => std::fs::read_to_string(self.data_dir().join("cluster.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                    .and_then(|v| v["advertise"].as_str().map(|a| format!("https://{a}")))
+                    .map(|url| (url, token.clone(), self.data_dir().join("ca.crt"))),
+            };
+            if let Some((url, token, ca)) = found {
                 {
                     let port = url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(0);
                     if self.port == 0 || port == self.port {

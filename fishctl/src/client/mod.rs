@@ -299,6 +299,17 @@ impl Client {
         self.json(resp).await
     }
 
+    /// `POST /api/v1/cluster/join-tokens`; the answer carries the token, once.
+    pub async fn create_join_token(
+        &self,
+        ttl: Option<api_types::HumanDuration>,
+    ) -> Result<api_types::JoinToken, ClientError> {
+        let url = self.url(&["cluster", "join-tokens"], &[]);
+        let body = api_types::JoinTokenRequest { ttl };
+        let resp = self.send(self.request(Method::POST, url).json(&body).timeout(REQUEST_TIMEOUT)).await?;
+        self.json(resp).await
+    }
+
     /// `POST /api/v1/nodes/<name>/maintenance`.
     pub async fn set_maintenance(&self, node: &str, enabled: bool) -> Result<(), ClientError> {
         let url = self.url(&["nodes", node, "maintenance"], &[]);

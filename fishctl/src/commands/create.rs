@@ -1,4 +1,5 @@
 //! `fishctl create user NAME [--role admin|user]`: the token is printed this once.
+//! `fishctl create join-token [--ttl 1h]`: the join token alone on stdout, for scripts.
 
 use anyhow::{Context as _, Result};
 use api_types::{Name, ObjectMeta, User, UserSpec};
@@ -20,6 +21,11 @@ pub async fn run(env: &Env, args: CreateArgs) -> Result<()> {
             };
             let created = env.client()?.create_user(&user).await?;
             super::out(&created_lines(&name, created.status.token.as_deref()))?;
+            Ok(())
+        }
+        CreateCommand::JoinToken { ttl } => {
+            let token = env.client()?.create_join_token(Some(ttl)).await?;
+            super::out(&format!("{}\n", token.token))?;
             Ok(())
         }
     }

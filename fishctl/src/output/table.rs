@@ -170,13 +170,14 @@ impl Resource for Node {
     }
 
     fn headers(_wide: bool) -> Vec<&'static str> {
-        vec!["NAME", "READY", "MAINTENANCE", "CPU", "RAM", "SLOTS", "APPS"]
+        vec!["NAME", "ROLE", "READY", "MAINTENANCE", "CPU", "RAM", "SLOTS", "APPS"]
     }
 
     fn row(&self, _wide: bool, _now: OffsetDateTime) -> Vec<String> {
         let s = &self.status;
         vec![
             self.name().to_owned(),
+            or_dash(s.role.clone()),
             yes_no(s.ready),
             on_off(s.maintenance),
             format!("{}/{}", s.allocated.cpu, s.capacity.cpu),
@@ -356,15 +357,17 @@ small       1         test          24h
 
     #[test]
     fn nodes_table() {
+        let mut n1 = node("host-a");
+        n1.status.role = Some("leader".into());
         let mut n2 = node("host-b");
         n2.status.maintenance = true;
         n2.status.ready = false;
         assert_eq!(
-            render_table(&[node("host-a"), n2], false, NOW),
+            render_table(&[n1, n2], false, NOW),
             "\
-NAME     READY   MAINTENANCE   CPU   RAM    SLOTS   APPS
-host-a   True    off           1/8   1/32   1/4     1
-host-b   False   on            1/8   1/32   1/4     1
+NAME     ROLE     READY   MAINTENANCE   CPU   RAM    SLOTS   APPS
+host-a   leader   True    off           1/8   1/32   1/4     1
+host-b   -        False   on            1/8   1/32   1/4     1
 "
         );
     }

@@ -27,6 +27,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
+use super::cluster::PeerCert;
+
 /// What every HTTP/2 connection starts with (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -55,8 +57,8 @@ type Tls<S> = <RustlsAcceptor as Accept<TcpStream, S>>::Stream;
 
 impl<S: Send + 'static> Accept<TcpStream, S> for GuardedAcceptor {
     type Stream = Guarded<Tls<S>>;
-    type Service = S;
-    type Future = AcceptFuture<Tls<S>, S>;
+    type Service = WithPeer<S>;
+    type Future = AcceptFuture<Tls<S>, WithPeer<S>>;
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
@@ -75,8 +77,35 @@ impl<S: Send + 'static> Accept<TcpStream, S> for GuardedAcceptor {
         let first_bytes = self.first_bytes;
         Box::pin(async move {
             let (tls, service) = handshake.await?;
+            // rustls verified it against the cluster CA during the handshake.
+            let peer =
+                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::new(c.clone().into_owned()));
+            let service = WithPeer { inner: service, peer: PeerCert(peer) };
             Ok((Guarded::new(tls, permit, first_bytes), service))
         })
+    }
+}
+
+/// A connection's service that hands every request the connection's verified
+/// client certificate, for the node-to-node peer check.
+#[derive(Clone)]
+pub struct WithPeer<S> {
+    inner: S,
+    peer: PeerCert,
+}
+
+impl<B, S: tower::Service<axum::http::Request<B>>> tower::Service<axum::http::Request<B>> for WithPeer<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: axum::http::Request<B>) -> Self::Future {
+        req.extensions_mut().insert(self.peer.clone());
+        self.inner.call(req)
     }
 }
 

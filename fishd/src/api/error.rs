@@ -113,6 +113,7 @@ impl From<Rejection> for ApiError {
             Rejection::Conflict(m) => ApiError::Conflict(m),
             Rejection::Invalid { message, errors } => ApiError::Invalid { message, details: errors },
             r @ Rejection::PhaseChanged { .. } => ApiError::Conflict(r.to_string()),
+            Rejection::Expired(m) => ApiError::Expired(m),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! `GET /meta/v1/data`: a resource asks for its merged metadata.
 //!
-//! The caller is identified either by its `Bearer` resource token (processes get
-//! `FISH_META_TOKEN`) or by its source address, which must be the `ipAddr` of an
+//! The caller is identified by the listener it came through (a virtual machine's own
+//! metadata socket carries a [`ResourceUid`]), by its `Bearer` resource token (processes
+//! get `FISH_META_TOKEN`), or by its source address, which must be the `ipAddr` of an
 //! ALLOCATED (or DEALLOCATE) application (containers). Nothing else can read another
 //! resource's metadata. No user authentication: a resource holds no user credentials.
 //!
@@ -28,6 +29,17 @@ pub const ADDRESS_WAIT: Duration = Duration::from_secs(5);
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiQuery;
 
+/// Set on a listener that only one application can reach (a virtual machine's metadata
+/// socket): every request on it is that application's.
+#[derive(Clone, Copy, Debug)]
+pub struct ResourceUid(pub uuid::Uuid);
+
+/// Variables a listener adds to its application's metadata, over the metadata's own
+/// keys: what only the driver knows (a virtual machine's proxy address, which a
+/// container gets in its environment instead).
+#[derive(Clone, Debug, Default)]
+pub struct ResourceVars(pub std::sync::Arc<std::collections::BTreeMap<String, String>>);
+
 /// Query of the metadata route.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -50,11 +62,22 @@ pub struct MetaQuery {
 pub async fn meta_data(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    resource: Option<Extension<ResourceUid>>,
+    vars: Option<Extension<ResourceVars>>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<MetaQuery>,
 ) -> ApiResult<Response> {
-    let app = identify(&state, peer.map(|Extension(ConnectInfo(a))| a.ip()), &headers).await?;
-    let data = merged_metadata(&state, &app)?;
+    let app = match resource {
+        Some(Extension(ResourceUid(uid))) => {
+            tracing::info!(%uid, "metadata requested through the machine's socket");
+            running(&state, uid)?
+        }
+        None => identify(&state, peer.map(|Extension(ConnectInfo(a))| a.ip()), &headers).await?,
+    };
+    let mut data = merged_metadata(&state, &app)?;
+    if let Some(Extension(ResourceVars(vars))) = vars {
+        data.extend(vars.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))));
+    }
     render(data, q.format.as_deref().unwrap_or("json"))
 }
 
@@ -68,11 +91,7 @@ async fn identify(state: &AppState, peer: Option<IpAddr>, headers: &HeaderMap) -
         let uid =
             // A forged or foreign token learns nothing, not even that it is malformed: 404.
             state.meta_tokens.verify(token).ok_or_else(|| ApiError::NotFound("no running resource has this token".into()))?;
-        // A process may ask while its allocation is still being recorded (ELECTED).
-        return match state.store.get_application_by_uid(uid)? {
-            Some(app) if matches!(app.status.phase, Phase::Elected | Phase::Allocated | Phase::Deallocate) => Ok(app),
-            _ => Err(ApiError::NotFound("no running application holds this resource token".into())),
-        };
+        return running(state, uid);
     }
     let Some(ip) = peer.map(|ip| ip.to_canonical()) else {
         return Err(ApiError::NotFound("the caller's address is unknown".into()));
@@ -106,6 +125,15 @@ async fn identify(state: &AppState, peer: Option<IpAddr>, headers: &HeaderMap) -
         }
     }
     Err(ApiError::NotFound(format!("no allocated resource has the address {ip}")))
+}
+
+/// Application `uid` while it holds a resource. A resource may ask while its allocation
+/// is still being recorded (ELECTED).
+fn running(state: &AppState, uid: uuid::Uuid) -> ApiResult<Application> {
+    match state.store.get_application_by_uid(uid)? {
+        Some(app) if matches!(app.status.phase, Phase::Elected | Phase::Allocated | Phase::Deallocate) => Ok(app),
+        _ => Err(ApiError::NotFound("no running application holds this resource".into())),
+    }
 }
 
 /// The application holding a resource at `ip`, if any.

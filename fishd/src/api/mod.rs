@@ -11,6 +11,7 @@
 pub mod applications;
 pub mod apply;
 pub mod backup;
+pub mod cluster;
 pub mod conn;
 pub mod error;
 pub mod extract;
@@ -100,6 +101,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Request metrics and the gauges the runtime sets.
     pub metrics: Arc<Metrics>,
+    /// Membership, CA and join signing; see [`cluster`].
+    pub cluster: Arc<cluster::ClusterCtx>,
 }
 
 impl AppState {
@@ -112,6 +115,7 @@ impl AppState {
         limits: ApiLimits,
         shutdown: CancellationToken,
     ) -> Self {
+        let node_name_for_cluster = node_name.clone();
         AppState {
             store,
             node_name,
@@ -121,7 +125,14 @@ impl AppState {
             shutdown,
             auth: Arc::new(Auth::default()),
             metrics: Arc::new(Metrics::new()),
+            cluster: Arc::new(cluster::ClusterCtx::none(&node_name_for_cluster)),
         }
+    }
+
+    /// This state with the cluster context `cluster` (the runtime's, with a CA).
+    pub fn with_cluster(mut self, cluster: cluster::ClusterCtx) -> Self {
+        self.cluster = Arc::new(cluster);
+        self
     }
 }
 

@@ -66,8 +66,14 @@ pub async fn list_nodes(
     let usage = allocated_by_node(&state)?;
     for n in &mut items {
         n.status.allocated = usage.get(n.metadata.name_str()).copied().unwrap_or_default();
+        with_role(&state, n);
     }
     Ok(Json(List::new("Node", rev, items)).into_response())
+}
+
+/// Fills in `status.role` from the current membership.
+fn with_role(state: &AppState, node: &mut Node) {
+    node.status.role = state.cluster.membership.role(node.metadata.name_str());
 }
 
 /// What each node holds now, from the store's applications (ELECTED, ALLOCATED and
@@ -103,6 +109,7 @@ fn find(state: &AppState, name_or_uid: &str) -> ApiResult<Node> {
         }
     };
     node.status.allocated = allocated_by_node(state)?.remove(node.metadata.name_str()).unwrap_or_default();
+    with_role(state, &mut node);
     Ok(node)
 }
 
@@ -118,7 +125,7 @@ pub async fn get_node(
     _user: AuthUser,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Node>> {
-    find(&state, &name).map(Json)
+    Ok(Json(find(&state, &name)?))
 }
 
 /// Turn maintenance on or off (admin).

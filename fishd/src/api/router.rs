@@ -15,6 +15,7 @@ pub fn router(state: AppState) -> Router {
     let (routes, mut doc) = api_router().split_for_parts();
     super::openapi::complete(&mut doc);
     routes
+        .merge(super::cluster::cluster_routes())
         .merge(super::ui::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })

@@ -20,6 +20,7 @@ use uuid::Uuid;
 pub mod docker;
 pub mod firewall;
 pub mod process;
+pub mod qemu;
 pub mod test;
 
 /// Everything a driver needs to allocate one resource.
@@ -171,9 +172,22 @@ pub trait Driver: Send + Sync {
     /// Every resource this instance owns on this node.
     async fn list_owned(&self) -> Result<Vec<OwnedResource>, DriverError>;
 
+    /// What the node reports about this instance besides availability (the qemu
+    /// driver: which accelerator its machines get). Empty: nothing to say.
+    fn info(&self) -> String {
+        String::new()
+    }
+
     /// Where the resource's captured output is, for drivers that capture it.
     fn log_path(&self, _uid: Uuid) -> Option<PathBuf> {
         None
+    }
+
+    /// The longest `deallocate` may wait on its way to a kill (a grace period, then the
+    /// kill). The node refuses a `timeouts.deallocate` shorter than this at start: such
+    /// a deadline would cut every slow stop short, before the kill. Zero: no such wait.
+    fn deallocate_time(&self) -> Duration {
+        Duration::ZERO
     }
 }
 

@@ -16,7 +16,8 @@
 //!   go on while it streams and none of them is half in it.
 //! - It holds every replicated table ([`TABLES`]): labels (every version and the
 //!   version counters), applications with their pinned labels and indexes, users with
-//!   their password and token digests, nodes, applyset members. Not the watch history.
+//!   their password and token digests, nodes, applyset members, cluster join tokens
+//!   (digests only). Not the watch history.
 //! - A restore checks the trailer (entry count and SHA-256) before it commits: a
 //!   truncated or altered file leaves nothing behind.
 //! - The raft snapshot can use the same format: [`dump`] works on any read
@@ -40,7 +41,7 @@ pub const RESTORED_MARKER: &str = "restored.json";
 /// The format version written in the header.
 pub const FORMAT: u64 = 1;
 /// The tables a backup holds, by their names in the file.
-pub const TABLES: [&str; 12] = [
+pub const TABLES: [&str; 13] = [
     "meta",
     "labels",
     "applications",
@@ -53,6 +54,7 @@ pub const TABLES: [&str; 12] = [
     "tokens",
     "nodes",
     "applyset_members",
+    "join_tokens",
 ];
 
 /// Why a backup or a restore failed.
@@ -210,6 +212,10 @@ pub fn dump<W: Write>(tx: &ReadTransaction, out: W) -> Result<Summary, BackupErr
         let (k, _) = e?;
         let (s, kind, name) = k.value();
         put(&mut w, "applyset_members", json!([s, kind, name]), Value::Null)?;
+    }
+    for e in tx.open_table(JOIN_TOKENS)?.iter()? {
+        let (k, v) = e?;
+        put(&mut w, "join_tokens", json!(k.value()), json_of(v.value())?)?;
     }
     let digest = hex(&w.hash.clone().finalize());
     let trailer = json!({"end": {"entries": sum.entries, "sha256": digest}});
@@ -403,6 +409,9 @@ fn insert(txn: &WriteTransaction, table: &str, k: &Value, v: &Value) -> Result<(
             }
             _ => return Err(Entry::Bad(format!("{k} is not a (set, kind, name) triple"))),
         },
+        "join_tokens" => {
+            txn.open_table(JOIN_TOKENS)?.insert(s(k)?, object(v)?.as_slice())?;
+        }
         other => return Err(Entry::Bad(format!("unknown table {other:?}"))),
     }
     Ok(())
@@ -423,6 +432,7 @@ fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(TOKENS)?.retain(|_, _| false)?;
     txn.open_table(NODES)?.retain(|_, _| false)?;
     txn.open_table(APPLYSET_MEMBERS)?.retain(|_, _| false)?;
+    txn.open_table(JOIN_TOKENS)?.retain(|_, _| false)?;
     txn.open_table(EVENTS)?.retain(|_, _| false)?;
     Ok(())
 }

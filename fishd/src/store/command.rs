@@ -100,6 +100,21 @@ pub enum Command {
         node: String,
         enabled: bool,
     },
+    /// Record a new cluster join token by its digest (the token itself is never stored).
+    CreateJoinToken {
+        digest: String,
+        expires_at: OffsetDateTime,
+        created_by: String,
+        now: OffsetDateTime,
+    },
+    /// Use a join token for `node`: refused (as a value) when unknown, expired, or
+    /// used by another node; using it again for the same node is a no-op, so a join
+    /// retried after a lost answer still succeeds.
+    ConsumeJoinToken {
+        digest: String,
+        node: String,
+        now: OffsetDateTime,
+    },
 }
 
 /// What a command did.
@@ -125,6 +140,9 @@ pub enum Rejection {
     /// A compare-and-set found another phase: someone else moved the application on.
     #[error("application is {actual}, not {expected}")]
     PhaseChanged { expected: Phase, actual: Phase },
+    /// Something time-limited (a join token) is past its expiry.
+    #[error("{0}")]
+    Expired(String),
 }
 
 /// A command's answer: a response, or the business reason it was refused.

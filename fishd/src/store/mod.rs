@@ -13,6 +13,7 @@ mod applyset;
 pub mod backup;
 mod command;
 mod dry_run;
+mod join_tokens;
 mod state;
 mod tables;
 

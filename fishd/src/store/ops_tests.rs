@@ -107,6 +107,18 @@ async fn a_backup_is_one_snapshot_and_restores_whole() {
     let app = "kind: Application\nmetadata: {name: build-1}\nspec: {label: l}\n";
     applied(s.execute(set("git", false, &format!("{}---\n{people}---\n{app}", label("l", 1)))).await.unwrap());
     applied(s.execute(plain(&label("l", 2))).await.unwrap());
+    let now = OffsetDateTime::now_utc();
+    let join = |digest: &str, node: &str| Command::ConsumeJoinToken { digest: digest.into(), node: node.into(), now };
+    for digest in ["used", "fresh"] {
+        let create = Command::CreateJoinToken {
+            digest: digest.into(),
+            expires_at: now + time::Duration::hours(1),
+            created_by: "admin".into(),
+            now,
+        };
+        s.execute(create).await.unwrap().unwrap();
+    }
+    s.execute(join("used", "node-b")).await.unwrap().unwrap();
 
     // The snapshot is taken, then writes go on: none of them is in the dump.
     let snapshot = s.db.begin_read().unwrap();
@@ -135,6 +147,10 @@ async fn a_backup_is_one_snapshot_and_restores_whole() {
     let out = applied(r.execute(set("git", true, app)).await.unwrap());
     let pruned: Vec<_> = out.iter().filter(|x| x.action == ApplyAction::Pruned).map(|x| x.name.as_str()).collect();
     assert_eq!(pruned, ["l", "alice"]);
+    // Join tokens came along: a used one stays used, an unused one still works once.
+    assert!(matches!(r.execute(join("used", "node-c")).await.unwrap(), Err(Rejection::Conflict(_))));
+    r.execute(join("fresh", "node-c")).await.unwrap().unwrap();
+    assert!(matches!(r.execute(join("fresh", "node-d")).await.unwrap(), Err(Rejection::Conflict(_))));
 
     // Refuses a non-empty directory; a cut or altered file leaves nothing behind.
     assert!(matches!(backup::restore(&dir, buf.as_slice()), Err(BackupError::NotEmpty(_))));

@@ -32,6 +32,7 @@ pub(super) fn init(db: &Database) -> Result<(), StoreError> {
         txn.open_table(TOKENS)?;
         txn.open_table(NODES)?;
         txn.open_table(EVENTS)?;
+        txn.open_table(JOIN_TOKENS)?;
         txn.open_table(super::applyset::APPLYSET_MEMBERS)?;
     }
     txn.commit()?;
@@ -97,6 +98,10 @@ pub(super) fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Outcome, StoreError
         Command::DeleteUser { name } => delete_user(tx, &name),
         Command::PutNode { node } => put_node(tx, *node),
         Command::SetMaintenance { node, enabled } => set_maintenance(tx, &node, enabled),
+        Command::CreateJoinToken { digest, expires_at, created_by, now } => {
+            super::join_tokens::create(tx.txn, &digest, expires_at, &created_by, now)
+        }
+        Command::ConsumeJoinToken { digest, node, now } => super::join_tokens::consume(tx.txn, &digest, &node, now),
         Command::ApplySet { set, prune, items, owner, now } => {
             super::applyset::apply_set(tx, &set, prune, items, &owner, now)
         }

@@ -27,3 +27,5 @@ pub const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("tokens");
 pub const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// revision → Event JSON: the recent changes a watch resumes from.
 pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// hex SHA-256 of a cluster join token → `JoinTokenRecord` JSON. Replicated state.
+pub const JOIN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("join_tokens");

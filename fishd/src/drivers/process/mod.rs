@@ -49,10 +49,10 @@
 //! `FISH_*` variables of the metadata always win. Nothing of fishd's own environment leaks.
 
 mod cgroup;
-mod launch;
+pub(crate) mod launch;
 pub mod netns;
 mod options;
-mod procfs;
+pub(crate) mod procfs;
 pub mod users;
 
 use std::collections::BTreeMap;
@@ -570,6 +570,11 @@ impl Driver for ProcessDriver {
     fn log_path(&self, uid: Uuid) -> Option<PathBuf> {
         let live = self.app_dir(uid).join(launch::LOG_FILE);
         Some(if live.exists() { live } else { crate::logs::kept_path(&self.data_dir, uid) })
+    }
+
+    /// SIGTERM's grace period, SIGKILL's wait and the cgroup's removal.
+    fn deallocate_time(&self) -> Duration {
+        self.grace + KILL_TIMEOUT * 2
     }
 }
 
