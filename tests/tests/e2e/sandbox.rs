@@ -29,9 +29,7 @@ fn prerequisites() -> bool {
     if missing.is_empty() {
         return true;
     }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "sandbox tests need {}", missing.join(", "));
-    eprintln!("skipped: sandbox tests need {}", missing.join(", "));
-    false
+    aquarium_e2e::prerequisite("sandbox", false, &format!("sandbox tests need {}", missing.join(", ")))
 }
 
 fn sh(cmd: &str, args: &[&str]) -> (bool, String) {
@@ -326,9 +324,7 @@ fn process_prerequisites() -> bool {
     if missing.is_empty() {
         return true;
     }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "process sandbox tests need {}", missing.join(", "));
-    eprintln!("skipped: process sandbox tests need {}", missing.join(", "));
-    false
+    aquarium_e2e::prerequisite("sandbox", false, &format!("process sandbox tests need {}", missing.join(", ")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
