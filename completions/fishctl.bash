@@ -634,7 +634,7 @@ _fishctl() {
             return 0
             ;;
         fishctl__subcmd__describe)
-            opts="-h --config --context --help label application node"
+            opts="-h --config --context --help label application node gate"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -690,7 +690,7 @@ _fishctl() {
             return 0
             ;;
         fishctl__subcmd__get)
-            opts="-o -w -h --output --watch --phase --label --config --context --help labels applications nodes users all"
+            opts="-o -w -h --output --watch --phase --label --config --context --help labels applications nodes users gates all"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -65,7 +65,7 @@ complete -c fishctl -n "__fish_fishctl_using_subcommand get" -l label -d 'Applic
 complete -c fishctl -n "__fish_fishctl_using_subcommand get" -l config -d 'Config file [default: $FISHCTL_CONFIG, else ~/.config/fishctl/config.yaml]' -r -F
 complete -c fishctl -n "__fish_fishctl_using_subcommand get" -l context -d 'Context of the config file to use instead of its current_context' -r
 complete -c fishctl -n "__fish_fishctl_using_subcommand get" -s w -l watch -d 'Keep running and show changes as they happen'
-complete -c fishctl -n "__fish_fishctl_using_subcommand get" -s h -l help -d 'Print help'
+complete -c fishctl -n "__fish_fishctl_using_subcommand get" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c fishctl -n "__fish_fishctl_using_subcommand describe" -l config -d 'Config file [default: $FISHCTL_CONFIG, else ~/.config/fishctl/config.yaml]' -r -F
 complete -c fishctl -n "__fish_fishctl_using_subcommand describe" -l context -d 'Context of the config file to use instead of its current_context' -r
 complete -c fishctl -n "__fish_fishctl_using_subcommand describe" -s h -l help -d 'Print help'

@@ -10,6 +10,7 @@ pub mod application;
 pub mod cluster;
 pub mod cluster_status;
 pub mod duration;
+pub mod gate;
 pub mod label;
 pub mod manifest;
 pub mod meta;
@@ -24,6 +25,7 @@ pub use application::{Application, ApplicationSpec, ApplicationStatus, HistoryEn
 pub use cluster::{JoinMember, JoinRequest, JoinResponse, JoinToken, JoinTokenRequest};
 pub use cluster_status::{ClusterMember, ClusterStatus, MemberRole};
 pub use duration::HumanDuration;
+pub use gate::{ApiBudget, Gate, GateError, GateRoute, GateStatus, WaitingJob};
 pub use label::{Definition, Disk, Image, Label, LabelSpec, Network, Resources};
 pub use manifest::{Format, Manifest, ManifestError, parse_manifests};
 pub use meta::{API_VERSION, ObjectMeta};

@@ -144,7 +144,7 @@ pub enum OutputFormat {
 /// `get`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// labels, applications (app), nodes, users, or all
+    /// labels, applications (app), nodes, users, gates, or all
     pub kind: KindOrAll,
     /// Show only this object
     pub name: Option<String>,
@@ -171,12 +171,14 @@ pub enum DescribeKind {
     Application,
     #[value(name = "node", aliases = ["nodes", "no"])]
     Node,
+    #[value(name = "gate", aliases = ["gates"])]
+    Gate,
 }
 
 /// `describe`.
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
-    /// label, application (app) or node
+    /// label, application (app), node or gate
     pub kind: DescribeKind,
     /// The object's name (or uid)
     pub name: String,

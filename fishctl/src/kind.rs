@@ -14,6 +14,9 @@ pub enum Kind {
     Node,
     #[value(name = "users", aliases = ["user"])]
     User,
+    /// Read-only: gates are configured in fish.yml.
+    #[value(name = "gates", aliases = ["gate"])]
+    Gate,
 }
 
 impl Kind {
@@ -24,6 +27,7 @@ impl Kind {
             Kind::Application => "applications",
             Kind::Node => "nodes",
             Kind::User => "users",
+            Kind::Gate => "gates",
         }
     }
 
@@ -34,6 +38,7 @@ impl Kind {
             Kind::Application => "application",
             Kind::Node => "node",
             Kind::User => "user",
+            Kind::Gate => "gate",
         }
     }
 }
@@ -52,6 +57,7 @@ impl ValueEnum for KindOrAll {
             KindOrAll::Kind(Kind::Application),
             KindOrAll::Kind(Kind::Node),
             KindOrAll::Kind(Kind::User),
+            KindOrAll::Kind(Kind::Gate),
             KindOrAll::All,
         ]
     }

@@ -7,7 +7,7 @@
 //! times (default 3), and the best of each is compared. The proxy is fishd's own
 //! (`fishd::proxy::Proxy`), in this process. Writes `bench/results/proxy.json`.
 //!
-//! Run: `cargo bench -p fishd --bench proxy` (MIB=4096 RUNS=5 to change the sizes).
+//! Run: `cargo bench --workspace --bench proxy` (MIB=4096 RUNS=5 to change the sizes).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -141,7 +141,7 @@ async fn main() -> Result<()> {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let out = serde_json::json!({
         "benchmark": "proxy bulk download, loopback, SOCKS5 by address vs direct",
-        "command": "cargo bench -p fishd --bench proxy",
+        "command": "cargo bench --workspace --bench proxy",
         "bytes_per_download": bytes,
         "runs": samples,
         "best_direct_mib_s": best_direct,

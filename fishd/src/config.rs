@@ -95,6 +95,9 @@ pub struct Config {
     /// settings (`docker/dev` is a second instance of `docker`).
     #[serde(default)]
     pub drivers: Option<BTreeMap<String, serde_json::Value>>,
+    /// CI gates (contract section 12), checked by [`crate::gates::config::parse`].
+    #[serde(default)]
+    pub gates: Option<serde_json::Value>,
     /// Cluster settings (contract section 8).
     #[serde(default)]
     pub cluster: ClusterConfig,
@@ -338,6 +341,9 @@ impl Config {
                     humantime::format_duration(most)
                 )));
             }
+        }
+        if let Some(g) = &self.gates {
+            crate::gates::config::parse(g).map_err(ConfigError::Invalid)?;
         }
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid("maxConnections must be at least 1".into()));

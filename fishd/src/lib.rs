@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod drivers;
 pub mod fsutil;
+pub mod gates;
 pub mod logs;
 pub mod meta_token;
 pub mod metadata;

@@ -26,3 +26,56 @@ pub fn merged(label: Option<&Label>, app: &Application, node: &str) -> Metadata 
     }
     m
 }
+
+/// Supplies per-application secrets that must never be in `spec.metadata` (which is
+/// listed, watched and kept): a gate's just-in-time runner config, for example.
+///
+/// # Guarantees the reconciler and the metadata endpoint give
+/// - [`SecretProvider::mint`] is called on the elected node at every allocation
+///   attempt of an application the provider owns, before the driver runs, and what it
+///   returns goes into that resource's environment only.
+/// - [`SecretProvider::current`] is asked on every `GET /meta/v1/data` of that
+///   application's resource (found by its own token or address), and nowhere else.
+#[async_trait::async_trait]
+pub trait SecretProvider: Send + Sync {
+    /// Whether this provider supplies `app`'s secrets.
+    fn owns(&self, app: &Application) -> bool;
+    /// The secrets of a new allocation attempt; an error fails the attempt.
+    async fn mint(&self, app: &Application) -> Result<Metadata, String>;
+    /// What the resource of `app` may still read now (empty once it must not).
+    fn current(&self, app: &Application) -> Metadata;
+}
+
+/// The registered providers; cheap to clone, shared by the reconciler and the API.
+#[derive(Clone, Default)]
+pub struct SecretProviders(std::sync::Arc<std::sync::RwLock<Vec<std::sync::Arc<dyn SecretProvider>>>>);
+
+impl std::fmt::Debug for SecretProviders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretProviders(..)")
+    }
+}
+
+impl SecretProviders {
+    /// Adds a provider.
+    pub fn register(&self, p: std::sync::Arc<dyn SecretProvider>) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).push(p);
+    }
+
+    fn owner_of(&self, app: &Application) -> Option<std::sync::Arc<dyn SecretProvider>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).iter().find(|p| p.owns(app)).cloned()
+    }
+
+    /// The secrets of a new allocation attempt of `app` (none when no provider owns it).
+    pub async fn mint(&self, app: &Application) -> Result<Metadata, String> {
+        match self.owner_of(app) {
+            Some(p) => p.mint(app).await,
+            None => Ok(Metadata::new()),
+        }
+    }
+
+    /// What `app`'s resource may read now.
+    pub fn current(&self, app: &Application) -> Metadata {
+        self.owner_of(app).map(|p| p.current(app)).unwrap_or_default()
+    }
+}

@@ -552,6 +552,16 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     };
     check_deallocate_time(&drivers, &rc.timeouts)?;
     let ctx = Ctx::new(store.clone(), drivers.clone(), node, rc, meta_tokens.clone());
+    let gate_metrics = crate::gates::GateMetrics::default();
+    let gates_config = match &config.gates {
+        Some(v) => crate::gates::config::parse(v).map_err(|e| RunError::Config(ConfigError::Invalid(e)))?,
+        None => Default::default(),
+    };
+    let gates = Arc::new(
+        crate::gates::Gates::build(&gates_config, &store, &data_dir, &gate_metrics)
+            .map_err(|e| RunError::Config(ConfigError::Invalid(e)))?,
+    );
+    ctx.secrets.register(Arc::new(crate::gates::GateSecrets(gates.clone())));
     // The node record exists before the first election reads its maintenance flag.
     heartbeat(&ctx, &config, addr).await;
     let controller = Controller::start(ctx.clone()).await;
@@ -577,7 +587,13 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     let mut state =
         AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens.clone(), limits, api_stop.clone())
             .with_cluster(cluster);
-    state.metrics = Arc::new(api::Metrics::with_registry(ctx.metrics.clone(), |r| proxy_metrics.register(r)));
+    state.metrics = Arc::new(api::Metrics::with_registry(ctx.metrics.clone(), |r| {
+        proxy_metrics.register(r);
+        gate_metrics.register(r);
+    }));
+    state.secrets = ctx.secrets.clone();
+    state.gates = gates.clone();
+    gates.start(tls.server_config.clone(), beat.clone()).map_err(|e| RunError::Config(ConfigError::Invalid(e)))?;
     let metrics = ctx.metrics.clone();
     let binder = meta_binder(state.clone(), api_stop.clone());
     serve_meta_on_docker_networks(&dockers, addr.port(), &binder).await;

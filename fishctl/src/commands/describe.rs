@@ -1,7 +1,7 @@
-//! `fishctl describe label|application|node NAME`.
+//! `fishctl describe label|application|node|gate NAME`.
 
 use anyhow::Result;
-use api_types::{Application, Label, Node};
+use api_types::{Application, Gate, Label, Node};
 use time::OffsetDateTime;
 
 use super::Env;
@@ -19,6 +19,7 @@ pub async fn run(env: &Env, args: DescribeArgs) -> Result<()> {
         }
         DescribeKind::Label => describe::label(&client.get_typed::<Label>(Kind::Label, &args.name).await?, now),
         DescribeKind::Node => describe::node(&client.get_typed::<Node>(Kind::Node, &args.name).await?, now),
+        DescribeKind::Gate => describe::gate(&client.get_typed::<Gate>(Kind::Gate, &args.name).await?, now),
     };
     super::out(&page)?;
     Ok(())

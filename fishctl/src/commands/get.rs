@@ -7,7 +7,7 @@
 use std::io::IsTerminal;
 
 use anyhow::Result;
-use api_types::{Application, Label, Node, User, WatchEventType};
+use api_types::{Application, Gate, Label, Node, User, WatchEventType};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -35,8 +35,12 @@ pub async fn run(env: &Env, args: GetArgs) -> Result<()> {
     if kind != Kind::Application && (args.phase.is_some() || args.label.is_some()) {
         return super::usage("--phase and --label apply to applications only");
     }
+    if kind == Kind::Gate && args.watch {
+        return super::usage("gates cannot be watched: they show their last pass; run `get gates` again");
+    }
     let client = env.client()?;
     match kind {
+        Kind::Gate => get::<Gate>(&client, &args).await,
         Kind::Label => get::<Label>(&client, &args).await,
         Kind::Application => get::<Application>(&client, &args).await,
         Kind::Node => get::<Node>(&client, &args).await,
@@ -67,6 +71,7 @@ async fn get_all(env: &Env, args: &GetArgs) -> Result<()> {
             (Kind::Application, o) => render::<Application>(&items, o, now)?,
             (Kind::Node, o) => render::<Node>(&items, o, now)?,
             (Kind::User, o) => render::<User>(&items, o, now)?,
+            (Kind::Gate, o) => render::<Gate>(&items, o, now)?,
         };
         sections.push(if is_table(args.output) { format!("{}:\n{text}", kind.plural()) } else { text });
     }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use api_types::{Application, Label, Metadata, Node};
+use api_types::{Application, Gate, Label, Metadata, Node};
 use comfy_table::{ContentArrangement, Table, presets};
 use time::OffsetDateTime;
 
@@ -212,6 +212,60 @@ pub fn node(node: &Node, now: OffsetDateTime) -> String {
             .map(|d| vec![d.name.clone(), d.available.to_string(), or_none(Some(d.reason.clone()))])
             .collect();
         p.table(2, &["NAME", "AVAILABLE", "REASON"], rows);
+    }
+    p.0
+}
+
+/// A gate's page: where it listens, its routes with demand and supply, the jobs it
+/// leaves waiting and why, its API budget and its last errors.
+pub fn gate(g: &Gate, now: OffsetDateTime) -> String {
+    let mut p = Page(String::new());
+    let s = &g.status;
+    p.field(0, "Name", g.metadata.name_str());
+    p.field(0, "System", or_none(Some(s.system.clone())));
+    p.field(0, "API", or_none(Some(s.api_url.clone())));
+    p.field(0, "Scope", or_none(Some(s.scope.clone())));
+    p.field(0, "Webhook", or_none(Some(s.webhook.clone())));
+    p.field(0, "Registrations", s.registrations);
+    p.field(0, "Last pass", when(s.last_pass, now));
+    let budget = match (s.api.remaining, s.api.limit) {
+        (Some(r), Some(l)) => format!("{r} of {l} left; {} calls made", s.api.calls),
+        _ => format!("unknown; {} calls made", s.api.calls),
+    };
+    p.field(0, "API budget", budget);
+    p.section(0, "Routes");
+    let rows = s
+        .routes
+        .iter()
+        .map(|r| {
+            vec![
+                r.label.clone(),
+                r.labels.join(","),
+                r.demand.to_string(),
+                r.supply.to_string(),
+                format!("{}/{}", r.live, r.max),
+            ]
+        })
+        .collect();
+    p.table(2, &["LABEL", "MATCH", "DEMAND", "SUPPLY", "LIVE/MAX"], rows);
+    if s.waiting.is_empty() {
+        p.field(0, "Waiting jobs", "<none>");
+    } else {
+        p.section(0, "Waiting jobs");
+        let rows = s
+            .waiting
+            .iter()
+            .map(|w| vec![w.id.to_string(), w.repository.clone(), format!("{}s", w.age_seconds), w.reason.clone()])
+            .collect();
+        p.table(2, &["JOB", "REPOSITORY", "AGE", "REASON"], rows);
+    }
+    if s.last_errors.is_empty() {
+        p.field(0, "Last errors", "<none>");
+    } else {
+        p.section(0, "Last errors");
+        for e in &s.last_errors {
+            let _ = writeln!(p.0, "  {}  {}", timestamp(e.at), e.message);
+        }
     }
     p.0
 }

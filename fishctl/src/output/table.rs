@@ -1,6 +1,6 @@
 //! Tables of `get`, kubectl-style: no borders, a header row, columns padded by spaces.
 
-use api_types::{Application, Label, Node, User};
+use api_types::{Application, Gate, Label, Node, User};
 use comfy_table::{CellAlignment, ContentArrangement, Table, presets};
 use time::OffsetDateTime;
 
@@ -238,6 +238,50 @@ impl Resource for User {
 
     fn summary(&self) -> String {
         format!("roles={}", roles(self))
+    }
+}
+
+impl Resource for Gate {
+    const KIND: Kind = Kind::Gate;
+
+    fn name(&self) -> &str {
+        self.metadata.name_str()
+    }
+
+    fn headers(wide: bool) -> Vec<&'static str> {
+        let mut h = vec!["NAME", "SCOPE", "DEMAND", "SUPPLY", "LIVE", "WAITING", "API LEFT", "LAST ERROR"];
+        if wide {
+            h.extend(["ROUTES", "REGISTRATIONS", "WEBHOOK"]);
+        }
+        h
+    }
+
+    fn row(&self, wide: bool, _now: OffsetDateTime) -> Vec<String> {
+        let s = &self.status;
+        let sum = |f: fn(&api_types::GateRoute) -> u32| s.routes.iter().map(f).sum::<u32>().to_string();
+        let mut r = vec![
+            self.name().to_owned(),
+            or_dash(Some(s.scope.clone())),
+            sum(|r| r.demand),
+            sum(|r| r.supply),
+            sum(|r| r.live),
+            s.waiting.len().to_string(),
+            or_dash(s.api.remaining.map(|n| n.to_string())),
+            truncate(&or_dash(s.last_errors.last().map(|e| e.message.clone())), MESSAGE_WIDTH),
+        ];
+        if wide {
+            r.push(s.routes.iter().map(|r| format!("{}({}/{})", r.label, r.live, r.max)).collect::<Vec<_>>().join(","));
+            r.push(s.registrations.to_string());
+            r.push(s.webhook.clone());
+        }
+        r
+    }
+
+    fn summary(&self) -> String {
+        let s = &self.status;
+        let demand: u32 = s.routes.iter().map(|r| r.demand).sum();
+        let supply: u32 = s.routes.iter().map(|r| r.supply).sum();
+        format!("demand={demand} supply={supply} waiting={}", s.waiting.len())
     }
 }
 

@@ -165,7 +165,9 @@ fn has_address(app: &Application, ip: IpAddr) -> bool {
 pub fn merged_metadata(state: &AppState, app: &Application) -> ApiResult<Metadata> {
     let uid = app.metadata.uid.ok_or_else(|| ApiError::Internal("stored application without uid".into()))?;
     let label = state.store.application_label(uid)?;
-    Ok(crate::metadata::merged(label.as_ref(), app, &state.node_name))
+    let mut data = crate::metadata::merged(label.as_ref(), app, &state.node_name);
+    data.extend(state.secrets.current(app));
+    Ok(data)
 }
 
 fn render(data: Metadata, format: &str) -> ApiResult<Response> {

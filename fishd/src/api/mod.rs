@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod conn;
 pub mod error;
 pub mod extract;
+pub mod gates;
 pub mod health;
 pub mod labels;
 pub mod meta;
@@ -101,6 +102,10 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Request metrics and the gauges the runtime sets.
     pub metrics: Arc<Metrics>,
+    /// Per-application secrets a resource may read from `/meta/v1/data`.
+    pub secrets: crate::metadata::SecretProviders,
+    /// The gates' observed state, for `GET /api/v1/gates`.
+    pub gates: Arc<crate::gates::Gates>,
     /// Membership, CA and join signing; see [`cluster`].
     pub cluster: Arc<cluster::ClusterCtx>,
 }
@@ -125,6 +130,8 @@ impl AppState {
             shutdown,
             auth: Arc::new(Auth::default()),
             metrics: Arc::new(Metrics::new()),
+            secrets: Default::default(),
+            gates: Default::default(),
             cluster: Arc::new(cluster::ClusterCtx::none(&node_name_for_cluster)),
         }
     }

@@ -11,7 +11,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AppState, applications, apply, backup, cluster, health, labels, meta, metrics, nodes, users};
+use super::{AppState, applications, apply, backup, cluster, gates, health, labels, meta, metrics, nodes, users};
 
 /// The document's fixed parts: info, tags and security schemes.
 #[derive(utoipa::OpenApi)]
@@ -25,6 +25,7 @@ use super::{AppState, applications, apply, backup, cluster, health, labels, meta
         (name = "cluster", description = "Join tokens and cluster state"),
         (name = "meta", description = "Metadata for resources"),
         (name = "operations", description = "Backups"),
+        (name = "gates", description = "CI gates (read-only; configured in fish.yml)"),
         (name = "health", description = "Probes, metrics and this document"),
     )
 )]
@@ -138,6 +139,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(users::list_users, users::create_user))
         .routes(routes!(users::get_user, users::delete_user))
         .routes(routes!(users::rotate_token))
+        .routes(routes!(gates::list_gates))
+        .routes(routes!(gates::get_gate))
         .routes(routes!(cluster::create_join_token))
         .routes(routes!(backup::backup))
         .routes(routes!(health::whoami))

@@ -238,7 +238,7 @@ pub struct Connect {
     pub authorization: Option<String>,
 }
 
-/// `CONNECT host:port HTTP/1.x` and headers up to the empty line.
+/// `CONNECT host:port HTTP/1.1` (or 1.0) and headers up to the empty line.
 pub fn parse_http_head(buf: &[u8]) -> Parsed<Connect> {
     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
         return if buf.len() > MAX_HTTP_HEAD { Err(WireError::HeadTooLong) } else { Ok(None) };
@@ -247,6 +247,12 @@ pub fn parse_http_head(buf: &[u8]) -> Parsed<Connect> {
         return Err(WireError::HeadTooLong);
     }
     let head = std::str::from_utf8(&buf[..end]).map_err(|_| WireError::BadHttp("not UTF-8"))?;
+    // Lines end in CRLF only: a bare CR or LF, NUL or another control character (tab
+    // aside) inside a line is refused rather than read one way here and another way by
+    // whatever parses the same bytes next (RFC 9112 sections 2.2 and 5.5).
+    if head.split("\r\n").any(|line| line.bytes().any(|b| b.is_ascii_control() && b != b'\t')) {
+        return Err(WireError::BadHttp("control character in the head"));
+    }
     let mut lines = head.split("\r\n");
     let request = lines.next().unwrap_or_default();
     let mut parts = request.split(' ');
@@ -254,8 +260,8 @@ pub fn parse_http_head(buf: &[u8]) -> Parsed<Connect> {
     else {
         return Err(WireError::BadHttp("request line is not METHOD TARGET VERSION"));
     };
-    if !version.starts_with("HTTP/1.") {
-        return Err(WireError::BadHttp("not HTTP/1.x"));
+    if version != "HTTP/1.1" && version != "HTTP/1.0" {
+        return Err(WireError::BadHttp("not HTTP/1.0 or HTTP/1.1"));
     }
     if method != "CONNECT" {
         let shown: String = method.chars().filter(char::is_ascii_graphic).take(16).collect();
@@ -265,6 +271,10 @@ pub fn parse_http_head(buf: &[u8]) -> Parsed<Connect> {
     let mut authorization = None;
     for line in lines {
         let (name, value) = line.split_once(':').ok_or(WireError::BadHttp("header without ':'"))?;
+        // A field name is a token: no space before the colon, nothing empty (RFC 9110 5.1).
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
+            return Err(WireError::BadHttp("header name is not a token"));
+        }
         if name.eq_ignore_ascii_case("proxy-authorization") {
             authorization = Some(value.trim().to_owned());
         }
@@ -343,5 +353,62 @@ mod tests {
         assert_eq!(parse_http_head(&vec![b'a'; MAX_HTTP_HEAD + 1]), Err(WireError::HeadTooLong));
         assert!(parse_http_head(b"CONNECT nohost HTTP/1.1\r\n\r\n").is_err());
         assert!(parse_http_head(b"CONNECT a:1 HTTP/1.1\r\nbroken\r\n\r\n").is_err());
+    }
+
+    /// Heads the fuzzer (fuzz_targets/proxy_wire.rs) found accepted although no HTTP/1.1
+    /// client sends them: a loose version, bare CR/LF or NUL inside a line, a header name
+    /// with a space or none at all. Each is refused now; the well-formed neighbour still
+    /// parses.
+    #[test]
+    fn heads_found_by_the_fuzzer_are_refused() {
+        let refused: &[&[u8]] = &[
+            b"CONNECT eA-4:3 HTTP/1.1:s\r\n\r\n",
+            b"CONNECT exaeeee--ee:43 HTTP/1.SS.\t\r\r\n\r\n",
+            b"CONNECT examplJJJJ:1 HTTP/1.\r\n\r\n",
+            b"CONNECT erg:1 HTTP/1.\n\r\x00\r\n\r\n",
+            b"CONNECT ee.org:443 HTTP/1.1\r\r\nProxy-Authorization:\r\n\r\n",
+            b"CONNECT e.org:443 HTTP/1.1\r\nProxy-Authorization:\x00\tBasic Zm9v\r\n\r\n",
+            b"CONNECT e.org:443 HTTP/1.1\r\nHost: a\nProxy-Authorization: x\r\n\r\n",
+            b"CONNECT e.org:443 HTTP/1.1\r\nProxy-Authorization : Basic Zm9v\r\n\r\n",
+            b"CONNECT e.org:443 HTTP/1.1\r\n: empty name\r\n\r\n",
+            b"CONNECT e.org:443 HTTP/2\r\n\r\n",
+        ];
+        for head in refused {
+            assert!(
+                matches!(parse_http_head(head), Err(WireError::BadHttp(_))),
+                "{:?} gave {:?}",
+                String::from_utf8_lossy(head),
+                parse_http_head(head)
+            );
+        }
+        let fine = b"CONNECT e.org:443 HTTP/1.0\r\nProxy-Authorization:\tBasic Zm9v \r\nX-a_b: 1\r\n\r\n";
+        let (c, _) = parse_http_head(fine).unwrap().unwrap();
+        assert_eq!((c.target, c.authorization.as_deref()), (Target::Name("e.org".into(), 443), Some("Basic Zm9v")));
+    }
+
+    /// The fuzz target's invariants on its committed seeds, in every test run: a parser
+    /// never claims more bytes than it got, and what it accepts parses the same with
+    /// bytes after it (the proxy keeps those for the relay).
+    #[test]
+    fn the_fuzz_seeds_keep_the_parsers_invariants() {
+        fn check<T: PartialEq + std::fmt::Debug>(data: &[u8], parse: fn(&[u8]) -> Parsed<T>) {
+            if let Ok(Some((value, used))) = parse(data) {
+                assert!(used > 0 && used <= data.len(), "claimed {used} of {} bytes", data.len());
+                let mut longer = data[..used].to_vec();
+                longer.extend_from_slice(b"\x05\x01trailing");
+                assert_eq!(parse(&longer), Ok(Some((value, used))));
+            }
+        }
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/proxy_wire");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("the committed seed corpus") {
+            let data = std::fs::read(entry.expect("entry").path()).expect("seed");
+            check(&data, parse_greeting);
+            check(&data, parse_userpass);
+            check(&data, parse_request);
+            check(&data, parse_http_head);
+            seen += 1;
+        }
+        assert!(seen >= 7, "{seen} seeds in {}", dir.display());
     }
 }

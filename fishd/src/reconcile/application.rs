@@ -219,11 +219,18 @@ async fn allocate(ctx: &Ctx, app: Application) -> Result<Option<Duration>, Store
         )
         .await;
     };
+    let mut metadata = super::request_metadata(ctx, &app, &label, uid);
+    // Secrets (a gate's runner config) go to this attempt's resource only, never into
+    // the stored application.
+    match ctx.secrets.mint(&app).await {
+        Ok(secrets) => metadata.extend(secrets),
+        Err(e) => return fail_attempt(ctx, &app, idx, &def.driver, &DriverError::failed(e)).await,
+    }
     let req = AllocateRequest {
         uid,
         name: app.metadata.name_str().to_owned(),
         definition: def.clone(),
-        metadata: super::request_metadata(ctx, &app, &label, uid),
+        metadata,
         node: ctx.node.name.clone(),
     };
     info!(driver = %def.driver, definition = idx, "allocating");

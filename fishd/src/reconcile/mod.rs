@@ -90,6 +90,8 @@ pub struct Ctx {
     pub meta_tokens: MetaTokens,
     /// Queue and allocation metrics this node observes (shared with `/metrics`).
     pub metrics: crate::telemetry::PoolMetrics,
+    /// Per-application secrets handed to resources at allocation (gates register here).
+    pub secrets: crate::metadata::SecretProviders,
     /// Cleared on drain: no new application is elected.
     accepting: AtomicBool,
     election: Notify,
@@ -137,6 +139,7 @@ impl Ctx {
             config,
             meta_tokens,
             metrics: Default::default(),
+            secrets: Default::default(),
             accepting: AtomicBool::new(true),
             election: Notify::new(),
             ledger: Mutex::new(Ledger::default()),

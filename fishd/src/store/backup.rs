@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::applyset::APPLYSET_MEMBERS;
+use super::gates::{GATE_DELIVERIES, GATE_JOBS, GATE_RUNNERS};
 use super::tables::*;
 use super::{Store, StoreError};
 
@@ -45,7 +46,7 @@ pub const RESTORED_MARKER: &str = "restored.json";
 pub const FORMAT: u64 = 1;
 /// The replicated tables, by their names in the file: what a backup and a Raft
 /// snapshot hold. Everything else (the Raft log, `local_*`) belongs to one node.
-pub const TABLES: [&str; 15] = [
+pub const TABLES: [&str; 18] = [
     "meta",
     "labels",
     "applications",
@@ -60,6 +61,9 @@ pub const TABLES: [&str; 15] = [
     "applyset_members",
     "dedup",
     "dedup_by_index",
+    "gate_deliveries",
+    "gate_jobs",
+    "gate_runners",
     "join_tokens",
 ];
 
@@ -227,6 +231,20 @@ pub fn dump<W: Write>(tx: &ReadTransaction, out: W) -> Result<Summary, BackupErr
         let (k, _) = e?;
         let (i, u) = k.value();
         put(&mut w, "dedup_by_index", json!([i, uid_str(u)]), Value::Null)?;
+    for e in tx.open_table(GATE_DELIVERIES)?.iter()? {
+        let (k, v) = e?;
+        let (gate, guid) = k.value();
+        put(&mut w, "gate_deliveries", json!([gate, guid]), json!(v.value()))?;
+    }
+    for e in tx.open_table(GATE_JOBS)?.iter()? {
+        let (k, v) = e?;
+        let (gate, id) = k.value();
+        put(&mut w, "gate_jobs", json!([gate, id]), json_of(v.value())?)?;
+    }
+    for e in tx.open_table(GATE_RUNNERS)?.iter()? {
+        let (k, v) = e?;
+        let (gate, u) = k.value();
+        put(&mut w, "gate_runners", json!([gate, uid_str(u)]), json_of(v.value())?)?;
     }
     for e in tx.open_table(JOIN_TOKENS)?.iter()? {
         let (k, v) = e?;
@@ -435,6 +453,18 @@ fn insert(txn: &WriteTransaction, table: &str, k: &Value, v: &Value) -> Result<(
         "dedup_by_index" => {
             let (i, u) = pair(k)?;
             txn.open_table(DEDUP_BY_INDEX)?.insert((num(i)?, uid(u)?), ())?;
+        "gate_deliveries" => {
+            let (gate, guid) = pair(k)?;
+            let seen = v.as_i64().ok_or_else(|| Entry::Bad(format!("{v} is not a time")))?;
+            txn.open_table(GATE_DELIVERIES)?.insert((s(gate)?, s(guid)?), seen)?;
+        }
+        "gate_jobs" => {
+            let (gate, id) = pair(k)?;
+            txn.open_table(GATE_JOBS)?.insert((s(gate)?, num(id)?), object(v)?.as_slice())?;
+        }
+        "gate_runners" => {
+            let (gate, u) = pair(k)?;
+            txn.open_table(GATE_RUNNERS)?.insert((s(gate)?, uid(u)?), object(v)?.as_slice())?;
         }
         "join_tokens" => {
             txn.open_table(JOIN_TOKENS)?.insert(s(k)?, object(v)?.as_slice())?;
@@ -462,6 +492,9 @@ fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(DEDUP)?.retain(|_, _| false)?;
     txn.open_table(DEDUP_BY_INDEX)?.retain(|_, _| false)?;
     txn.open_table(LOCAL_EVENTS)?.retain(|_, _| false)?;
+    txn.open_table(GATE_DELIVERIES)?.retain(|_, _| false)?;
+    txn.open_table(GATE_JOBS)?.retain(|_, _| false)?;
+    txn.open_table(GATE_RUNNERS)?.retain(|_, _| false)?;
     txn.open_table(JOIN_TOKENS)?.retain(|_, _| false)?;
     Ok(())
 }

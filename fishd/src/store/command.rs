@@ -100,6 +100,26 @@ pub enum Command {
         node: String,
         enabled: bool,
     },
+    /// A gate received a CI event (contract section 12): applied once per delivery
+    /// GUID, moving the job's rank forward only.
+    GateEvent {
+        gate: String,
+        guid: String,
+        job: Box<super::gates::GateJobEvent>,
+        now: OffsetDateTime,
+    },
+    /// A gate's runner registration for one application (`None`: removed).
+    GatePutRunner {
+        gate: String,
+        uid: Uuid,
+        runner: Option<Box<super::gates::GateRunner>>,
+    },
+    /// A gate forgets jobs, and delivery GUIDs older than `deliveries_before`.
+    GateForget {
+        gate: String,
+        jobs: Vec<u64>,
+        deliveries_before: Option<OffsetDateTime>,
+    },
     /// Record a new cluster join token by its digest (the token itself is never stored).
     CreateJoinToken {
         digest: String,

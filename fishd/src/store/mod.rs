@@ -19,6 +19,7 @@ mod applyset;
 pub mod backup;
 mod command;
 mod dry_run;
+pub mod gates;
 mod join_tokens;
 pub mod raft;
 mod state;

@@ -41,6 +41,9 @@ pub(super) fn init(db: &Database) -> Result<(), StoreError> {
         txn.open_table(RAFT_SNAPSHOT)?;
         txn.open_table(LOCAL_EVENTS)?;
         txn.open_table(LOCAL_META)?;
+        txn.open_table(super::gates::GATE_DELIVERIES)?;
+        txn.open_table(super::gates::GATE_JOBS)?;
+        txn.open_table(super::gates::GATE_RUNNERS)?;
     }
     txn.commit()?;
     Ok(())
@@ -96,6 +99,11 @@ pub(super) fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Outcome, StoreError
         Command::ConsumeJoinToken { digest, node, now } => super::join_tokens::consume(tx.txn, &digest, &node, now),
         Command::ApplySet { set, prune, items, owner, now } => {
             super::applyset::apply_set(tx, &set, prune, items, &owner, now)
+        }
+        Command::GateEvent { gate, guid, job, now } => super::gates::event(tx, &gate, &guid, *job, now),
+        Command::GatePutRunner { gate, uid, runner } => super::gates::put_runner(tx, &gate, uid, runner.map(|r| *r)),
+        Command::GateForget { gate, jobs, deliveries_before } => {
+            super::gates::forget(tx, &gate, &jobs, deliveries_before)
         }
     }
 }

@@ -8,6 +8,7 @@ mod dashboard;
 mod docker;
 mod firsthour;
 mod fishctl;
+mod gates;
 mod hardening;
 mod join;
 mod lifecycle;

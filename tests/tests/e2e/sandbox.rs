@@ -29,9 +29,7 @@ fn prerequisites() -> bool {
     if missing.is_empty() {
         return true;
     }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "sandbox tests need {}", missing.join(", "));
-    eprintln!("skipped: sandbox tests need {}", missing.join(", "));
-    false
+    aquarium_e2e::prerequisite("sandbox", false, &format!("sandbox tests need {}", missing.join(", ")))
 }
 
 fn sh(cmd: &str, args: &[&str]) -> (bool, String) {
@@ -118,6 +116,18 @@ fn socks_by_addr(ip: [u8; 4], port: u16) -> String {
 
 fn env_of(container: &str, key: &str) -> String {
     sh("docker", &["exec", container, "sh", "-c", &format!("echo ${key}")]).1
+}
+
+/// The `key:` lines of `fishctl describe application NAME` (keys as written, values
+/// trimmed): what a user reads of the sandbox.
+fn describe(d: &TestDaemon, name: &str) -> std::collections::BTreeMap<String, String> {
+    let out = d.fishctl(&["describe", "application", name]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim_start().split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect()
 }
 
 /// Removes this test's networks and their chains, whatever the test left.
@@ -229,6 +239,12 @@ async fn isolated_containers_reach_only_metadata_and_the_allowed_proxy_targets()
     let proxy = env_of(iso, "FISH_PROXY");
     assert_eq!(proxy, SocketAddr::new(iso_gw, proxy.rsplit(':').next().unwrap().parse().unwrap()).to_string());
     assert!(env_of(iso, "ALL_PROXY").starts_with("socks5h://"));
+    // What describe tells the user: network mode, proxy address, allow list.
+    let page = describe(&d, "iso-1");
+    assert_eq!(page.get("network").map(String::as_str), Some("isolated"), "{page:?}");
+    assert_eq!(page.get("proxy"), Some(&proxy), "{page:?}");
+    assert_eq!(page.get("allow"), Some(&format!("localhost:{}", target.port())), "{page:?}");
+    assert_eq!(describe(&d, "nat-1").get("network").map(String::as_str), Some("nat"));
     let connect = format!("CONNECT localhost:{} HTTP/1.1\\r\\n\\r\\nGET / HTTP/1.0\\r\\n\\r\\n", target.port());
     let (_, text) = raw(iso, &proxy, &connect);
     assert!(text.contains("200 Connection established") && text.contains("allowed-target"), "{text}");
@@ -308,9 +324,7 @@ fn process_prerequisites() -> bool {
     if missing.is_empty() {
         return true;
     }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "process sandbox tests need {}", missing.join(", "));
-    eprintln!("skipped: process sandbox tests need {}", missing.join(", "));
-    false
+    aquarium_e2e::prerequisite("sandbox", false, &format!("process sandbox tests need {}", missing.join(", ")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,6 +388,11 @@ exec sleep 3600"#,
     assert!(user.starts_with("fish-"), "{user}");
     assert_eq!(details["user"], user.as_str());
     assert_eq!(details["network"], "isolated");
+    let page = describe(&d, "cell-1");
+    assert_eq!(page.get("user"), Some(&user), "{page:?}");
+    assert_eq!(page.get("network").map(String::as_str), Some("isolated"), "{page:?}");
+    assert_eq!(page.get("allow"), Some(&format!("localhost:{}", target.port())), "{page:?}");
+    assert!(page.get("proxy").is_some_and(|p| p.starts_with("169.254.64.1:")), "{page:?}");
     assert!(sh("id", &[&user]).0, "user {user} is missing while the process runs");
     assert_eq!((found.get("etc.txt"), found.get("datadir.txt")), ("no".into(), "no".into()));
     assert_eq!((found.get("tmp.txt"), found.get("own.txt")), ("yes".into(), "here".into()));

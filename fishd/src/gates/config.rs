@@ -1,0 +1,294 @@
+//! `gates:` in fish.yml (contract section 12). Unknown keys are errors naming their
+//! path, like the rest of the configuration.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use api_types::HumanDuration;
+use serde::Deserialize;
+
+/// Every configured gate, by system then name.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatesConfig {
+    #[serde(default)]
+    pub github: BTreeMap<String, GithubConfig>,
+}
+
+/// One GitHub Actions gate.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GithubConfig {
+    /// `https://api.github.com`; GHES: `https://HOST/api/v3`.
+    #[serde(default = "default_api_url")]
+    pub api_url: String,
+    /// A PEM CA bundle trusted for `apiUrl` besides the system roots (GHES with a
+    /// private CA; tests).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    pub auth: AuthConfig,
+    pub scope: ScopeConfig,
+    pub webhook: WebhookConfig,
+    /// Repositories whose jobs the gate serves (globs on `owner/name`); empty: all.
+    /// A public fork's pull request must not get a runner: list yours.
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    /// First match wins.
+    pub routes: Vec<RouteConfig>,
+    /// Runner names are `<prefix>-<12 hex of the application uid>`; default `fish-<gate>`.
+    #[serde(default)]
+    pub runner_name_prefix: Option<String>,
+    /// A registered runner must be online by then, or it is replaced.
+    #[serde(default = "default_register_timeout")]
+    pub register_timeout: HumanDuration,
+    /// An idle runner beyond demand is retired after this long.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    /// How often the gate lists its runners at GitHub and checks stale jobs.
+    #[serde(default = "default_reconcile_every")]
+    pub reconcile_every: HumanDuration,
+    /// The lifetime of the gate's applications (at most the label's).
+    #[serde(default)]
+    pub job_lifetime: Option<HumanDuration>,
+    /// A queued job older than this is checked at GitHub (it may have been cancelled
+    /// or taken while a webhook was lost).
+    #[serde(default = "default_stale_after")]
+    pub stale_after: HumanDuration,
+    /// API calls per hour the gate allows itself (GitHub's primary limit is 5000 for a
+    /// token): below it, calls wait.
+    #[serde(default)]
+    pub api_budget: Option<ApiBudgetConfig>,
+}
+
+/// How the gate authenticates to GitHub.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub token: Option<FileRef>,
+    #[serde(default)]
+    pub app: Option<serde_json::Value>,
+}
+
+/// A secret kept in a file (never inline in fish.yml).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileRef {
+    pub file: PathBuf,
+}
+
+/// Where runners are registered.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScopeConfig {
+    #[serde(default)]
+    pub org: Option<String>,
+    #[serde(default)]
+    pub repo: Option<String>,
+    #[serde(default)]
+    pub enterprise: Option<String>,
+    /// Runner group name (org and enterprise scope); default: the Default group (id 1).
+    #[serde(default)]
+    pub runner_group: Option<String>,
+}
+
+/// The webhook listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub listen: SocketAddr,
+    #[serde(default = "default_hook_path")]
+    pub path: String,
+    /// Any one matching is accepted, so a secret can be rotated without losing events.
+    pub secrets: Vec<FileRef>,
+}
+
+/// One route: jobs whose labels it covers get applications of `label`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteConfig {
+    #[serde(rename = "match")]
+    pub labels: Vec<String>,
+    pub label: String,
+    pub max: u32,
+}
+
+/// `apiBudget`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiBudgetConfig {
+    pub per_hour: u32,
+}
+
+fn default_api_url() -> String {
+    "https://api.github.com".into()
+}
+fn default_hook_path() -> String {
+    "/hooks/github".into()
+}
+fn default_register_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_reconcile_every() -> HumanDuration {
+    HumanDuration(Duration::from_secs(120))
+}
+fn default_stale_after() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+
+/// Labels that say nothing about which runner a job wants: a job naming only these
+/// is not taken (a bare `runs-on: self-hosted` must not grab our runners).
+pub const GENERIC_LABELS: [&str; 7] = ["self-hosted", "linux", "windows", "macos", "x64", "arm64", "arm"];
+
+/// Where runners live, as API path and text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Repo(String),
+    Org(String),
+    Enterprise(String),
+}
+
+impl Scope {
+    /// `/repos/o/r`, `/orgs/o` or `/enterprises/e`.
+    pub fn path(&self) -> String {
+        match self {
+            Scope::Repo(r) => format!("/repos/{r}"),
+            Scope::Org(o) => format!("/orgs/{o}"),
+            Scope::Enterprise(e) => format!("/enterprises/{e}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Repo(r) => write!(f, "repo {r}"),
+            Scope::Org(o) => write!(f, "org {o}"),
+            Scope::Enterprise(e) => write!(f, "enterprise {e}"),
+        }
+    }
+}
+
+impl GithubConfig {
+    /// The scope, checked: exactly one of repo, org, enterprise.
+    pub fn scope(&self) -> Result<Scope, String> {
+        match (&self.scope.repo, &self.scope.org, &self.scope.enterprise) {
+            (Some(r), None, None) if r.split('/').count() == 2 && !r.starts_with('/') && !r.ends_with('/') => {
+                Ok(Scope::Repo(r.clone()))
+            }
+            (Some(r), None, None) => Err(format!("scope.repo {r:?} must be OWNER/NAME")),
+            (None, Some(o), None) if !o.is_empty() => Ok(Scope::Org(o.clone())),
+            (None, None, Some(e)) if !e.is_empty() => Ok(Scope::Enterprise(e.clone())),
+            _ => Err("scope: give exactly one of repo, org or enterprise".into()),
+        }
+    }
+
+    /// The runner name prefix.
+    pub fn prefix(&self, gate: &str) -> String {
+        self.runner_name_prefix.clone().unwrap_or_else(|| format!("fish-{gate}"))
+    }
+
+    /// Checks what serde cannot; errors name the field under `gates.github.<name>`.
+    pub fn validate(&self, name: &str) -> Result<(), String> {
+        let at = |m: String| format!("gates.github.{name}.{m}");
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') || name.len() > 30 {
+            return Err(format!("gates.github.{name:?}: a gate name is 1-30 letters, digits or '-'"));
+        }
+        self.scope().map_err(at)?;
+        match (&self.auth.token, &self.auth.app) {
+            (Some(_), None) => {}
+            (None, Some(_)) => {
+                return Err(at("auth.app: GitHub App authentication is not supported yet; use auth.token".into()));
+            }
+            _ => return Err(at("auth: give token: {file: PATH}".into())),
+        }
+        if !self.api_url.starts_with("https://") {
+            return Err(at(format!("apiUrl {:?} must be https://", self.api_url)));
+        }
+        if self.webhook.secrets.is_empty() {
+            return Err(at("webhook.secrets: at least one secret file".into()));
+        }
+        if !self.webhook.path.starts_with('/') {
+            return Err(at(format!("webhook.path {:?} must start with /", self.webhook.path)));
+        }
+        if self.routes.is_empty() {
+            return Err(at("routes: at least one route".into()));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.labels.is_empty() || r.labels.len() > 100 {
+                return Err(at(format!("routes[{i}].match: 1 to 100 labels")));
+            }
+            if r.labels.iter().all(|l| GENERIC_LABELS.contains(&l.to_lowercase().as_str())) {
+                return Err(at(format!(
+                    "routes[{i}].match: name at least one label beyond {GENERIC_LABELS:?}, or every self-hosted job would match"
+                )));
+            }
+            if r.label.is_empty() {
+                return Err(at(format!("routes[{i}].label: required")));
+            }
+        }
+        for p in &self.repositories {
+            glob::Pattern::new(p).map_err(|e| at(format!("repositories: {p:?}: {e}")))?;
+        }
+        let prefix = self.prefix(name);
+        if prefix.is_empty() || prefix.len() > 50 {
+            return Err(at("runnerNamePrefix: 1 to 50 characters (runner names are at most 64)".into()));
+        }
+        for (field, d) in [
+            ("registerTimeout", self.register_timeout),
+            ("idleTimeout", self.idle_timeout),
+            ("reconcileEvery", self.reconcile_every),
+            ("staleAfter", self.stale_after),
+        ] {
+            if d.get().is_zero() || d.get() > Duration::from_secs(7 * 24 * 3600) {
+                return Err(at(format!("{field} must be more than 0 and at most 7 days")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `gates:` from fish.yml, errors naming the path.
+pub fn parse(value: &serde_json::Value) -> Result<GatesConfig, String> {
+    let config: GatesConfig =
+        serde_path_to_error::deserialize(value.clone()).map_err(|e| format!("gates.{}: {}", e.path(), e.inner()))?;
+    for (name, g) in &config.github {
+        g.validate(name)?;
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn base() -> serde_json::Value {
+        serde_json::json!({"github": {"acme": {
+            "auth": {"token": {"file": "/x"}},
+            "scope": {"org": "acme"},
+            "webhook": {"listen": "127.0.0.1:0", "secrets": [{"file": "/y"}]},
+            "routes": [{"match": ["self-hosted", "linux", "ubuntu-ci"], "label": "ubuntu-ci", "max": 2}]
+        }}})
+    }
+
+    #[test]
+    fn a_minimal_gate_parses_and_bad_fields_are_named() {
+        let c = parse(&base()).unwrap();
+        assert_eq!(c.github["acme"].scope().unwrap(), Scope::Org("acme".into()));
+        let mut v = base();
+        v["github"]["acme"]["routes"][0]["match"] = serde_json::json!(["self-hosted", "linux"]);
+        assert!(parse(&v).unwrap_err().contains("routes[0].match"));
+        let mut v = base();
+        v["github"]["acme"]["scope"] = serde_json::json!({"org": "a", "repo": "a/b"});
+        assert!(parse(&v).unwrap_err().contains("scope"));
+        let mut v = base();
+        v["github"]["acme"]["routez"] = serde_json::json!([]);
+        assert!(parse(&v).unwrap_err().contains("routez"));
+    }
+}

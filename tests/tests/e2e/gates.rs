@@ -1,0 +1,532 @@
+//! The GitHub Actions gate (issue 19, contract section 12) against the local fake
+//! GitHub: webhooks signed with the real headers, JIT runners registered at the fake,
+//! and the fake runner run by the `process` driver. Every scenario ends with no
+//! leftovers: no registration at the fake, no live gate application, no process.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aquarium_e2e::{TestDaemon, bin, eventually};
+use aquarium_fake_github::{FakeGithub, Signature};
+use serde_json::Value;
+
+const LABELS: [&str; 4] = ["self-hosted", "linux", "x64", "ubuntu-ci"];
+const SECRET: &str = "hook-secret-1";
+
+struct Setup {
+    gh: FakeGithub,
+    d: TestDaemon,
+    dir: tempfile::TempDir,
+}
+
+/// fishd with the process driver and gate `acme` pointed at a fresh fake; `route_max`
+/// caps its one route; `extra` is appended to the gate's settings.
+async fn setup(route_max: u32, extra: &str) -> Setup {
+    let gh = FakeGithub::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("gh-token");
+    std::fs::write(&token, &gh.token).unwrap();
+    let hook = dir.path().join("gh-hook");
+    std::fs::write(&hook, SECRET).unwrap();
+    let old_hook = dir.path().join("gh-hook.prev");
+    std::fs::write(&old_hook, "hook-secret-0").unwrap();
+    let extra = extra.replace('\n', "\n      ");
+    let config = format!(
+        "drivers:\n  process: {{gracePeriod: 2s}}\n  test: {{}}\ngates:\n  github:\n    acme:\n      apiUrl: {url}\n      caFile: {ca}\n      auth: {{token: {{file: {token}}}}}\n      scope: {{org: acme}}\n      webhook: {{listen: 127.0.0.1:0, path: /hooks/github/acme, secrets: [{{file: {hook}}}, {{file: {old}}}]}}\n      repositories: [\"acme/*\"]\n      routes:\n        - {{match: [self-hosted, linux, x64, ubuntu-ci], label: ubuntu-ci, max: {route_max}}}\n      reconcileEvery: 1s\n      idleTimeout: 1s\n      {extra}\n",
+        url = gh.url,
+        ca = gh.ca_path.display(),
+        token = token.display(),
+        hook = hook.display(),
+        old = old_hook.display(),
+    );
+    let d = TestDaemon::start(&config).await.unwrap();
+    point_hook(&gh, &d).await;
+    let (code, body) = d.apply(&runner_label(&gh.ca_path, "")).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    Setup { gh, d, dir }
+}
+
+/// Points the fake's webhook at the gate's listener (bound on a free port, anew at
+/// every start).
+async fn point_hook(gh: &FakeGithub, d: &TestDaemon) {
+    let url = gate(d).await["status"]["webhook"].as_str().unwrap().to_owned();
+    gh.set_hook(&url, SECRET, &d.data_dir().join("ca.crt")).unwrap();
+}
+
+/// The route's label: the fake runner, run by the process driver on the host's network
+/// (the fake GitHub listens on loopback) as fishd's own user (it reads the node CA in the
+/// data directory to fetch its metadata).
+fn runner_label(ca: &Path, mode: &str) -> String {
+    let user = if nix::unistd::geteuid().is_root() { "\n        user: root" } else { "" };
+    format!(
+        "kind: Label\nmetadata: {{name: ubuntu-ci}}\nspec:\n  definitions:\n    - driver: process\n      resources: {{cpu: 1, ram: 1, network: host}}\n      options:{user}\n        command: [{runner}]\n        env: {{FAKE_GITHUB_CA: {ca}, FAKE_RUNNER_MODE: \"{mode}\"}}\n",
+        runner = bin("fake-gh-runner").display(),
+        ca = ca.display(),
+    )
+}
+
+async fn gate_apps(d: &TestDaemon) -> Vec<Value> {
+    let (_, list) = d.get("/api/v1/applications").await.unwrap();
+    list["items"].as_array().unwrap().iter().filter(|a| a["metadata"]["owner"] == "gate:github/acme").cloned().collect()
+}
+
+fn phase(a: &Value) -> &str {
+    a["status"]["phase"].as_str().unwrap_or("")
+}
+
+fn is_live(a: &Value) -> bool {
+    matches!(phase(a), "NEW" | "ELECTED" | "ALLOCATED" | "DEALLOCATE")
+}
+
+/// Live processes whose environment names application `uid`.
+fn processes_of(uid: &str) -> usize {
+    let mine = format!("FISH_APPLICATION_UID={uid}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z'));
+            !zombie
+                && std::fs::read(e.path().join("environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == mine.as_bytes()))
+        })
+        .count()
+}
+
+/// The environment of the (first) live process of application `uid`.
+fn environ_of(uid: &str) -> std::collections::BTreeMap<String, String> {
+    let mine = format!("FISH_APPLICATION_UID={uid}");
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(env) = std::fs::read(e.path().join("environ")) else { continue };
+        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+        if vars.contains(&mine.as_bytes()) {
+            return vars
+                .iter()
+                .filter_map(|kv| {
+                    std::str::from_utf8(kv).ok()?.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))
+                })
+                .collect();
+        }
+    }
+    panic!("no process of {uid}");
+}
+
+/// No registration at the fake, no live gate application, no process of one.
+async fn no_leftovers(s: &Setup) {
+    let r = eventually("no leftovers", || async {
+        let apps = gate_apps(&s.d).await;
+        s.gh.registrations().is_empty()
+            && apps.iter().all(|a| !is_live(a))
+            && apps.iter().all(|a| processes_of(a["metadata"]["uid"].as_str().unwrap_or("-")) == 0)
+    })
+    .await;
+    if r.is_err() {
+        let apps: Vec<(String, String)> = gate_apps(&s.d)
+            .await
+            .iter()
+            .map(|a| (a["metadata"]["name"].as_str().unwrap_or("").to_owned(), phase(a).to_owned()))
+            .collect();
+        panic!("leftovers: registrations {:?}, apps {apps:?}\n--- fishd log ---\n{}", s.gh.registrations(), s.d.log());
+    }
+}
+
+async fn job_completed(s: &Setup, id: u64) {
+    let r =
+        eventually(&format!("job {id} completed"), || async { s.gh.job(id).is_some_and(|j| j.status == "completed") })
+            .await;
+    if r.is_err() {
+        panic!(
+            "job {id}: {:?}\nregistrations {:?}\n--- fishd log ---\n{}",
+            s.gh.job(id),
+            s.gh.registrations(),
+            s.d.log()
+        );
+    }
+}
+
+async fn gate(d: &TestDaemon) -> Value {
+    let (code, v) = d.get("/api/v1/gates/acme").await.unwrap();
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+#[tokio::test]
+async fn a_queued_job_gets_a_fresh_runner_and_nothing_leaks() {
+    let s = setup(5, "").await;
+    // A ping is answered 200 and changes nothing.
+    assert_eq!(s.gh.deliver(&s.gh.ping(), Signature::Good).await.unwrap(), 200);
+    let job = s.gh.queue_job("acme/app", &LABELS);
+    job_completed(&s, job).await;
+    let j = s.gh.job(job).unwrap();
+    assert_eq!(j.assignments, 1, "the job ran once");
+    assert_eq!(j.conclusion.as_deref(), Some("success"));
+    let runner = j.runner_name.clone().unwrap();
+    assert!(runner.starts_with("fish-acme-"), "{runner}");
+    no_leftovers(&s).await;
+    let apps = gate_apps(&s.d).await;
+    assert_eq!(apps.len(), 1, "one application for one job");
+    let app = &apps[0];
+    assert_eq!(app["metadata"]["name"], format!("gh-acme-{job}"));
+    assert_eq!(phase(app), "DEALLOCATED");
+    assert_eq!(app["spec"]["metadata"]["GITHUB_RUNNER_NAME"], runner.as_str());
+    // The runner config is never stored: not in spec, not anywhere in the object.
+    assert!(!app.to_string().contains("JITCONFIG"), "{app}");
+    // Every delivery was accepted: 202 after being committed.
+    let sent = s.gh.sent();
+    assert!(sent.iter().filter(|d| d.event == "workflow_job").all(|d| d.status == 202), "{sent:?}");
+    assert!(sent.iter().any(|d| d.action == "completed"));
+    // The gate shows itself: one route, nothing queued, nothing waiting.
+    let g = gate(&s.d).await;
+    assert_eq!(g["status"]["routes"][0]["label"], "ubuntu-ci");
+    eventually("demand 0", || async { gate(&s.d).await["status"]["routes"][0]["demand"] == 0 }).await.unwrap();
+    assert_eq!(g["status"]["scope"], "org acme");
+    assert!(g["status"]["api"]["calls"].as_u64().unwrap() >= 1, "{g}");
+    let (code, list) = s.d.get("/api/v1/gates").await.unwrap();
+    assert_eq!((code, list["kind"].as_str()), (200, Some("GateList")));
+    // Metrics count what happened.
+    let m = s.d.client.get(format!("{}/metrics", s.d.url)).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("aquarium_gate_runners_created_total{gate=\"acme\"} 1"), "{m}");
+    assert!(m.contains("aquarium_gate_jobs_seen_total{gate=\"acme\",action=\"queued\"} 1"), "{m}");
+    drop(s.dir);
+}
+
+#[tokio::test]
+async fn duplicate_deliveries_make_one_application() {
+    let s = setup(5, "").await;
+    s.gh.hold(true);
+    let job = s.gh.queue_job("acme/app", &LABELS);
+    let held = s.gh.take_held();
+    assert_eq!(held.len(), 1);
+    // One GUID three times (a redelivery), and the same event again under another
+    // GUID (as via the repo, org and App hooks): one job, one application.
+    for _ in 0..3 {
+        assert_eq!(s.gh.deliver(&held[0], Signature::Good).await.unwrap(), 202);
+    }
+    let mut other = held[0].clone();
+    other.guid = format!("{}-org", other.guid);
+    assert_eq!(s.gh.deliver(&other, Signature::Good).await.unwrap(), 202);
+    s.gh.hold(false);
+    job_completed(&s, job).await;
+    no_leftovers(&s).await;
+    assert_eq!(gate_apps(&s.d).await.len(), 1);
+    assert_eq!(s.gh.calls().get("POST runners/generate-jitconfig").copied(), Some(1));
+}
+
+#[tokio::test]
+async fn bad_signatures_are_refused_and_store_nothing_rotated_secrets_work() {
+    let s = setup(5, "").await;
+    s.gh.hold(true);
+    let job = s.gh.queue_job("acme/app", &LABELS);
+    let held = s.gh.take_held();
+    assert_eq!(s.gh.deliver(&held[0], Signature::Missing).await.unwrap(), 401);
+    assert_eq!(s.gh.deliver(&held[0], Signature::Wrong("guess".into())).await.unwrap(), 401);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(gate_apps(&s.d).await.is_empty(), "nothing stored for a refused delivery");
+    assert!(s.gh.registrations().is_empty());
+    // Signed with the previous secret (still configured during a rotation): accepted.
+    assert_eq!(s.gh.deliver(&held[0], Signature::Wrong("hook-secret-0".into())).await.unwrap(), 202);
+    s.gh.hold(false);
+    job_completed(&s, job).await;
+    no_leftovers(&s).await;
+    // A body over 25 MiB is refused whole.
+    let mut big = held[0].clone();
+    big.body = vec![b' '; 26 * 1024 * 1024];
+    assert_eq!(s.gh.deliver(&big, Signature::Good).await.unwrap(), 413);
+}
+
+#[tokio::test]
+async fn a_route_at_max_makes_jobs_wait_with_a_reason_then_serves_them() {
+    let s = setup(1, "").await;
+    s.gh.set_job_duration(Duration::from_secs(2));
+    let jobs: Vec<u64> = (0..3).map(|_| s.gh.queue_job("acme/app", &LABELS)).collect();
+    eventually("two jobs wait at max", || async {
+        let g = gate(&s.d).await;
+        let waiting = g["status"]["waiting"].as_array().cloned().unwrap_or_default();
+        waiting.len() == 2 && waiting.iter().all(|w| w["reason"].as_str().unwrap_or("").contains("at max"))
+    })
+    .await
+    .unwrap();
+    assert!(gate_apps(&s.d).await.iter().filter(|a| is_live(a)).count() <= 1);
+    for j in &jobs {
+        job_completed(&s, *j).await;
+    }
+    no_leftovers(&s).await;
+    assert!(s.gh.registrations_peak() <= 1, "never more registrations than max");
+    assert!(s.gh.jobs().iter().all(|j| j.assignments == 1), "every job ran once");
+}
+
+#[tokio::test]
+async fn the_runner_config_reaches_only_its_own_resource() {
+    let s = setup(5, "").await;
+    // The runner reads its config from the metadata endpoint, not its environment.
+    let label = runner_label(&s.gh.ca_path, "").replace("FAKE_RUNNER_MODE: \"\"", "FAKE_RUNNER_SOURCE: meta");
+    assert_eq!(s.d.apply(&label).await.unwrap().0, 200);
+    s.gh.set_job_duration(Duration::from_secs(3));
+    let job = s.gh.queue_job("acme/app", &LABELS);
+    let name = format!("gh-acme-{job}");
+    if eventually("the job runs", || async { s.gh.job(job).is_some_and(|j| j.status != "queued") }).await.is_err() {
+        let r = s.d.client.get(format!("{}/api/v1/applications/{name}/logs", s.d.url)).bearer_auth(&s.d.token);
+        panic!("the job did not run; runner log:\n{}", r.send().await.unwrap().text().await.unwrap());
+    }
+    let app = s.d.application(&name).await.unwrap();
+    assert!(!app.to_string().contains("JITCONFIG"));
+    // Its own process holds its own runner's config; once busy, the endpoint no longer
+    // serves it, even to the resource's own token.
+    let uid = app["metadata"]["uid"].as_str().unwrap();
+    let env = environ_of(uid);
+    let token = env.get("FISH_META_TOKEN").expect("the resource's token").clone();
+    let meta = || async {
+        let r = s.d.client.get(format!("{}/meta/v1/data", s.d.url)).bearer_auth(&token).send().await.unwrap();
+        r.json::<Value>().await.unwrap()
+    };
+    assert_eq!(meta().await["GITHUB_RUNNER_NAME"], app["spec"]["metadata"]["GITHUB_RUNNER_NAME"]);
+    eventually("the config is no longer served once the runner is busy", || async {
+        meta().await.get("ACTIONS_RUNNER_INPUT_JITCONFIG").is_none()
+    })
+    .await
+    .unwrap();
+    assert!(s.gh.job(job).is_some_and(|j| j.status == "in_progress"), "the runner is busy, not gone");
+    // Another resource's token does not open it, and the user API never shows it.
+    let (_, watch_list) = s.d.get("/api/v1/applications").await.unwrap();
+    assert!(!watch_list.to_string().contains("JITCONFIG"));
+    job_completed(&s, job).await;
+    no_leftovers(&s).await;
+    let out = s.d.fishctl(&["get", "gates"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("acme"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let out = s.d.fishctl(&["describe", "gate", "acme"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("ubuntu-ci"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let _: PathBuf = s.dir.path().to_owned();
+}
+
+#[tokio::test]
+async fn out_of_order_events_change_nothing_twice() {
+    let s = setup(5, "").await;
+    // queued, waiting, queued (runs-on#539): one application, the job runs.
+    s.gh.hold(true);
+    let a = s.gh.queue_job("acme/app", &LABELS);
+    let queued = s.gh.take_held().remove(0);
+    let waiting = s.gh.delivery(a, "waiting").unwrap();
+    s.gh.hold(false);
+    for d in [&queued, &waiting] {
+        assert_eq!(s.gh.deliver(d, Signature::Good).await.unwrap(), 202);
+    }
+    let mut again = queued.clone();
+    again.guid = format!("{}-again", again.guid);
+    assert_eq!(s.gh.deliver(&again, Signature::Good).await.unwrap(), 202);
+    job_completed(&s, a).await;
+    no_leftovers(&s).await;
+    // A late `queued` after `completed` makes no new application.
+    let mut late = queued.clone();
+    late.guid = format!("{}-late", late.guid);
+    assert_eq!(s.gh.deliver(&late, Signature::Good).await.unwrap(), 202);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(gate_apps(&s.d).await.len(), 1, "no second application for a finished job");
+    // `completed` before `in_progress` before `queued` for a job we never saw queued:
+    // nothing is created, nothing is left.
+    s.gh.hold(true);
+    let b = s.gh.queue_job("acme/app", &LABELS);
+    let b_queued = s.gh.take_held().remove(0);
+    s.gh.cancel_job(b);
+    let b_done = s.gh.take_held().remove(0);
+    s.gh.hold(false);
+    assert_eq!(s.gh.deliver(&b_done, Signature::Good).await.unwrap(), 202);
+    assert_eq!(s.gh.deliver(&b_queued, Signature::Good).await.unwrap(), 202);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(gate_apps(&s.d).await.len(), 1, "a job completed before it was queued needs no runner");
+    no_leftovers(&s).await;
+}
+
+#[tokio::test]
+async fn a_stolen_job_is_covered_by_counting_per_route() {
+    let s = setup(5, "").await;
+    s.gh.set_job_duration(Duration::from_secs(1));
+    // B is queued first at GitHub, but only A's `queued` reaches fishd for now: A's
+    // runner takes B (the oldest), and A is still queued.
+    s.gh.hold(true);
+    let b = s.gh.queue_job("acme/app", &LABELS);
+    let a = s.gh.queue_job("acme/app", &LABELS);
+    let held = s.gh.take_held();
+    s.gh.hold(false);
+    let (b_queued, a_queued) = (&held[0], &held[1]);
+    assert_eq!(s.gh.deliver(a_queued, Signature::Good).await.unwrap(), 202);
+    eventually("B runs on A's runner", || async { s.gh.job(b).is_some_and(|j| j.status != "queued") }).await.unwrap();
+    assert_eq!(
+        s.gh.job(b).unwrap().runner_name.unwrap(),
+        s.d.application(&format!("gh-acme-{a}")).await.unwrap()["spec"]["metadata"]["GITHUB_RUNNER_NAME"]
+            .as_str()
+            .unwrap()
+    );
+    job_completed(&s, a).await;
+    job_completed(&s, b).await;
+    // B's `queued` arrives late: it changes nothing.
+    assert_eq!(s.gh.deliver(b_queued, Signature::Good).await.unwrap(), 202);
+    no_leftovers(&s).await;
+    assert_eq!(gate_apps(&s.d).await.len(), 2, "two applications for two jobs");
+    assert!(s.gh.jobs().iter().all(|j| j.assignments == 1));
+}
+
+#[tokio::test]
+async fn a_cancelled_job_retires_its_runner_and_the_422_race_keeps_it() {
+    let s = setup(5, "").await;
+    // Hold runners back from jobs until the gate's DELETE, which assigns one: a job
+    // taken at the very moment the runner is retired.
+    s.gh.set_assign_on_delete(true);
+    let a = s.gh.queue_job("acme/app", &LABELS);
+    eventually("A's runner is online", || async { s.gh.registrations().iter().any(|r| r.online) }).await.unwrap();
+    // A is cancelled while queued: its runner is surplus and is retired, DELETE first.
+    s.gh.cancel_job(a);
+    no_leftovers(&s).await;
+    assert_eq!(s.gh.job(a).unwrap().assignments, 0);
+    assert!(s.gh.calls().get("DELETE runners/{id}").copied().unwrap_or(0) >= 1);
+
+    // The race: C is queued at GitHub (its webhook held back), D cancelled; the DELETE
+    // that retires D's runner finds it has just taken C: 422, the runner is kept and runs C.
+    s.gh.set_assign_on_delete(true);
+    let d = s.gh.queue_job("acme/app", &LABELS);
+    eventually("D's runner is online", || async { s.gh.registrations().iter().any(|r| r.online) }).await.unwrap();
+    s.gh.hold(true);
+    let c = s.gh.queue_job("acme/app", &LABELS);
+    s.gh.hold(false);
+    let c_queued = s.gh.take_held();
+    s.gh.cancel_job(d);
+    job_completed(&s, c).await;
+    assert_eq!(s.gh.job(c).unwrap().assignments, 1);
+    for q in &c_queued {
+        s.gh.deliver(q, Signature::Good).await.unwrap();
+    }
+    no_leftovers(&s).await;
+    let apps = gate_apps(&s.d).await;
+    assert_eq!(apps.len(), 2, "no application was made for C: D's runner ran it");
+}
+
+#[tokio::test]
+async fn a_lost_completed_is_found_by_the_resource_exit() {
+    let s = setup(5, "").await;
+    let a = s.gh.queue_job("acme/app", &LABELS);
+    eventually("A runs", || async { s.gh.job(a).is_some_and(|j| j.status == "in_progress") }).await.unwrap();
+    // Every later delivery is lost (GitHub never redelivers by itself).
+    s.gh.hold(true);
+    job_completed(&s, a).await;
+    no_leftovers(&s).await;
+    drop(s.gh.take_held());
+}
+
+#[tokio::test]
+async fn a_lost_jit_answer_ends_in_exactly_one_registration() {
+    let s = setup(5, "").await;
+    // The registration is made, but its answer never reaches fishd.
+    s.gh.fault("POST", "generate-jitconfig", aquarium_fake_github::Fault::CommitAndDrop, 1);
+    let a = s.gh.queue_job("acme/app", &LABELS);
+    job_completed(&s, a).await;
+    no_leftovers(&s).await;
+    assert_eq!(s.gh.registrations_peak(), 1, "the orphan of the lost answer was replaced, not doubled");
+    assert_eq!(s.gh.calls().get("POST runners/generate-jitconfig").copied(), Some(3), "{:?}", s.gh.calls());
+    assert_eq!(gate_apps(&s.d).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_runner_that_never_connects_is_replaced() {
+    let s = setup(5, "registerTimeout: 2s").await;
+    assert_eq!(s.d.apply(&runner_label(&s.gh.ca_path, "never-connect")).await.unwrap().0, 200);
+    let a = s.gh.queue_job("acme/app", &LABELS);
+    eventually("a replacement", || async {
+        gate_apps(&s.d).await.iter().any(|x| x["metadata"]["name"] == format!("gh-acme-{a}-r1"))
+    })
+    .await
+    .unwrap();
+    let g = gate(&s.d).await;
+    assert!(g["status"]["lastErrors"].to_string().contains("never came online"), "{g}");
+    // Runners that work again: the job runs on the next replacement.
+    assert_eq!(s.d.apply(&runner_label(&s.gh.ca_path, "")).await.unwrap().0, 200);
+    job_completed(&s, a).await;
+    no_leftovers(&s).await;
+    let m = s.d.client.get(format!("{}/metrics", s.d.url)).send().await.unwrap().text().await.unwrap();
+    assert!(!m.contains("aquarium_gate_registration_failures_total{gate=\"acme\"} 0"), "{m}");
+}
+
+#[tokio::test]
+async fn kill_9_at_each_step_leaves_one_runner_per_job_and_no_orphans() {
+    let mut s = setup(5, "").await;
+    s.gh.set_job_duration(Duration::from_secs(2));
+    // 1. Right after the webhook was answered: the event was committed.
+    s.gh.hold(true);
+    let a = s.gh.queue_job("acme/app", &LABELS);
+    let held = s.gh.take_held();
+    s.gh.hold(false);
+    assert_eq!(s.gh.deliver(&held[0], Signature::Good).await.unwrap(), 202);
+    s.d.kill9();
+    s.d.start_again().await.unwrap();
+    point_hook(&s.gh, &s.d).await;
+    // 2. Once the runner is registered (JIT minted; the resource may be starting).
+    let b = s.gh.queue_job("acme/app", &LABELS);
+    eventually("B's registration", || async { !s.gh.registrations().is_empty() }).await.unwrap();
+    s.d.kill9();
+    s.d.start_again().await.unwrap();
+    point_hook(&s.gh, &s.d).await;
+    // 3. While jobs run.
+    let c = s.gh.queue_job("acme/app", &LABELS);
+    eventually("C runs", || async { s.gh.job(c).is_some_and(|j| j.status == "in_progress") }).await.unwrap();
+    s.d.kill9();
+    s.d.start_again().await.unwrap();
+    point_hook(&s.gh, &s.d).await;
+    for j in [a, b, c] {
+        job_completed(&s, j).await;
+    }
+    no_leftovers(&s).await;
+    assert!(s.gh.jobs().iter().all(|j| j.assignments == 1), "{:?}", s.gh.jobs());
+}
+
+/// The burst of issue 19: 500 jobs queued at once against a route with `max: 50`.
+/// Slow (minutes), so run by hand:
+/// `cargo nextest run --workspace --run-ignored only -E 'test(burst_of_500)' --no-capture`.
+#[tokio::test]
+#[ignore]
+async fn burst_of_500_jobs_with_max_50() {
+    const JOBS: usize = 500;
+    const MAX: u32 = 50;
+    const BUDGET: u64 = 4000;
+    let s = setup(MAX, &format!("apiBudget: {{perHour: {BUDGET}}}\njobLifetime: 30m")).await;
+    s.gh.set_job_duration(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let ids: Vec<u64> = (0..JOBS).map(|_| s.gh.queue_job("acme/app", &LABELS)).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(900);
+    let mut peak_live = 0;
+    loop {
+        let jobs = s.gh.jobs();
+        let done = jobs.iter().filter(|j| j.status == "completed").count();
+        let regs = s.gh.registrations().len();
+        let demand = jobs.iter().filter(|j| j.status == "queued").count();
+        assert!(regs <= demand + MAX as usize, "registrations {regs} > demand {demand} + max {MAX}");
+        let live = gate_apps(&s.d).await.iter().filter(|a| is_live(a)).count();
+        peak_live = peak_live.max(live);
+        if done == JOBS {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "only {done} of {JOBS} jobs done in 15 min");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let took = started.elapsed();
+    no_leftovers(&s).await;
+    let jobs = s.gh.jobs();
+    assert!(jobs.iter().all(|j| j.assignments == 1), "every job ran once");
+    let mut waits: Vec<Duration> = jobs.iter().filter_map(|j| Some(j.started_at? - j.queued_at?)).collect();
+    waits.sort();
+    let p50 = waits[waits.len() / 2];
+    let calls = s.gh.total_calls();
+    assert!(calls <= BUDGET, "{calls} API calls, budget {BUDGET}");
+    assert!(peak_live <= MAX as usize, "peak live {peak_live}");
+    eprintln!(
+        "BURST: {JOBS} jobs in {:.1} s = {:.0} jobs/min; p50 queued->in_progress {:.2} s; API calls {calls} ({:?}); peak registrations {}; peak live {peak_live}; ids {}..{}",
+        took.as_secs_f64(),
+        JOBS as f64 / took.as_secs_f64() * 60.0,
+        p50.as_secs_f64(),
+        s.gh.calls(),
+        s.gh.registrations_peak(),
+        ids[0],
+        ids[JOBS - 1],
+    );
+}
