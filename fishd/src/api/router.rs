@@ -18,6 +18,8 @@ pub fn router(state: AppState) -> Router {
         .merge(super::cluster::cluster_routes())
         .merge(super::ui::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        // After `track`: Raft's heartbeats are not API requests.
+        .merge(super::cluster::peer_routes(&state))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         // Bodies are read by `extract::read_body`, which answers 413 itself.
         .layer(DefaultBodyLimit::disable())

@@ -39,6 +39,7 @@ use uuid::Uuid;
 pub use applyset::check_set_name;
 pub use backup::Summary;
 pub use command::{ApplyItem, Command, Outcome, Rejection, Response, UserRecord};
+pub use join_tokens::{JoinTokenRecord, unknown as unknown_join_token};
 pub use raft::{Applied, Batch, FishNode, NodeId, Proposal, Raft, TypeConfig, node_id_for};
 use tables::*;
 
@@ -713,6 +714,11 @@ impl Store {
             Some(v) => Some(serde_json::from_slice(v.value())?),
             None => None,
         })
+    }
+
+    /// The join token with `digest`, if this cluster made it (see [`JoinTokenRecord`]).
+    pub fn join_token(&self, digest: &str) -> Result<Option<JoinTokenRecord>, StoreError> {
+        join_tokens::get(&self.read()?.open_table(JOIN_TOKENS)?, digest)
     }
 }
 
