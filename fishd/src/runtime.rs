@@ -557,11 +557,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
             .map_err(|e| RunError::Config(ConfigError::Invalid(e)))?,
     );
     ctx.secrets.register(Arc::new(crate::gates::GateSecrets(gates.clone())));
-    // The node record exists before the first election reads its maintenance flag.
-    heartbeat(&ctx, &config, addr).await;
-    let controller = Controller::start(ctx.clone()).await;
     let beat = CancellationToken::new();
-    tokio::spawn(heartbeat_loop(ctx.clone(), config.clone(), addr, beat.clone()));
 
     let api_stop = CancellationToken::new();
     let limits = ApiLimits {
@@ -609,7 +605,18 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     // After attach: a machine's metadata names the proxy when there is one.
     serve_meta_to_machines(&qemus, &state, &api_stop);
     tokio::spawn(firewall_loop(dockers.clone(), config.resync_interval.get(), beat.clone()));
+    // Serve first, then write: in a cluster a write is answered once this node has
+    // applied it, which needs the leader to reach this node's /raft routes. A node
+    // that wrote before serving (a restarted member, a joined node) waited out every
+    // startup write's deadline.
+    state.started.store(false, std::sync::atomic::Ordering::Release);
+    let started = state.started.clone();
     let mut server = tokio::spawn(api::serve(state, listener, tls.server_config, api_stop.clone()));
+    // The node record exists before the first election reads its maintenance flag.
+    heartbeat(&ctx, &config, addr).await;
+    let controller = Controller::start(ctx.clone()).await;
+    started.store(true, std::sync::atomic::Ordering::Release);
+    tokio::spawn(heartbeat_loop(ctx.clone(), config.clone(), addr, beat.clone()));
     tokio::spawn(gauge_loop(store.clone(), metrics, beat.clone()));
     tokio::spawn(crate::logs::janitor(store.clone(), data_dir.clone(), beat.clone()));
     info!(node = %node_name, api = %addr, data_dir = %data_dir.display(), drivers = ?drivers.keys().collect::<Vec<_>>(), "fishd ready");

@@ -108,6 +108,9 @@ pub struct AppState {
     pub gates: Arc<crate::gates::Gates>,
     /// Membership, CA and join signing; see [`cluster`].
     pub cluster: Arc<cluster::ClusterCtx>,
+    /// Set once the node's reconcilers run: `/readyz` answers 503 "starting" before.
+    /// (The API serves from the start: the cluster's leader must reach a starting node.)
+    pub started: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -133,6 +136,7 @@ impl AppState {
             secrets: Default::default(),
             gates: Default::default(),
             cluster: Arc::new(cluster::ClusterCtx::none(&node_name_for_cluster)),
+            started: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
     }
 

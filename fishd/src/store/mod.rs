@@ -224,16 +224,21 @@ fn lonely<E: std::error::Error>() -> openraft::error::RPCError<NodeId, FishNode,
     )))
 }
 
-/// The Raft settings of every node: heartbeats every 100 ms, elections after
-/// 0.5–1 s of silence (failover ≈ 1.5–2 s, robust to a loaded CI host), snapshots
-/// every 1000 entries or 1 MiB of log (see [`raft::LogGrowth`]) keeping 100 entries
-/// behind them, at most 64 entries (each a group commit) per append RPC.
+/// The Raft settings of every node: heartbeats every 250 ms, elections after
+/// 1–2 s of silence (failover ≈ 1.5–2.5 s), snapshots every 1000 entries or 1 MiB of
+/// log (see [`raft::LogGrowth`]) keeping 100 entries behind them, at most 64 entries
+/// (each a group commit) per append RPC.
+///
+/// openraft gives every append RPC one heartbeat interval to answer. At 100 ms a
+/// restarted follower whose first append truncates a stale entry and fsyncs on a
+/// loaded disk never answered in time and never caught up; 250 ms leaves room for
+/// that while keeping failover under 3 s.
 pub fn raft_config() -> Result<Arc<openraft::Config>, StoreError> {
     let c = openraft::Config {
         cluster_name: "aquarium".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 500,
-        election_timeout_max: 1000,
+        heartbeat_interval: 250,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
