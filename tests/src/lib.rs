@@ -372,6 +372,36 @@ impl TestDaemon {
         }
     }
 
+    /// The node's name (`nodeName:` of its config, else fishd's test default).
+    pub fn node_name(&self) -> String {
+        self.extra_config
+            .lines()
+            .find_map(|l| l.strip_prefix("nodeName:"))
+            .map(|n| n.trim().to_owned())
+            .unwrap_or_else(|| "test-node".into())
+    }
+
+    /// Runs fishctl against this node with another node's credentials and CA (`via`'s
+    /// fishctl.yaml with this node's address): one token and one CA for the cluster.
+    pub fn fishctl_with(&self, via: &TestDaemon, args: &[&str]) -> Output {
+        let config = self.dir.path().join("fishctl-via.yaml");
+        let yaml = format!(
+            "current_context: c\ncontexts:\n  c:\n    server: {}\n    ca_cert: {}\n    user: admin\n    token: {}\n",
+            self.url,
+            via.data_dir().join("ca.crt").display(),
+            via.token
+        );
+        std::fs::write(&config, yaml).unwrap();
+        Command::new(bin("fishctl"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    }
+
     /// Runs `fishctl --config <this node's fishctl.yaml> args...`.
     pub fn fishctl(&self, args: &[&str]) -> Output {
         Command::new(bin("fishctl"))

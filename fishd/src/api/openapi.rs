@@ -133,7 +133,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(applications::get_resource))
         .routes(routes!(applications::get_logs))
         .routes(routes!(nodes::list_nodes))
-        .routes(routes!(nodes::get_node))
+        .routes(routes!(nodes::get_node, nodes::delete_node))
         .routes(routes!(nodes::set_maintenance))
         .routes(routes!(nodes::get_cluster))
         .routes(routes!(users::list_users, users::create_user))
