@@ -50,7 +50,7 @@ pub fn watch_response(
     filter: EventFilter,
     snapshot: impl FnOnce() -> Result<(u64, Vec<serde_json::Value>), StoreError>,
 ) -> Result<Response, ApiError> {
-    let guard = state.auth.open_watch(&user.name, state.limits.max_watches_per_user)?;
+    let guard = state.quotas.open_watch(&user.name, state.limits.max_watches_per_user)?;
     // Subscribe first: anything committed after this point reaches `live`.
     let mut live = state.store.subscribe();
     let admin = user.is_admin();
