@@ -412,6 +412,7 @@ async fn the_watch_table_s_age_column_ticks_between_events_on_a_terminal() {
         .spawn()
         .unwrap();
     let rx = chunks(child.stdout.take().unwrap());
+    let _stop = Terminate(child);
     // Each redraw moves the cursor up and clears (ESC [ n F, ESC [ J) before the table.
     let mut printed = String::new();
     let ages = |printed: &str| -> std::collections::BTreeSet<String> {
@@ -438,8 +439,18 @@ async fn the_watch_table_s_age_column_ticks_between_events_on_a_terminal() {
     }
     let seen = ages(&printed);
     assert!(seen.iter().all(|a| a.ends_with('s')), "ages {seen:?}");
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+/// Ends `script` (which ends what runs on its terminal) with SIGTERM when dropped, also
+/// when the test fails: a SIGKILL would leave fishctl running on an orphaned pty.
+struct Terminate(std::process::Child);
+
+impl Drop for Terminate {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
 }
 
 /// Item 7: completion offers object names from the server where a name goes, as
