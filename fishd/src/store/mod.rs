@@ -43,9 +43,9 @@ pub use join_tokens::{JoinTokenRecord, unknown as unknown_join_token};
 pub use raft::{Applied, Batch, FishNode, NodeId, Proposal, Raft, TypeConfig, node_id_for};
 use tables::*;
 
-/// Default number of recent events kept for watches to resume from; older resumes
-/// get 410. At ~1 KiB an event this bounds the history to ~10 MiB.
-pub const EVENT_HISTORY: u64 = 10_000;
+/// Default number of recent events kept for watches to resume from (the value and
+/// its reason are in [`crate::defaults::EVENT_HISTORY`]).
+pub const EVENT_HISTORY: u64 = crate::defaults::EVENT_HISTORY;
 /// `meta` key: what a restored store adds to log indices to make resourceVersions
 /// (the backup's revision), so they never go back after a restore. 0 otherwise.
 pub(crate) const REVISION_BASE: &str = "revision_base";
