@@ -717,6 +717,14 @@ impl GithubGate {
                         _ => rank::COMPLETED,
                     };
                     info!(gate = %self.name, job = j.id, status = ?status, "a stale queued job is no longer queued");
+                    if status.is_none() {
+                        // A 404 is a deleted run, or a token without Actions: read on this
+                        // repository: say so, since the job leaves demand either way.
+                        self.note_error(format!(
+                            "job {} of {}: GitHub answers 404 (the run was deleted, or the token lacks Actions: read on {}); dropped from demand",
+                            j.id, j.repo, j.repo
+                        ));
+                    }
                     let ev = GateJobEvent {
                         id: j.id,
                         repo: j.repo.clone(),
