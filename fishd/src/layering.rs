@@ -28,7 +28,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("proxy", &["meta_token", "store"]),
     ("gates", &["fsutil", "metadata", "store"]),
     ("bootstrap", &["auth", "fsutil", "store"]),
-    ("cluster", &["auth", "fsutil", "tls"]),
+    ("cluster", &["auth", "fsutil", "store", "tls"]),
     ("config", &["defaults", "gates", "proxy"]),
     ("drivers", &["logs", "metadata", "proxy"]),
     ("reconcile", &["drivers", "meta_token", "metadata", "store", "telemetry"]),
