@@ -231,6 +231,7 @@ pub fn dump<W: Write>(tx: &ReadTransaction, out: W) -> Result<Summary, BackupErr
         let (k, _) = e?;
         let (i, u) = k.value();
         put(&mut w, "dedup_by_index", json!([i, uid_str(u)]), Value::Null)?;
+    }
     for e in tx.open_table(GATE_DELIVERIES)?.iter()? {
         let (k, v) = e?;
         let (gate, guid) = k.value();
@@ -453,6 +454,7 @@ fn insert(txn: &WriteTransaction, table: &str, k: &Value, v: &Value) -> Result<(
         "dedup_by_index" => {
             let (i, u) = pair(k)?;
             txn.open_table(DEDUP_BY_INDEX)?.insert((num(i)?, uid(u)?), ())?;
+        }
         "gate_deliveries" => {
             let (gate, guid) = pair(k)?;
             let seen = v.as_i64().ok_or_else(|| Entry::Bad(format!("{v} is not a time")))?;
