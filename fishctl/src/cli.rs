@@ -38,7 +38,7 @@ pub enum Command {
     Describe(DescribeArgs),
     /// Ask fishd to release the resources of applications
     Deallocate(DeallocateArgs),
-    /// Delete a label or a user, or deallocate an application
+    /// Delete a label or a user, remove a node from the cluster, or deallocate an application
     Delete(DeleteArgs),
     /// Create a user (prints its token once) or a cluster join token
     Create(CreateArgs),
@@ -216,12 +216,15 @@ pub enum DeleteKind {
     Application,
     #[value(name = "user", aliases = ["users"])]
     User,
+    /// Remove a node from the cluster (refused while it holds applications)
+    #[value(name = "node", aliases = ["nodes", "no"])]
+    Node,
 }
 
 /// `delete`.
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
-    /// label, application (app) or user
+    /// label, application (app), user or node
     pub kind: DeleteKind,
     /// The object's name
     pub name: String,

@@ -455,29 +455,21 @@ fn prepare_data_dir(dir: &Path) -> Result<PathBuf, RunError> {
     dir.canonicalize().map_err(err)
 }
 
-/// Opens the node's store: its Raft reaches peers over HTTPS with the node's
-/// certificate, trusting only the cluster CA.
+/// Opens the node's store: its Raft reaches peers through `client` (mutual TLS,
+/// trusting only the cluster CA).
 async fn open_store(
     config: &Config,
     data_dir: &Path,
-    node_name: &str,
-    advertise: &str,
-    tls: &crate::tls::TlsMaterial,
+    node: FishNode,
+    client: &reqwest::Client,
     bootstrap: bool,
 ) -> Result<Store, RunError> {
-    let mut identity = std::fs::read(data_dir.join("node.crt"))
-        .map_err(|source| RunError::DataDir { path: data_dir.join("node.crt"), source })?;
-    identity.extend(
-        std::fs::read(data_dir.join("node.key"))
-            .map_err(|source| RunError::DataDir { path: data_dir.join("node.key"), source })?,
-    );
-    let client = crate::cluster::raft_net::peer_client(tls.ca_cert_pem.as_bytes(), &identity).map_err(RunError::Tls)?;
     let options = StoreOptions {
         event_history: config.watch_history,
-        node: FishNode { name: node_name.to_owned(), api: advertise.to_owned() },
+        node,
         bootstrap,
         network: Some(Arc::new(crate::cluster::raft_net::HttpNetwork::new(client.clone()))),
-        forward: Some(Arc::new(crate::cluster::raft_net::HttpForward::new(client))),
+        forward: Some(Arc::new(crate::cluster::raft_net::HttpForward::new(client.clone()))),
     };
     Ok(Store::open_with(&data_dir.join("fish.redb"), options).await?)
 }
@@ -518,7 +510,10 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         crate::tls::load_or_create_for(&data_dir, &node_name, names).map_err(|e| RunError::Tls(error_chain(&e)))?;
     // A joined node waits for the cluster's leader to replicate to it; only a node
     // that joined nobody forms its own one-member cluster.
-    let store = open_store(&config, &data_dir, &node_name, &advertise, &tls, joined.is_none()).await?;
+    let peer_tls = crate::tls::peer_client_config(&data_dir).map_err(|e| RunError::Tls(error_chain(&e)))?;
+    let peer_client = crate::cluster::raft_net::peer_client(peer_tls).map_err(RunError::Tls)?;
+    let me = FishNode { name: node_name.clone(), api: advertise.clone() };
+    let store = open_store(&config, &data_dir, me, &peer_client, joined.is_none()).await?;
     // A joined node gets its users from the cluster: a local admin would be a second,
     // different one.
     if joined.is_none() {
@@ -562,11 +557,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
             .map_err(|e| RunError::Config(ConfigError::Invalid(e)))?,
     );
     ctx.secrets.register(Arc::new(crate::gates::GateSecrets(gates.clone())));
-    // The node record exists before the first election reads its maintenance flag.
-    heartbeat(&ctx, &config, addr).await;
-    let controller = Controller::start(ctx.clone()).await;
     let beat = CancellationToken::new();
-    tokio::spawn(heartbeat_loop(ctx.clone(), config.clone(), addr, beat.clone()));
 
     let api_stop = CancellationToken::new();
     let limits = ApiLimits {
@@ -577,13 +568,15 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
         max_watches_per_user: config.max_watches_per_user,
         ..ApiLimits::default()
     };
-    let cluster = api::cluster::ClusterCtx::local(&node_name, &advertise, &tls, data_dir.clone());
-    if let Some(j) = &joined {
-        // Until raft runs, this node knows the members it learnt when it joined.
-        for m in &j.members {
-            let _ = cluster.membership.add_member(&m.name, &m.api).await;
-        }
-    }
+    let membership = Arc::new(crate::cluster::raft_membership::RaftMembership::new(
+        store.clone(),
+        peer_client,
+        config.cluster.voters as usize,
+        crate::cluster::membership::cluster_id_from_ca(&tls.ca_fingerprint),
+        joined.map(|j| j.members).unwrap_or_default(),
+    ));
+    tokio::spawn(membership.clone().promote_learners(beat.clone()));
+    let cluster = api::cluster::ClusterCtx::new(membership, &tls, data_dir.clone());
     let mut state =
         AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens.clone(), limits, api_stop.clone())
             .with_cluster(cluster);
@@ -612,7 +605,18 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     // After attach: a machine's metadata names the proxy when there is one.
     serve_meta_to_machines(&qemus, &state, &api_stop);
     tokio::spawn(firewall_loop(dockers.clone(), config.resync_interval.get(), beat.clone()));
+    // Serve first, then write: in a cluster a write is answered once this node has
+    // applied it, which needs the leader to reach this node's /raft routes. A node
+    // that wrote before serving (a restarted member, a joined node) waited out every
+    // startup write's deadline.
+    state.started.store(false, std::sync::atomic::Ordering::Release);
+    let started = state.started.clone();
     let mut server = tokio::spawn(api::serve(state, listener, tls.server_config, api_stop.clone()));
+    // The node record exists before the first election reads its maintenance flag.
+    heartbeat(&ctx, &config, addr).await;
+    let controller = Controller::start(ctx.clone()).await;
+    started.store(true, std::sync::atomic::Ordering::Release);
+    tokio::spawn(heartbeat_loop(ctx.clone(), config.clone(), addr, beat.clone()));
     tokio::spawn(gauge_loop(store.clone(), metrics, beat.clone()));
     tokio::spawn(crate::logs::janitor(store.clone(), data_dir.clone(), beat.clone()));
     info!(node = %node_name, api = %addr, data_dir = %data_dir.display(), drivers = ?drivers.keys().collect::<Vec<_>>(), "fishd ready");

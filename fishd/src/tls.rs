@@ -147,7 +147,16 @@ pub fn fingerprint(pem: &str) -> Result<String, TlsError> {
 /// A new node key and a CSR for `node_name` with the SANs `names`, as PEM
 /// (key, csr). The key never leaves the node that made it.
 pub fn node_csr(node_name: &str, names: Vec<String>) -> Result<(String, String), TlsError> {
-    let key = KeyPair::generate()?;
+    node_csr_with(KeyPair::generate()?, node_name, names)
+}
+
+/// Like [`node_csr`] with an existing key (PEM): a join retried after a crash must
+/// present the key the cluster saw, or the used token is refused.
+pub fn node_csr_for_key(key_pem: &str, node_name: &str, names: Vec<String>) -> Result<(String, String), TlsError> {
+    node_csr_with(KeyPair::from_pem(key_pem)?, node_name, names)
+}
+
+fn node_csr_with(key: KeyPair, node_name: &str, names: Vec<String>) -> Result<(String, String), TlsError> {
     // Only the names go in the request: the signer decides usages and validity.
     let mut params = CertificateParams::new(names)?;
     params.distinguished_name = DistinguishedName::new();
@@ -170,6 +179,14 @@ pub enum SignError {
 /// Signs `csr_pem` for `node_name` with the CA key `ca_key_pem`. The request's common
 /// name must be `node_name`; its SANs are kept (the holder of a join token is trusted
 /// to say where it listens), the validity and usages are ours.
+/// The SHA-256 (hex) of a CSR's SubjectPublicKeyInfo: what binds a used join token to
+/// the key of the node that used it, so only that node may retry its join.
+pub fn csr_key_digest(csr_pem: &str) -> Result<String, SignError> {
+    use rcgen::PublicKeyData;
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(SignError::BadRequest)?;
+    Ok(hex::encode(sha2::Sha256::digest(csr.public_key.subject_public_key_info())))
+}
+
 pub fn sign_csr(ca_key_pem: &str, csr_pem: &str, node_name: &str) -> Result<String, SignError> {
     let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(SignError::BadRequest)?;
     let found = csr

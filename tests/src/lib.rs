@@ -372,6 +372,36 @@ impl TestDaemon {
         }
     }
 
+    /// The node's name (`nodeName:` of its config, else fishd's test default).
+    pub fn node_name(&self) -> String {
+        self.extra_config
+            .lines()
+            .find_map(|l| l.strip_prefix("nodeName:"))
+            .map(|n| n.trim().to_owned())
+            .unwrap_or_else(|| "test-node".into())
+    }
+
+    /// Runs fishctl against this node with another node's credentials and CA (`via`'s
+    /// fishctl.yaml with this node's address): one token and one CA for the cluster.
+    pub fn fishctl_with(&self, via: &TestDaemon, args: &[&str]) -> Output {
+        let config = self.dir.path().join("fishctl-via.yaml");
+        let yaml = format!(
+            "current_context: c\ncontexts:\n  c:\n    server: {}\n    ca_cert: {}\n    user: admin\n    token: {}\n",
+            self.url,
+            via.data_dir().join("ca.crt").display(),
+            via.token
+        );
+        std::fs::write(&config, yaml).unwrap();
+        Command::new(bin("fishctl"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    }
+
     /// Runs `fishctl --config <this node's fishctl.yaml> args...`.
     pub fn fishctl(&self, args: &[&str]) -> Output {
         Command::new(bin("fishctl"))
@@ -506,4 +536,24 @@ pub fn prerequisite(what: &str, present: bool, why_missing: &str) -> bool {
     }
     eprintln!("SKIP (not in CI; set CI=true to fail instead): {why_missing}");
     false
+}
+
+/// A host HTTP service on `bind` answering every request with `marker` (HTTP/1.0, then
+/// close), until the test ends; for tests of what a resource can reach.
+pub async fn http_service(bind: &str, marker: &'static str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(bind).await.expect("binding the test HTTP service");
+    let addr = listener.local_addr().expect("a bound listener has an address");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+                let body = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{marker}", marker.len());
+                let _ = s.write_all(body.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
 }

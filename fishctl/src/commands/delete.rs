@@ -1,4 +1,5 @@
-//! `fishctl delete label|application|user NAME`. Deleting a finished application
+//! `fishctl delete label|application|user|node NAME`. Deleting a node removes it from
+//! the cluster (fishd refuses while it holds applications). Deleting a finished application
 //! (DEALLOCATED, ERROR) removes it and frees its name, as kubectl's `delete` removes;
 //! deleting an active one asks for its deallocation (`deallocate` is the verb for that).
 //! Deleting a label says how many applications still run on it.
@@ -15,6 +16,7 @@ pub async fn run(env: &Env, args: DeleteArgs) -> Result<()> {
         DeleteKind::Label => Kind::Label,
         DeleteKind::Application => Kind::Application,
         DeleteKind::User => Kind::User,
+        DeleteKind::Node => Kind::Node,
     };
     if args.version.is_some() && kind != Kind::Label {
         return super::usage("--version applies to labels only");
@@ -25,6 +27,7 @@ pub async fn run(env: &Env, args: DeleteArgs) -> Result<()> {
             "deallocation requested (delete it again once DEALLOCATED to remove it)".to_owned()
         }
         (Kind::Application, _) => "deleted".to_owned(),
+        (Kind::Node, _) => "removed from the cluster".to_owned(),
         (_, Some(v)) => format!("version {v} deleted"),
         _ => "deleted".to_owned(),
     };

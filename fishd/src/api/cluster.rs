@@ -27,7 +27,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::read_body;
 use super::{AppState, audit};
 use crate::auth::AuthUser;
-use crate::cluster::membership::{LocalMembership, Membership, cluster_id_from_ca};
+use crate::cluster::membership::{LocalMembership, Membership};
 use crate::cluster::token::JoinToken;
 use crate::store::Command;
 
@@ -40,7 +40,7 @@ const MAX_JOIN_BODY: usize = 64 * 1024;
 
 /// The cluster side of the API state.
 pub struct ClusterCtx {
-    /// Who the members are; replaced by the raft-backed one when raft runs.
+    /// Who the members are: the Raft log's membership on a running node.
     pub membership: Arc<dyn Membership>,
     /// PEM of the cluster CA, and its fingerprint (join tokens carry it).
     pub ca_cert_pem: String,
@@ -50,11 +50,10 @@ pub struct ClusterCtx {
 }
 
 impl ClusterCtx {
-    /// A one-node cluster of `node` with the TLS material in `data_dir`.
-    pub fn local(node: &str, advertise: &str, tls: &crate::tls::TlsMaterial, data_dir: PathBuf) -> Self {
-        let id = cluster_id_from_ca(&tls.ca_fingerprint);
+    /// The cluster as `membership` sees it, with the TLS material in `data_dir`.
+    pub fn new(membership: Arc<dyn Membership>, tls: &crate::tls::TlsMaterial, data_dir: PathBuf) -> Self {
         ClusterCtx {
-            membership: Arc::new(LocalMembership::new(id, node, advertise)),
+            membership,
             ca_cert_pem: tls.ca_cert_pem.clone(),
             ca_fingerprint: tls.ca_fingerprint.clone(),
             data_dir,
@@ -176,15 +175,24 @@ pub async fn join(State(state): State<AppState>, headers: HeaderMap, body: Body)
     if req.advertise.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
         return Err(ApiError::invalid_field("join request is invalid", "advertise", "must be HOST:PORT"));
     }
-    // A token must not mint a second certificate for an existing member's name.
-    if cluster.membership.is_member(&req.node) {
+    let key = crate::tls::csr_key_digest(&req.csr)
+        .map_err(|e| ApiError::invalid_field("join request is invalid", "csr", e.to_string()))?;
+    // Read first: a token this cluster never made is refused without a replicated write.
+    let now = OffsetDateTime::now_utc();
+    let record = state.store.join_token(&token.digest())?.ok_or_else(crate::store::unknown_join_token)?;
+    if let Some(refusal) = record.refusal(&req.node, &key, now) {
+        tracing::warn!(node = %req.node, reason = %refusal, "refused a join");
+        return Err(refusal.into());
+    }
+    // A token must not mint a second certificate for an existing member's name, unless
+    // this is the same node (same key) retrying a join whose answer it never got.
+    if cluster.membership.is_member(&req.node) && !record.is_retry_of(&req.node, &key) {
         return Err(ApiError::Conflict(format!(
             "a node named {:?} is already a member; join with another name, or remove it first",
             req.node
         )));
     }
-    let consume =
-        Command::ConsumeJoinToken { digest: token.digest(), node: req.node.clone(), now: OffsetDateTime::now_utc() };
+    let consume = Command::ConsumeJoinToken { digest: token.digest(), node: req.node.clone(), key, now };
     if let Err(rejection) = state.store.execute(consume).await? {
         tracing::warn!(node = %req.node, reason = %rejection, "refused a join");
         return Err(rejection.into());
@@ -216,7 +224,24 @@ pub async fn peer_whoami(peer: PeerNode) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "node": peer.0 }))
 }
 
-/// The node-to-node routes (not in the OpenAPI document: they are not for users).
+/// Largest node-to-node body: a batch of log entries or a snapshot piece (64 KiB),
+/// with room for entries that each hold a group of commands.
+const MAX_PEER_BODY: usize = 64 * 1024 * 1024;
+
+/// Raft RPCs, forwarded writes and membership changes, for members only: every
+/// request must carry a member's certificate ([`PeerNode`]), whatever its route.
+pub fn peer_routes(state: &AppState) -> axum::Router<AppState> {
+    crate::cluster::peer_routes(state.store.clone())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), only_members))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_PEER_BODY))
+}
+
+async fn only_members(_peer: PeerNode, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    next.run(request).await
+}
+
+/// The join routes and the peer check's own route (not in the OpenAPI document:
+/// they are not for users).
 pub fn cluster_routes() -> axum::Router<AppState> {
     use axum::routing::{get, post};
     axum::Router::new()

@@ -15,13 +15,16 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: the store answers and fishd is not shutting down.
+/// Readiness: the node has started, the store answers, and fishd is not shutting down.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, body = String, content_type = "text/plain"),
     (status = 503, body = api_types::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> ApiResult<(StatusCode, &'static str)> {
     if state.shutdown.is_cancelled() {
         return Err(ApiError::Unavailable("shutting down".into()));
+    }
+    if !state.started.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(ApiError::Unavailable("starting".into()));
     }
     state.store.revision().map_err(|e| {
         tracing::warn!(error = %e, "readiness check: the store does not answer");

@@ -1,4 +1,4 @@
-//! `/api/v1/nodes`: list, watch, get, and maintenance mode.
+//! `/api/v1/nodes`: list, watch, get, maintenance mode, and removal from the cluster.
 //!
 //! `status.allocated` of a listed or fetched node is computed from the store's
 //! applications when serving, so it never lags a phase change; watches carry the
@@ -157,6 +157,44 @@ pub async fn set_maintenance(
         StoreResponse::Node(n) => Ok(Json(*n)),
         _ => find(&state, &node_name).map(Json),
     }
+}
+
+/// Remove a node from the cluster (admin): it leaves the Raft membership (a learner
+/// takes a removed voter's place) and its record is deleted. Refused with 409 while
+/// it holds applications, and for the cluster's last voter.
+#[utoipa::path(
+    delete, path = "/api/v1/nodes/{name}", tag = "nodes",
+    params(("name" = String, Path, description = "node name")),
+    responses((status = 204, description = "removed"), (status = 403, body = api_types::ErrorBody),
+        (status = 404, body = api_types::ErrorBody), (status = 409, body = api_types::ErrorBody)),
+    security(("bearer" = []), ("basic" = []))
+)]
+pub async fn delete_node(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    user.require_admin("remove nodes")?;
+    let member = state.cluster.membership.is_member(&name);
+    if !member && state.store.get_node(&name)?.is_none() {
+        return Err(ApiError::NotFound(format!("node {name:?} not found")));
+    }
+    // Checked before the membership changes (and again, linearizably, by the command):
+    // a node holding applications stays a member, so nothing it runs is orphaned.
+    let held = allocated_by_node(&state)?.remove(&name).map(|u| u.applications).unwrap_or(0);
+    if held > 0 {
+        audit(&user, "delete", "Node", &name, "rejected");
+        return Err(ApiError::Conflict(format!(
+            "node {name:?} still holds {held} application(s); deallocate them (or drain the node) first"
+        )));
+    }
+    if member {
+        state.cluster.membership.remove_member(&name).await.map_err(|e| ApiError::Conflict(e.to_string()))?;
+    }
+    let outcome = state.store.execute(Command::DeleteNode { node: name.clone() }).await?;
+    audit(&user, "delete", "Node", &name, if outcome.is_ok() { "deleted" } else { "rejected" });
+    outcome?;
+    Ok(axum::http::StatusCode::NO_CONTENT.into_response())
 }
 
 /// The cluster as this node sees it: leader, term, commit index, members.

@@ -14,10 +14,13 @@ use super::openapi::{OpenApiJson, api_router};
 pub fn router(state: AppState) -> Router {
     let (routes, mut doc) = api_router().split_for_parts();
     super::openapi::complete(&mut doc);
+    super::openapi::link_objects(&mut doc);
     routes
         .merge(super::cluster::cluster_routes())
         .merge(super::ui::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        // After `track`: Raft's heartbeats are not API requests.
+        .merge(super::cluster::peer_routes(&state))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         // Bodies are read by `extract::read_body`, which answers 413 itself.
         .layer(DefaultBodyLimit::disable())

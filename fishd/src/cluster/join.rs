@@ -7,12 +7,13 @@
 //!    goes to a server that is not the cluster's.
 //! 3. Make a node key and a CSR here (the key never leaves), and
 //!    `POST /cluster/join` to the member over TLS verified by the pinned CA only.
-//! 4. Write `ca.crt`, `ca.key`, `node.key`, `node.crt`, `node.sans`, then
-//!    `cluster.json` last: its presence means "joined", so a crash in between makes
-//!    the next start join again (the member accepts a retry by the same node name).
+//! 4. Before the call, `join.partial` and `node.key`; after it `ca.crt`, `ca.key`,
+//!    `node.crt`, `node.sans`, then `cluster.json` (its presence means "joined") and
+//!    the marker goes. A crash in between makes the next start join again with the
+//!    same key, which the member accepts as a retry of the same node.
 //!
 //! # Guarantees
-//! - A refused join writes nothing, and its error is one line naming the problem.
+//! - A refused join leaves nothing behind, and its error is one line naming the problem.
 //! - A data dir that already holds a node's state is never joined (it would mix two
 //!   clusters' state): the error says to use an empty one.
 
@@ -96,6 +97,15 @@ impl Joined {
 
 /// The files a node's own state lives in: any of them means "not empty".
 const STATE_FILES: [&str; 4] = ["fish.redb", "ca.key", "node.key", STATE_FILE];
+/// Present while a join is under way: a start that finds it resumes the join (with
+/// the same node key, so the member accepts the retry) instead of refusing a data dir
+/// half-written by a crash.
+const PARTIAL: &str = "join.partial";
+/// The files a join writes, removed again when a half-done join is resumed.
+const JOIN_FILES: [&str; 5] = ["ca.crt", "ca.key", "node.crt", "node.sans", STATE_FILE];
+/// Largest CA certificate the probe reads (before the CA is pinned, nothing it sends
+/// is trusted, so nothing it sends is read without bound).
+const MAX_CA_PEM: usize = 64 * 1024;
 
 /// Joins the cluster through the member at `addr` (`HOST:PORT`) with `token`, as
 /// `node` reachable at `advertise`, with a certificate for `names`. See the module docs.
@@ -108,10 +118,27 @@ pub async fn join(
     names: Vec<String>,
 ) -> Result<Joined, JoinError> {
     let token: JoinToken = token.parse()?;
-    if let Some(f) = STATE_FILES.iter().find(|f| data_dir.join(f).exists()) {
-        tracing::debug!(file = f, "data dir is not empty");
-        return Err(JoinError::NotEmpty { dir: data_dir.to_owned() });
-    }
+    let partial = data_dir.join(PARTIAL);
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| JoinError::Io { path, source }
+    };
+    let resumed_key = if partial.exists() {
+        tracing::info!("resuming a join that was interrupted");
+        for f in JOIN_FILES {
+            match std::fs::remove_file(data_dir.join(f)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&data_dir.join(f))(e)),
+                _ => {}
+            }
+        }
+        std::fs::read_to_string(data_dir.join("node.key")).ok()
+    } else {
+        if let Some(f) = STATE_FILES.iter().find(|f| data_dir.join(f).exists()) {
+            tracing::debug!(file = f, "data dir is not empty");
+            return Err(JoinError::NotEmpty { dir: data_dir.to_owned() });
+        }
+        None
+    };
     let unreachable = |e: reqwest::Error| JoinError::Unreachable { addr: addr.to_owned(), reason: error_chain(&e) };
     let bad = |reason: String| JoinError::BadAnswer { addr: addr.to_owned(), reason };
 
@@ -126,7 +153,18 @@ pub async fn join(
     if !resp.status().is_success() {
         return Err(bad(format!("GET /cluster/join/ca: HTTP {}", resp.status())));
     }
-    let ca_pem = resp.text().await.map_err(unreachable)?;
+    if resp.content_length().is_some_and(|n| n > MAX_CA_PEM as u64) {
+        return Err(bad("GET /cluster/join/ca: the answer is too large for a CA certificate".into()));
+    }
+    let mut ca_pem = Vec::new();
+    let mut resp = resp;
+    while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
+        ca_pem.extend_from_slice(&chunk);
+        if ca_pem.len() > MAX_CA_PEM {
+            return Err(bad("GET /cluster/join/ca: the answer is too large for a CA certificate".into()));
+        }
+    }
+    let ca_pem = String::from_utf8(ca_pem).map_err(|_| bad("its CA is not text".into()))?;
     let actual = tls::fingerprint(&ca_pem).map_err(|e| bad(format!("its CA is not a PEM certificate: {e}")))?;
     if actual != token.ca_fingerprint() {
         return Err(JoinError::WrongCa {
@@ -137,7 +175,15 @@ pub async fn join(
     }
 
     // 3. CSR, then the join call over TLS that trusts the pinned CA only.
-    let (key_pem, csr) = tls::node_csr(node, names.clone())?;
+    let (key_pem, csr) = match &resumed_key {
+        Some(key) => tls::node_csr_for_key(key, node, names.clone())?,
+        None => tls::node_csr(node, names.clone())?,
+    };
+    // The key is kept from here on, with the marker, so a crash before the join is
+    // recorded resumes with the key the member may already have seen.
+    write_private(&partial, b"").map_err(io(&partial))?;
+    let key_path = data_dir.join("node.key");
+    write_private(&key_path, key_pem.as_bytes()).map_err(io(&key_path))?;
     let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).map_err(unreachable)?;
     let client =
         reqwest::Client::builder().tls_certs_only([ca]).timeout(REQUEST_TIMEOUT).build().map_err(unreachable)?;
@@ -151,6 +197,11 @@ pub async fn join(
             Ok(b) => b.message,
             Err(_) => format!("HTTP {status}"),
         };
+        // A refusal is definite: nothing of this join is kept (only an unknown outcome,
+        // a lost answer, leaves the marker and key for a retry).
+        for f in [&partial, &key_path] {
+            let _ = std::fs::remove_file(f);
+        }
         return Err(JoinError::Refused { addr: addr.to_owned(), message });
     }
     let answer: JoinResponse = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
@@ -166,7 +217,6 @@ pub async fn join(
     };
     write("ca.crt", &answer.ca_cert, false)?;
     write("ca.key", &answer.ca_key, true)?;
-    write("node.key", &key_pem, true)?;
     write("node.crt", &answer.certificate, false)?;
     write("node.sans", &names.join("\n"), false)?;
     let joined = Joined {
@@ -177,6 +227,7 @@ pub async fn join(
         members: answer.members,
     };
     joined.save(data_dir)?;
+    std::fs::remove_file(&partial).map_err(io(&partial))?;
     tracing::info!(cluster = %joined.cluster_id, via = addr, members = joined.members.len(), "joined the cluster");
     Ok(joined)
 }

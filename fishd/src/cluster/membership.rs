@@ -1,10 +1,10 @@
 //! Who the cluster's members are, as the node-to-node peer check and the join call
 //! need to know it.
 //!
-//! The raft side implements [`Membership`] over the replicated membership; until a
-//! node runs raft, [`LocalMembership`] stands in: this node plus the nodes that
-//! joined through it, in memory. Both answer [`Membership::is_member`] from memory,
-//! since it runs on every node-to-node request.
+//! A running node uses [`crate::cluster::raft_membership::RaftMembership`], the Raft
+//! log's membership; [`LocalMembership`] is the in-memory stand-in of API unit tests.
+//! Both answer [`Membership::is_member`] from memory, since it runs on every
+//! node-to-node request.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -24,6 +24,8 @@ pub trait Membership: Send + Sync + 'static {
     /// Adds `node`, reachable at `advertise` (`HOST:PORT`), to the cluster; returns
     /// once the membership change is committed.
     async fn add_member(&self, node: &str, advertise: &str) -> Result<(), MembershipError>;
+    /// Removes `node` from the cluster; returns once the change is committed.
+    async fn remove_member(&self, node: &str) -> Result<(), MembershipError>;
     /// A stable id of the cluster, the same on every member.
     fn cluster_id(&self) -> String;
     /// Every member with its API address.
@@ -67,6 +69,12 @@ impl Membership for LocalMembership {
     async fn add_member(&self, node: &str, advertise: &str) -> Result<(), MembershipError> {
         let mut m = self.members.lock().map_err(|_| MembershipError("membership lock poisoned".into()))?;
         m.insert(node.to_owned(), advertise.to_owned());
+        Ok(())
+    }
+
+    async fn remove_member(&self, node: &str) -> Result<(), MembershipError> {
+        let mut m = self.members.lock().map_err(|_| MembershipError("membership lock poisoned".into()))?;
+        m.remove(node);
         Ok(())
     }
 

@@ -28,6 +28,8 @@ use serde::de::DeserializeOwned;
 use crate::store::{Applied, FishNode, Forward, NodeId, Proposal, Raft, Store, TypeConfig, WRITE_TIMEOUT};
 
 const POSTCARD: &str = "application/x-postcard";
+/// How long a peer request may run on after openraft stopped waiting for it.
+const SLOW_PEER: Duration = Duration::from_secs(5);
 
 /// Connects this node to its peers' `/raft/*` routes.
 #[derive(Clone)]
@@ -75,17 +77,26 @@ impl HttpPeer {
         E: std::error::Error + DeserializeOwned,
     {
         let body = postcard::to_allocvec(req).map_err(|e| net(format!("cannot encode the request: {e}")))?;
-        let resp = self
+        let request = self
             .client
             .post(format!("{}{path}", self.base))
-            .timeout(option.hard_ttl())
+            .timeout(option.hard_ttl().max(SLOW_PEER))
             .header(header::CONTENT_TYPE, POSTCARD)
-            .body(body)
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(transport)?;
+            .body(body);
+        // openraft gives an append a heartbeat's time (100 ms) and drops the call when it
+        // runs out. A new connection (a peer restarted) can need longer for its TLS
+        // handshake on a loaded host; dropped each time, it would never be made and the
+        // peer would never hear from the leader again. Run the request in a task of its
+        // own, so the connection is made and pooled for the next call even when this
+        // one is given up. (A late append is harmless: appends are checked by term.)
+        let (status, bytes) = tokio::spawn(async move {
+            let resp = request.send().await?;
+            let status = resp.status();
+            Ok::<_, reqwest::Error>((status, resp.bytes().await?))
+        })
+        .await
+        .map_err(|e| net(format!("the request to {path} failed: {e}")))?
+        .map_err(transport)?;
         if !status.is_success() {
             return Err(net(format!("{path} answered {status}: {}", String::from_utf8_lossy(&bytes))));
         }
@@ -219,23 +230,9 @@ pub async fn write(State(store): State<Store>, body: Bytes) -> Response {
     postcard_response(&r)
 }
 
-/// An HTTPS client for peers: trusts `ca_pem` only and presents `identity_pem`
-/// (certificate chain + key) for mutual TLS.
-pub fn peer_client(ca_pem: &[u8], identity_pem: &[u8]) -> Result<reqwest::Client, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem) {
-        roots.add(c.map_err(|e| format!("cluster CA: {e}"))?).map_err(|e| format!("cluster CA: {e}"))?;
-    }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(identity_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("node certificate: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(identity_pem).map_err(|e| format!("node key: {e}"))?;
-    let tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| format!("node certificate: {e}"))?;
+/// An HTTPS client for peers from [`crate::tls::peer_client_config`]: it trusts the
+/// cluster CA only and presents this node's certificate (mutual TLS).
+pub fn peer_client(tls: rustls::ClientConfig) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .connect_timeout(Duration::from_secs(2))

@@ -17,7 +17,7 @@ const READY_WITHIN: time::Duration = time::Duration::seconds(30);
 pub fn cluster_status(store: &Store) -> Result<ClusterStatus, StoreError> {
     let m = store.raft().metrics().borrow().clone();
     let membership = m.membership_config.membership();
-    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let voters = super::raft_membership::settled_voters(membership);
     let (_, nodes) = store.list_nodes()?;
     let now = OffsetDateTime::now_utc();
     let mut members = Vec::new();

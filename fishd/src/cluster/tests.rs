@@ -45,9 +45,7 @@ async fn start(root: &Path, name: &str, bootstrap: bool) -> TestNode {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut identity = std::fs::read(dir.join("node.crt")).unwrap();
-    identity.extend(std::fs::read(dir.join("node.key")).unwrap());
-    let client = peer_client(tls.ca_cert_pem.as_bytes(), &identity).unwrap();
+    let client = peer_client(crate::tls::peer_client_config(&dir).unwrap()).unwrap();
     let options = StoreOptions {
         event_history: 10_000,
         node: FishNode { name: name.into(), api: addr.to_string() },
@@ -62,6 +60,9 @@ async fn start(root: &Path, name: &str, bootstrap: bool) -> TestNode {
         .unwrap()
         .handle(handle.clone());
     tokio::spawn(async move { server.serve(app.into_make_service()).await });
+    let membership =
+        Arc::new(super::raft_membership::RaftMembership::new(store.clone(), client.clone(), 3, "test".into(), vec![]));
+    tokio::spawn(membership.promote_learners(tokio_util::sync::CancellationToken::new()));
     TestNode { store, client, handle }
 }
 
@@ -69,6 +70,17 @@ async fn start(root: &Path, name: &str, bootstrap: bool) -> TestNode {
 async fn add(via: &TestNode, node: &TestNode) {
     let change = MemberChange::Add { node: node.store.node().clone(), voters: 3 };
     raft_membership::change(&via.store, &via.client, change).await.unwrap();
+    // A joined node is a learner until the leader sees it caught up and promotes it.
+    let start = Instant::now();
+    let id = node.store.node_id();
+    let voting = || {
+        let m = via.store.raft().metrics().borrow().membership_config.clone();
+        !raft_membership::changing(m.membership()) && raft_membership::settled_voters(m.membership()).contains(&id)
+    };
+    while !voting() {
+        assert!(start.elapsed() < Duration::from_secs(20), "{} was never promoted to voter", node.store.node().name);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn label(name: &str, cpu: u32) -> Command {

@@ -16,9 +16,15 @@
 //! message has a small maximum size ([`wire`]); a resource holds at most
 //! [`ProxyLimits::per_resource`] relayed connections; a relay with no byte either way for
 //! [`ProxyLimits::idle`] is closed.
+//!
+//! # Relaying
+//! Once a request is allowed, the bytes move by splice(2) through one pipe per direction
+//! (`relay`, `pipe`): the kernel hands them from socket to socket without the two copies
+//! through user space a buffer costs, falling back to a buffer where splicing is refused.
 
 mod directory;
 mod metrics;
+mod pipe;
 mod relay;
 mod server;
 #[cfg(test)]

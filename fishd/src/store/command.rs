@@ -100,6 +100,11 @@ pub enum Command {
         node: String,
         enabled: bool,
     },
+    /// Forget a node removed from the cluster: refused (as a value) while it still
+    /// holds applications (ELECTED, ALLOCATED or DEALLOCATE on it).
+    DeleteNode {
+        node: String,
+    },
     /// A gate received a CI event (contract section 12): applied once per delivery
     /// GUID, moving the job's rank forward only.
     GateEvent {
@@ -127,12 +132,15 @@ pub enum Command {
         created_by: String,
         now: OffsetDateTime,
     },
-    /// Use a join token for `node`: refused (as a value) when unknown, expired, or
-    /// used by another node; using it again for the same node is a no-op, so a join
-    /// retried after a lost answer still succeeds.
+    /// Use a join token for `node` whose CSR holds the key with digest `key`: refused
+    /// (as a value) when unknown, expired, or used by another node or key; the same
+    /// node with the same key may use it again before expiry, so a join retried after
+    /// a lost answer still succeeds while a stolen token cannot be replayed.
     ConsumeJoinToken {
         digest: String,
         node: String,
+        #[serde(default)]
+        key: String,
         now: OffsetDateTime,
     },
 }

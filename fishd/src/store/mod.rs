@@ -39,12 +39,13 @@ use uuid::Uuid;
 pub use applyset::check_set_name;
 pub use backup::Summary;
 pub use command::{ApplyItem, Command, Outcome, Rejection, Response, UserRecord};
+pub use join_tokens::{JoinTokenRecord, unknown as unknown_join_token};
 pub use raft::{Applied, Batch, FishNode, NodeId, Proposal, Raft, TypeConfig, node_id_for};
 use tables::*;
 
-/// Default number of recent events kept for watches to resume from; older resumes
-/// get 410. At ~1 KiB an event this bounds the history to ~10 MiB.
-pub const EVENT_HISTORY: u64 = 10_000;
+/// Default number of recent events kept for watches to resume from (the value and
+/// its reason are in [`crate::defaults::EVENT_HISTORY`]).
+pub const EVENT_HISTORY: u64 = crate::defaults::EVENT_HISTORY;
 /// `meta` key: what a restored store adds to log indices to make resourceVersions
 /// (the backup's revision), so they never go back after a restore. 0 otherwise.
 pub(crate) const REVISION_BASE: &str = "revision_base";
@@ -223,16 +224,21 @@ fn lonely<E: std::error::Error>() -> openraft::error::RPCError<NodeId, FishNode,
     )))
 }
 
-/// The Raft settings of every node: heartbeats every 100 ms, elections after
-/// 0.5–1 s of silence (failover ≈ 1.5–2 s, robust to a loaded CI host), snapshots
-/// every 1000 entries or 1 MiB of log (see [`raft::LogGrowth`]) keeping 100 entries
-/// behind them, at most 64 entries (each a group commit) per append RPC.
+/// The Raft settings of every node: heartbeats every 250 ms, elections after
+/// 1–2 s of silence (failover ≈ 1.5–2.5 s), snapshots every 1000 entries or 1 MiB of
+/// log (see [`raft::LogGrowth`]) keeping 100 entries behind them, at most 64 entries
+/// (each a group commit) per append RPC.
+///
+/// openraft gives every append RPC one heartbeat interval to answer. At 100 ms a
+/// restarted follower whose first append truncates a stale entry and fsyncs on a
+/// loaded disk never answered in time and never caught up; 250 ms leaves room for
+/// that while keeping failover under 3 s.
 pub fn raft_config() -> Result<Arc<openraft::Config>, StoreError> {
     let c = openraft::Config {
         cluster_name: "aquarium".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 500,
-        election_timeout_max: 1000,
+        heartbeat_interval: 250,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
@@ -713,6 +719,11 @@ impl Store {
             Some(v) => Some(serde_json::from_slice(v.value())?),
             None => None,
         })
+    }
+
+    /// The join token with `digest`, if this cluster made it (see [`JoinTokenRecord`]).
+    pub fn join_token(&self, digest: &str) -> Result<Option<JoinTokenRecord>, StoreError> {
+        join_tokens::get(&self.read()?.open_table(JOIN_TOKENS)?, digest)
     }
 }
 

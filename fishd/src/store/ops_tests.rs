@@ -108,7 +108,12 @@ async fn a_backup_is_one_snapshot_and_restores_whole() {
     applied(s.execute(set("git", false, &format!("{}---\n{people}---\n{app}", label("l", 1)))).await.unwrap());
     applied(s.execute(plain(&label("l", 2))).await.unwrap());
     let now = OffsetDateTime::now_utc();
-    let join = |digest: &str, node: &str| Command::ConsumeJoinToken { digest: digest.into(), node: node.into(), now };
+    let join = |digest: &str, node: &str| Command::ConsumeJoinToken {
+        digest: digest.into(),
+        node: node.into(),
+        key: "k".into(),
+        now,
+    };
     for digest in ["used", "fresh"] {
         let create = Command::CreateJoinToken {
             digest: digest.into(),

@@ -476,6 +476,11 @@ impl StateMachine {
         }
         txn.commit()?;
         self.growth.snapshot_taken(data.len() as u64);
+        tracing::info!(
+            index = meta.last_log_id.map(|l| l.index).unwrap_or(0),
+            bytes = data.len(),
+            "installed a snapshot of the replicated state"
+        );
         Ok(())
     }
 

@@ -93,10 +93,17 @@ pub(super) fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Outcome, StoreError
         Command::DeleteUser { name } => delete_user(tx, &name),
         Command::PutNode { node } => put_node(tx, *node),
         Command::SetMaintenance { node, enabled } => set_maintenance(tx, &node, enabled),
+        Command::DeleteNode { node } => delete_node(tx, &node),
         Command::CreateJoinToken { digest, expires_at, created_by, now } => {
             super::join_tokens::create(tx.txn, &digest, expires_at, &created_by, now)
         }
-        Command::ConsumeJoinToken { digest, node, now } => super::join_tokens::consume(tx.txn, &digest, &node, now),
+        Command::ConsumeJoinToken { digest, node, key, now } => {
+            let outcome = super::join_tokens::consume(tx.txn, &digest, &node, &key, now)?;
+            if outcome.is_ok() {
+                tx.txn.open_table(META)?.remove(removed_key(&node).as_str())?;
+            }
+            Ok(outcome)
+        }
         Command::ApplySet { set, prune, items, owner, now } => {
             super::applyset::apply_set(tx, &set, prune, items, &owner, now)
         }
@@ -328,8 +335,20 @@ pub(super) fn delete_user(tx: &mut Tx<'_>, name: &str) -> Result<Outcome, StoreE
     Ok(Ok(Response::Done))
 }
 
+/// The `meta` key that marks `node` as removed from the cluster: its late heartbeats
+/// (in flight when it was removed, or from a node still running after removal) must
+/// not bring its record back. A new join of that name clears it.
+pub(super) fn removed_key(node: &str) -> String {
+    format!("removed-node/{node}")
+}
+
 fn put_node(tx: &mut Tx<'_>, mut node: Node) -> Result<Outcome, StoreError> {
     let name = node.metadata.name_str().to_owned();
+    if tx.txn.open_table(META)?.get(removed_key(&name).as_str())?.is_some() {
+        return Ok(Err(Rejection::Conflict(format!(
+            "node {name:?} was removed from the cluster; stop it, or join it again with a new token"
+        ))));
+    }
     let existing: Option<Node> = match tx.txn.open_table(NODES)?.get(name.as_str())? {
         Some(v) => Some(serde_json::from_slice(v.value())?),
         None => None,
@@ -353,6 +372,44 @@ fn put_node(tx: &mut Tx<'_>, mut node: Node) -> Result<Outcome, StoreError> {
     let t = if existing.is_some() { WatchEventType::Modified } else { WatchEventType::Added };
     tx.emit(Kind::Node, t, serde_json::to_value(&node)?, None);
     Ok(Ok(Response::Node(Box::new(node))))
+}
+
+fn delete_node(tx: &mut Tx<'_>, name: &str) -> Result<Outcome, StoreError> {
+    let mut held = Vec::new();
+    {
+        let apps = tx.txn.open_table(APPS)?;
+        let idx = tx.txn.open_table(APP_BY_PHASE)?;
+        for phase in [Phase::Elected, Phase::Allocated, Phase::Deallocate] {
+            let code = phase_code(phase);
+            for e in idx.range((code, 0)..=(code, u128::MAX))? {
+                let (k, _) = e?;
+                let Some(app) = read_app(&apps, k.value().1)? else { continue };
+                if app.status.node.as_deref() == Some(name) {
+                    held.push(app.metadata.name_str().to_owned());
+                }
+            }
+        }
+    }
+    if !held.is_empty() {
+        let shown: Vec<_> = held.iter().take(5).map(String::as_str).collect();
+        let more =
+            if held.len() > shown.len() { format!(" and {} more", held.len() - shown.len()) } else { String::new() };
+        return Ok(Err(Rejection::Conflict(format!(
+            "node {name:?} still holds {} application(s): {}{more}; deallocate them (or drain the node) first",
+            held.len(),
+            shown.join(", ")
+        ))));
+    }
+    let removed: Option<Node> = match tx.txn.open_table(NODES)?.remove(name)? {
+        Some(v) => Some(serde_json::from_slice(v.value())?),
+        None => None,
+    };
+    if let Some(node) = removed {
+        emit_deleted(tx, Kind::Node, serde_json::to_value(&node)?, None);
+    }
+    let rev = tx.bump();
+    tx.txn.open_table(META)?.insert(removed_key(name).as_str(), rev)?;
+    Ok(Ok(Response::Done))
 }
 
 fn set_maintenance(tx: &mut Tx<'_>, name: &str, enabled: bool) -> Result<Outcome, StoreError> {

@@ -9,7 +9,7 @@ use aquarium_e2e::{TestDaemon, bin, eventually};
 use serde_json::{Value, json};
 
 /// A join token made with `fishctl create join-token`, checked to be printed alone.
-fn join_token(a: &TestDaemon, ttl: &str) -> String {
+pub(crate) fn join_token(a: &TestDaemon, ttl: &str) -> String {
     let out = a.fishctl(&["create", "join-token", "--ttl", ttl]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap fails with the value it saw
 
 mod chaos;
+mod cluster;
 mod core;
 mod dashboard;
 mod docker;

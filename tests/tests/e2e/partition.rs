@@ -4,8 +4,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use aquarium_e2e::TestDaemon;
 use aquarium_e2e::netns::{self, Net};
+use aquarium_e2e::{TestDaemon, eventually};
 use serde_json::json;
 
 const PORT: u16 = 8001;
@@ -50,5 +50,108 @@ async fn namespaces_cut_and_heal_traffic_between_nodes() {
     let left = String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
     for ns in names {
         assert!(!left.contains(&ns), "{ns} left behind: {left}");
+    }
+}
+
+/// A label named `name`.
+fn label(name: &str) -> String {
+    format!(
+        "kind: Label\nmetadata: {{name: {name}}}\nspec:\n  definitions: [{{driver: test, resources: {{cpu: 1, ram: 1}}}}]\n"
+    )
+}
+
+/// A join token made on `d`.
+async fn token(d: &TestDaemon) -> String {
+    let (status, body) = d.post("/api/v1/cluster/join-tokens", Some(json!({"ttl": "10m"}))).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+/// How many voting members (the leader included) `d` sees.
+async fn voters(d: &TestDaemon) -> usize {
+    let Ok((200, c)) = d.get("/api/v1/cluster").await else { return 0 };
+    c["members"].as_array().into_iter().flatten().filter(|m| m["role"] != "learner").count()
+}
+
+/// The label's `resourceVersion` on `d`, if `d` has it.
+async fn label_rv(d: &TestDaemon, name: &str) -> Option<String> {
+    match d.get(&format!("/api/v1/labels/{name}")).await {
+        Ok((200, l)) => l["metadata"]["resourceVersion"].as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// Three nodes in three namespaces; the leader is cut off from the other two. The cut
+/// side (a minority of one) refuses writes with 503 within 10 s and keeps serving
+/// reads; the majority elects a leader and takes writes; once healed, the cut node
+/// has the majority's state, at the same resourceVersion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_minority_refuses_writes_serves_reads_and_converges_when_healed() {
+    if netns::require("a_cut_off_minority_refuses_writes_serves_reads_and_converges_when_healed").is_none() {
+        return;
+    }
+    let net = Net::new(3).unwrap();
+    let a = TestDaemon::start_in_netns(net.ns(0), net.ip(0), None, "nodeName: node-a\n").await.unwrap();
+    let b = TestDaemon::start_in_netns(net.ns(1), net.ip(1), Some((&a, &token(&a).await)), "nodeName: node-b\n")
+        .await
+        .unwrap();
+    eventually("two voters", || async { voters(&a).await == 2 }).await.unwrap();
+    let c = TestDaemon::start_in_netns(net.ns(2), net.ip(2), Some((&a, &token(&a).await)), "nodeName: node-c\n")
+        .await
+        .unwrap();
+    eventually("three voters", || async { voters(&a).await == 3 }).await.unwrap();
+    let nodes = [&a, &b, &c];
+    assert_eq!(a.apply(&label("before-cut")).await.unwrap().0, 200);
+    for d in nodes {
+        eventually("the first label everywhere", || async { label_rv(d, "before-cut").await.is_some() }).await.unwrap();
+    }
+
+    let (_, status) = a.get("/api/v1/cluster").await.unwrap();
+    let leader = ["node-a", "node-b", "node-c"].iter().position(|n| status["leader"] == *n).unwrap();
+    net.cut(leader).unwrap();
+    let cut = nodes[leader];
+    let majority: Vec<&TestDaemon> = (0..3).filter(|i| *i != leader).map(|i| nodes[i]).collect();
+
+    // The minority: a write is refused with 503 "no quorum" within 10 s...
+    let started = std::time::Instant::now();
+    let (code, body) = cut.apply(&label("on-the-minority")).await.unwrap();
+    let refused_after = started.elapsed();
+    assert_eq!(code, 503, "a cut-off node must refuse writes: {body}");
+    assert!(body.to_string().contains("quorum"), "{body}");
+    assert!(refused_after < Duration::from_secs(10), "refused after {refused_after:?}");
+    eprintln!("minority write refused with 503 after {refused_after:?}");
+    // ...while its reads are served.
+    assert!(label_rv(cut, "before-cut").await.is_some(), "reads on the minority");
+    assert_eq!(cut.get("/api/v1/labels").await.unwrap().0, 200);
+
+    // The majority elects a leader of its own and takes writes.
+    eventually("a write on the majority", || async {
+        matches!(majority[0].apply(&label("on-the-majority")).await, Ok((200, _)))
+    })
+    .await
+    .unwrap();
+    eventually("the majority's write on its other node", || async {
+        label_rv(majority[1], "on-the-majority").await.is_some()
+    })
+    .await
+    .unwrap();
+
+    // Healed: the cut node converges to the majority's state; the refused write never
+    // appears; writes through it work again.
+    net.heal(leader).unwrap();
+    eventually("the healed node has the majority's write", || async {
+        label_rv(cut, "on-the-majority").await == label_rv(majority[0], "on-the-majority").await
+            && label_rv(cut, "on-the-majority").await.is_some()
+    })
+    .await
+    .unwrap();
+    assert!(label_rv(cut, "on-the-minority").await.is_none(), "a refused write must not appear");
+    eventually("writes through the healed node", || async {
+        matches!(cut.apply(&label("after-heal")).await, Ok((200, _)))
+    })
+    .await
+    .unwrap();
+    for d in nodes {
+        eventually("the last write everywhere", || async { label_rv(d, "after-heal").await.is_some() }).await.unwrap();
     }
 }
