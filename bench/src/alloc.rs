@@ -164,52 +164,106 @@ pub struct Burst {
     pub fishd_cores: f64,
 }
 
-/// Sends `path(name)` with `body(name)` for every name from `clients` at once;
-/// returns each name's send instant and the instant of the last answer.
+/// Where a request worker sends: its own client (connection) and the node it talks to.
+#[derive(Clone)]
+pub struct Target {
+    pub client: reqwest::Client,
+    /// `https://HOST:PORT` of the node.
+    pub base: String,
+    pub token: String,
+    /// The node's index in the list of nodes (and of their trackers).
+    pub node: usize,
+}
+
+impl Target {
+    /// One target per client, all on `d` (node 0).
+    pub fn all_on(d: &Daemon, clients: &[reqwest::Client]) -> Vec<Target> {
+        clients.iter().map(|c| Target { client: c.clone(), base: d.url(""), token: d.token.clone(), node: 0 }).collect()
+    }
+}
+
+/// What [`fan_requests`] did: per name, when its request was sent and to which node;
+/// and the instant of the last answer.
+struct Fanned {
+    sent: Vec<Instant>,
+    node: Vec<usize>,
+    answered: Instant,
+}
+
+/// Sends `path(name)` with `body(name)` for every name from `targets` at once (each
+/// worker takes the next name as soon as its previous answer is read).
 async fn fan_requests(
-    d: &Daemon,
-    clients: &[reqwest::Client],
+    targets: &[Target],
     names: &[String],
     path: fn(&str) -> String,
     body: impl Fn(&str) -> Value + Send + Sync + 'static,
     expect: u16,
-) -> Result<(Vec<Instant>, Instant)> {
+) -> Result<Fanned> {
     let next = Arc::new(AtomicUsize::new(0));
     let names: Arc<Vec<String>> = Arc::new(names.to_vec());
     let body = Arc::new(body);
     let mut tasks = Vec::new();
-    for c in clients {
-        let (c, next, names, body) = (c.clone(), next.clone(), names.clone(), body.clone());
-        let (base, token) = (d.url(""), d.token.clone());
+    for t in targets {
+        let (t, next, names, body) = (t.clone(), next.clone(), names.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             let mut sent: Vec<(usize, Instant)> = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(name) = names.get(i) else { break };
                 let t0 = Instant::now();
-                let r = c.post(format!("{base}{}", path(name))).bearer_auth(&token).json(&body(name)).send().await?;
+                let r = t
+                    .client
+                    .post(format!("{}{}", t.base, path(name)))
+                    .bearer_auth(&t.token)
+                    .json(&body(name))
+                    .send()
+                    .await?;
                 let code = r.status().as_u16();
                 if code != expect {
                     let text = r.text().await.unwrap_or_default();
-                    bail!("{} answered {code}, expected {expect}: {text}", path(name));
+                    bail!("{} on {} answered {code}, expected {expect}: {text}", path(name), t.base);
                 }
                 r.bytes().await?;
                 sent.push((i, t0));
             }
-            Ok::<_, anyhow::Error>((sent, Instant::now()))
+            Ok::<_, anyhow::Error>((t.node, sent, Instant::now()))
         }));
     }
     let mut stamps = vec![None; names.len()];
+    let mut nodes = vec![0; names.len()];
     let mut last = Instant::now();
     for t in tasks {
-        let (sent, end) = t.await.context("request worker panicked")??;
+        let (node, sent, end) = t.await.context("request worker panicked")??;
         for (i, t0) in sent {
             stamps[i] = Some(t0);
+            nodes[i] = node;
         }
         last = end.max(last);
     }
     let stamps: Option<Vec<Instant>> = stamps.into_iter().collect();
-    Ok((stamps.context("a request was not sent")?, last))
+    Ok(Fanned { sent: stamps.context("a request was not sent")?, node: nodes, answered: last })
+}
+
+/// Waits until every name reached `stamp` on the tracker of the node its request
+/// went to; returns the stamps in the order of `names`.
+async fn wait_each(
+    trackers: &[&Tracker],
+    names: &[String],
+    fanned: &Fanned,
+    stamp: Stamp,
+    limit: Duration,
+) -> Result<Vec<Instant>> {
+    let mut out = vec![None; names.len()];
+    for (k, tracker) in trackers.iter().enumerate() {
+        let idx: Vec<usize> = (0..names.len()).filter(|i| fanned.node[*i] == k).collect();
+        let mine: Vec<String> = idx.iter().map(|i| names[*i].clone()).collect();
+        let got = tracker.wait(&mine, stamp, limit).await?;
+        for (i, at) in idx.into_iter().zip(got) {
+            out[i] = Some(at);
+        }
+    }
+    let out: Option<Vec<Instant>> = out.into_iter().collect();
+    out.context("a request went to a node without a tracker")
 }
 
 fn flow(sent: &[Instant], answered: Instant, reached: &[Instant]) -> Flow {
@@ -241,25 +295,40 @@ pub async fn burst(
     n: usize,
     stored_before: usize,
 ) -> Result<Burst> {
+    burst_spread(&[d], &[tracker], &Target::all_on(d, clients), prefix, label, n, stored_before).await
+}
+
+/// [`burst`] over several nodes: each worker of `targets` sends to its node, and
+/// each application's phases are seen on the watch of the node it was sent to (as
+/// the client that sent it would see them). `nodes[k]` has the tracker `trackers[k]`;
+/// the CPU figure is the sum over `nodes`.
+pub async fn burst_spread(
+    nodes: &[&Daemon],
+    trackers: &[&Tracker],
+    targets: &[Target],
+    prefix: &str,
+    label: &str,
+    n: usize,
+    stored_before: usize,
+) -> Result<Burst> {
     let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
-    let cpu0 = d.cpu_seconds();
+    let cpu = || nodes.iter().map(|d| d.cpu_seconds()).sum::<Option<f64>>();
+    let cpu0 = cpu();
     let t0 = Instant::now();
     let label = label.to_owned();
-    let (sent, answered) =
-        fan_requests(d, clients, &names, |_| "/api/v1/applications".into(), move |n| application(n, &label), 201)
-            .await?;
-    let allocated = tracker.wait(&names, Stamp::Allocated, limit(n)).await?;
-    let allocate = flow(&sent, answered, &allocated);
-    let (sent, answered) =
-        fan_requests(d, clients, &names, |n| format!("/api/v1/applications/{n}/deallocate"), |_| Value::Null, 202)
-            .await?;
-    let deallocated = tracker.wait(&names, Stamp::Deallocated, limit(n)).await?;
-    let deallocate = flow(&sent, answered, &deallocated);
-    let fishd_cores = match (cpu0, d.cpu_seconds()) {
+    let created =
+        fan_requests(targets, &names, |_| "/api/v1/applications".into(), move |n| application(n, &label), 201).await?;
+    let allocated = wait_each(trackers, &names, &created, Stamp::Allocated, limit(n)).await?;
+    let allocate = flow(&created.sent, created.answered, &allocated);
+    let freed =
+        fan_requests(targets, &names, |n| format!("/api/v1/applications/{n}/deallocate"), |_| Value::Null, 202).await?;
+    let deallocated = wait_each(trackers, &names, &freed, Stamp::Deallocated, limit(n)).await?;
+    let deallocate = flow(&freed.sent, freed.answered, &deallocated);
+    let fishd_cores = match (cpu0, cpu()) {
         (Some(a), Some(b)) => round3((b - a) / t0.elapsed().as_secs_f64()),
         _ => 0.0,
     };
-    Ok(Burst { applications: n, concurrency: clients.len(), stored_before, allocate, deallocate, fishd_cores })
+    Ok(Burst { applications: n, concurrency: targets.len(), stored_before, allocate, deallocate, fishd_cores })
 }
 
 /// One application at a time, on an otherwise idle node: the latency a single CI
@@ -282,22 +351,36 @@ pub async fn singles(
     k: usize,
     stored_before: usize,
 ) -> Result<Single> {
+    singles_spread(&[d], &[tracker], prefix, label, k, stored_before).await
+}
+
+/// [`singles`] over several nodes in turn: application `i` is created and
+/// deallocated on `nodes[i % len]` and timed on that node's tracker.
+pub async fn singles_spread(
+    nodes: &[&Daemon],
+    trackers: &[&Tracker],
+    prefix: &str,
+    label: &str,
+    k: usize,
+    stored_before: usize,
+) -> Result<Single> {
     let mut alloc = Vec::new();
     let mut dealloc = Vec::new();
     for i in 0..k {
+        let (d, tracker) = (nodes[i % nodes.len()], trackers[i % trackers.len()]);
         let name = format!("{prefix}-{i}");
         let names = [name.clone()];
         let t0 = Instant::now();
         let (code, v) = d.post("/api/v1/applications", &application(&name, label)).await?;
         if code != 201 {
-            bail!("create {name}: {code} {v}");
+            bail!("create {name} on {}: {code} {v}", d.name);
         }
         let at = tracker.wait(&names, Stamp::Allocated, Duration::from_secs(30)).await?;
         alloc.push(at[0] - t0);
         let t0 = Instant::now();
         let (code, v) = d.post(&format!("/api/v1/applications/{name}/deallocate"), &Value::Null).await?;
         if code != 202 {
-            bail!("deallocate {name}: {code} {v}");
+            bail!("deallocate {name} on {}: {code} {v}", d.name);
         }
         let at = tracker.wait(&names, Stamp::Deallocated, Duration::from_secs(30)).await?;
         dealloc.push(at[0] - t0);

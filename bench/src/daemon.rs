@@ -16,11 +16,31 @@ const READY_POLL: Duration = Duration::from_millis(5);
 /// Linux's USER_HZ: the unit of utime/stime in `/proc/<pid>/stat`.
 const CLOCK_TICKS: f64 = 100.0;
 
+/// How a node joins a cluster on its first start, and the credentials it is driven
+/// with: a joined node writes no `fishctl.yaml`, so the first node's admin token and
+/// CA (one CA and one token across the cluster) are handed over.
+#[derive(Clone)]
+pub struct Join {
+    /// `HOST:PORT` of a member.
+    pub via: String,
+    /// A join token made by an admin of that member.
+    pub token: String,
+    pub admin_token: String,
+    pub ca: Vec<u8>,
+}
+
 /// A running fishd with the test driver and room for a million applications.
 pub struct Daemon {
     child: Option<Child>,
     fishd: PathBuf,
     dir: PathBuf,
+    /// Its `nodeName`.
+    pub name: String,
+    /// Join settings for the next start; cleared once it has joined (a restarted
+    /// member needs no flags).
+    join: Option<Join>,
+    /// Set for a joined node: its API address comes from its `cluster.json`.
+    joined: bool,
     pub url: String,
     pub token: String,
     ca: Vec<u8>,
@@ -33,18 +53,30 @@ impl Daemon {
     /// Starts a fresh fishd whose data lives under `dir`; returns it and how long it
     /// took from spawn to a successful `/readyz`.
     pub async fn start(fishd: &Path, dir: &Path) -> Result<(Daemon, Duration)> {
+        Daemon::start_node(fishd, dir, "bench", None).await
+    }
+
+    /// Starts a fresh fishd named `name` under `dir`; with `join`, it joins that
+    /// cluster on this first start. Returns it and the time from spawn to `/readyz`.
+    pub async fn start_node(fishd: &Path, dir: &Path, name: &str, join: Option<Join>) -> Result<(Daemon, Duration)> {
         std::fs::create_dir_all(dir)?;
+        let joined = join.is_some();
+        let (token, ca) = join.as_ref().map(|j| (j.admin_token.clone(), j.ca.clone())).unwrap_or_default();
         let mut d = Daemon {
             child: None,
             fishd: fishd.to_owned(),
             dir: dir.to_owned(),
+            name: name.to_owned(),
+            join,
+            joined,
             url: String::new(),
-            token: String::new(),
-            ca: Vec::new(),
+            token,
+            ca,
             port: 0,
             client: reqwest::Client::new(),
         };
         let took = d.spawn().await?;
+        d.join = None;
         Ok((d, took))
     }
 
@@ -56,13 +88,17 @@ impl Daemon {
     fn write_config(&self) -> Result<PathBuf> {
         // The capacity is out of the way on purpose: these benchmarks measure the
         // control plane, not the admission of work.
-        let yml = format!(
-            "nodeName: bench\ndataDir: {}\napi: 127.0.0.1:{}\n\
+        let mut yml = format!(
+            "nodeName: {}\ndataDir: {}\napi: 127.0.0.1:{}\n\
              capacity: {{cpu: 1000000, ram: 1000000, slots: 1000000}}\n\
              drivers:\n  test: {{}}\n",
+            self.name,
             self.data_dir().display(),
             self.port
         );
+        if let Some(j) = &self.join {
+            yml.push_str(&format!("cluster: {{join: \"{}\", joinToken: \"{}\"}}\n", j.via, j.token));
+        }
         let path = self.dir.join("fish.yml");
         std::fs::write(&path, yml)?;
         Ok(path)
@@ -88,7 +124,11 @@ impl Daemon {
                 bail!("fishd exited during start ({status}):\n{}", self.log_tail());
             }
             if self.url.is_empty() {
-                self.read_fishctl_config()?;
+                if self.joined {
+                    self.read_cluster_json()?;
+                } else {
+                    self.read_fishctl_config()?;
+                }
             }
             if !self.url.is_empty() && self.ready().await {
                 return Ok(started.elapsed());
@@ -122,6 +162,32 @@ impl Daemon {
         Ok(())
     }
 
+    /// Reads the API address a joined node advertises from its `cluster.json`
+    /// (written last by the join), once it exists; token and CA are the cluster's.
+    fn read_cluster_json(&mut self) -> Result<()> {
+        let Ok(text) = std::fs::read_to_string(self.data_dir().join("cluster.json")) else { return Ok(()) };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else { return Ok(()) };
+        let Some(advertise) = v["advertise"].as_str() else { return Ok(()) };
+        let port = advertise.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(0);
+        if port == 0 {
+            return Ok(());
+        }
+        self.url = format!("https://{advertise}");
+        self.port = port;
+        self.client = self.new_client()?;
+        Ok(())
+    }
+
+    /// `HOST:PORT` of the API (what `--join` takes).
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("https://").to_owned()
+    }
+
+    /// The cluster CA's certificate (PEM), as this node's clients trust it.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        self.ca.clone()
+    }
+
     async fn ready(&self) -> bool {
         self.client.get(format!("{}/readyz", self.url)).send().await.is_ok_and(|r| r.status().is_success())
     }
@@ -133,6 +199,12 @@ impl Daemon {
         Ok(reqwest::Client::builder().tls_certs_only([ca]).timeout(Duration::from_secs(120)).build()?)
     }
 
+    /// Like [`Daemon::new_client`], with every request given up after `timeout`.
+    pub fn client_with_timeout(&self, timeout: Duration) -> Result<reqwest::Client> {
+        let ca = reqwest::Certificate::from_pem(&self.ca)?;
+        Ok(reqwest::Client::builder().tls_certs_only([ca]).timeout(timeout).build()?)
+    }
+
     /// `<url><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.url)
@@ -142,6 +214,21 @@ impl Daemon {
     /// same data and port; returns the time from spawn to ready.
     pub async fn restart(&mut self) -> Result<Duration> {
         self.stop().await?;
+        self.spawn().await
+    }
+
+    /// SIGKILL, as a crash would; returns the instant just before the signal went out.
+    pub fn kill9(&mut self) -> Result<Instant> {
+        let mut c = self.child.take().context("fishd is not running")?;
+        let at = Instant::now();
+        c.kill()?;
+        c.wait()?;
+        Ok(at)
+    }
+
+    /// Starts a stopped fishd again on the same data dir and port, with no join
+    /// settings; returns the time from spawn to ready.
+    pub async fn start_again(&mut self) -> Result<Duration> {
         self.spawn().await
     }
 

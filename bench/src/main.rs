@@ -14,9 +14,14 @@
 //! - `scale`: the allocation burst of 1,000 applications on an empty node, then
 //!   more bursts of 1,000 up to 10,000 stored applications, the scale points at
 //!   1,000 and 10,000, the footprint with 10,000, and a timed restart.
+//!
+//! Then the cluster part (see [`cluster`]): a single node next to a 3-node cluster,
+//! and failover; written to `bench/results/cluster.json` and `cluster.md`.
+//! `--only main` or `--only cluster` runs one of the two.
 
 mod alloc;
 mod ceiling;
+mod cluster;
 mod daemon;
 mod fanout;
 mod load;
@@ -58,6 +63,17 @@ struct Args {
     /// `quick.json`/`quick.md` instead of `latest.*`.
     #[arg(long)]
     quick: bool,
+    /// Run only this part: `main` (latest.*) or `cluster` (cluster.*; a quick run
+    /// writes quick-cluster.*).
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+}
+
+/// The parts of the suite, each with its own results file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    Main,
+    Cluster,
 }
 
 /// Connections used to create and deallocate applications in bursts.
@@ -90,8 +106,6 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let started = Instant::now();
-    let load_start = daemon::loadavg();
     let fishd = match &args.fishd {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.parent().context("executable without a directory")?.join("fishd"),
@@ -100,6 +114,30 @@ async fn run(args: Args) -> Result<()> {
         bail!("{} is missing: build it with `cargo build --release -p fishd`", fishd.display());
     }
     let out = args.out.clone().unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("results"));
+    if args.only != Some(Part::Cluster) {
+        run_main(&args, &fishd, &out).await?;
+    }
+    if args.only != Some(Part::Main) {
+        let work = tempfile::tempdir()?;
+        info!(fishd = %fishd.display(), work = %work.path().display(), "fish-bench cluster part starting");
+        let results = cluster::run(&fishd, work.path(), args.quick).await?;
+        let stem = if args.quick { "quick-cluster" } else { "cluster" };
+        std::fs::create_dir_all(&out)?;
+        std::fs::write(out.join(format!("{stem}.json")), serde_json::to_string_pretty(&results)? + "\n")?;
+        std::fs::write(out.join(format!("{stem}.md")), results.markdown())?;
+        for t in &results.targets {
+            info!(figure = %t.name, target = %t.target, measured = %t.measured, met = t.met, "cluster target");
+        }
+        info!(out = %out.display(), "cluster results written");
+    }
+    Ok(())
+}
+
+/// The main suite: the `api`, `small` and `scale` nodes (see the module docs).
+async fn run_main(args: &Args, fishd: &Path, out: &Path) -> Result<()> {
+    let started = Instant::now();
+    let load_start = daemon::loadavg();
+    let fishd = fishd.to_owned();
     let window = Duration::from_secs_f64(if args.quick { 1.0 } else { args.window });
     let scale_max = if args.quick { args.scale_max.min(2_000) } else { args.scale_max };
     let work = tempfile::tempdir()?;
@@ -175,7 +213,7 @@ async fn run(args: Args) -> Result<()> {
     };
     let results = results.with_targets();
     let stem = if args.quick { "quick" } else { "latest" };
-    std::fs::create_dir_all(&out)?;
+    std::fs::create_dir_all(out)?;
     std::fs::write(out.join(format!("{stem}.json")), serde_json::to_string_pretty(&results)? + "\n")?;
     std::fs::write(out.join(format!("{stem}.md")), results.markdown())?;
     info!(out = %out.display(), seconds = started.elapsed().as_secs(), "results written");
