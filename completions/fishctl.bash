@@ -608,7 +608,7 @@ _fishctl() {
             return 0
             ;;
         fishctl__subcmd__delete)
-            opts="-h --version --config --context --help label application user"
+            opts="-h --version --config --context --help label application user node"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

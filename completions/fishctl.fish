@@ -32,7 +32,7 @@ complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "apply" -d 'Create o
 complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "get" -d 'List objects of a kind, or show one; --watch follows changes'
 complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "describe" -d 'Show one object in detail'
 complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "deallocate" -d 'Ask fishd to release the resources of applications'
-complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "delete" -d 'Delete a label or a user, or deallocate an application'
+complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "delete" -d 'Delete a label or a user, remove a node from the cluster, or deallocate an application'
 complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "create" -d 'Create a user (prints its token once) or a cluster join token'
 complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "maintenance" -d 'Put a node into maintenance (no new applications) or take it out'
 complete -c fishctl -n "__fish_fishctl_needs_command" -f -a "logs" -d 'Print the output of an application\'s resource'
@@ -77,7 +77,7 @@ complete -c fishctl -n "__fish_fishctl_using_subcommand deallocate" -s h -l help
 complete -c fishctl -n "__fish_fishctl_using_subcommand delete" -l version -d 'Labels only: delete this version instead of every version' -r
 complete -c fishctl -n "__fish_fishctl_using_subcommand delete" -l config -d 'Config file [default: $FISHCTL_CONFIG, else ~/.config/fishctl/config.yaml]' -r -F
 complete -c fishctl -n "__fish_fishctl_using_subcommand delete" -l context -d 'Context of the config file to use instead of its current_context' -r
-complete -c fishctl -n "__fish_fishctl_using_subcommand delete" -s h -l help -d 'Print help'
+complete -c fishctl -n "__fish_fishctl_using_subcommand delete" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c fishctl -n "__fish_fishctl_using_subcommand create; and not __fish_seen_subcommand_from user join-token help" -l config -d 'Config file [default: $FISHCTL_CONFIG, else ~/.config/fishctl/config.yaml]' -r -F
 complete -c fishctl -n "__fish_fishctl_using_subcommand create; and not __fish_seen_subcommand_from user join-token help" -l context -d 'Context of the config file to use instead of its current_context' -r
 complete -c fishctl -n "__fish_fishctl_using_subcommand create; and not __fish_seen_subcommand_from user join-token help" -s h -l help -d 'Print help'
@@ -153,7 +153,7 @@ complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_see
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "get" -d 'List objects of a kind, or show one; --watch follows changes'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "describe" -d 'Show one object in detail'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "deallocate" -d 'Ask fishd to release the resources of applications'
-complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "delete" -d 'Delete a label or a user, or deallocate an application'
+complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "delete" -d 'Delete a label or a user, remove a node from the cluster, or deallocate an application'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "create" -d 'Create a user (prints its token once) or a cluster join token'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "maintenance" -d 'Put a node into maintenance (no new applications) or take it out'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and not __fish_seen_subcommand_from apply get describe deallocate delete create maintenance logs whoami version completions config diff backup rotate top help" -f -a "logs" -d 'Print the output of an application\'s resource'
