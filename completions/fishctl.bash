@@ -1189,3 +1189,15 @@ if [[ "${BASH_VERSINFO[0]}" -eq 4 && "${BASH_VERSINFO[1]}" -ge 4 || "${BASH_VERS
 else
     complete -F _fishctl -o bashdefault -o default fishctl
 fi
+
+# Object names from the server where a name goes (fishctl __complete), else the above.
+_fishctl_names() {
+    local cur=${COMP_WORDS[COMP_CWORD]} names
+    names=$("${COMP_WORDS[0]}" __complete -- "${COMP_WORDS[@]:1:COMP_CWORD-1}" 2>/dev/null)
+    if [[ -n $names ]]; then
+        COMPREPLY=($(compgen -W "$names" -- "$cur"))
+        return 0
+    fi
+    _fishctl "$@"
+}
+complete -F _fishctl_names -o bashdefault -o default fishctl

@@ -171,3 +171,6 @@ complete -c fishctl -n "__fish_fishctl_using_subcommand help; and __fish_seen_su
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "get-contexts" -d 'List the contexts of the config file'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "use-context" -d 'Make a context the current one'
 complete -c fishctl -n "__fish_fishctl_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "current-context" -d 'Print the name of the current context'
+
+# Object names from the server where a name goes (fishctl __complete).
+complete -c fishctl -f -a '(fishctl __complete -- (commandline -opc)[2..-1] 2>/dev/null)'

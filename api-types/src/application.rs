@@ -230,4 +230,8 @@ impl Validate for Application {
     }
 }
 
-crate::meta::string_schema!(LabelRef);
+crate::meta::string_schema!(
+    LabelRef,
+    pattern = "^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?(:[0-9]{1,9})?$",
+    max_length = crate::name::MAX_NAME_LEN + 10
+);

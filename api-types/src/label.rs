@@ -24,7 +24,9 @@ pub struct Label {
     pub api_version: ApiVersion,
     #[serde(default)]
     pub kind: LabelKind,
+    /// `name` is required.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true, schema_with = crate::meta::named_meta_schema))]
     pub metadata: ObjectMeta,
     pub spec: LabelSpec,
     /// Labels have no observed state; accepted (and ignored) so that `get -o yaml`
@@ -39,7 +41,8 @@ pub struct Label {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSpec {
-    /// Tried in order: the first that fits on an elected node is used.
+    /// Tried in order: the first that fits on an elected node is used. At least one.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub definitions: Vec<Definition>,
     /// Handed to every resource of this label, under the application's own metadata.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -57,6 +60,10 @@ pub struct LabelSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Definition {
     /// Driver instance: `docker`, or `docker/dev` for a second configured instance.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[a-z0-9-]+(/[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
+    )]
     pub driver: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<Image>,

@@ -90,7 +90,9 @@ macro_rules! literal_marker {
 }
 pub(crate) use literal_marker;
 
-/// Documents a type that (de)serializes as a plain string in the OpenAPI schema.
+/// Documents a type that (de)serializes as a plain string in the OpenAPI schema;
+/// with a pattern, the schema refuses what parsing refuses (so a generator such as
+/// schemathesis builds valid values, and invalid ones are documented as such).
 macro_rules! string_schema {
     ($ty:ident) => {
         #[cfg(feature = "openapi")]
@@ -103,8 +105,37 @@ macro_rules! string_schema {
         #[cfg(feature = "openapi")]
         impl utoipa::ToSchema for $ty {}
     };
+    ($ty:ident, pattern = $pattern:expr, max_length = $max:expr) => {
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .pattern(Some($pattern))
+                    .min_length(Some(1))
+                    .max_length(Some($max))
+                    .into()
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $ty {}
+    };
 }
 pub(crate) use string_schema;
+
+/// The schema of `metadata` where a name is required (labels and users; an
+/// application's name may be left to the server): [`ObjectMeta`] with `name` required.
+#[cfg(feature = "openapi")]
+pub(crate) fn named_meta_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder};
+    utoipa::openapi::schema::Schema::AllOf(
+        AllOfBuilder::new()
+            .item(utoipa::openapi::Ref::from_schema_name("ObjectMeta"))
+            .item(ObjectBuilder::new().required("name"))
+            .build(),
+    )
+}
 
 literal_marker!(
     /// `apiVersion: aquarium.fish/v1`.

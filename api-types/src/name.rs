@@ -101,4 +101,7 @@ mod tests {
     }
 }
 
-crate::meta::string_schema!(Name);
+/// [`Name`]'s rules as a regular expression, for the OpenAPI document.
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$";
+
+crate::meta::string_schema!(Name, pattern = NAME_PATTERN, max_length = MAX_NAME_LEN);

@@ -20,7 +20,9 @@ pub struct User {
     pub api_version: ApiVersion,
     #[serde(default)]
     pub kind: UserKind,
+    /// `name` is required.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true, schema_with = crate::meta::named_meta_schema))]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: UserSpec,

@@ -26,8 +26,6 @@ pub const EXIT_USAGE: u8 = 2;
 ///
 /// The rustls crypto provider must be installed before this is called.
 pub fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    init_tracing();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -35,6 +33,13 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    // The completion scripts' call: never an error, never output but names.
+    if let Some((env, words)) = commands::complete::invocation(std::env::args_os()) {
+        let _ = runtime.block_on(commands::complete::run(&env, words));
+        return ExitCode::SUCCESS;
+    }
+    let cli = cli::Cli::parse();
+    init_tracing();
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,

@@ -235,25 +235,25 @@ fn default_retention() -> HumanDuration {
     HumanDuration(Duration::from_secs(24 * 3600))
 }
 fn default_rate_limit() -> u32 {
-    600
+    crate::defaults::RATE_LIMIT_PER_MINUTE
 }
 fn default_header_read_timeout() -> HumanDuration {
-    HumanDuration(crate::api::ApiLimits::default().header_read_timeout)
+    HumanDuration(crate::defaults::HEADER_READ_TIMEOUT)
 }
 fn default_max_connections() -> usize {
-    crate::api::ApiLimits::default().max_connections
+    crate::defaults::MAX_CONNECTIONS
 }
 fn default_auth_failure_limit() -> u32 {
-    crate::api::ApiLimits::default().auth_failures_per_minute
+    crate::defaults::AUTH_FAILURES_PER_MINUTE
 }
 fn default_max_watches() -> usize {
-    crate::api::ApiLimits::default().max_watches_per_user
+    crate::defaults::MAX_WATCHES_PER_USER
 }
 fn default_grace() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
 }
 fn default_watch_history() -> u64 {
-    crate::store::EVENT_HISTORY
+    crate::defaults::EVENT_HISTORY
 }
 fn default_inspect() -> HumanDuration {
     HumanDuration(Duration::from_secs(2))

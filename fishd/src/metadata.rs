@@ -27,6 +27,26 @@ pub fn merged(label: Option<&Label>, app: &Application, node: &str) -> Metadata 
     m
 }
 
+/// `KEY='value'` lines, sorted by key, each value quoted for a POSIX shell.
+pub fn to_env(data: &Metadata) -> String {
+    let mut out = String::new();
+    for (k, v) in data {
+        let text = match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        out.push_str(k);
+        out.push('=');
+        out.push_str(&shell_quote(&text));
+        out.push('\n');
+    }
+    out
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 /// Supplies per-application secrets that must never be in `spec.metadata` (which is
 /// listed, watched and kept): a gate's just-in-time runner config, for example.
 ///
@@ -77,5 +97,18 @@ impl SecretProviders {
     /// What `app`'s resource may read now.
     pub fn current(&self, app: &Application) -> Metadata {
         self.owner_of(app).map(|p| p.current(app)).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_lines_are_sorted_and_quoted() {
+        let mut m = Metadata::new();
+        m.insert("B".into(), serde_json::json!("it's"));
+        m.insert("A".into(), serde_json::json!(3));
+        assert_eq!(to_env(&m), "A='3'\nB='it'\\''s'\n");
     }
 }

@@ -507,3 +507,23 @@ pub fn prerequisite(what: &str, present: bool, why_missing: &str) -> bool {
     eprintln!("SKIP (not in CI; set CI=true to fail instead): {why_missing}");
     false
 }
+
+/// A host HTTP service on `bind` answering every request with `marker` (HTTP/1.0, then
+/// close), until the test ends; for tests of what a resource can reach.
+pub async fn http_service(bind: &str, marker: &'static str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(bind).await.expect("binding the test HTTP service");
+    let addr = listener.local_addr().expect("a bound listener has an address");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+                let body = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{marker}", marker.len());
+                let _ = s.write_all(body.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}

@@ -184,7 +184,9 @@ async fn watch<T: Resource + DeserializeOwned>(
         watcher = watcher.starting_at(rv);
     }
     let mut table = LiveTable::default();
-    let width = comfy_table::Table::new().width().map(usize::from);
+    // A terminal that reports 0 columns (a pty nobody sized, some serial consoles)
+    // has an unknown width, not room for nothing: clipping to 0 drew empty lines.
+    let width = comfy_table::Table::new().width().map(usize::from).filter(|w| *w > 0);
     let wide = args.output == OutputFormat::Wide;
     let mut drawn = String::new();
     if live {

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod backup;
+pub mod complete;
 pub mod completions;
 pub mod config;
 pub mod create;

@@ -115,7 +115,8 @@ pub async fn get_application(
 /// Create an application (201); the same name with the same spec answers 200.
 #[utoipa::path(
     post, path = "/api/v1/applications", tag = "applications",
-    request_body(content = Application, description = "an Application (JSON or YAML); the name may be omitted"),
+    request_body(content = Application, description = "an Application (JSON or YAML); the name may be omitted",
+        example = json!({"apiVersion": "aquarium.fish/v1", "kind": "Application", "spec": {"label": "example"}})),
     responses(
         (status = 201, body = Application), (status = 200, body = Application, description = "already exists, same spec"),
         (status = 409, body = api_types::ErrorBody), (status = 422, body = api_types::ErrorBody,

@@ -9,6 +9,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::auth::AuthError;
 use crate::store::{Rejection, StoreError};
 
 /// Why a request failed.
@@ -114,6 +115,24 @@ impl From<Rejection> for ApiError {
             Rejection::Invalid { message, errors } => ApiError::Invalid { message, details: errors },
             r @ Rejection::PhaseChanged { .. } => ApiError::Conflict(r.to_string()),
             Rejection::Expired(m) => ApiError::Expired(m),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unauthorized(m) => ApiError::Unauthorized(m),
+            AuthError::Forbidden(m) => ApiError::Forbidden(m),
+            AuthError::TooManyRequests { message, retry_after_secs } => {
+                ApiError::TooManyRequests { message, retry_after_secs }
+            }
+            AuthError::Busy(m) => ApiError::Unavailable(m),
+            AuthError::Store(e) => ApiError::Store(e),
+            e @ (AuthError::Secret(_) | AuthError::Task { .. }) => {
+                let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+                ApiError::Internal(format!("{e}{cause}"))
+            }
         }
     }
 }

@@ -101,7 +101,9 @@ fn find(state: &AppState, name_or_uid: &str, version: Option<u32>) -> ApiResult<
 /// Create a label, or a new version of one (201); an identical spec answers 200.
 #[utoipa::path(
     post, path = "/api/v1/labels", tag = "labels",
-    request_body(content = Label, description = "a Label (JSON or YAML)"),
+    request_body(content = Label, description = "a Label (JSON or YAML)",
+        example = json!({"apiVersion": "aquarium.fish/v1", "kind": "Label", "metadata": {"name": "example"},
+            "spec": {"definitions": [{"driver": "test", "resources": {"cpu": 1, "ram": 1}}]}})),
     responses(
         (status = 201, body = Label, description = "created, or a new version"),
         (status = 200, body = Label, description = "the latest version already has this spec"),

@@ -173,44 +173,11 @@ pub fn merged_metadata(state: &AppState, app: &Application) -> ApiResult<Metadat
 fn render(data: Metadata, format: &str) -> ApiResult<Response> {
     let (body, content_type) = match format {
         "json" => (serde_json::to_string(&data).map_err(|e| ApiError::Internal(e.to_string()))?, "application/json"),
-        "env" => (to_env(&data), "text/plain; charset=utf-8"),
+        "env" => (crate::metadata::to_env(&data), "text/plain; charset=utf-8"),
         "yaml" => (serde_saphyr::to_string(&data).map_err(|e| ApiError::Internal(e.to_string()))?, "application/yaml"),
         other => return Err(ApiError::BadRequest(format!("unknown format {other:?}: expected json, env or yaml"))),
     };
     let mut resp = body.into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     Ok(resp)
-}
-
-/// `KEY='value'` lines, sorted by key, each value quoted for a POSIX shell.
-pub fn to_env(data: &Metadata) -> String {
-    let mut out = String::new();
-    for (k, v) in data {
-        let text = match v {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        out.push_str(k);
-        out.push('=');
-        out.push_str(&shell_quote(&text));
-        out.push('\n');
-    }
-    out
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_lines_are_sorted_and_quoted() {
-        let mut m = Metadata::new();
-        m.insert("B".into(), serde_json::json!("it's"));
-        m.insert("A".into(), serde_json::json!(3));
-        assert_eq!(to_env(&m), "A='3'\nB='it'\\''s'\n");
-    }
 }

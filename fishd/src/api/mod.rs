@@ -18,6 +18,7 @@ pub mod extract;
 pub mod gates;
 pub mod health;
 pub mod labels;
+pub mod limits;
 pub mod meta;
 pub mod metrics;
 pub mod nodes;
@@ -68,18 +69,14 @@ pub struct ApiLimits {
 
 impl Default for ApiLimits {
     fn default() -> Self {
+        use crate::defaults;
         ApiLimits {
             max_body_bytes: 10 * 1024 * 1024,
-            rate_limit_per_minute: 600,
-            // A CI server watching a handful of kinds, with room for reconnects.
-            max_watches_per_user: 32,
-            header_read_timeout: Duration::from_secs(10),
-            // Well under the usual 1024 open files, which fishd also needs for the
-            // store, logs and drivers; far more than a CI fleet's agents need.
-            max_connections: 512,
-            // A human mistyping, or a script with a stale token retrying, stays far
-            // below this; an online password guesser gets 20 tries a minute.
-            auth_failures_per_minute: 20,
+            rate_limit_per_minute: defaults::RATE_LIMIT_PER_MINUTE,
+            max_watches_per_user: defaults::MAX_WATCHES_PER_USER,
+            header_read_timeout: defaults::HEADER_READ_TIMEOUT,
+            max_connections: defaults::MAX_CONNECTIONS,
+            auth_failures_per_minute: defaults::AUTH_FAILURES_PER_MINUTE,
             // Well inside fishd's 10 s grace period.
             shutdown_grace: Duration::from_secs(5),
         }
@@ -98,8 +95,10 @@ pub struct AppState {
     pub limits: ApiLimits,
     /// Cancelled when fishd shuts down: open watches end.
     pub shutdown: CancellationToken,
-    /// Password checks, rate limits and watch counts.
+    /// Password checks and failed-login limits.
     pub auth: Arc<Auth>,
+    /// Per-user request limits and watch counts.
+    pub quotas: Arc<limits::Quotas>,
     /// Request metrics and the gauges the runtime sets.
     pub metrics: Arc<Metrics>,
     /// Per-application secrets a resource may read from `/meta/v1/data`.
@@ -129,6 +128,7 @@ impl AppState {
             limits,
             shutdown,
             auth: Arc::new(Auth::default()),
+            quotas: Arc::default(),
             metrics: Arc::new(Metrics::new()),
             secrets: Default::default(),
             gates: Default::default(),

@@ -121,6 +121,45 @@ pub fn complete(doc: &mut OpenApiDoc) {
     }
 }
 
+/// Adds OpenAPI links from each create (its 201/200 answer) and each list (its first
+/// item) to every operation on the object it names (`/collection/{name}...`), so a
+/// stateful client such as schemathesis can follow an object it created through
+/// get, deallocate, logs and delete. Derived from the paths, so a new item route gets
+/// its links without anyone remembering to add them.
+pub fn link_objects(doc: &mut OpenApiDoc) {
+    use std::collections::BTreeMap;
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::link::LinkBuilder;
+
+    let mut item_ops: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (path, item) in &doc.paths.paths {
+        let Some((collection, _)) = path.split_once("/{name}") else { continue };
+        let ops = [&item.get, &item.put, &item.post, &item.delete, &item.patch];
+        for op in ops.into_iter().flatten() {
+            if let Some(id) = &op.operation_id {
+                item_ops.entry(collection.to_owned()).or_default().push(id.clone());
+            }
+        }
+    }
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let Some(targets) = item_ops.get(path) else { continue };
+        let sources = [
+            (&mut item.post, "$response.body#/metadata/name", &["201", "200"][..]),
+            (&mut item.get, "$response.body#/items/0/metadata/name", &["200"][..]),
+        ];
+        for (op, name, codes) in sources {
+            let Some(op) = op else { continue };
+            for code in codes {
+                let Some(RefOr::T(response)) = op.responses.responses.get_mut(*code) else { continue };
+                for id in targets {
+                    let link = LinkBuilder::new().operation_id(id).parameter("name", name).build();
+                    response.links.insert(id.clone(), RefOr::T(link));
+                }
+            }
+        }
+    }
+}
+
 /// Every documented route.
 pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())

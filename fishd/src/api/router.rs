@@ -14,6 +14,7 @@ use super::openapi::{OpenApiJson, api_router};
 pub fn router(state: AppState) -> Router {
     let (routes, mut doc) = api_router().split_for_parts();
     super::openapi::complete(&mut doc);
+    super::openapi::link_objects(&mut doc);
     routes
         .merge(super::cluster::cluster_routes())
         .merge(super::ui::routes())

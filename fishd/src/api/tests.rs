@@ -510,6 +510,49 @@ async fn openapi_network_values_are_the_ones_serde_reads_and_writes() {
 }
 
 #[tokio::test]
+async fn the_document_s_examples_create_real_objects_and_its_links_lead_to_them() {
+    let fx = fixture().await;
+    let s = &fx.state;
+    let doc = send(s, Method::GET, "/api/v1/openapi.json", None, None).await.body;
+    // In this order: the application example names the label example.
+    for path in ["/api/v1/labels", "/api/v1/applications", "/api/v1/users"] {
+        let example = &doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["example"];
+        assert!(example.is_object(), "{path} has no request example");
+        let r = send(s, Method::POST, path, Some(&fx.admin), Some(&example.to_string())).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{path} example: {}", r.body);
+    }
+    // Links from a create to the operations on what it created, by the created name.
+    let links = &doc["paths"]["/api/v1/applications"]["post"]["responses"]["201"]["links"];
+    for op in ["get_application", "delete_application", "deallocate_application", "get_logs", "get_resource"] {
+        assert_eq!(links[op]["operationId"], op, "{links:#}");
+        assert_eq!(links[op]["parameters"]["name"], "$response.body#/metadata/name");
+    }
+    let list_links = &doc["paths"]["/api/v1/users"]["get"]["responses"]["200"]["links"];
+    assert_eq!(list_links["rotate_token"]["parameters"]["name"], "$response.body#/items/0/metadata/name");
+}
+
+#[tokio::test]
+async fn the_schemas_refuse_what_validation_refuses() {
+    let fx = fixture().await;
+    let doc = send(&fx.state, Method::GET, "/api/v1/openapi.json", None, None).await.body;
+    let schemas = &doc["components"]["schemas"];
+    // A label or user without a name is refused (422): the schema requires one.
+    for kind in ["Label", "User"] {
+        let required = schemas[kind]["required"].as_array().cloned().unwrap_or_default();
+        assert!(required.contains(&json!("metadata")), "{kind}.metadata not required: {:#}", schemas[kind]);
+        let meta = &schemas[kind]["properties"]["metadata"]["allOf"];
+        assert!(meta.to_string().contains("\"required\":[\"name\"]"), "{kind}.metadata.name not required: {meta}");
+    }
+    // A label without definitions is refused: at least one.
+    assert_eq!(schemas["LabelSpec"]["properties"]["definitions"]["minItems"], 1, "{:#}", schemas["LabelSpec"]);
+    // Names: the parser's rules, not any string ("" and "-x" are refused).
+    assert_eq!(schemas["Name"]["pattern"], api_types::name::NAME_PATTERN);
+    assert_eq!(schemas["Name"]["minLength"], 1);
+    assert_eq!(schemas["Name"]["maxLength"], api_types::name::MAX_NAME_LEN);
+    assert!(schemas["LabelRef"]["pattern"].as_str().is_some_and(|p| p.ends_with("(:[0-9]{1,9})?$")));
+}
+
+#[tokio::test]
 async fn openapi_document_lists_the_routes() {
     let fx = fixture().await;
     let r = send(&fx.state, Method::GET, "/api/v1/openapi.json", None, None).await;

@@ -80,7 +80,9 @@ pub async fn get_user(
 /// Create a user (admin, 201); the answer carries its token, once.
 #[utoipa::path(
     post, path = "/api/v1/users", tag = "users",
-    request_body(content = User, description = "a User; `spec.password` is optional and stored hashed"),
+    request_body(content = User, description = "a User; `spec.password` is optional and stored hashed",
+        example = json!({"apiVersion": "aquarium.fish/v1", "kind": "User", "metadata": {"name": "example-user"},
+            "spec": {"roles": ["user"]}})),
     responses((status = 201, body = User, description = "the user, with `status.token`"),
         (status = 403, body = api_types::ErrorBody), (status = 409, body = api_types::ErrorBody),
         (status = 422, body = api_types::ErrorBody)),

@@ -26,10 +26,12 @@ use crate::store::{Event, Kind, StoreError};
 /// Decides whether an event (its kind already matched) goes to this watcher.
 pub type EventFilter = Arc<dyn Fn(&Event) -> bool + Send + Sync>;
 
-/// Parses `?resourceVersion=`.
+/// Parses `?resourceVersion=`. The document types it as an integer, so an empty
+/// value is refused like any other non-number (it used to mean "absent", which a
+/// client cannot tell from "resume from nothing").
 pub fn parse_resource_version(rv: Option<&str>) -> Result<Option<u64>, ApiError> {
     match rv {
-        None | Some("") => Ok(None),
+        None => Ok(None),
         // Revisions fit an int64 (as documented); anything beyond is not one of ours.
         Some(s) => s
             .parse::<i64>()
@@ -50,7 +52,7 @@ pub fn watch_response(
     filter: EventFilter,
     snapshot: impl FnOnce() -> Result<(u64, Vec<serde_json::Value>), StoreError>,
 ) -> Result<Response, ApiError> {
-    let guard = state.auth.open_watch(&user.name, state.limits.max_watches_per_user)?;
+    let guard = state.quotas.open_watch(&user.name, state.limits.max_watches_per_user)?;
     // Subscribe first: anything committed after this point reaches `live`.
     let mut live = state.store.subscribe();
     let admin = user.is_admin();
@@ -136,4 +138,21 @@ fn line(e: &WatchEvent) -> Bytes {
 /// The value of `metadata.name` of an event's object.
 pub fn object_name(e: &Event) -> &str {
     e.object.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_resource_version_is_refused_like_any_non_number() {
+        assert_eq!(parse_resource_version(None).ok(), Some(None));
+        assert_eq!(parse_resource_version(Some("42")).ok(), Some(Some(42)));
+        for bad in ["", " ", "-1", "x", "99999999999999999999"] {
+            match parse_resource_version(Some(bad)) {
+                Err(ApiError::BadRequest(m)) => assert!(m.contains("resourceVersion"), "{m}"),
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
+    }
 }

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 pub mod docker;
+pub mod download;
 pub mod firewall;
 pub mod process;
 pub mod qemu;

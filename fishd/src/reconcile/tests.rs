@@ -1,5 +1,11 @@
 //! The control loops end to end on one node: a real store, the test driver, the
 //! real queue and election, and no HTTP. Conditions are awaited with deadlines.
+//!
+//! Tests that wait on the loops' timers (backoff, lifetimes, retention, a slow
+//! allocation) run with tokio's clock paused: a timer fires as soon as nothing else
+//! can run, so a 1 s lifetime costs no second of wall time and no test depends on the
+//! machine's speed. Deadlines of the waits themselves are on the wall clock, since
+//! paused time would let them pass at once.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -54,14 +60,15 @@ async fn apply(store: &Store, yaml: &str) {
         .unwrap();
 }
 
+/// Waits (wall-clock deadline; time may be paused) until `name` is in `phase`.
 async fn wait_phase(store: &Store, name: &str, phase: Phase) -> Application {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let app = store.get_application(name).unwrap().unwrap();
         if app.status.phase == phase {
             return app;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{name} never reached {phase}: {:#?}", app.status);
+        assert!(std::time::Instant::now() < deadline, "{name} never reached {phase}: {:#?}", app.status);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -83,7 +90,7 @@ fn app(name: &str, label: &str) -> String {
     format!("---\nkind: Application\nmetadata: {{name: {name}}}\nspec: {{label: {label}}}\n")
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn allocates_and_deallocates_with_history() {
     let h = harness(cap(4, 8), ReconcileConfig::default()).await;
     apply(&h.store, &(label("l", "{driver: test, resources: {cpu: 1}}") + &app("a", "l"))).await;
@@ -96,7 +103,7 @@ async fn allocates_and_deallocates_with_history() {
     assert_eq!(phases, vec![Phase::New, Phase::Elected, Phase::Allocated, Phase::Deallocate, Phase::Deallocated]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn waits_for_capacity_and_keeps_creation_order() {
     let h = harness(cap(1, 8), ReconcileConfig::default()).await;
     let mut yaml = label("l", "{driver: test, resources: {cpu: 1}}");
@@ -117,7 +124,7 @@ async fn waits_for_capacity_and_keeps_creation_order() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn falls_back_to_the_next_definition_then_gives_up() {
     let h = harness(cap(4, 8), ReconcileConfig::default()).await;
     let defs =
@@ -136,7 +143,7 @@ async fn falls_back_to_the_next_definition_then_gives_up() {
     assert_eq!(failures, 3);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn lifetime_expiry_deallocates() {
     let h = harness(cap(4, 8), ReconcileConfig::default()).await;
     apply(&h.store, &(label("short", "{driver: test, resources: {cpu: 1, lifetime: 1s}}") + &app("s", "short"))).await;
@@ -144,7 +151,7 @@ async fn lifetime_expiry_deallocates() {
     assert!(a.status.message.contains("lifetime expired"), "{}", a.status.message);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn deallocate_during_allocation_releases_the_resource() {
     let h = harness(cap(4, 8), ReconcileConfig::default()).await;
     apply(
@@ -158,26 +165,18 @@ async fn deallocate_during_allocation_releases_the_resource() {
     // The allocation finished after the deallocation: its resource must be released.
     let uid = a.metadata.uid.unwrap();
     let file = h._dir.path().join("test/test").join(format!("{uid}.json"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while file.exists() {
-        assert!(tokio::time::Instant::now() < deadline, "resource leaked: {}", file.display());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(&format!("the resource {} released", file.display()), || !file.exists()).await;
     assert_eq!(h.store.get_application("x").unwrap().unwrap().status.phase, Phase::Deallocated);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn retention_purges_finished_applications() {
     let config = ReconcileConfig { history_retention: Duration::from_millis(200), ..Default::default() };
     let h = harness(cap(4, 8), config).await;
     apply(&h.store, &(label("l", "{driver: test, resources: {cpu: 1}}") + &app("p", "l"))).await;
     wait_phase(&h.store, "p", Phase::Allocated).await;
     deallocate(&h.store, "p").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while h.store.get_application("p").unwrap().is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "not purged");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("p purged after its 200 ms retention", || h.store.get_application("p").unwrap().is_none()).await;
 }
 
 /// A test driver whose first `allocate` panics.
@@ -234,7 +233,6 @@ fn test_driver(dir: &std::path::Path, name: &str) -> Arc<dyn crate::drivers::Dri
     Arc::new(TestDriver::new(name.into(), TestConfig::default(), dir).unwrap())
 }
 
-/// Waits, by the wall clock (time may be paused), until `cond` holds.
 /// A context with no drivers, for tests of what the reconciler computes rather than allocates.
 fn driverless_ctx(store: &Store) -> Arc<Ctx> {
     let node = NodeIdentity { name: "host-a".into(), identifiers: vec![], capacity: cap(8, 16) };
@@ -247,6 +245,7 @@ fn driverless_ctx(store: &Store) -> Arc<Ctx> {
     )
 }
 
+/// Waits, by the wall clock (time may be paused), until `cond` holds.
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !cond() {
@@ -372,7 +371,7 @@ async fn a_huge_default_lifetime_does_not_overflow_the_expiry() {
     assert!(phase_of(&store, "x").status.resource.unwrap().expires_at.is_some());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn resync_after_a_lagged_channel_schedules_purges() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("fish.redb")).unwrap();

@@ -48,16 +48,12 @@ pub struct GateJobEvent {
     pub conclusion: Option<String>,
 }
 
-/// A job as the gate knows it.
+/// A job as the gate knows it: the latest event that moved it forward (flattened:
+/// the stored JSON is one flat object), and when it was first and last seen.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GateJob {
-    pub id: u64,
-    pub repo: String,
-    pub run_id: u64,
-    pub labels: Vec<String>,
-    pub rank: u8,
-    pub runner_name: Option<String>,
-    pub conclusion: Option<String>,
+    #[serde(flatten)]
+    pub event: GateJobEvent,
     #[serde(with = "time::serde::rfc3339")]
     pub first_seen: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -103,36 +99,42 @@ pub(super) fn event(
     };
     let job = match existing {
         Some(mut j) => {
-            if ev.rank <= j.rank {
+            let known = &mut j.event;
+            if ev.rank <= known.rank {
                 return Ok(Ok(Response::Done));
             }
-            j.rank = ev.rank;
+            known.rank = ev.rank;
             if ev.rank >= rank::IN_PROGRESS && ev.runner_name.is_some() {
-                j.runner_name = ev.runner_name;
+                known.runner_name = ev.runner_name;
             }
             if ev.conclusion.is_some() {
-                j.conclusion = ev.conclusion;
+                known.conclusion = ev.conclusion;
             }
-            if j.labels.is_empty() {
-                j.labels = ev.labels;
+            if known.labels.is_empty() {
+                known.labels = ev.labels;
             }
             j.updated = now;
             j
         }
-        None => GateJob {
-            id: ev.id,
-            repo: ev.repo,
-            run_id: ev.run_id,
-            labels: ev.labels,
-            rank: ev.rank,
-            runner_name: if ev.rank >= rank::IN_PROGRESS { ev.runner_name } else { None },
-            conclusion: ev.conclusion,
-            first_seen: now,
-            updated: now,
-        },
+        None => {
+            let mut event = ev;
+            if event.rank < rank::IN_PROGRESS {
+                event.runner_name = None;
+            }
+            GateJob { event, first_seen: now, updated: now }
+        }
     };
     jobs.insert((gate, job.id), serde_json::to_vec(&job)?.as_slice())?;
     Ok(Ok(Response::Done))
+}
+
+/// A job reads as its event (`job.rank`, `job.labels`): the two were one list of
+/// fields written twice.
+impl std::ops::Deref for GateJob {
+    type Target = GateJobEvent;
+    fn deref(&self) -> &GateJobEvent {
+        &self.event
+    }
 }
 
 /// Writes (or with `None` removes) the runner record of application `uid`.

@@ -32,9 +32,9 @@ pub use backup::Summary;
 pub use command::{ApplyItem, Command, Outcome, Rejection, Response, UserRecord};
 use tables::*;
 
-/// Default number of recent events kept for watches to resume from; older resumes
-/// get 410. At ~1 KiB an event this bounds the history to ~10 MiB of the file.
-pub const EVENT_HISTORY: u64 = 10_000;
+/// Default number of recent events kept for watches to resume from (the value and
+/// its reason are in [`crate::defaults::EVENT_HISTORY`]).
+pub const EVENT_HISTORY: u64 = crate::defaults::EVENT_HISTORY;
 /// Most commands applied in one transaction.
 const MAX_BATCH: usize = 512;
 /// Live events buffered per watcher before it is declared too slow (410).

@@ -46,6 +46,20 @@ fn processes_under(dir: &Path) -> Vec<String> {
     found
 }
 
+/// What a child prints, chunk by chunk as it comes, from a reader thread.
+fn chunks(mut out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
@@ -247,17 +261,7 @@ async fn logs_wait_for_output_and_outlive_deallocation_until_the_application_is_
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = follow.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        use std::io::Read;
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = chunks(follow.stdout.take().unwrap());
     let app = d.wait_phase("echo-1", "ALLOCATED").await.unwrap();
     let uid = app["metadata"]["uid"].as_str().unwrap().to_owned();
     // The process writes a second after it starts; -f, started before, prints it.
@@ -383,4 +387,112 @@ fn example_manifests_are_complete_and_point_to_real_paths() {
         }
     }
     assert!(checked >= 3);
+}
+
+/// Item 9: `get apps -w` on a terminal redraws its table as the AGE column changes,
+/// with no event in between. Run under `script`, which gives fishctl a pty.
+#[tokio::test]
+async fn the_watch_table_s_age_column_ticks_between_events_on_a_terminal() {
+    let has_script = Command::new("script").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !aquarium_e2e::prerequisite("script", has_script, "script (util-linux) gives fishctl a terminal") {
+        return;
+    }
+    let d = TestDaemon::start("").await.unwrap();
+    d.apply(&format!("{LABEL}---\n{}", app("tick-1"))).await.unwrap();
+    // ALLOCATED: from here on the application does not change, so any redraw is the tick.
+    d.wait_phase("tick-1", "ALLOCATED").await.unwrap();
+    let line = format!("{} --config {} get apps -w", bin("fishctl").display(), d.fishctl_config().display());
+    let mut child = Command::new("script")
+        .args(["-qfec", &line, "/dev/null"])
+        .env("NO_COLOR", "1")
+        // Held open: `script` ends when its stdin does.
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = chunks(child.stdout.take().unwrap());
+    let _stop = Terminate(child);
+    // Each redraw moves the cursor up and clears (ESC [ n F, ESC [ J) before the table.
+    let mut printed = String::new();
+    let ages = |printed: &str| -> std::collections::BTreeSet<String> {
+        printed
+            .split("\u{1b}[J")
+            .filter_map(|frame| frame.lines().find(|l| l.contains("tick-1")).map(str::to_owned))
+            // AGE is the first cell that is a number and a unit (NAME LABEL PHASE NODE AGE MESSAGE).
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find(|c| {
+                        c.len() > 1 && c.ends_with(['s', 'm']) && c[..c.len() - 1].bytes().all(|b| b.is_ascii_digit())
+                    })
+                    .map(str::to_owned)
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while ages(&printed).len() < 3 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => printed.push_str(&chunk),
+            Err(e) => panic!("{e}: the table was not redrawn with three ages; fishctl printed {printed:?}"),
+        }
+    }
+    let seen = ages(&printed);
+    assert!(seen.iter().all(|a| a.ends_with('s')), "ages {seen:?}");
+}
+
+/// Ends `script` (which ends what runs on its terminal) with SIGTERM when dropped, also
+/// when the test fails: a SIGKILL would leave fishctl running on an orphaned pty.
+struct Terminate(std::process::Child);
+
+impl Drop for Terminate {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
+/// Item 7: completion offers object names from the server where a name goes, as
+/// kubectl does, through the checked-in bash script and the real binary.
+#[tokio::test]
+async fn completion_offers_object_names_from_the_server() {
+    let d = TestDaemon::start("").await.unwrap();
+    d.apply(&format!("{LABEL}---\n{}---\n{}", app("complete-me-1"), app("other-2"))).await.unwrap();
+    // The hidden command the scripts call.
+    let o = d.fishctl(&["__complete", "--", "get", "apps"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let names: Vec<String> = stdout(&o).lines().map(String::from).collect();
+    assert!(names.contains(&"complete-me-1".into()) && names.contains(&"other-2".into()), "{names:?}");
+    assert_eq!(stdout(&d.fishctl(&["__complete", "--", "get"])), "", "a kind goes there, not a name");
+
+    // bash, as a user's Tab would run it: `fishctl --config C <words> <cur>`.
+    let complete = |words: &[&str]| -> Vec<String> {
+        let config = d.fishctl_config();
+        let mut line: Vec<String> = vec!["fishctl".into(), "--config".into(), config.display().to_string()];
+        line.extend(words.iter().map(|w| w.to_string()));
+        let script = "source \"$1\"; shift; COMP_WORDS=(\"$@\"); COMP_CWORD=$(($# - 1)); \
+                      _fishctl_names fishctl \"${COMP_WORDS[COMP_CWORD]}\" \"${COMP_WORDS[COMP_CWORD-1]}\"; \
+                      printf '%s\\n' \"${COMPREPLY[@]}\"";
+        let path =
+            format!("{}:{}", bin("fishctl").parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+        let o = Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .arg("bash")
+            .arg(repo().join("completions/fishctl.bash"))
+            .args(&line)
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o).lines().filter(|l| !l.is_empty()).map(String::from).collect()
+    };
+    assert_eq!(complete(&["describe", "app", "comp"]), ["complete-me-1"]);
+    let all = complete(&["logs", ""]);
+    assert!(all.contains(&"complete-me-1".into()) && all.contains(&"other-2".into()), "{all:?}");
+    assert_eq!(complete(&["delete", "label", "sm"]), ["small"]);
+    // Elsewhere, clap's completion of verbs and kinds still answers.
+    assert!(complete(&["descr"]).contains(&"describe".into()), "{:?}", complete(&["descr"]));
+    assert!(complete(&["get", "appl"]).contains(&"applications".into()), "{:?}", complete(&["get", "appl"]));
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aquarium_e2e::TestDaemon;
+use aquarium_e2e::{TestDaemon, http_service};
 use sha2::{Digest, Sha256};
 
 /// A TCG boot takes ~5 s on a quiet machine and several times that on a loaded one.
@@ -29,25 +29,6 @@ fn guest() -> Option<(PathBuf, PathBuf, PathBuf)> {
     let status = Command::new("bash").arg(root.join("scripts/qemu-test-guest.sh")).arg(&out).status().unwrap();
     assert!(status.success(), "scripts/qemu-test-guest.sh failed");
     Some((out.join("vmlinuz"), out.join("initramfs.cpio.gz"), out.join("base.qcow2")))
-}
-
-/// A host service answering any request with `marker`; its port.
-async fn http_service(marker: &'static str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
-                let body = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{marker}", marker.len());
-                let _ = s.write_all(body.as_bytes()).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    port
 }
 
 /// Sends `request` on a machine's unix socket and reads the answer to its end.
@@ -149,7 +130,7 @@ async fn machine_reads_its_metadata_over_the_isolated_network_and_leaves_nothing
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
     // A host service the label allows through the node's proxy.
-    let allowed = http_service("allowed-target").await;
+    let allowed = http_service("127.0.0.1:0", "allowed-target").await.port();
     let extra = format!("fish.disk=1 fish.probe=10.0.2.2:{port} fish.connect=localhost:{allowed},localhost:{port}");
     let allow = [format!("localhost:{allowed}")];
     let yaml = label_allowing("vm", &kernel, &initrd, &image, &sum, &extra, &allow) + &app("vm1", "vm");
@@ -208,7 +189,7 @@ async fn machines_outlive_a_killed_fishd_and_orphans_are_killed() {
     let Some((kernel, initrd, base)) = guest() else { return };
     let mut d = TestDaemon::start(CONFIG).await.unwrap();
     let (image, sum) = own_base(&d, &base);
-    let allowed = http_service("allowed-target").await;
+    let allowed = http_service("127.0.0.1:0", "allowed-target").await.port();
     let allow = [format!("localhost:{allowed}")];
     let yaml = label_allowing("vm", &kernel, &initrd, &image, &sum, "", &allow) + &app("m1", "vm") + &app("m2", "vm");
     assert_eq!(d.apply(&yaml).await.unwrap().0, 200);

@@ -11,8 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
-use aquarium_e2e::{TestDaemon, eventually};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use aquarium_e2e::{TestDaemon, eventually, http_service};
 
 /// Whether the test can run here; under CI a missing prerequisite fails the test.
 fn prerequisites() -> bool {
@@ -37,24 +36,6 @@ fn sh(cmd: &str, args: &[&str]) -> (bool, String) {
     let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&o.stderr));
     (o.status.success(), text.trim().to_owned())
-}
-
-/// A one-answer HTTP service on `bind` that says `marker`, until the test ends.
-async fn http_service(bind: &str, marker: &'static str) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
-                let body = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{marker}", marker.len());
-                let _ = s.write_all(body.as_bytes()).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    addr
 }
 
 /// Every IPv4 address of the host but loopback.

@@ -141,7 +141,7 @@ fn validate_image(image: &Image, at: &str, errors: &mut Vec<FieldError>) {
         push(errors, format!("{at}.sum"), "must be sha256:<64 hex digits>");
     }
     if let Some(url) = &image.url {
-        if let Err(message) = super::image::Source::parse(url) {
+        if let Err(message) = crate::drivers::download::Source::parse(url) {
             push(errors, format!("{at}.url"), message);
         }
         if image.sum.is_none() {

@@ -156,6 +156,12 @@ pub fn spawn(l: Launch<'_>) -> io::Result<PidRecord> {
     }
     cmd.args(l.argv);
     cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    spawn_recorded(&mut cmd, l.dir)
+}
+
+/// Spawns `cmd` so that it outlives fishd, writes its [`PidRecord`] into `dir`, and
+/// reaps it in the background (the qemu driver starts its machines the same way).
+pub fn spawn_recorded(cmd: &mut tokio::process::Command, dir: &Path) -> io::Result<PidRecord> {
     // The process must outlive fishd: never kill it when the handle drops.
     cmd.kill_on_drop(false);
     let mut child = cmd.spawn()?;
@@ -164,7 +170,7 @@ pub fn spawn(l: Launch<'_>) -> io::Result<PidRecord> {
     // Not reaped yet, so /proc/<pid> is there even if it already exited.
     let st = procfs::stat(pid)?.ok_or_else(|| io::Error::other(format!("process {pid} has no /proc entry")))?;
     let record = PidRecord { pid, start_time: st.start_time };
-    let written = record.write(l.dir);
+    let written = record.write(dir);
     tokio::spawn(async move {
         let _ = child.wait().await;
     });

@@ -32,7 +32,7 @@ pub fn user_data(metadata: &Metadata) -> String {
     if let Some(Value::String(own)) = metadata.get(USER_DATA_KEY) {
         return own.clone();
     }
-    let env = crate::api::meta::to_env(metadata);
+    let env = crate::metadata::to_env(metadata);
     let doc = json!({
         "write_files": [{"path": "/etc/fish/metadata.env", "permissions": "0600", "content": env}]
     });

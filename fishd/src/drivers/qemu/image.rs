@@ -7,21 +7,12 @@
 //! base is never written: each application boots a qcow2 overlay backed by it
 //! (`qemu-img create -b`), and QEMU opens backing files read-only.
 
-use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 
 use api_types::Image;
-use futures::StreamExt;
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::drivers::DriverError;
-
-/// Read and hash in chunks of this size: few syscalls, gigabyte images never in memory.
-const CHUNK: usize = 256 * 1024;
+use crate::drivers::download::{Downloads, sum_hex};
 /// The first bytes of every qcow2 file.
 const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
 
@@ -59,24 +50,18 @@ pub struct Base {
 
 /// The cache of fetched images and the fetches in flight.
 pub struct ImageCache {
-    dir: PathBuf,
-    /// One lock per sum: two allocations of one image fetch it once.
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    downloads: AtomicU64,
-    http: OnceLock<reqwest::Client>,
+    files: Downloads,
 }
 
 impl ImageCache {
     /// A cache in `dir`, created now.
     pub fn new(dir: PathBuf) -> Result<ImageCache, DriverError> {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| DriverError::with_source(format!("creating the image cache {}", dir.display()), e))?;
-        Ok(ImageCache { dir, locks: Mutex::default(), downloads: AtomicU64::new(0), http: OnceLock::new() })
+        Ok(ImageCache { files: Downloads::new(dir)? })
     }
 
     /// How many images were fetched into the cache (verified or not).
     pub fn downloads(&self) -> u64 {
-        self.downloads.load(Ordering::Relaxed)
+        self.files.count()
     }
 
     /// The base for `image`: the local file, or the verified cached copy.
@@ -91,108 +76,21 @@ impl ImageCache {
                 path
             }
             (None, None) => return Err(DriverError::Invalid(format!("image {url}: a downloaded image needs a sum"))),
-            (Some(sum), _) => {
-                let hex = sum
-                    .strip_prefix("sha256:")
-                    .filter(|_| api_types::label::is_sha256_sum(sum))
-                    .ok_or_else(|| DriverError::Invalid(format!("image sum {sum}: must be sha256:<64 hex digits>")))?
-                    .to_ascii_lowercase();
-                self.fetch(url, &hex).await?
-            }
+            (Some(sum), _) => self.fetch(url, &sum_hex(sum)?).await?,
         };
         let format = Format::detect(&path)
             .map_err(|e| DriverError::with_source(format!("reading image {}", path.display()), e))?;
         Ok(Base { path, format })
     }
 
-    fn lock_for(&self, hex: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(hex.to_owned()).or_default().clone()
-    }
-
     /// The cached `sha256-<hex>`, fetched and verified first if missing.
     async fn fetch(&self, url: &str, hex: &str) -> Result<PathBuf, DriverError> {
-        let dest = self.dir.join(format!("sha256-{hex}"));
-        let lock = self.lock_for(hex);
-        let _guard = lock.lock().await;
-        if dest.is_file() {
-            return Ok(dest);
+        let dest = self.files.dir().join(format!("sha256-{hex}"));
+        let _guard = self.files.lock(hex).await;
+        if !dest.is_file() {
+            self.files.fetch(url, hex, &dest).await?;
         }
-        self.downloads.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join(format!(".sha256-{hex}.{}.part", uuid::Uuid::now_v7().simple()));
-        let actual = match self.copy_hashed(url, &tmp).await {
-            Ok(actual) => actual,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(e);
-            }
-        };
-        if actual != hex {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(DriverError::Invalid(format!(
-                "image {url}: sha256 sum mismatch: expected sha256:{hex}, got sha256:{actual}"
-            )));
-        }
-        let cache_err = |e| DriverError::with_source(format!("caching {}", dest.display()), e);
-        tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444)).await.map_err(cache_err)?;
-        tokio::fs::rename(&tmp, &dest).await.map_err(cache_err)?;
-        tracing::info!(%url, sum = %hex, "image fetched and verified");
         Ok(dest)
-    }
-
-    async fn copy_hashed(&self, url: &str, tmp: &Path) -> Result<String, DriverError> {
-        let mut out = tokio::fs::File::create(tmp)
-            .await
-            .map_err(|e| DriverError::with_source(format!("creating {}", tmp.display()), e))?;
-        let mut hasher = Sha256::new();
-        let write_err = |e| DriverError::with_source(format!("writing {}", tmp.display()), e);
-        if let Some(path) = local_path(url) {
-            let mut input = tokio::fs::File::open(&path)
-                .await
-                .map_err(|e| DriverError::Invalid(format!("image {url}: cannot open {}: {e}", path.display())))?;
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                let n = input
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| DriverError::with_source(format!("reading {}", path.display()), e))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                out.write_all(&buf[..n]).await.map_err(write_err)?;
-            }
-        } else {
-            let response = self
-                .http_client()?
-                .get(url)
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .map_err(|e| DriverError::with_source(format!("downloading image {url}"), e))?;
-            let mut body = response.bytes_stream();
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| DriverError::with_source(format!("downloading image {url}"), e))?;
-                hasher.update(&chunk);
-                out.write_all(&chunk).await.map_err(write_err)?;
-            }
-        }
-        out.sync_all().await.map_err(write_err)?;
-        Ok(hex::encode(hasher.finalize()))
-    }
-
-    fn http_client(&self) -> Result<&reqwest::Client, DriverError> {
-        if let Some(client) = self.http.get() {
-            return Ok(client);
-        }
-        // reqwest is built without a default crypto provider; fishd installs ring at start.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("fishd/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(std::time::Duration::from_secs(30))
-            .build()
-            .map_err(|e| DriverError::with_source("building the HTTP client", e))?;
-        Ok(self.http.get_or_init(|| client))
     }
 }
 
@@ -240,6 +138,8 @@ pub async fn create_disk(dest: &Path, gib: u32) -> Result<(), DriverError> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use sha2::{Digest, Sha256};
+
     use super::*;
 
     fn sum_of(bytes: &[u8]) -> String {

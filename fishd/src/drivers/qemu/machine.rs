@@ -17,7 +17,7 @@ use std::process::Stdio;
 use api_types::Network;
 use uuid::Uuid;
 
-use super::super::process::launch::PidRecord;
+use super::super::process::launch::{self, PidRecord};
 use super::super::process::procfs;
 
 /// QEMU's pid, written by QEMU (`-pidfile`).
@@ -207,18 +207,8 @@ pub fn spawn(
     cmd.arg(dir.join(STATUS_FILE)).arg(console_limit.to_string()).arg(dir.join(QEMU_LOG_FILE));
     cmd.arg(qemu).args(args);
     cmd.stdin(Stdio::null()).stdout(console.try_clone()?).stderr(console);
-    // The machine must outlive fishd.
-    cmd.kill_on_drop(false);
-    let mut child = cmd.spawn()?;
-    let pid =
-        child.id().and_then(|p| i32::try_from(p).ok()).ok_or_else(|| io::Error::other("spawned without a pid"))?;
-    let st = procfs::stat(pid)?.ok_or_else(|| io::Error::other(format!("process {pid} has no /proc entry")))?;
-    let record = PidRecord { pid, start_time: st.start_time };
-    let written = record.write(dir);
-    tokio::spawn(async move {
-        let _ = child.wait().await;
-    });
-    written.map(|()| record)
+    // The machine outlives fishd, as a process resource does.
+    launch::spawn_recorded(&mut cmd, dir)
 }
 
 /// QEMU's pid, if it runs and is this directory's machine: its command line names this
