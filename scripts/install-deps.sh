@@ -10,6 +10,8 @@ want() { command -v "$1" >/dev/null 2>&1 || need+=("$2"); }
 # The process driver's tests run `curl` inside their resources; `setsid` and `setpriv`
 # (util-linux) start them.
 want curl curl
+# The gate's GitHub App test makes the App's RSA key with `openssl genrsa` (ring cannot).
+want openssl openssl
 want setpriv util-linux
 # The sandbox tests read and change the host firewall and list its addresses; a root
 # fishd makes per-application users (useradd, in passwd) and network namespaces (nsenter,

@@ -71,14 +71,15 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 /// Warnings (a watch reconnecting) go to stderr without timestamps; `FISHCTL_LOG=debug`
 /// shows more.
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FISHCTL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .try_init();
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    // `level` or `target=level,...` (`Targets`, not the regex-based EnvFilter: a lighter build).
+    let filter = std::env::var("FISHCTL_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::WARN));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).without_time().with_target(false);
+    let _ = tracing_subscriber::registry().with(layer).with(filter).try_init();
 }
 
 #[cfg(test)]

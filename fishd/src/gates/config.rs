@@ -32,7 +32,8 @@ pub struct GithubConfig {
     pub scope: ScopeConfig,
     pub webhook: WebhookConfig,
     /// Repositories whose jobs the gate serves (globs on `owner/name`); empty: all.
-    /// A public fork's pull request must not get a runner: list yours.
+    /// Not a guard against forks: a fork's pull request runs in the base repository
+    /// and passes this filter (require approval for fork workflows at GitHub).
     #[serde(default)]
     pub repositories: Vec<String>,
     /// First match wins.
@@ -69,7 +70,23 @@ pub struct AuthConfig {
     #[serde(default)]
     pub token: Option<FileRef>,
     #[serde(default)]
-    pub app: Option<serde_json::Value>,
+    pub app: Option<AppAuthConfig>,
+}
+
+/// `auth.app`: a GitHub App installation (repo and org scope).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppAuthConfig {
+    /// The App's client id (`Iv1.…`, GitHub's recommended JWT issuer) ...
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// ... or its numeric app id.
+    #[serde(default)]
+    pub app_id: Option<u64>,
+    /// The installation on the org or repo (its settings URL ends with it).
+    pub installation_id: u64,
+    /// The App's private key, PEM as GitHub issues it.
+    pub private_key_file: PathBuf,
 }
 
 /// A secret kept in a file (never inline in fish.yml).
@@ -103,6 +120,28 @@ pub struct WebhookConfig {
     pub path: String,
     /// Any one matching is accepted, so a secret can be rotated without losing events.
     pub secrets: Vec<FileRef>,
+    /// Replays deliveries that never reached the listener (GitHub never redelivers by
+    /// itself): a `queued` lost while fishd was down still gets its runner.
+    #[serde(default)]
+    pub recover_deliveries: Option<RecoverConfig>,
+}
+
+/// `webhook.recoverDeliveries`: where GitHub keeps the hook's delivery log.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecoverConfig {
+    /// The id of the repository or organization webhook (the scope's), as in
+    /// `/orgs/{org}/hooks/{hookId}/deliveries`. Needs Webhooks: read
+    /// (classic PAT: `admin:org_hook` / `admin:repo_hook`).
+    #[serde(default)]
+    pub hook_id: Option<u64>,
+    /// The GitHub App's own webhook (`/app/hook/deliveries`, with the App's JWT):
+    /// needs `auth.app`.
+    #[serde(default)]
+    pub app: bool,
+    /// How often the delivery log is read (one call when nothing was missed).
+    #[serde(default = "default_recover_every")]
+    pub every: HumanDuration,
 }
 
 /// One route: jobs whose labels it covers get applications of `label`.
@@ -136,6 +175,9 @@ fn default_idle_timeout() -> HumanDuration {
 }
 fn default_reconcile_every() -> HumanDuration {
     HumanDuration(Duration::from_secs(120))
+}
+fn default_recover_every() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
 }
 fn default_stale_after() -> HumanDuration {
     HumanDuration(Duration::from_secs(600))
@@ -202,10 +244,24 @@ impl GithubConfig {
         self.scope().map_err(at)?;
         match (&self.auth.token, &self.auth.app) {
             (Some(_), None) => {}
-            (None, Some(_)) => {
-                return Err(at("auth.app: GitHub App authentication is not supported yet; use auth.token".into()));
+            (None, Some(app)) => {
+                if matches!(self.scope(), Ok(Scope::Enterprise(_))) {
+                    return Err(at(
+                        "auth.app: a GitHub App cannot manage enterprise runners; use auth.token (a classic PAT with manage_runners:enterprise)".into(),
+                    ));
+                }
+                match (&app.client_id, app.app_id) {
+                    (Some(c), None) if !c.is_empty() => {}
+                    (None, Some(_)) => {}
+                    _ => return Err(at("auth.app: give exactly one of clientId or appId".into())),
+                }
             }
-            _ => return Err(at("auth: give token: {file: PATH}".into())),
+            _ => {
+                return Err(at(
+                    "auth: give exactly one of token: {file: PATH} or app: {clientId, installationId, privateKeyFile}"
+                        .into(),
+                ));
+            }
         }
         if !self.api_url.starts_with("https://") {
             return Err(at(format!("apiUrl {:?} must be https://", self.api_url)));
@@ -215,6 +271,25 @@ impl GithubConfig {
         }
         if !self.webhook.path.starts_with('/') {
             return Err(at(format!("webhook.path {:?} must start with /", self.webhook.path)));
+        }
+        if let Some(r) = &self.webhook.recover_deliveries {
+            match (r.hook_id, r.app) {
+                (Some(_), false) if self.scope().is_ok_and(|s| matches!(s, Scope::Enterprise(_))) => {
+                    return Err(at("webhook.recoverDeliveries.hookId: GitHub has no delivery log API for enterprise hooks; use app: true".into()));
+                }
+                (Some(_), false) => {}
+                (None, true) if self.auth.app.is_none() => {
+                    return Err(at(
+                        "webhook.recoverDeliveries.app: needs auth.app (the App's JWT reads its hook's deliveries)"
+                            .into(),
+                    ));
+                }
+                (None, true) => {}
+                _ => return Err(at("webhook.recoverDeliveries: give exactly one of hookId or app: true".into())),
+            }
+            if r.every.get() < Duration::from_secs(1) || r.every.get() > Duration::from_secs(24 * 3600) {
+                return Err(at("webhook.recoverDeliveries.every must be between 1s and 24h".into()));
+            }
         }
         if self.routes.is_empty() {
             return Err(at("routes: at least one route".into()));
@@ -290,5 +365,19 @@ mod tests {
         let mut v = base();
         v["github"]["acme"]["routez"] = serde_json::json!([]);
         assert!(parse(&v).unwrap_err().contains("routez"));
+        let mut v = base();
+        v["github"]["acme"]["auth"] =
+            serde_json::json!({"app": {"appId": 1, "clientId": "Iv1.x", "installationId": 2, "privateKeyFile": "/k"}});
+        assert!(parse(&v).unwrap_err().contains("auth.app"));
+        v["github"]["acme"]["auth"] =
+            serde_json::json!({"app": {"appId": 1, "installationId": 2, "privateKeyFile": "/k"}});
+        assert!(parse(&v).is_ok());
+        v["github"]["acme"]["scope"] = serde_json::json!({"enterprise": "e"});
+        assert!(parse(&v).unwrap_err().contains("enterprise"));
+        let mut v = base();
+        v["github"]["acme"]["webhook"]["recoverDeliveries"] = serde_json::json!({"app": true});
+        assert!(parse(&v).unwrap_err().contains("recoverDeliveries.app"));
+        v["github"]["acme"]["webhook"]["recoverDeliveries"] = serde_json::json!({"hookId": 7, "every": "1m"});
+        assert!(parse(&v).is_ok());
     }
 }

@@ -40,8 +40,14 @@ use crate::store::{AppFilter, ApplyItem, Command, Store, StoreError};
 pub const JIT_KEY: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";
 /// Errors kept for `GET /api/v1/gates`.
 const KEPT_ERRORS: usize = 10;
-/// Replacement applications made for one job before the gate stops trying.
-const MAX_ATTEMPTS_PER_JOB: u32 = 10;
+/// Failed applications (allocation error, runner never online) for one job before
+/// the gate stops trying: a broken label or image must not loop for ever. An
+/// application whose runner ran some job (maybe another one: runners are not bound
+/// to jobs) is no failure, so a burst where runners keep taking each other's jobs
+/// never exhausts a job's attempts.
+const MAX_ATTEMPTS_PER_JOB: usize = 10;
+/// A bound on the names tried for one job (`-r<n>`), far above any real need.
+const MAX_NAMES_PER_JOB: u32 = 10_000;
 /// Completed jobs are kept this long, so a late `queued` of theirs changes nothing.
 const KEEP_FINISHED: Duration = Duration::from_secs(24 * 3600);
 /// Delivery GUIDs are kept this long (GitHub redelivers only by hand, within days).
@@ -70,13 +76,14 @@ pub struct GithubGate {
     pub owner: String,
     prefix: String,
     pub github: Github,
-    store: Store,
+    pub(super) store: Store,
     wake: Notify,
     status: Mutex<GateStatus>,
     errors: Mutex<VecDeque<GateError>>,
     blobs: Mutex<HashMap<Uuid, String>>,
     secret_dir: PathBuf,
-    metrics: GateMetrics,
+    pub(super) metrics: GateMetrics,
+    pub(super) recover: Mutex<super::recover::RecoverState>,
     group: Mutex<Option<(u64, Instant)>>,
     last_sync: Mutex<Option<Instant>>,
     /// The webhook listener's address once bound (`listen` may name port 0).
@@ -93,6 +100,17 @@ struct Live {
     allocated_at: Option<OffsetDateTime>,
 }
 
+/// Whether `name` is `base` or one of its `-r<n>` replacements.
+fn name_of_job(name: &str, base: &str) -> bool {
+    name == base || name.strip_prefix(base).and_then(|r| r.strip_prefix("-r")).is_some_and(|n| n.parse::<u32>().is_ok())
+}
+
+/// Whether a gate application was a failed attempt: its allocation failed, or its
+/// runner never came online (the gate's own reasons, kept in the history).
+fn failed_attempt(app: &Application) -> bool {
+    app.status.phase == Phase::Error || app.status.history.iter().any(|h| h.message.contains("never came online"))
+}
+
 fn since(now: OffsetDateTime, t: OffsetDateTime) -> Duration {
     Duration::try_from(now - t).unwrap_or(Duration::ZERO)
 }
@@ -107,12 +125,24 @@ impl GithubGate {
         metrics: GateMetrics,
     ) -> Result<GithubGate, String> {
         let scope = config.scope()?;
-        let token = config.auth.token.as_ref().map(|t| t.file.clone()).ok_or("auth.token is required")?;
+        let auth = match (&config.auth.token, &config.auth.app) {
+            (Some(t), _) => super::github::Auth::TokenFile(t.file.clone()),
+            (None, Some(a)) => {
+                let issuer = match (&a.client_id, a.app_id) {
+                    (Some(c), _) => super::app_auth::Issuer::ClientId(c.clone()),
+                    (None, Some(id)) => super::app_auth::Issuer::AppId(id),
+                    (None, None) => return Err("auth.app: give clientId or appId".into()),
+                };
+                let app = super::app_auth::AppAuth::load(issuer, a.installation_id, &a.private_key_file)?;
+                super::github::Auth::App(Box::new(app))
+            }
+            (None, None) => return Err("auth: give token or app".into()),
+        };
         let github = Github::new(
             name,
             &config.api_url,
             config.ca_file.as_deref(),
-            token,
+            auth,
             scope,
             config.api_budget.map(|b| b.per_hour),
             metrics.clone(),
@@ -132,6 +162,7 @@ impl GithubGate {
             blobs: Mutex::new(HashMap::new()),
             secret_dir,
             metrics,
+            recover: Mutex::new(Default::default()),
             group: Mutex::new(None),
             last_sync: Mutex::new(None),
             bound: Mutex::new(None),
@@ -248,6 +279,16 @@ impl GithubGate {
                 warn!(gate = %self.name, error = %e, "gate pass failed; retrying");
                 self.note_error(e.to_string());
             }
+            if self.recover_due() {
+                match self.recover().await {
+                    Ok(0) => {}
+                    Ok(n) => info!(gate = %self.name, replayed = n, "replayed missed webhook deliveries"),
+                    Err(e) => {
+                        warn!(gate = %self.name, error = %e, "reading the webhook delivery log failed; retrying");
+                        self.note_error(format!("recovering deliveries: {e}"));
+                    }
+                }
+            }
         }
     }
 
@@ -304,7 +345,9 @@ impl GithubGate {
         let mut runners: HashMap<Uuid, GateRunner> = self.store.gate_runners(&self.name)?.into_iter().collect();
         let filter = AppFilter { owner: Some(self.owner.clone()), ..Default::default() };
         let (_, apps) = self.store.list_applications(&filter)?;
-        let names: HashSet<String> = apps.iter().map(|a| a.metadata.name_str().to_owned()).collect();
+        // Every name in use, and whether that application was a failed attempt.
+        let names: HashMap<String, bool> =
+            apps.iter().map(|a| (a.metadata.name_str().to_owned(), failed_attempt(a))).collect();
         let live: Vec<Live> = apps
             .iter()
             .filter(|a| matches!(a.status.phase, Phase::New | Phase::Elected | Phase::Allocated))
@@ -364,7 +407,7 @@ impl GithubGate {
                         Ok(None) => waiting.push(self.waiting(
                             job,
                             now,
-                            format!("gave up after {MAX_ATTEMPTS_PER_JOB} applications for this job"),
+                            format!("gave up after {MAX_ATTEMPTS_PER_JOB} failed applications for this job"),
                         )),
                         Err(e) => {
                             self.note_error(format!("creating an application for job {}: {e}", job.id));
@@ -392,6 +435,15 @@ impl GithubGate {
         let live_uids: HashSet<Uuid> = live.iter().map(|l| l.uid).collect();
         for (uid, r) in runners.clone() {
             if live_uids.contains(&uid) {
+                continue;
+            }
+            if taken.get(r.runner_name.as_str()).is_some_and(|j| j.rank == rank::COMPLETED) {
+                // Its job completed: GitHub removed the ephemeral registration itself.
+                // No call (it would be a 404 per job); the runner list of the next sync
+                // removes it in the rare case it is still there.
+                self.put_runner(uid, None).await?;
+                self.forget_blob(uid);
+                runners.remove(&uid);
                 continue;
             }
             match self.github.delete_runner(r.runner_id).await {
@@ -443,7 +495,7 @@ impl GithubGate {
         }
 
         if full {
-            self.sync(&live, &runners, &jobs, now).await?;
+            self.sync(&jobs, now).await?;
         }
         self.forget_old(&jobs, now, full).await?;
 
@@ -477,14 +529,21 @@ impl GithubGate {
         Ok(())
     }
 
-    /// Creates an application for `job` on route `idx`, named from the job id (a
-    /// replacement gets `-r<n>`); `None` once the job had its share of attempts.
-    async fn create_for(&self, job: &GateJob, idx: usize, taken: &HashSet<String>) -> Result<Option<String>, String> {
+    /// Creates an application for `job` on route `idx`, named from the job id (the
+    /// next ones get `-r<n>`); `None` once the job had its share of failed attempts.
+    async fn create_for(
+        &self,
+        job: &GateJob,
+        idx: usize,
+        taken: &HashMap<String, bool>,
+    ) -> Result<Option<String>, String> {
         let base = format!("gh-{}-{}", self.name, job.id);
-        let Some(name) = (0..MAX_ATTEMPTS_PER_JOB)
-            .map(|n| if n == 0 { base.clone() } else { format!("{base}-r{n}") })
-            .find(|n| !taken.contains(n))
-        else {
+        let name_of = |n: u32| if n == 0 { base.clone() } else { format!("{base}-r{n}") };
+        let failed = taken.iter().filter(|(n, failed)| **failed && name_of_job(n, &base)).count();
+        if failed >= MAX_ATTEMPTS_PER_JOB {
+            return Ok(None);
+        }
+        let Some(name) = (0..MAX_NAMES_PER_JOB).map(name_of).find(|n| !taken.contains_key(n)) else {
             return Ok(None);
         };
         let route = &self.config.routes[idx];
@@ -578,13 +637,7 @@ impl GithubGate {
 
     /// The calls to GitHub of a full pass: our runners' state, orphan registrations,
     /// and jobs queued too long.
-    async fn sync(
-        &self,
-        live: &[Live],
-        runners: &HashMap<Uuid, GateRunner>,
-        jobs: &[GateJob],
-        now: OffsetDateTime,
-    ) -> Result<(), PassError> {
+    async fn sync(&self, jobs: &[GateJob], now: OffsetDateTime) -> Result<(), PassError> {
         let listed = match self.github.list_runners(&format!("{}-", self.prefix)).await {
             Ok(l) => l,
             Err(e) => {
@@ -592,6 +645,19 @@ impl GithubGate {
                 return Ok(());
             }
         };
+        // The store is read after the list, not at the start of the pass: every
+        // registration listed was made for an application committed before it (the
+        // pass itself creates some, and allocations mint concurrently), so a runner
+        // registered a moment ago is never taken for an orphan.
+        let runners: HashMap<Uuid, GateRunner> = self.store.gate_runners(&self.name)?.into_iter().collect();
+        let runners = &runners;
+        let filter = AppFilter { owner: Some(self.owner.clone()), ..Default::default() };
+        let (_, apps) = self.store.list_applications(&filter)?;
+        let live: Vec<Live> = apps
+            .iter()
+            .filter(|a| matches!(a.status.phase, Phase::New | Phase::Elected | Phase::Allocated))
+            .map(|a| self.live_view(a))
+            .collect();
         let by_name: HashMap<&str, &Live> = live.iter().map(|l| (l.runner.as_str(), l)).collect();
         let listed_names: HashSet<&str> = listed.iter().map(|r| r.name.as_str()).collect();
         for r in &listed {
@@ -651,6 +717,14 @@ impl GithubGate {
                         _ => rank::COMPLETED,
                     };
                     info!(gate = %self.name, job = j.id, status = ?status, "a stale queued job is no longer queued");
+                    if status.is_none() {
+                        // A 404 is a deleted run, or a token without Actions: read on this
+                        // repository: say so, since the job leaves demand either way.
+                        self.note_error(format!(
+                            "job {} of {}: GitHub answers 404 (the run was deleted, or the token lacks Actions: read on {}); dropped from demand",
+                            j.id, j.repo, j.repo
+                        ));
+                    }
                     let ev = GateJobEvent {
                         id: j.id,
                         repo: j.repo.clone(),

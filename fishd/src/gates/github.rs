@@ -62,6 +62,21 @@ pub struct Runner {
     pub busy: bool,
 }
 
+/// One attempt in a webhook's delivery log (`GET …/hooks/{id}/deliveries`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct DeliveryItem {
+    pub id: u64,
+    pub guid: String,
+    #[serde(default)]
+    pub event: String,
+    #[serde(default)]
+    pub action: Option<String>,
+    #[serde(default)]
+    pub status_code: u16,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub delivered_at: Option<time::OffsetDateTime>,
+}
+
 /// A just-in-time registration.
 #[derive(Clone, Debug)]
 pub struct JitConfig {
@@ -91,11 +106,29 @@ struct Budget {
     calls: u64,
 }
 
+/// How calls authenticate.
+#[derive(Debug)]
+pub enum Auth {
+    /// A token read from this file at every call (so a rotated file takes effect).
+    TokenFile(std::path::PathBuf),
+    /// A GitHub App installation: installation tokens bought with the App's JWT.
+    App(Box<super::app_auth::AppAuth>),
+}
+
+/// Which credential a call sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bearer {
+    /// The token (PAT or installation token).
+    Token,
+    /// The App's own JWT (`/app/...` endpoints).
+    AppJwt,
+}
+
 /// A GitHub client for one gate.
 pub struct Github {
     http: reqwest::Client,
     base: String,
-    token_file: std::path::PathBuf,
+    auth: Auth,
     pub scope: Scope,
     per_hour: Option<u32>,
     budget: Mutex<Budget>,
@@ -116,7 +149,7 @@ impl Github {
         gate: &str,
         base: &str,
         ca: Option<&std::path::Path>,
-        token_file: std::path::PathBuf,
+        auth: Auth,
         scope: Scope,
         per_hour: Option<u32>,
         metrics: GateMetrics,
@@ -136,7 +169,7 @@ impl Github {
         Ok(Github {
             http,
             base: base.trim_end_matches('/').to_owned(),
-            token_file,
+            auth,
             scope,
             per_hour,
             budget: Mutex::new(Budget::default()),
@@ -146,12 +179,52 @@ impl Github {
         })
     }
 
-    fn token(&self) -> Result<String, GithubError> {
-        std::fs::read_to_string(&self.token_file).map(|t| t.trim().to_owned()).map_err(|e| GithubError::Status {
-            call: "reading the token".into(),
-            status: 0,
-            message: format!("{}: {e}", self.token_file.display()),
-        })
+    /// The credential for a call: the token file's content, the App's JWT, or an
+    /// installation token (bought now if none is cached or it is due for refresh).
+    async fn credential(&self, bearer: Bearer) -> Result<String, GithubError> {
+        let app = match (&self.auth, bearer) {
+            (Auth::TokenFile(path), _) => {
+                return std::fs::read_to_string(path).map(|t| t.trim().to_owned()).map_err(|e| GithubError::Status {
+                    call: "reading the token".into(),
+                    status: 0,
+                    message: format!("{}: {e}", path.display()),
+                });
+            }
+            (Auth::App(app), Bearer::AppJwt) => {
+                return app.jwt(time::OffsetDateTime::now_utc()).map_err(|message| GithubError::Status {
+                    call: "signing the App JWT".into(),
+                    status: 0,
+                    message,
+                });
+            }
+            (Auth::App(app), Bearer::Token) => app,
+        };
+        if let Some(t) = app.current(time::OffsetDateTime::now_utc()) {
+            return Ok(t);
+        }
+        let _one = app.refresh.lock().await;
+        let now = time::OffsetDateTime::now_utc();
+        if let Some(t) = app.current(now) {
+            return Ok(t);
+        }
+        const CALL: &str = "POST app/installations/{id}/access_tokens";
+        let path = format!("/app/installations/{}/access_tokens", app.installation_id);
+        // Boxed: `call` asks for a credential, which may make this call.
+        let (_, v, _) = Box::pin(self.call(reqwest::Method::POST, &path, CALL, None, Bearer::AppJwt)).await?;
+        let bad = |what: &str| GithubError::Status {
+            call: CALL.into(),
+            status: 201,
+            message: format!("answer without {what}"),
+        };
+        let token = v.get("token").and_then(Value::as_str).ok_or_else(|| bad("token"))?.to_owned();
+        let expires_at = v
+            .get("expires_at")
+            .and_then(Value::as_str)
+            .and_then(|s| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok())
+            .ok_or_else(|| bad("expires_at"))?;
+        tracing::info!(gate = %self.gate, installation = app.installation_id, expires_at = %expires_at, "got a GitHub App installation token");
+        app.keep(token.clone(), expires_at, now);
+        Ok(token)
     }
 
     /// Whether a call may go now; counts it against the hourly budget.
@@ -216,13 +289,46 @@ impl Github {
         route: &str,
         body: Option<Value>,
     ) -> Result<(u16, Value), GithubError> {
+        self.send_full(method, path, route, body).await.map(|(s, v, _)| (s, v))
+    }
+
+    /// [`Github::send`], with the answer's headers. `/app/...` paths carry the App's
+    /// JWT; with App auth, a 401 drops the installation token and the call is made
+    /// once more with a fresh one.
+    async fn send_full(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        route: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value, reqwest::header::HeaderMap), GithubError> {
+        let bearer = if path.starts_with("/app/") { Bearer::AppJwt } else { Bearer::Token };
+        let retry_401 = matches!(self.auth, Auth::App(_)) && bearer == Bearer::Token;
+        match self.call(method.clone(), path, route, body.clone(), bearer).await {
+            Err(GithubError::Status { status: 401, .. }) if retry_401 => {
+                tracing::info!(gate = %self.gate, call = route, "GitHub refused the installation token (401); getting a new one");
+                self.call(method, path, route, body, bearer).await
+            }
+            r => r,
+        }
+    }
+
+    /// One HTTP exchange.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        route: &str,
+        body: Option<Value>,
+        bearer: Bearer,
+    ) -> Result<(u16, Value, reqwest::header::HeaderMap), GithubError> {
+        let token = self.credential(bearer).await?;
         self.admit(route)?;
         self.metrics.api_call(&self.gate, route);
-        let token = self.token()?;
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token)
+            .bearer_auth(&token)
             .header("accept", "application/vnd.github+json")
             .header("x-github-api-version", "2022-11-28");
         if let Some(b) = body {
@@ -231,6 +337,7 @@ impl Github {
         let resp = req.send().await.map_err(|source| GithubError::Http { call: route.into(), source })?;
         let status = resp.status().as_u16();
         let wait = self.observe(status, resp.headers());
+        let headers = resp.headers().clone();
         let text = resp.text().await.map_err(|source| GithubError::Http { call: route.into(), source })?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if let Some(wait) = wait {
@@ -239,9 +346,15 @@ impl Github {
         if status >= 400 {
             let message = value.get("message").and_then(Value::as_str).unwrap_or(text.trim()).to_owned();
             let message = if status == 403 { format!("{message} ({})", self.permission_hint(route)) } else { message };
+            if status == 401
+                && bearer == Bearer::Token
+                && let Auth::App(app) = &self.auth
+            {
+                app.invalidate(&token);
+            }
             return Err(GithubError::Status { call: route.into(), status, message });
         }
-        Ok((status, value))
+        Ok((status, value, headers))
     }
 
     /// The permission a 403 most likely lacks, named for the person fixing it.
@@ -253,7 +366,13 @@ impl Github {
             }
             Scope::Enterprise(_) => "the token needs manage_runners:enterprise (classic PAT)",
         };
-        if route.contains("jobs") { "the token needs Repository Actions: read".into() } else { runners.into() }
+        if route.contains("jobs") {
+            "the token needs Repository Actions: read".into()
+        } else if route.contains("deliveries") {
+            "the token needs Webhooks: read (classic PAT: admin:org_hook or admin:repo_hook)".into()
+        } else {
+            runners.into()
+        }
     }
 
     /// `POST {S}/actions/runners/generate-jitconfig`.
@@ -314,6 +433,39 @@ impl Github {
             Err(e) if e.status() == Some(422) => Ok(Deleted::Busy),
             Err(e) => Err(e),
         }
+    }
+
+    /// One page of a hook's delivery log, newest first, and the cursor of the next
+    /// page (from the `Link` header). `hook` is `/orgs/o/hooks/1` or `/app/hook`.
+    pub async fn list_deliveries(
+        &self,
+        hook: &str,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<DeliveryItem>, Option<String>), GithubError> {
+        let mut path = format!("{hook}/deliveries?per_page=100");
+        if let Some(c) = cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (_, v, headers) = self.send_full(reqwest::Method::GET, &path, "GET hooks/deliveries", None).await?;
+        let items: Vec<DeliveryItem> = serde_json::from_value(v).map_err(|e| GithubError::Status {
+            call: "GET hooks/deliveries".into(),
+            status: 200,
+            message: format!("unexpected answer: {e}"),
+        })?;
+        let next = headers
+            .get("link")
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| l.split(',').find(|p| p.contains("rel=\"next\"")))
+            .and_then(|p| p.split(['?', '&', '>']).find_map(|kv| kv.strip_prefix("cursor=")))
+            .map(str::to_owned);
+        Ok((items, next))
+    }
+
+    /// The payload of one delivery (`GET …/deliveries/{id}`, `request.payload`).
+    pub async fn delivery_payload(&self, hook: &str, id: u64) -> Result<Value, GithubError> {
+        let path = format!("{hook}/deliveries/{id}");
+        let (_, v) = self.send(reqwest::Method::GET, &path, "GET hooks/deliveries/{id}", None).await?;
+        Ok(v.pointer("/request/payload").cloned().unwrap_or(Value::Null))
     }
 
     /// A job's status (`GET /repos/{repo}/actions/jobs/{id}`): `None` when GitHub no longer has it.

@@ -38,6 +38,7 @@ pub struct GateMetrics {
     api_remaining: Family<GateLabels, Gauge>,
     queued_age: Family<GateLabels, Gauge>,
     waiting: Family<GateLabels, Gauge>,
+    deliveries_recovered: Family<GateLabels, Counter>,
 }
 
 fn g(gate: &str) -> GateLabels {
@@ -59,6 +60,11 @@ impl GateMetrics {
         r.register("gate_api_remaining", "x-ratelimit-remaining of the last answer", self.api_remaining.clone());
         r.register("gate_queued_job_age_seconds", "Age of the oldest queued job", self.queued_age.clone());
         r.register("gate_waiting_jobs", "Queued jobs without a runner", self.waiting.clone());
+        r.register(
+            "gate_deliveries_recovered",
+            "Webhook deliveries that never reached fishd, replayed from the delivery log",
+            self.deliveries_recovered.clone(),
+        );
     }
 
     pub fn job_seen(&self, gate: &str, action: &str) {
@@ -78,6 +84,9 @@ impl GateMetrics {
     }
     pub fn api_remaining(&self, gate: &str, n: i64) {
         self.api_remaining.get_or_create(&g(gate)).set(n);
+    }
+    pub fn delivery_recovered(&self, gate: &str) {
+        self.deliveries_recovered.get_or_create(&g(gate)).inc();
     }
     pub fn queue(&self, gate: &str, oldest_seconds: i64, waiting: i64) {
         self.queued_age.get_or_create(&g(gate)).set(oldest_seconds);

@@ -13,10 +13,12 @@
 //! In a cluster the passes must run on the leader only (webhooks may arrive at any
 //! node, since recording one is a command); single-node fishd runs them here.
 
+pub mod app_auth;
 pub mod config;
 pub mod gate;
 pub mod github;
 pub mod metrics;
+pub mod recover;
 pub mod webhook;
 
 use std::sync::Arc;

@@ -224,6 +224,13 @@ impl super::Store {
         })
     }
 
+    /// Whether `gate` recorded delivery `guid`.
+    pub fn gate_delivery_seen(&self, gate: &str, guid: &str) -> Result<bool, StoreError> {
+        let tx = self.read()?;
+        let t = tx.open_table(GATE_DELIVERIES)?;
+        Ok(t.get((gate, guid))?.is_some())
+    }
+
     /// How many delivery GUIDs `gate` remembers.
     pub fn gate_deliveries(&self, gate: &str) -> Result<u64, StoreError> {
         let tx = self.read()?;

@@ -54,6 +54,11 @@ pub enum Fault {
     CommitAndDrop,
     /// 403 with `retry-after` (a secondary rate limit).
     RetryAfter(u64),
+    /// Never answer and do nothing (a call stuck in a proxy): the client times out,
+    /// or dies waiting.
+    Stall,
+    /// Do the change, then never answer.
+    CommitAndStall,
 }
 
 #[derive(Clone, Debug)]
@@ -93,6 +98,24 @@ pub struct FakeJob {
     pub started_at: Option<Instant>,
 }
 
+/// One attempt to deliver a webhook, as GitHub's deliveries API lists it.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    /// The delivery id (new for every attempt, redeliveries included).
+    pub id: u64,
+    pub guid: String,
+    pub event: String,
+    pub action: String,
+    pub redelivery: bool,
+    /// fishd's status; 502 when the delivery never reached it.
+    pub status_code: u16,
+    pub at: time::OffsetDateTime,
+    pub body: Vec<u8>,
+}
+
+/// The hook id of the fake's one webhook (`/orgs/{org}/hooks/{id}`, `/repos/{o}/{r}/hooks/{id}`).
+pub const HOOK_ID: u64 = 4567;
+
 /// A webhook delivery, sent or held.
 #[derive(Clone, Debug)]
 pub struct Delivery {
@@ -103,6 +126,8 @@ pub struct Delivery {
     pub body: Vec<u8>,
     /// fishd's answer (0: not sent, or no answer).
     pub status: u16,
+    /// Sent again on request (`POST …/deliveries/{id}/attempts`), same GUID.
+    pub redelivery: bool,
 }
 
 struct Hook {
@@ -111,8 +136,32 @@ struct Hook {
     client: reqwest::Client,
 }
 
+/// A GitHub App installed on the fake's org (see [`FakeGithub::enable_app`]).
+#[derive(Clone, Debug)]
+pub struct AppKey {
+    pub app_id: u64,
+    pub client_id: String,
+    pub installation_id: u64,
+    /// The App's private key, PKCS#1 PEM as GitHub issues it.
+    pub key_path: PathBuf,
+}
+
+struct FakeApp {
+    key: AppKey,
+    /// DER `RSAPublicKey`: what GitHub keeps to check the App's JWTs.
+    public_key: Vec<u8>,
+    token_life: Duration,
+    /// Installation tokens issued, and until when each is good.
+    tokens: BTreeMap<String, Instant>,
+    issued: u64,
+    jwts_refused: u64,
+}
+
 #[derive(Default)]
 struct World {
+    app: Option<FakeApp>,
+    /// Calls refused for a bad or expired token.
+    unauthorized: u64,
     token: String,
     next_id: u64,
     runners: BTreeMap<u64, FakeRunner>,
@@ -120,6 +169,14 @@ struct World {
     hook: Option<Hook>,
     hold: bool,
     held: Vec<Delivery>,
+    /// Deliveries to lose: (action, how many more).
+    drops: Vec<(String, u32)>,
+    /// Every attempt, oldest first (the deliveries API).
+    attempts: Vec<Attempt>,
+    /// While on, runners get no job.
+    hold_jobs: bool,
+    /// Calls stuck in a `Stall` fault right now.
+    stalled: u64,
     sent: Vec<Delivery>,
     calls: BTreeMap<String, u64>,
     faults: Vec<FaultRule>,
@@ -269,7 +326,9 @@ impl FakeGithub {
         let status = send(&client, &url, &secret, d, &sig).await?;
         let mut sent = d.clone();
         sent.status = status;
-        self.world.lock().unwrap().sent.push(sent);
+        let mut w = self.world.lock().unwrap();
+        log_attempt(&mut w, d, status, d.redelivery);
+        w.sent.push(sent);
         Ok(status)
     }
 
@@ -283,6 +342,7 @@ impl FakeGithub {
             job: 0,
             body,
             status: 0,
+            redelivery: false,
         }
     }
 
@@ -291,6 +351,90 @@ impl FakeGithub {
         let w = self.world.lock().unwrap();
         let j = w.jobs.get(&job)?;
         Some(job_delivery(j, action))
+    }
+
+    /// Loses the next `times` deliveries of `action` (they never reach fishd; the
+    /// deliveries API shows them failed).
+    pub fn drop_deliveries(&self, action: &str, times: u32) {
+        self.world.lock().unwrap().drops.push((action.to_owned(), times));
+    }
+
+    /// Every delivery attempt so far, oldest first.
+    pub fn attempts(&self) -> Vec<Attempt> {
+        self.world.lock().unwrap().attempts.clone()
+    }
+
+    /// While on, runners get no job (they stay online and idle).
+    pub fn hold_jobs(&self, on: bool) {
+        self.world.lock().unwrap().hold_jobs = on;
+    }
+
+    /// GitHub removes an idle registration by itself (actions/runner#4726, or the
+    /// one-day rule for offline ones); returns whether it was there and idle.
+    pub fn remove_idle_runner(&self, name: &str) -> bool {
+        let mut w = self.world.lock().unwrap();
+        let Some(id) = w.runners.values().find(|r| r.name == name && !r.busy).map(|r| r.id) else { return false };
+        w.runners.remove(&id);
+        true
+    }
+
+    /// Installs a GitHub App: generates its RSA key (with the `openssl` command, as
+    /// GitHub's is: ring cannot make RSA keys), keeps the public half to check JWTs,
+    /// and from now on accepts only installation tokens the App bought, not the
+    /// plain token. Installation tokens live `token_life` (GitHub: 1 h).
+    pub fn enable_app(&self, token_life: Duration) -> Result<AppKey> {
+        use rustls::pki_types::pem::PemObject;
+        let key_path = self._dir.path().join("app-key.pem");
+        let out = std::process::Command::new("openssl")
+            .args(["genrsa", "-traditional", "-out"])
+            .arg(&key_path)
+            .arg("2048")
+            .output()?;
+        anyhow::ensure!(out.status.success(), "openssl genrsa: {}", String::from_utf8_lossy(&out.stderr));
+        let pem = std::fs::read(&key_path)?;
+        let der = rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let rustls::pki_types::PrivateKeyDer::Pkcs1(pkcs1) = der else { anyhow::bail!("openssl made no PKCS#1 key") };
+        let pair =
+            ring::signature::RsaKeyPair::from_der(pkcs1.secret_pkcs1_der()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        use ring::signature::KeyPair;
+        let public_key = pair.public_key().as_ref().to_vec();
+        let key = AppKey { app_id: 31337, client_id: "Iv1.fakeclient".into(), installation_id: 777, key_path };
+        self.world.lock().unwrap().app = Some(FakeApp {
+            key: key.clone(),
+            public_key,
+            token_life,
+            tokens: BTreeMap::new(),
+            issued: 0,
+            jwts_refused: 0,
+        });
+        Ok(key)
+    }
+
+    /// Installation tokens issued so far.
+    pub fn tokens_issued(&self) -> u64 {
+        self.world.lock().unwrap().app.as_ref().map_or(0, |a| a.issued)
+    }
+
+    /// JWTs refused (bad signature, issuer or times).
+    pub fn jwts_refused(&self) -> u64 {
+        self.world.lock().unwrap().app.as_ref().map_or(0, |a| a.jwts_refused)
+    }
+
+    /// Calls refused with 401 for a bad or expired token (JWT calls aside).
+    pub fn unauthorized(&self) -> u64 {
+        self.world.lock().unwrap().unauthorized
+    }
+
+    /// Revokes every installation token now (the next call with one gets 401).
+    pub fn revoke_tokens(&self) {
+        if let Some(a) = self.world.lock().unwrap().app.as_mut() {
+            a.tokens.clear();
+        }
+    }
+
+    /// Calls stuck in a `Stall` or `CommitAndStall` fault right now.
+    pub fn stalled(&self) -> u64 {
+        self.world.lock().unwrap().stalled
     }
 
     /// How long a taken job runs before it completes.
@@ -416,6 +560,7 @@ fn job_delivery(j: &FakeJob, action: &str) -> Delivery {
         job: j.id,
         body: serde_json::to_vec(&body).unwrap(),
         status: 0,
+        redelivery: false,
     }
 }
 
@@ -450,11 +595,71 @@ async fn emitter(world: Arc<Mutex<World>>, mut rx: tokio::sync::mpsc::UnboundedR
     while let Some(d) = rx.recv().await {
         let target = world.lock().unwrap().hook.as_ref().map(|h| (h.url.clone(), h.secret.clone(), h.client.clone()));
         let Some((url, secret, client)) = target else { continue };
+        let lost = {
+            let mut w = world.lock().unwrap();
+            match w.drops.iter().position(|(a, _)| *a == d.action) {
+                Some(i) => {
+                    w.drops[i].1 -= 1;
+                    if w.drops[i].1 == 0 {
+                        w.drops.remove(i);
+                    }
+                    // GitHub tried and failed (fishd down, a network fault): it shows
+                    // in the deliveries API, and is never redelivered by itself.
+                    log_attempt(&mut w, &d, 502, d.redelivery);
+                    true
+                }
+                None => false,
+            }
+        };
+        if lost {
+            continue;
+        }
         let status = send(&client, &url, &secret, &d, &Signature::Good).await.unwrap_or(0);
         let mut sent = d;
         sent.status = status;
-        world.lock().unwrap().sent.push(sent);
+        let mut w = world.lock().unwrap();
+        let redelivery = sent.redelivery;
+        log_attempt(&mut w, &sent, if status == 0 { 502 } else { status }, redelivery);
+        w.sent.push(sent);
     }
+}
+
+fn log_attempt(w: &mut World, d: &Delivery, status_code: u16, redelivery: bool) {
+    let id = w.id();
+    w.attempts.push(Attempt {
+        id,
+        guid: d.guid.clone(),
+        event: d.event.clone(),
+        action: d.action.clone(),
+        redelivery,
+        status_code,
+        at: time::OffsetDateTime::now_utc(),
+        body: d.body.clone(),
+    });
+}
+
+fn status_text(code: u16) -> String {
+    match code {
+        502 => "failed to connect to host".into(),
+        c if (200..300).contains(&c) => "OK".into(),
+        c => format!("Invalid HTTP Response: {c}"),
+    }
+}
+
+fn attempt_json(a: &Attempt, full: bool) -> Value {
+    let mut v = json!({
+        "id": a.id, "guid": a.guid, "delivered_at": a.at.format(&time::format_description::well_known::Rfc3339).unwrap(),
+        "redelivery": a.redelivery, "duration": 0.01, "status": status_text(a.status_code), "status_code": a.status_code,
+        "event": a.event, "action": if a.action.is_empty() { Value::Null } else { json!(a.action) },
+        "installation_id": Value::Null, "repository_id": 1,
+    });
+    if full {
+        let payload: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
+        v["url"] = json!("https://fishd.example/hooks/github");
+        v["request"] = json!({"headers": {"X-GitHub-Event": a.event, "X-GitHub-Delivery": a.guid}, "payload": payload});
+        v["response"] = json!({"headers": {}, "payload": status_text(a.status_code)});
+    }
+    v
 }
 
 #[derive(Clone)]
@@ -539,17 +744,47 @@ async fn handle(State(ctx): State<Ctx>, method: Method, uri: Uri, headers: Heade
     if seg.first() == Some(&"_fake") {
         return fake_route(&ctx, &method, &seg[1..], &query, &body).await;
     }
+    match respond(&ctx, &method, &headers, &path, &seg, &query, &body) {
+        Some(r) => r,
+        None => stall(ctx.world.clone()).await,
+    }
+}
+
+/// The REST API proper; `None`: the call stalls (a `Stall` fault). Synchronous, so
+/// the world's lock is never held across an await.
+fn respond(
+    ctx: &Ctx,
+    method: &Method,
+    headers: &HeaderMap,
+    path: &str,
+    seg: &[&str],
+    query: &BTreeMap<String, String>,
+    body: &Value,
+) -> Option<Response> {
     let mut w = ctx.world.lock().unwrap();
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if auth != format!("Bearer {}", w.token) {
-        return reply(StatusCode::UNAUTHORIZED, msg("Bad credentials"), &w);
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let bearer = auth.strip_prefix("Bearer ").unwrap_or("");
+    if let ["app", rest @ ..] = seg {
+        return Some(app_route(ctx, &mut w, method, rest, bearer, path, query));
+    }
+    let authorized = match w.app.as_mut() {
+        Some(app) => {
+            let now = Instant::now();
+            app.tokens.retain(|_, until| *until > now);
+            app.tokens.contains_key(bearer)
+        }
+        None => bearer == w.token,
+    };
+    if !authorized {
+        w.unauthorized += 1;
+        return Some(reply(StatusCode::UNAUTHORIZED, msg("Bad credentials"), &w));
     }
     // The scope prefix: /repos/o/r, /orgs/o, /enterprises/e.
-    let (rest, repo) = match seg.as_slice() {
+    let (rest, repo) = match seg {
         ["repos", o, r, rest @ ..] => (rest, Some(format!("{o}/{r}"))),
         ["orgs", _, rest @ ..] | ["enterprises", _, rest @ ..] => (rest, None),
-        ["rate_limit"] => (&seg[..], None),
-        _ => return reply(StatusCode::NOT_FOUND, msg("Not Found"), &w),
+        ["rate_limit"] => (seg, None),
+        _ => return Some(reply(StatusCode::NOT_FOUND, msg("Not Found"), &w)),
     };
     let route = match (method.as_str(), rest) {
         ("POST", ["actions", "runners", "generate-jitconfig"]) => "POST runners/generate-jitconfig",
@@ -559,21 +794,34 @@ async fn handle(State(ctx): State<Ctx>, method: Method, uri: Uri, headers: Heade
         ("GET", ["actions", "runner-groups"]) => "GET runner-groups",
         ("GET", ["actions", "jobs", _]) => "GET jobs/{id}",
         ("GET", ["rate_limit"]) => "GET rate_limit",
-        _ => return reply(StatusCode::NOT_FOUND, msg("Not Found"), &w),
+        ("GET", ["hooks", _, "deliveries"]) => "GET hooks/deliveries",
+        ("GET", ["hooks", _, "deliveries", _]) => "GET hooks/deliveries/{id}",
+        ("POST", ["hooks", _, "deliveries", _, "attempts"]) => "POST hooks/deliveries/{id}/attempts",
+        _ => return Some(reply(StatusCode::NOT_FOUND, msg("Not Found"), &w)),
     };
     *w.calls.entry(route.to_owned()).or_default() += 1;
-    let fault = w.take_fault(&method, &path);
+    let fault = w.take_fault(method, path);
     match fault {
         Some(Fault::Status(s)) => {
-            return reply(StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), msg("injected"), &w);
+            return Some(reply(
+                StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                msg("injected"),
+                &w,
+            ));
         }
         Some(Fault::RetryAfter(secs)) => {
             let mut r = reply(StatusCode::FORBIDDEN, msg("You have exceeded a secondary rate limit."), &w);
             r.headers_mut().insert("retry-after", HeaderValue::from(secs));
-            return r;
+            return Some(r);
+        }
+        Some(Fault::Stall) => {
+            w.stalled += 1;
+            drop(w);
+            return None;
         }
         _ => {}
     }
+    let mut link = None;
     let (status, out) = match (route, rest) {
         ("POST runners/generate-jitconfig", _) => {
             let name = body.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
@@ -672,6 +920,18 @@ async fn handle(State(ctx): State<Ctx>, method: Method, uri: Uri, headers: Heade
                 None => (StatusCode::NOT_FOUND, msg("Not Found")),
             }
         }
+        (
+            "GET hooks/deliveries" | "GET hooks/deliveries/{id}" | "POST hooks/deliveries/{id}/attempts",
+            [_, hook, tail @ ..],
+        ) => {
+            if *hook != HOOK_ID.to_string() {
+                (StatusCode::NOT_FOUND, msg("Not Found"))
+            } else {
+                let (status, body, next) = hook_log(ctx, &mut w, tail, path, query);
+                link = next;
+                (status, body)
+            }
+        }
         ("GET rate_limit", _) => {
             let used = w.total_calls();
             (
@@ -682,12 +942,175 @@ async fn handle(State(ctx): State<Ctx>, method: Method, uri: Uri, headers: Heade
         _ => (StatusCode::NOT_FOUND, msg("Not Found")),
     };
     if matches!(fault, Some(Fault::CommitAndDrop)) {
-        return reply(StatusCode::BAD_GATEWAY, msg("the answer was lost"), &w);
+        return Some(reply(StatusCode::BAD_GATEWAY, msg("the answer was lost"), &w));
+    }
+    if matches!(fault, Some(Fault::CommitAndStall)) {
+        w.stalled += 1;
+        drop(w);
+        return None;
     }
     if status == StatusCode::NO_CONTENT {
-        return reply(status, Value::Null, &w).into_response().map(|_| axum::body::Body::empty());
+        return Some(reply(status, Value::Null, &w).into_response().map(|_| axum::body::Body::empty()));
     }
-    reply(status, out, &w)
+    let mut r = reply(status, out, &w);
+    if let Some(l) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        r.headers_mut().insert("link", l);
+    }
+    Some(r)
+}
+
+/// A hook's delivery log: `tail` is `[deliveries]`, `[deliveries, id]` or
+/// `[deliveries, id, attempts]` (POST: redeliver). Newest first, `cursor` paging with
+/// a `Link` header as GitHub does; returns the next page's link.
+fn hook_log(
+    ctx: &Ctx,
+    w: &mut World,
+    tail: &[&str],
+    path: &str,
+    query: &BTreeMap<String, String>,
+) -> (StatusCode, Value, Option<String>) {
+    match tail {
+        ["deliveries"] => {
+            let per_page: usize = query.get("per_page").and_then(|p| p.parse().ok()).unwrap_or(30).clamp(1, 100);
+            let from: u64 = query
+                .get("cursor")
+                .and_then(|c| c.strip_prefix("v1_"))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(u64::MAX);
+            let newest_first: Vec<&Attempt> = w.attempts.iter().rev().filter(|a| a.id <= from).collect();
+            let link = newest_first
+                .get(per_page)
+                .map(|next| format!("<{}{path}?per_page={per_page}&cursor=v1_{}>; rel=\"next\"", ctx.url, next.id));
+            let page = newest_first.iter().take(per_page).map(|a| attempt_json(a, false)).collect();
+            (StatusCode::OK, Value::Array(page), link)
+        }
+        ["deliveries", id] => match id.parse::<u64>().ok().and_then(|i| w.attempts.iter().find(|a| a.id == i)) {
+            Some(a) => (StatusCode::OK, attempt_json(a, true), None),
+            None => (StatusCode::NOT_FOUND, msg("Not Found"), None),
+        },
+        ["deliveries", id, "attempts"] => {
+            match id.parse::<u64>().ok().and_then(|i| w.attempts.iter().find(|a| a.id == i)).cloned() {
+                Some(a) => {
+                    let d = Delivery {
+                        guid: a.guid,
+                        event: a.event,
+                        action: a.action,
+                        job: 0,
+                        body: a.body,
+                        status: 0,
+                        redelivery: true,
+                    };
+                    let _ = ctx.emit.send(d);
+                    (StatusCode::ACCEPTED, json!({}), None)
+                }
+                None => (StatusCode::NOT_FOUND, msg("Not Found"), None),
+            }
+        }
+        _ => (StatusCode::NOT_FOUND, msg("Not Found"), None),
+    }
+}
+
+/// Checks an App JWT as GitHub does: RS256 under the App's public key, `iss` the app
+/// id or client id, issued no later than a minute from now, expiring in the future
+/// but at most 10 minutes ahead.
+fn jwt_ok(app: &FakeApp, jwt: &str) -> Result<(), String> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let [h, c, sig] = parts.as_slice() else { return Err("not a JWT".into()) };
+    let header: Value =
+        serde_json::from_slice(&B64URL.decode(h).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    if header["alg"] != "RS256" {
+        return Err(format!("alg {}", header["alg"]));
+    }
+    let sig = B64URL.decode(sig).map_err(|e| e.to_string())?;
+    ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, &app.public_key)
+        .verify(format!("{h}.{c}").as_bytes(), &sig)
+        .map_err(|_| "bad signature".to_owned())?;
+    let claims: Value =
+        serde_json::from_slice(&B64URL.decode(c).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let iss_ok = claims["iss"] == json!(app.key.app_id) || claims["iss"] == json!(app.key.client_id);
+    if !iss_ok {
+        return Err(format!("iss {}", claims["iss"]));
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let (iat, exp) = (claims["iat"].as_i64().unwrap_or(i64::MAX), claims["exp"].as_i64().unwrap_or(0));
+    if iat > now + 60 || exp <= now || exp > now + 600 {
+        return Err(format!(
+            "iat {iat} exp {exp} now {now}: 'Expiration time' claim ('exp') is too far in the future or past"
+        ));
+    }
+    Ok(())
+}
+
+/// `/app/...`: the calls made with the App's JWT.
+fn app_route(
+    ctx: &Ctx,
+    w: &mut World,
+    method: &Method,
+    rest: &[&str],
+    jwt: &str,
+    path: &str,
+    query: &BTreeMap<String, String>,
+) -> Response {
+    let checked = match w.app.as_ref() {
+        None => Err("no app".to_owned()),
+        Some(app) => jwt_ok(app, jwt),
+    };
+    if let Err(why) = checked {
+        if let Some(app) = w.app.as_mut() {
+            app.jwts_refused += 1;
+        }
+        return reply(StatusCode::UNAUTHORIZED, msg(&format!("A JSON web token could not be decoded ({why})")), w);
+    }
+    match (method.as_str(), rest) {
+        ("POST", ["installations", id, "access_tokens"]) => {
+            *w.calls.entry("POST app/installations/{id}/access_tokens".into()).or_default() += 1;
+            let Some(app) = w.app.as_mut() else { return reply(StatusCode::NOT_FOUND, msg("Not Found"), w) };
+            if *id != app.key.installation_id.to_string() {
+                return reply(StatusCode::NOT_FOUND, msg("Not Found"), w);
+            }
+            let token = format!("ghs_{}", uuid::Uuid::now_v7().simple());
+            let life = app.token_life;
+            app.tokens.insert(token.clone(), Instant::now() + life);
+            app.issued += 1;
+            let expires = (time::OffsetDateTime::now_utc() + life).replace_nanosecond(0).unwrap();
+            let body = json!({"token": token,
+                "expires_at": expires.format(&time::format_description::well_known::Rfc3339).unwrap(),
+                "permissions": {"organization_self_hosted_runners": "write", "metadata": "read"},
+                "repository_selection": "all"});
+            reply(StatusCode::CREATED, body, w)
+        }
+        (_, ["hook", tail @ ..]) if tail.first() == Some(&"deliveries") => {
+            let route = match (method.as_str(), tail.len()) {
+                ("GET", 1) => "GET hooks/deliveries",
+                ("GET", 2) => "GET hooks/deliveries/{id}",
+                ("POST", 3) => "POST hooks/deliveries/{id}/attempts",
+                _ => return reply(StatusCode::NOT_FOUND, msg("Not Found"), w),
+            };
+            *w.calls.entry(route.into()).or_default() += 1;
+            let (status, body, link) = hook_log(ctx, w, tail, path, query);
+            let mut r = reply(status, body, w);
+            if let Some(l) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
+                r.headers_mut().insert("link", l);
+            }
+            r
+        }
+        _ => reply(StatusCode::NOT_FOUND, msg("Not Found"), w),
+    }
+}
+
+/// Never answers; counted in `stalled` until the client goes away (its connection
+/// closes and the server drops this future).
+async fn stall(world: Arc<Mutex<World>>) -> Response {
+    struct Stalled(Arc<Mutex<World>>);
+    impl Drop for Stalled {
+        fn drop(&mut self) {
+            let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            w.stalled = w.stalled.saturating_sub(1);
+        }
+    }
+    let _counted = Stalled(world);
+    std::future::pending().await
 }
 
 /// The runner side: `POST /_fake/runner/connect`, `GET /_fake/runner/{id}/job` (long
@@ -730,7 +1153,7 @@ async fn fake_route(
                     if let Some(job) = r.job {
                         return plain(StatusCode::OK, json!({"job": job}));
                     }
-                    if w.assign_on_delete {
+                    if w.assign_on_delete || w.hold_jobs {
                         // Jobs wait for the DELETE race (see `set_assign_on_delete`).
                     } else if let Some(d) = assign(&mut w, id) {
                         let job = d.job;
