@@ -40,8 +40,10 @@ fn config(extra: Value) -> ProcessConfig {
     serde_json::from_value(base).expect("config")
 }
 
+/// A driver whose work root (used when root) is inside `data`, so the test's temporary
+/// directory takes it along.
 fn driver(data: &Path) -> ProcessDriver {
-    ProcessDriver::new("process".into(), config(json!({})), data).expect("driver")
+    ProcessDriver::new("process".into(), config(json!({"workRoot": data.join("work")})), data).expect("driver")
 }
 
 fn definition(options: Value) -> Definition {
@@ -289,8 +291,12 @@ async fn a_reused_pid_is_not_adopted() {
 async fn output_is_captured_up_to_the_cap() {
     timeout(async {
         let data = tempfile::tempdir().expect("tempdir");
-        let d =
-            ProcessDriver::new("process/logs".into(), config(json!({"logLimit": 1000})), data.path()).expect("driver");
+        let d = ProcessDriver::new(
+            "process/logs".into(),
+            config(json!({"logLimit": 1000, "workRoot": data.path().join("work")})),
+            data.path(),
+        )
+        .expect("driver");
         let uid = Uuid::now_v7();
         let script = "echo out; echo err >&2; head -c 100000 /dev/zero | tr '\\0' x; exit 0";
         let a = d.allocate(&request(uid, script, json!({}))).await.expect("allocate");
@@ -323,11 +329,63 @@ async fn runs_as_the_configured_user_when_root() {
             "workdir": "w-{name}",
         }));
         let a = d.allocate(&req).await.expect("allocate");
-        assert_eq!(workdir(&a), d.app_dir(uid).join("w-app"));
+        assert!(workdir(&a).ends_with(format!("{uid}/w-app")), "{}", workdir(&a).display());
         assert_eq!(wait_ended(&d, uid, &a).await, "exited with code 0");
         let nobody = nix::unistd::User::from_name("nobody").expect("lookup").expect("nobody exists");
         assert_eq!(read(&workdir(&a).join("id.txt")), format!("{}\nset\n", nobody.uid));
         d.deallocate(uid, &a.identifier).await.expect("deallocate");
+    })
+    .await;
+}
+
+/// A process running as another user (a root fishd's default) reaches its work directory
+/// by absolute path (`cd $HOME`), while fishd's data directory stays closed to it: the
+/// work directories live under the default work root next to the data directory.
+#[tokio::test]
+async fn a_process_of_another_user_reaches_its_work_directory_but_not_the_data_directory() {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    timeout(async {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // A parent others may pass, as /var/lib is; the data directory is 0700 as fishd makes it.
+        let outer =
+            tempfile::Builder::new().permissions(std::fs::Permissions::from_mode(0o711)).tempdir().expect("tempdir");
+        let data = outer.path().join("data");
+        std::fs::create_dir(&data).expect("data dir");
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let d = ProcessDriver::new("process".into(), config(json!({})), &data).expect("driver");
+        let uid = Uuid::now_v7();
+        let mut req = request(uid, "", json!({}));
+        let script = format!(
+            r#"cd / && cd "$HOME" && pwd > "$HOME/home.txt" && echo ok > "$HOME/written.txt"
+ls {data} >/dev/null 2>&1 && echo listed >> home.txt || echo closed >> home.txt
+cat {data}/process/process/{uid}/pid >/dev/null 2>&1 && echo read >> home.txt || echo closed >> home.txt"#,
+            data = data.display()
+        );
+        req.definition = definition(json!({"command": ["sh", "-c", script], "user": "nobody"}));
+        let a = d.allocate(&req).await.expect("allocate");
+        let work = workdir(&a);
+        assert!(work.starts_with(outer.path().join("data-work/process")), "{}", work.display());
+        assert_eq!(
+            wait_ended(&d, uid, &a).await,
+            "exited with code 0",
+            "log: {}",
+            read(&d.app_dir(uid).join("output.log"))
+        );
+        assert_eq!(read(&work.join("home.txt")), format!("{}\nclosed\nclosed\n", work.display()));
+        let nobody = nix::unistd::User::from_name("nobody").expect("lookup").expect("nobody exists");
+        let meta = |p: &Path| std::fs::metadata(p).expect("metadata");
+        assert_eq!(meta(&work.join("written.txt")).uid(), nobody.uid.as_raw());
+        // Nothing was opened: the data directory is still its owner's alone, the work root
+        // is passable but not listable, the application's directory its user's alone.
+        assert_eq!(meta(&data).mode() & 0o777, 0o700);
+        let root = outer.path().join("data-work/process");
+        assert_eq!(meta(&root).mode() & 0o777, 0o711);
+        let base = root.join(uid.to_string());
+        assert_eq!((meta(&base).mode() & 0o777, meta(&base).uid()), (0o700, nobody.uid.as_raw()));
+        d.deallocate(uid, &a.identifier).await.expect("deallocate");
+        assert!(!base.exists(), "{} left behind", base.display());
     })
     .await;
 }

@@ -5,7 +5,8 @@
 //! the instance name becomes `_`): `pid` (`<pid> <start time>`, written by fishd), `status`
 //! (the exit status, written by the wrapper), `output.log`, and `work/`, the default working
 //! directory (`options.workdir` may name another; an absolute one is the user's and is
-//! not removed on deallocation). The directory is named from the uid, so after a restart (even `kill -9`)
+//! not removed on deallocation). A root fishd, whose processes run as other users, puts
+//! `work/` in `<workRoot>/<uid>/` instead, outside the 0700 data directory ([`work`]). The directory is named from the uid, so after a restart (even `kill -9`)
 //! [`Driver::list_owned`] finds every application again, and the start time in `pid`
 //! (field 22 of `/proc/<pid>/stat`) tells the process from a later one with its pid.
 //!
@@ -54,6 +55,7 @@ pub mod netns;
 mod options;
 pub(crate) mod procfs;
 pub mod users;
+mod work;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -103,6 +105,10 @@ pub struct ProcessConfig {
     /// Where this driver's cgroups go (default `<cgroup2 mount>/aquarium`).
     #[serde(default)]
     pub cgroup_parent: Option<PathBuf>,
+    /// Where work directories go when processes may run as users of their own (a root
+    /// fishd): `<workRoot>/<uid>/`. Default `<dataDir>-work/<instance>`. See [`work`].
+    #[serde(default)]
+    pub work_root: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -111,7 +117,7 @@ fn yes() -> bool {
 
 impl Default for ProcessConfig {
     fn default() -> Self {
-        ProcessConfig { grace_period: None, log_limit: None, cgroups: true, cgroup_parent: None }
+        ProcessConfig { grace_period: None, log_limit: None, cgroups: true, cgroup_parent: None, work_root: None }
     }
 }
 
@@ -120,6 +126,8 @@ impl Default for ProcessConfig {
 pub struct ProcessDriver {
     name: String,
     root: PathBuf,
+    /// Where work directories go, when not in the application's directory ([`work`]).
+    work_root: Option<PathBuf>,
     /// fishd's data directory, where logs of released processes are kept.
     data_dir: PathBuf,
     grace: Duration,
@@ -164,6 +172,14 @@ impl ProcessDriver {
             _ if config.cgroups => PidsV1::detect(&dir_name),
             _ => None,
         };
+        let is_root = nix::unistd::geteuid().is_root();
+        let work_root = if is_root {
+            let root = config.work_root.clone().unwrap_or_else(|| work::default_root(data_dir).join(&dir_name));
+            work::prepare_root(&root)?;
+            Some(root)
+        } else {
+            None
+        };
         let setsid = find_program("setsid");
         if setsid.is_none() {
             tracing::warn!("no setsid program: processes get their own process group but share fishd's session");
@@ -171,13 +187,14 @@ impl ProcessDriver {
         Ok(ProcessDriver {
             name: instance_name,
             root,
+            work_root,
             data_dir: data_dir.to_owned(),
             grace: config.grace_period.map_or(DEFAULT_GRACE, HumanDuration::get),
             log_limit: config.log_limit.unwrap_or(DEFAULT_LOG_LIMIT).max(1),
             cgroups,
             pids_v1,
             setsid,
-            is_root: nix::unistd::geteuid().is_root(),
+            is_root,
             services: std::sync::Mutex::new(Endpoints::default()),
             setup: tokio::sync::Mutex::new(()),
             firewall: Firewall::default(),
@@ -244,7 +261,16 @@ impl ProcessDriver {
         let template = opts.workdir.as_deref().unwrap_or("work");
         let filled = options::render_workdir(template, &req.uid.to_string(), &req.name, &req.node)
             .map_err(|e| DriverError::Invalid(format!("options.workdir: {e}")))?;
-        Ok(self.app_dir(req.uid).join(filled))
+        Ok(self.work_base(req.uid).join(filled))
+    }
+
+    /// What relative work directories are in: the application's own directory, or its
+    /// directory under the work root.
+    fn work_base(&self, uid: Uuid) -> PathBuf {
+        match &self.work_root {
+            Some(root) => root.join(uid.to_string()),
+            None => self.app_dir(uid),
+        }
     }
 
     fn allocated(&self, req: &AllocateRequest, record: PidRecord, workdir: &Path) -> Allocated {
@@ -401,6 +427,10 @@ impl Driver for ProcessDriver {
         let named_user = self.user(&opts)?;
         let io_err = |what: &str, e: io::Error| DriverError::with_source(format!("{what}: {e}"), e);
         fs::create_dir_all(&dir).map_err(|e| io_err(&format!("cannot create {}", dir.display()), e))?;
+        let base = self.work_base(req.uid);
+        if self.work_root.is_some() {
+            work::create_private(&base).map_err(|e| io_err(&format!("cannot create {}", base.display()), e))?;
+        }
         fs::create_dir_all(&workdir).map_err(|e| io_err(&format!("cannot create {}", workdir.display()), e))?;
         let (addr, own_user) = self.prepare(req, &isolation, &workdir).await?;
         if let Some(addr) = addr {
@@ -408,8 +438,12 @@ impl Driver for ProcessDriver {
         }
         let user = named_user.or(own_user);
         if let Some((_, uid, gid)) = &user {
-            std::os::unix::fs::chown(&workdir, Some(*uid), Some(*gid))
-                .map_err(|e| io_err(&format!("cannot chown {}", workdir.display()), e))?;
+            // Its own base (0700) and work directory are the user's; nothing above them.
+            let own = (self.work_root.is_some() && workdir.starts_with(&base)).then_some(&base);
+            for d in own.into_iter().chain([&workdir]) {
+                std::os::unix::fs::chown(d, Some(*uid), Some(*gid))
+                    .map_err(|e| io_err(&format!("cannot chown {}", d.display()), e))?;
+            }
         }
         let (cpu, ram) = (req.definition.resources.cpu, req.definition.resources.ram);
         let pids = req.definition.resources.pids.unwrap_or(cgroup::DEFAULT_PIDS);
@@ -545,10 +579,13 @@ impl Driver for ProcessDriver {
         if let Err(e) = crate::logs::keep(&self.data_dir, uid, &dir.join(launch::LOG_FILE)) {
             tracing::warn!(%uid, error = %e, "cannot keep the process's log; it is removed with its directory");
         }
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(DriverError::with_source(format!("cannot remove {}", dir.display()), e)),
+        let base = self.work_base(uid);
+        for d in [&base, &dir] {
+            match fs::remove_dir_all(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(DriverError::with_source(format!("cannot remove {}", d.display()), e)),
+            }
         }
         tracing::info!(%uid, "process deallocated");
         Ok(())
