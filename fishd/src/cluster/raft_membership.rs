@@ -77,7 +77,9 @@ pub async fn change(store: &Store, client: &reqwest::Client, change: MemberChang
             Some(id) => {
                 let node = store.raft().metrics().borrow().membership_config.membership().get_node(&id).cloned();
                 match node {
-                    Some(n) => forward(client, &n, &change).await,
+                    Some(n) => {
+                        super::raft_net::call_leader(client, &n, "/cluster/members", CHANGE_TIMEOUT, &change).await
+                    }
                     None => Err("the leader is not in the membership".into()),
                 }
             }
@@ -96,24 +98,6 @@ pub async fn change(store: &Store, client: &reqwest::Client, change: MemberChang
 
 fn retryable(e: &str) -> bool {
     !e.starts_with("refused:")
-}
-
-async fn forward(client: &reqwest::Client, leader: &FishNode, change: &MemberChange) -> Result<(), String> {
-    let body = postcard::to_allocvec(change).map_err(|e| e.to_string())?;
-    let resp = client
-        .post(format!("https://{}/cluster/members", leader.api))
-        .timeout(CHANGE_TIMEOUT)
-        .header(header::CONTENT_TYPE, "application/x-postcard")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
-    }
-    postcard::from_bytes::<Result<(), String>>(&bytes).map_err(|e| e.to_string())?
 }
 
 async fn apply_here(store: &Store, change: &MemberChange) -> Result<(), String> {

@@ -159,24 +159,34 @@ impl HttpForward {
 #[async_trait::async_trait]
 impl Forward for HttpForward {
     async fn forward(&self, leader: &FishNode, proposal: &Proposal) -> Result<Applied, String> {
-        let body = postcard::to_allocvec(proposal).map_err(|e| e.to_string())?;
-        let resp = self
-            .client
-            .post(format!("https://{}/cluster/write", leader.api))
-            .timeout(WRITE_TIMEOUT)
-            .header(header::CONTENT_TYPE, POSTCARD)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
-        if !status.is_success() {
-            return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
-        }
-        let r: Result<Applied, String> = postcard::from_bytes(&bytes).map_err(|e| e.to_string())?;
-        r
+        call_leader(&self.client, leader, "/cluster/write", WRITE_TIMEOUT, proposal).await
     }
+}
+
+/// Sends `req` to the leader's `path` (postcard both ways) and answers what the leader
+/// answered: the one hop of a forwarded write or membership change.
+pub(super) async fn call_leader<Req: Serialize, Resp: DeserializeOwned>(
+    client: &reqwest::Client,
+    leader: &FishNode,
+    path: &str,
+    timeout: Duration,
+    req: &Req,
+) -> Result<Resp, String> {
+    let body = postcard::to_allocvec(req).map_err(|e| e.to_string())?;
+    let resp = client
+        .post(format!("https://{}{path}", leader.api))
+        .timeout(timeout)
+        .header(header::CONTENT_TYPE, POSTCARD)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
+    }
+    postcard::from_bytes::<Result<Resp, String>>(&bytes).map_err(|e| e.to_string())?
 }
 
 fn postcard_response<T: Serialize>(v: &T) -> Response {
