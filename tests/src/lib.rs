@@ -372,6 +372,14 @@ impl TestDaemon {
         }
     }
 
+    /// The `resourceVersion` of label `name` as this node serves it, if it has it.
+    pub async fn label_version(&self, name: &str) -> Option<String> {
+        match self.get(&format!("/api/v1/labels/{name}")).await {
+            Ok((200, l)) => l["metadata"]["resourceVersion"].as_str().map(str::to_owned),
+            _ => None,
+        }
+    }
+
     /// The node's name (`nodeName:` of its config, else fishd's test default).
     pub fn node_name(&self) -> String {
         self.extra_config

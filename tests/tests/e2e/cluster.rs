@@ -69,14 +69,6 @@ async fn count(d: &TestDaemon) -> usize {
     d.get("/api/v1/labels").await.ok().and_then(|(_, l)| l["items"].as_array().map(Vec::len)).unwrap_or(0)
 }
 
-/// The label's `resourceVersion` on `d`, if `d` has it.
-async fn label_rv(d: &TestDaemon, name: &str) -> Option<String> {
-    match d.get(&format!("/api/v1/labels/{name}")).await {
-        Ok((200, l)) => l["metadata"]["resourceVersion"].as_str().map(str::to_owned),
-        _ => None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_serve_one_store_with_one_token_and_one_ca() {
     let [a, b, c] = three_nodes().await;
@@ -88,10 +80,10 @@ async fn three_nodes_serve_one_store_with_one_token_and_one_ca() {
         let (code, body) = writer.apply(&label(&name, 0)).await.unwrap();
         assert_eq!(code, 200, "{body}");
         let acked = Instant::now();
-        let rv = label_rv(writer, &name).await.expect("readable at once on the node that took the write");
+        let rv = writer.label_version(&name).await.expect("readable at once on the node that took the write");
         for other in [&a, &b, &c] {
             loop {
-                if let Some(seen) = label_rv(other, &name).await {
+                if let Some(seen) = other.label_version(&name).await {
                     assert_eq!(seen, rv, "one resourceVersion on every node");
                     break;
                 }
@@ -154,7 +146,7 @@ async fn writes_resume_within_seconds_of_the_leader_killed() {
     eprintln!("failover: the first write accepted {failover:?} after kill -9 of the leader ({attempts} attempts)");
     let other = 3 - leader - survivor;
     eventually("the write on the other survivor", || async {
-        label_rv(&nodes[other], "after-failover").await.is_some()
+        nodes[other].label_version("after-failover").await.is_some()
     })
     .await
     .unwrap();
@@ -163,7 +155,7 @@ async fn writes_resume_within_seconds_of_the_leader_killed() {
     nodes[leader].start_again().await.unwrap();
     let back = &nodes[leader];
     eventually("the old leader has the write made without it", || async {
-        label_rv(back, "after-failover").await.is_some()
+        back.label_version("after-failover").await.is_some()
     })
     .await
     .unwrap();

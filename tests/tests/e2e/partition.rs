@@ -73,14 +73,6 @@ async fn voters(d: &TestDaemon) -> usize {
     c["members"].as_array().into_iter().flatten().filter(|m| m["role"] != "learner").count()
 }
 
-/// The label's `resourceVersion` on `d`, if `d` has it.
-async fn label_rv(d: &TestDaemon, name: &str) -> Option<String> {
-    match d.get(&format!("/api/v1/labels/{name}")).await {
-        Ok((200, l)) => l["metadata"]["resourceVersion"].as_str().map(str::to_owned),
-        _ => None,
-    }
-}
-
 /// Three nodes in three namespaces; the leader is cut off from the other two. The cut
 /// side (a minority of one) refuses writes with 503 within 10 s and keeps serving
 /// reads; the majority elects a leader and takes writes; once healed, the cut node
@@ -103,7 +95,9 @@ async fn a_cut_off_minority_refuses_writes_serves_reads_and_converges_when_heale
     let nodes = [&a, &b, &c];
     assert_eq!(a.apply(&label("before-cut")).await.unwrap().0, 200);
     for d in nodes {
-        eventually("the first label everywhere", || async { label_rv(d, "before-cut").await.is_some() }).await.unwrap();
+        eventually("the first label everywhere", || async { d.label_version("before-cut").await.is_some() })
+            .await
+            .unwrap();
     }
 
     let (_, status) = a.get("/api/v1/cluster").await.unwrap();
@@ -121,7 +115,7 @@ async fn a_cut_off_minority_refuses_writes_serves_reads_and_converges_when_heale
     assert!(refused_after < Duration::from_secs(10), "refused after {refused_after:?}");
     eprintln!("minority write refused with 503 after {refused_after:?}");
     // ...while its reads are served.
-    assert!(label_rv(cut, "before-cut").await.is_some(), "reads on the minority");
+    assert!(cut.label_version("before-cut").await.is_some(), "reads on the minority");
     assert_eq!(cut.get("/api/v1/labels").await.unwrap().0, 200);
 
     // The majority elects a leader of its own and takes writes.
@@ -131,7 +125,7 @@ async fn a_cut_off_minority_refuses_writes_serves_reads_and_converges_when_heale
     .await
     .unwrap();
     eventually("the majority's write on its other node", || async {
-        label_rv(majority[1], "on-the-majority").await.is_some()
+        majority[1].label_version("on-the-majority").await.is_some()
     })
     .await
     .unwrap();
@@ -140,18 +134,20 @@ async fn a_cut_off_minority_refuses_writes_serves_reads_and_converges_when_heale
     // appears; writes through it work again.
     net.heal(leader).unwrap();
     eventually("the healed node has the majority's write", || async {
-        label_rv(cut, "on-the-majority").await == label_rv(majority[0], "on-the-majority").await
-            && label_rv(cut, "on-the-majority").await.is_some()
+        cut.label_version("on-the-majority").await == majority[0].label_version("on-the-majority").await
+            && cut.label_version("on-the-majority").await.is_some()
     })
     .await
     .unwrap();
-    assert!(label_rv(cut, "on-the-minority").await.is_none(), "a refused write must not appear");
+    assert!(cut.label_version("on-the-minority").await.is_none(), "a refused write must not appear");
     eventually("writes through the healed node", || async {
         matches!(cut.apply(&label("after-heal")).await, Ok((200, _)))
     })
     .await
     .unwrap();
     for d in nodes {
-        eventually("the last write everywhere", || async { label_rv(d, "after-heal").await.is_some() }).await.unwrap();
+        eventually("the last write everywhere", || async { d.label_version("after-heal").await.is_some() })
+            .await
+            .unwrap();
     }
 }
