@@ -13,6 +13,9 @@
 //! - The JIT config is minted at allocation (nothing is registered for applications
 //!   still waiting), handed to that resource only, kept out of every stored object,
 //!   and no longer served once the runner took a job.
+//! - A registration GitHub cannot make now (outage, 5xx, rate limit, spent budget)
+//!   costs the application no attempt: the gate's applications wait in NEW until it
+//!   may call again, so an outage never burns a job's applications.
 //! - Every pass reads the state as it is now (level-triggered): running it again, or
 //!   after a crash at any point, creates nothing twice; application names come from
 //!   job ids and runner names from application uids.
@@ -31,8 +34,9 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::config::{GENERIC_LABELS, GithubConfig};
-use super::github::{Deleted, Github, GithubError};
+use super::github::{Deleted, Github, GithubError, Retry};
 use super::metrics::GateMetrics;
+use crate::metadata::{Hold, MintError};
 use crate::store::gates::{GateJob, GateJobEvent, GateRunner, rank};
 use crate::store::{AppFilter, ApplyItem, Command, Store, StoreError};
 
@@ -68,6 +72,21 @@ pub enum PassError {
     Github(#[from] GithubError),
 }
 
+/// Why a registration failed, before it is sorted into "not now" and "refused".
+enum Mint {
+    /// A definite failure of ours (no route, a runner of this name already busy).
+    Refused(String),
+    /// A GitHub call failed.
+    Github(GithubError),
+    /// The store could not record the registration (it was deleted again at GitHub).
+    Store(String),
+}
+
+/// The hold after `n` consecutive outages: 2 s, 4 s, 8 s … at most a minute.
+fn outage_wait(n: u32) -> Duration {
+    Duration::from_secs(2u64 << n.saturating_sub(1).min(5)).min(Duration::from_secs(60))
+}
+
 /// A GitHub gate.
 pub struct GithubGate {
     pub name: String,
@@ -88,6 +107,12 @@ pub struct GithubGate {
     last_sync: Mutex<Option<Instant>>,
     /// The webhook listener's address once bound (`listen` may name port 0).
     pub bound: Mutex<Option<std::net::SocketAddr>>,
+    /// While GitHub cannot register runners (outage, rate limit, spent budget), the
+    /// gate's applications wait in NEW: why, and until when.
+    hold: Mutex<Option<Hold>>,
+    /// Consecutive registrations that failed for an outage (5xx, transport), for the
+    /// backoff.
+    outages: Mutex<u32>,
 }
 
 /// A gate application as a pass sees it.
@@ -166,6 +191,8 @@ impl GithubGate {
             group: Mutex::new(None),
             last_sync: Mutex::new(None),
             bound: Mutex::new(None),
+            hold: Mutex::new(None),
+            outages: Mutex::new(0),
         })
     }
 
@@ -764,8 +791,76 @@ impl GithubGate {
     }
 
     /// Registers the JIT runner of an allocation attempt of `app` and returns its config.
-    pub async fn mint(&self, app: &Application) -> Result<Metadata, String> {
-        let uid = app.metadata.uid.ok_or("application without uid")?;
+    ///
+    /// An outage, a timeout, a 5xx or a rate limit at GitHub (or the gate's spent
+    /// `apiBudget`) is [`MintError::NotNow`]: the gate then holds its applications
+    /// until GitHub's `retry-after`, the rate-limit reset or the budget's next free
+    /// call, or for a backoff (2 s doubling to a minute) after an outage, so a short
+    /// outage costs no job its attempts. Only a definite refusal is
+    /// [`MintError::Refused`].
+    pub async fn mint(&self, app: &Application) -> Result<Metadata, MintError> {
+        let refused = |e: String| {
+            self.metrics.registration_failed(&self.name);
+            self.note_error(e.clone());
+            MintError::Refused(format!("gate {}: {e}", self.name))
+        };
+        let e = match self.register(app).await {
+            Ok(m) => {
+                *self.outages.lock().unwrap_or_else(|e| e.into_inner()) = 0;
+                return Ok(m);
+            }
+            Err(e) => e,
+        };
+        let (what, wait) = match e {
+            Mint::Refused(e) => return Err(refused(e)),
+            Mint::Github(e) => match e.retry() {
+                Retry::Never => return Err(refused(e.to_string())),
+                Retry::After(wait) => (e.to_string(), wait),
+                Retry::Backoff => (e.to_string(), self.outage_backoff()),
+            },
+            Mint::Store(what) => (what, self.outage_backoff()),
+        };
+        Err(self.hold_for(what, wait))
+    }
+
+    /// The wait after one more consecutive outage: 2 s, doubling, at most a minute.
+    fn outage_backoff(&self) -> Duration {
+        let mut n = self.outages.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_add(1);
+        outage_wait(*n)
+    }
+
+    /// Holds the gate's allocations for `wait` because of `what`; the answer to the
+    /// attempt that found it.
+    fn hold_for(&self, what: String, wait: Duration) -> MintError {
+        let at = OffsetDateTime::now_utc() + wait;
+        let at = at.replace_nanosecond(0).unwrap_or(at);
+        let reason = format!(
+            "gate {}: GitHub cannot register runners now ({what}); retrying after {:02}:{:02}:{:02} UTC",
+            self.name,
+            at.hour(),
+            at.minute(),
+            at.second()
+        );
+        warn!(gate = %self.name, wait_s = wait.as_secs(), %what, "runner registration postponed");
+        self.note_error(format!("runner registration postponed {} s: {what}", wait.as_secs()));
+        let until = tokio::time::Instant::now() + wait;
+        let mut hold = self.hold.lock().unwrap_or_else(|e| e.into_inner());
+        // Concurrent attempts each find the outage: keep the latest end.
+        if hold.as_ref().is_none_or(|h| h.until <= until) {
+            *hold = Some(Hold { reason: reason.clone(), until });
+        }
+        MintError::NotNow(reason)
+    }
+
+    /// While registrations are postponed: why, and until when.
+    pub fn hold(&self) -> Option<Hold> {
+        self.hold.lock().unwrap_or_else(|e| e.into_inner()).clone().filter(|h| h.until > tokio::time::Instant::now())
+    }
+
+    /// The registration itself; errors say whether GitHub gave a definite answer.
+    async fn register(&self, app: &Application) -> Result<Metadata, Mint> {
+        let uid = app.metadata.uid.ok_or(Mint::Refused("application without uid".into()))?;
         let name = self.runner_name(uid);
         let idx: usize = app
             .spec
@@ -774,7 +869,7 @@ impl GithubGate {
             .and_then(|v| v.as_str())
             .and_then(|s| s.parse().ok())
             .filter(|i| *i < self.config.routes.len())
-            .ok_or("the application names no route of this gate")?;
+            .ok_or(Mint::Refused("the application names no route of this gate".into()))?;
         // Allocated again after a crash, or retried after a failed attempt: the runner
         // registered then is still ours and its config still valid until it takes a job.
         if let Ok(Some(rec)) = self.store.gate_runner(&self.name, uid)
@@ -789,34 +884,30 @@ impl GithubGate {
         }
         let labels: Vec<String> = self.config.routes[idx].labels.clone();
         let job_id = app.spec.metadata.get("FISH_GITHUB_JOB_ID").and_then(|v| v.as_str()).and_then(|s| s.parse().ok());
-        let fail = |e: String| {
-            self.metrics.registration_failed(&self.name);
-            self.note_error(e.clone());
-            format!("gate {}: {e}", self.name)
-        };
-        let group = self.group_id().await.map_err(|e| fail(e.to_string()))?;
+        let gh = Mint::Github;
+        let group = self.group_id().await.map_err(gh)?;
         let jit = match self.github.generate_jitconfig(&name, group, &labels).await {
             Ok(j) => j,
             Err(e) if e.status() == Some(409) => {
                 // An earlier attempt registered this name and its answer was lost (or
                 // an earlier allocation attempt of this application failed after it).
-                let existing = self.github.runner_by_name(&name).await.map_err(|e| fail(e.to_string()))?;
+                let existing = self.github.runner_by_name(&name).await.map_err(gh)?;
                 match existing {
                     Some(r) if r.busy || r.status == "online" => {
-                        return Err(fail(format!(
+                        return Err(Mint::Refused(format!(
                             "runner {name} is registered and {} already",
                             if r.busy { "busy" } else { "online" }
                         )));
                     }
                     Some(r) => {
                         info!(gate = %self.name, runner = %name, "replacing an earlier registration of this runner");
-                        self.github.delete_runner(r.id).await.map_err(|e| fail(e.to_string()))?;
+                        self.github.delete_runner(r.id).await.map_err(gh)?;
                     }
                     None => {}
                 }
-                self.github.generate_jitconfig(&name, group, &labels).await.map_err(|e| fail(e.to_string()))?
+                self.github.generate_jitconfig(&name, group, &labels).await.map_err(gh)?
             }
-            Err(e) => return Err(fail(e.to_string())),
+            Err(e) => return Err(gh(e)),
         };
         let record = GateRunner {
             runner_name: name.clone(),
@@ -835,7 +926,7 @@ impl GithubGate {
         if let Err(e) = self.put_runner(uid, Some(record)).await {
             let _ = self.github.delete_runner(jit.runner.id).await;
             self.forget_blob(uid);
-            return Err(fail(format!("recording runner {name}: {e}")));
+            return Err(Mint::Store(format!("recording runner {name}: {e}")));
         }
         self.metrics.runner_created(&self.name);
         info!(gate = %self.name, runner = %name, id = jit.runner.id, app = %app.metadata.name_str(), "registered a just-in-time runner");
@@ -878,5 +969,16 @@ impl GithubGate {
             metadata: ObjectMeta { name: self.name.parse().ok(), ..Default::default() },
             status,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outages_back_off_from_two_seconds_to_a_minute() {
+        let waits: Vec<u64> = (1..=8).map(|n| outage_wait(n).as_secs()).collect();
+        assert_eq!(waits, vec![2, 4, 8, 16, 32, 60, 60, 60]);
     }
 }

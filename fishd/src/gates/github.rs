@@ -37,8 +37,20 @@ pub enum GithubError {
     },
     #[error("{call}: GitHub asked to wait {} s (rate limit)", wait.as_secs())]
     RateLimited { call: String, wait: Duration },
-    #[error("{call}: the gate's API budget of {per_hour} calls per hour is spent")]
-    Budget { call: String, per_hour: u32 },
+    #[error("{call}: the gate's API budget of {per_hour} calls per hour is spent for {} s", wait.as_secs())]
+    Budget { call: String, per_hour: u32, wait: Duration },
+}
+
+/// When a failed call may be made again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// GitHub (or the gate's budget) said how long to wait.
+    After(Duration),
+    /// An outage, a timeout, a 5xx, or an answer we cannot use: back off and retry.
+    Backoff,
+    /// A definite refusal (a 4xx other than 408, 409 and 429): the same call fails the
+    /// same way.
+    Never,
 }
 
 impl GithubError {
@@ -47,6 +59,22 @@ impl GithubError {
         match self {
             GithubError::Status { status, .. } => Some(*status),
             _ => None,
+        }
+    }
+
+    /// Whether and when the call may be tried again. Only a 4xx GitHub chose to
+    /// answer (other than 408 timeout, 409 conflict, 429 too many) is definite:
+    /// transport errors, 5xx, rate limits and a spent budget all pass.
+    pub fn retry(&self) -> Retry {
+        match self {
+            GithubError::RateLimited { wait, .. } | GithubError::Budget { wait, .. } => Retry::After(*wait),
+            GithubError::Http { .. } => Retry::Backoff,
+            GithubError::Status { status: 400..=499, .. } if !matches!(self.status(), Some(408 | 409 | 429)) => {
+                Retry::Never
+            }
+            // 5xx, 408/409/429 without a wait, a 2xx we cannot read, or a credential
+            // that cannot be read or signed now (status 0).
+            GithubError::Status { .. } => Retry::Backoff,
         }
     }
 }
@@ -242,7 +270,14 @@ impl Github {
                 b.recent.pop_front();
             }
             if b.recent.len() >= per_hour as usize {
-                return Err(GithubError::Budget { call: call.into(), per_hour });
+                // Free again when the oldest call of the window is an hour old.
+                let wait = b
+                    .recent
+                    .front()
+                    .map(|t| Duration::from_secs(3600).saturating_sub(now.duration_since(*t)))
+                    .unwrap_or(DEFAULT_BACKOFF)
+                    .max(Duration::from_secs(1));
+                return Err(GithubError::Budget { call: call.into(), per_hour, wait });
             }
             b.recent.push_back(now);
         }
@@ -494,5 +529,87 @@ impl Github {
                 status: 404,
                 message: format!("no runner group named {name:?} in {}", self.scope),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn status(status: u16) -> GithubError {
+        GithubError::Status { call: "POST runners/generate-jitconfig".into(), status, message: "m".into() }
+    }
+
+    fn client(per_hour: Option<u32>) -> Github {
+        let auth = Auth::TokenFile("/nonexistent/token".into());
+        Github::new("acme", "https://127.0.0.1:1", None, auth, Scope::Org("acme".into()), per_hour, Default::default())
+            .unwrap()
+    }
+
+    #[test]
+    fn only_a_definite_4xx_refuses_a_call_for_good() {
+        for s in [400, 401, 403, 404, 422] {
+            assert_eq!(status(s).retry(), Retry::Never, "{s}");
+        }
+        // An outage, a timeout or a conflict that may clear, and answers we cannot
+        // use: back off and try again.
+        for s in [0, 201, 408, 409, 429, 500, 502, 503, 504] {
+            assert_eq!(status(s).retry(), Retry::Backoff, "{s}");
+        }
+        let wait = Duration::from_secs(7);
+        assert_eq!(GithubError::RateLimited { call: "c".into(), wait }.retry(), Retry::After(wait));
+        assert_eq!(GithubError::Budget { call: "c".into(), per_hour: 1, wait }.retry(), Retry::After(wait));
+    }
+
+    #[tokio::test]
+    async fn a_transport_error_is_not_a_refusal() {
+        // Nothing listens on port 1: connection refused, as from a GitHub that is down.
+        let e = client(None).http.get("http://127.0.0.1:1/").send().await.unwrap_err();
+        let e = GithubError::Http { call: "POST runners/generate-jitconfig".into(), source: e };
+        assert_eq!(e.retry(), Retry::Backoff);
+    }
+
+    #[test]
+    fn rate_limit_answers_make_later_calls_wait() {
+        let gh = client(None);
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut h = reqwest::header::HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            h
+        };
+        // 429 with retry-after: exactly that wait, and the next call is refused before it goes out.
+        assert_eq!(gh.observe(429, &headers(&[("retry-after", "30")])), Some(Duration::from_secs(30)));
+        match gh.admit("GET runners") {
+            Err(e @ GithubError::RateLimited { .. }) => match e.retry() {
+                Retry::After(w) => assert!(w > Duration::from_secs(28) && w <= Duration::from_secs(30), "{w:?}"),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        // A primary limit: 403 with remaining 0 waits for the reset.
+        let gh = client(None);
+        let reset = (time::OffsetDateTime::now_utc().unix_timestamp() + 120).to_string();
+        let wait = gh.observe(403, &headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", &reset)]));
+        assert!(wait.is_some_and(|w| w > Duration::from_secs(100) && w <= Duration::from_secs(120)), "{wait:?}");
+        // A 403 with quota left is a permission problem: no wait, the caller sees the 403.
+        let gh = client(None);
+        assert_eq!(gh.observe(403, &headers(&[("x-ratelimit-remaining", "4000")])), None);
+        assert!(gh.admit("GET runners").is_ok());
+    }
+
+    #[test]
+    fn a_spent_budget_says_when_the_next_call_is_free() {
+        let gh = client(Some(2));
+        assert!(gh.admit("a").is_ok() && gh.admit("b").is_ok());
+        match gh.admit("c") {
+            Err(e @ GithubError::Budget { .. }) => match e.retry() {
+                Retry::After(w) => assert!(w > Duration::from_secs(3590) && w <= Duration::from_secs(3600), "{w:?}"),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
     }
 }

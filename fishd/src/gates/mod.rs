@@ -90,11 +90,15 @@ impl crate::metadata::SecretProvider for GateSecrets {
         self.0.owner_of(app).is_some()
     }
 
-    async fn mint(&self, app: &Application) -> Result<Metadata, String> {
+    async fn mint(&self, app: &Application) -> Result<Metadata, crate::metadata::MintError> {
         match self.0.owner_of(app) {
             Some(g) => g.mint(app).await,
             None => Ok(Metadata::new()),
         }
+    }
+
+    fn hold(&self, app: &Application) -> Option<crate::metadata::Hold> {
+        self.0.owner_of(app)?.hold()
     }
 
     fn current(&self, app: &Application) -> Metadata {

@@ -12,6 +12,9 @@
 //! - Every driver call has a deadline ([`crate::drivers::CallTimeouts`]); a call past it
 //!   is a failed call with that reason.
 //! - A panicking reconcile is caught, recorded in `status.message` and retried.
+//! - Only the definition's own failures count as attempts: an unavailable driver, or
+//!   secrets that cannot be minted now (a CI system's outage or rate limit), put the
+//!   application back to NEW uncounted.
 //!
 //! # Assumptions
 //! - Drivers allocate idempotently per uid, so an ELECTED application found after a
@@ -30,6 +33,7 @@ use uuid::Uuid;
 use super::queue::Queue;
 use super::{Ctx, Leftover, backoff, transition};
 use crate::drivers::{AllocateRequest, DriverError, DriverOp, ResourceState};
+use crate::metadata::MintError;
 use crate::store::{Command, Rejection, StoreError};
 
 /// What to do after a reconcile: run again after this long, or wait for a trigger.
@@ -224,7 +228,16 @@ async fn allocate(ctx: &Ctx, app: Application) -> Result<Option<Duration>, Store
     // the stored application.
     match ctx.secrets.mint(&app).await {
         Ok(secrets) => metadata.extend(secrets),
-        Err(e) => return fail_attempt(ctx, &app, idx, &def.driver, &DriverError::failed(e)).await,
+        // An outage or a rate limit of the system behind the secrets: not this
+        // attempt's fault, so it is not counted (it would burn the application's
+        // attempts while the outage lasts); the election waits for the provider's hold.
+        Err(MintError::NotNow(why)) => {
+            info!(reason = %why, "allocation postponed: its secrets cannot be minted now");
+            return postpone(ctx, &app, format!("allocation postponed, not counted as an attempt: {why}")).await;
+        }
+        Err(MintError::Refused(e)) => {
+            return fail_attempt(ctx, &app, idx, &def.driver, &DriverError::failed(e)).await;
+        }
     }
     let req = AllocateRequest {
         uid,
@@ -285,14 +298,7 @@ async fn allocate(ctx: &Ctx, app: Application) -> Result<Option<Duration>, Store
         }
         Err(DriverError::Unavailable(reason)) => {
             ctx.metrics.allocation_failed(&def.driver);
-            // Not the definition's fault: back to NEW without counting an attempt.
-            let mut s = transition(&app.status, Phase::New, format!("driver {} unavailable: {reason}", def.driver));
-            s.node = None;
-            if write(ctx, &app, Phase::Elected, s).await? {
-                ctx.release_definition(uid);
-            }
-            ctx.wake_election();
-            Ok(None)
+            postpone(ctx, &app, format!("driver {} unavailable: {reason}", def.driver)).await
         }
         Err(e) => {
             // Whatever a failed attempt left behind goes now, not at the next restart;
@@ -306,6 +312,19 @@ async fn allocate(ctx: &Ctx, app: Application) -> Result<Option<Duration>, Store
             Ok(earliest(fail_attempt(ctx, &app, idx, &def.driver, &e).await?, next))
         }
     }
+}
+
+/// Back to NEW without counting an attempt: not the definition's fault (its driver's
+/// backend is down, or the secrets' provider says "not now"). The election places it
+/// again when the driver is available and no provider holds it.
+async fn postpone(ctx: &Ctx, app: &Application, message: String) -> Result<Option<Duration>, StoreError> {
+    let mut s = transition(&app.status, Phase::New, message);
+    s.node = None;
+    if write(ctx, app, Phase::Elected, s).await? {
+        ctx.release_definition(app.metadata.uid.unwrap_or_default());
+    }
+    ctx.wake_election();
+    Ok(None)
 }
 
 /// The latest time `OffsetDateTime` can carry, for expiries past it.

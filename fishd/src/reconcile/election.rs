@@ -183,6 +183,9 @@ pub async fn pass(ctx: &Ctx) -> Result<(), StoreError> {
             Decision::Wait(format!("node {} is shutting down and takes no new applications", ctx.node.name))
         } else if maintenance {
             Decision::Wait(format!("node {} is in maintenance", ctx.node.name))
+        } else if let Some(reason) = ctx.secrets.hold(&app) {
+            // Its secrets cannot be minted now (a CI system's outage or rate limit).
+            Decision::Wait(reason)
         } else {
             let start = app.status.attempts as usize;
             choose(&label.spec.definitions, start, &ctx.node, &ledger, &driver_capacity, &availability, Some(&supports))

@@ -338,6 +338,7 @@ async fn election_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ctx.election.notified() => {}
+            _ = ctx.secrets.hold_ended() => {}
             _ = tick.tick() => {}
         }
         if let Err(e) = election::pass(&ctx).await {

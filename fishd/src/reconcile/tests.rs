@@ -27,6 +27,15 @@ struct Harness {
 }
 
 async fn harness(capacity: NodeCapacity, config: ReconcileConfig) -> Harness {
+    harness_with(capacity, config, None).await
+}
+
+/// [`harness`], with a secrets provider registered before the loops start.
+async fn harness_with(
+    capacity: NodeCapacity,
+    config: ReconcileConfig,
+    secrets: Option<Arc<dyn crate::metadata::SecretProvider>>,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("fish.redb")).await.unwrap();
     let mut drivers = crate::drivers::Drivers::new();
@@ -35,6 +44,9 @@ async fn harness(capacity: NodeCapacity, config: ReconcileConfig) -> Harness {
     drivers.insert("test".into(), d);
     let node = NodeIdentity { name: "host-a".into(), identifiers: vec!["linux".into()], capacity };
     let ctx = Ctx::new(store.clone(), Arc::new(drivers), node, config, crate::meta_token::MetaTokens::new([1; 32]));
+    if let Some(p) = secrets {
+        ctx.secrets.register(p);
+    }
     let controller = Controller::start(ctx).await;
     Harness { _dir: dir, store, _controller: controller }
 }
@@ -406,4 +418,112 @@ async fn the_resource_environment_and_the_meta_endpoint_agree_on_the_metadata() 
     for (k, v) in &served {
         assert_eq!(env.get(k), Some(v), "{k} differs between the environment and /meta/v1/data");
     }
+}
+
+/// A secrets provider for every application: "not now" for the first `not_now`
+/// mints (holding its applications `hold` each time), then refusals for the next
+/// `refuse`, then secrets.
+struct Flaky {
+    not_now: u32,
+    refuse: u32,
+    hold: Duration,
+    mints: std::sync::Mutex<Vec<tokio::time::Instant>>,
+    held: std::sync::Mutex<Option<crate::metadata::Hold>>,
+}
+
+impl Flaky {
+    fn new(not_now: u32, refuse: u32, hold: Duration) -> Arc<Flaky> {
+        Arc::new(Flaky { not_now, refuse, hold, mints: Default::default(), held: Default::default() })
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::metadata::SecretProvider for Flaky {
+    fn owns(&self, _app: &Application) -> bool {
+        true
+    }
+
+    async fn mint(&self, _app: &Application) -> Result<api_types::Metadata, crate::metadata::MintError> {
+        let now = tokio::time::Instant::now();
+        let n = {
+            let mut m = self.mints.lock().unwrap();
+            m.push(now);
+            m.len() as u32
+        };
+        if n <= self.not_now {
+            let reason = format!("the CI system is down; retrying after hold {n}");
+            *self.held.lock().unwrap() = Some(crate::metadata::Hold { reason: reason.clone(), until: now + self.hold });
+            return Err(crate::metadata::MintError::NotNow(reason));
+        }
+        if n <= self.not_now + self.refuse {
+            return Err(crate::metadata::MintError::Refused("bad credentials".into()));
+        }
+        Ok(api_types::Metadata::from_iter([("SECRET".to_owned(), serde_json::json!("s"))]))
+    }
+
+    fn hold(&self, _app: &Application) -> Option<crate::metadata::Hold> {
+        self.held.lock().unwrap().clone()
+    }
+
+    fn current(&self, _app: &Application) -> api_types::Metadata {
+        api_types::Metadata::new()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn secrets_that_cannot_be_minted_now_count_no_attempt_and_wait_for_the_hold() {
+    let flaky = Flaky::new(5, 0, Duration::from_secs(30));
+    let h = harness_with(cap(4, 8), ReconcileConfig::default(), Some(flaky.clone())).await;
+    apply(&h.store, &(label("l", "{driver: test, resources: {cpu: 1}}") + &app("a", "l"))).await;
+    // Five outages in a row: more than allocationRetry (3), yet never ERROR.
+    let a = wait_phase(&h.store, "a", Phase::Allocated).await;
+    assert_eq!(a.status.attempts, 0, "{:#?}", a.status);
+    assert!(a.status.history.iter().all(|e| e.phase != Phase::Error));
+    let postponed: Vec<&str> = a
+        .status
+        .history
+        .iter()
+        .filter(|e| e.phase == Phase::New && e.message.contains("postponed"))
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(postponed.len(), 5, "{:#?}", a.status.history);
+    assert!(postponed[0].contains("not counted as an attempt: the CI system is down"), "{}", postponed[0]);
+    // Each retry came only once the hold was over, not at once.
+    let mints = flaky.mints.lock().unwrap().clone();
+    assert_eq!(mints.len(), 6);
+    for w in mints.windows(2) {
+        assert!(w[1] - w[0] >= Duration::from_secs(30), "{:?}", w[1] - w[0]);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_application_shows_why_it_waits() {
+    let flaky = Flaky::new(1, 0, Duration::from_secs(600));
+    let h = harness_with(cap(4, 8), ReconcileConfig::default(), Some(flaky.clone())).await;
+    apply(&h.store, &(label("l", "{driver: test, resources: {cpu: 1}}") + &app("a", "l"))).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let a = h.store.get_application("a").unwrap().unwrap();
+        if a.status.phase == Phase::New && a.status.message == "the CI system is down; retrying after hold 1" {
+            assert_eq!(a.status.attempts, 0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never held: {:#?}", a.status);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(flaky.mints.lock().unwrap().len(), 1, "no mint while held");
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_secrets_count_as_failed_attempts() {
+    let flaky = Flaky::new(0, 5, Duration::ZERO);
+    let h = harness_with(cap(4, 8), ReconcileConfig::default(), Some(flaky.clone())).await;
+    apply(&h.store, &(label("l", "{driver: test, resources: {cpu: 1}}") + &app("a", "l"))).await;
+    let a = wait_phase(&h.store, "a", Phase::Error).await;
+    assert_eq!(a.status.attempts, 3);
+    assert!(
+        a.status.message.contains("bad credentials") && a.status.message.contains("giving up"),
+        "{}",
+        a.status.message
+    );
 }

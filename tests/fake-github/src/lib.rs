@@ -54,6 +54,8 @@ pub enum Fault {
     CommitAndDrop,
     /// 403 with `retry-after` (a secondary rate limit).
     RetryAfter(u64),
+    /// 429 with `retry-after` (too many requests).
+    TooMany(u64),
     /// Never answer and do nothing (a call stuck in a proxy): the client times out,
     /// or dies waiting.
     Stall,
@@ -179,6 +181,8 @@ struct World {
     stalled: u64,
     sent: Vec<Delivery>,
     calls: BTreeMap<String, u64>,
+    /// When each call of a route came, oldest first.
+    call_times: BTreeMap<String, Vec<Instant>>,
     faults: Vec<FaultRule>,
     job_duration: Duration,
     assign_on_delete: bool,
@@ -533,6 +537,11 @@ impl FakeGithub {
         self.world.lock().unwrap().calls.clone()
     }
 
+    /// When each call of `route` came (`POST runners/generate-jitconfig`), oldest first.
+    pub fn call_times(&self, route: &str) -> Vec<Instant> {
+        self.world.lock().unwrap().call_times.get(route).cloned().unwrap_or_default()
+    }
+
     /// Every API call (the fake's own `/_fake/` routes excluded).
     pub fn total_calls(&self) -> u64 {
         self.world.lock().unwrap().total_calls()
@@ -800,6 +809,7 @@ fn respond(
         _ => return Some(reply(StatusCode::NOT_FOUND, msg("Not Found"), &w)),
     };
     *w.calls.entry(route.to_owned()).or_default() += 1;
+    w.call_times.entry(route.to_owned()).or_default().push(Instant::now());
     let fault = w.take_fault(method, path);
     match fault {
         Some(Fault::Status(s)) => {
@@ -811,6 +821,11 @@ fn respond(
         }
         Some(Fault::RetryAfter(secs)) => {
             let mut r = reply(StatusCode::FORBIDDEN, msg("You have exceeded a secondary rate limit."), &w);
+            r.headers_mut().insert("retry-after", HeaderValue::from(secs));
+            return Some(r);
+        }
+        Some(Fault::TooMany(secs)) => {
+            let mut r = reply(StatusCode::TOO_MANY_REQUESTS, msg("Too many requests."), &w);
             r.headers_mut().insert("retry-after", HeaderValue::from(secs));
             return Some(r);
         }

@@ -608,6 +608,58 @@ async fn a_lost_jit_answer_ends_in_exactly_one_registration() {
 }
 
 #[tokio::test]
+async fn a_github_rate_limit_or_outage_while_registering_waits_and_burns_no_attempt() {
+    use aquarium_fake_github::Fault;
+    let s = setup(5, "").await;
+    // The registration call is refused for a while: twice 429 with `retry-after: 3`,
+    // then twice 503. With allocationRetry 3, counting these would make the
+    // application ERROR and the gate create `-r1`.
+    s.gh.fault("POST", "generate-jitconfig", Fault::TooMany(3), 2);
+    s.gh.fault("POST", "generate-jitconfig", Fault::Status(503), 2);
+    let job = s.gh.queue_job("acme/app", &LABELS);
+    let name = format!("gh-acme-{job}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut told = None;
+    while s.gh.job(job).is_none_or(|j| j.status != "completed") {
+        for a in gate_apps(&s.d).await {
+            assert_eq!(a["metadata"]["name"], name.as_str(), "a second application for the job: {a}");
+            assert_ne!(phase(&a), "ERROR", "{a}\n--- fishd log ---\n{}", s.d.log());
+            let message = a["status"]["message"].as_str().unwrap_or("");
+            if phase(&a) == "NEW" && message.contains("retrying after") {
+                told = Some(message.to_owned());
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {job}: {:?}\n--- fishd log ---\n{}",
+            s.gh.job(job),
+            s.d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // While it waited, the application said why and when it would retry.
+    let told = told.expect("the waiting application named the reason and the retry time");
+    assert!(told.contains("GitHub cannot register runners now"), "{told}");
+    // No call came before GitHub's retry-after, nor in a burst after the 503s.
+    let calls = s.gh.call_times("POST runners/generate-jitconfig");
+    assert_eq!(calls.len(), 5, "4 refused, then the registration");
+    for (i, w) in calls.windows(2).enumerate() {
+        let gap = w[1] - w[0];
+        let least = if i < 2 { Duration::from_secs(3) } else { Duration::from_secs(2) };
+        assert!(gap >= least - Duration::from_millis(100), "call {} came {gap:?} after the one before", i + 2);
+    }
+    let j = s.gh.job(job).unwrap();
+    assert_eq!((j.assignments, j.conclusion.as_deref()), (1, Some("success")));
+    no_leftovers(&s).await;
+    let apps = gate_apps(&s.d).await;
+    assert_eq!(apps.len(), 1, "one application, never replaced");
+    assert_eq!(apps[0]["status"]["attempts"].as_u64().unwrap_or(0), 0, "{}", apps[0]);
+    let g = gate(&s.d).await;
+    assert!(g["status"]["lastErrors"].to_string().contains("postponed"), "{g}");
+    assert!(!g["status"]["waiting"].to_string().contains("gave up"), "{g}");
+}
+
+#[tokio::test]
 async fn a_runner_that_never_connects_is_replaced() {
     let s = setup(5, "registerTimeout: 2s").await;
     assert_eq!(s.d.apply(&runner_label(&s.gh.ca_path, "never-connect")).await.unwrap().0, 200);
