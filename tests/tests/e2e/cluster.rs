@@ -38,14 +38,20 @@ async fn formed(d: &TestDaemon) -> bool {
 /// and membership change are forwarded to the leader). Returns once all three see a
 /// leader and two voters.
 async fn three_nodes() -> [TestDaemon; 3] {
-    let a = TestDaemon::start("nodeName: node-a\n").await.unwrap();
-    let b = TestDaemon::start_joining(&a, &join_token(&a, "10m"), "nodeName: node-b\n").await.unwrap();
+    three_nodes_with(["nodeName: node-a\n", "nodeName: node-b\n", "nodeName: node-c\n"]).await
+}
+
+/// [`three_nodes`] with each node's own fish.yml lines (which name it `node-a`,
+/// `node-b` and `node-c`).
+pub(crate) async fn three_nodes_with(configs: [&str; 3]) -> [TestDaemon; 3] {
+    let a = TestDaemon::start(configs[0]).await.unwrap();
+    let b = TestDaemon::start_joining(&a, &join_token(&a, "10m"), configs[1]).await.unwrap();
     eventually("node-b promoted to voter", || async {
         cluster(&a).await["members"].as_array().unwrap().iter().any(|m| m["name"] == "node-b" && m["role"] == "voter")
     })
     .await
     .unwrap();
-    let c = TestDaemon::start_joining(&b, &join_token(&a, "10m"), "nodeName: node-c\n").await.unwrap();
+    let c = TestDaemon::start_joining(&b, &join_token(&a, "10m"), configs[2]).await.unwrap();
     for d in [&a, &b, &c] {
         eventually("a leader and two voters", || formed(d)).await.unwrap();
     }

@@ -7,6 +7,7 @@ mod cluster;
 mod core;
 mod dashboard;
 mod docker;
+mod election;
 mod firsthour;
 mod fishctl;
 mod gates;
