@@ -8,6 +8,7 @@
 
 pub mod browser;
 pub mod netns;
+pub mod slow;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

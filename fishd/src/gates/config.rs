@@ -124,6 +124,21 @@ pub struct WebhookConfig {
     /// itself): a `queued` lost while fishd was down still gets its runner.
     #[serde(default)]
     pub recover_deliveries: Option<RecoverConfig>,
+    /// Bodies larger than this are refused with 413, on their `Content-Length` before
+    /// anything is read. `workflow_job` payloads are tens of KiB: 1 MiB is plenty.
+    #[serde(default = "default_hook_max_body")]
+    pub max_body_bytes: usize,
+    /// Open connections at once; more are closed as soon as they are accepted (the
+    /// listener faces the internet, GitHub delivers a few at a time).
+    #[serde(default = "default_hook_max_connections")]
+    pub max_connections: usize,
+    /// How long a client may take for its TLS handshake, to start a request, and to
+    /// send each request's headers (slowloris).
+    #[serde(default = "default_hook_header_read_timeout")]
+    pub header_read_timeout: HumanDuration,
+    /// How long one request may take, body included (GitHub gives up after 10 s).
+    #[serde(default = "default_hook_request_timeout")]
+    pub request_timeout: HumanDuration,
 }
 
 /// `webhook.recoverDeliveries`: where GitHub keeps the hook's delivery log.
@@ -166,6 +181,18 @@ fn default_api_url() -> String {
 }
 fn default_hook_path() -> String {
     "/hooks/github".into()
+}
+fn default_hook_max_body() -> usize {
+    1024 * 1024
+}
+fn default_hook_max_connections() -> usize {
+    128
+}
+fn default_hook_header_read_timeout() -> HumanDuration {
+    HumanDuration(crate::defaults::HEADER_READ_TIMEOUT)
+}
+fn default_hook_request_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 fn default_register_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(600))
@@ -268,6 +295,18 @@ impl GithubConfig {
         }
         if self.webhook.secrets.is_empty() {
             return Err(at("webhook.secrets: at least one secret file".into()));
+        }
+        let hook = &self.webhook;
+        if hook.max_body_bytes == 0 || hook.max_body_bytes > 25 * 1024 * 1024 {
+            return Err(at("webhook.maxBodyBytes must be between 1 and 26214400 (GitHub's 25 MiB)".into()));
+        }
+        if hook.max_connections == 0 {
+            return Err(at("webhook.maxConnections must be at least 1".into()));
+        }
+        for (field, d) in [("headerReadTimeout", hook.header_read_timeout), ("requestTimeout", hook.request_timeout)] {
+            if d.get().is_zero() || d.get() > Duration::from_secs(3600) {
+                return Err(at(format!("webhook.{field} must be between 1s and 1h")));
+            }
         }
         if !self.webhook.path.starts_with('/') {
             return Err(at(format!("webhook.path {:?} must start with /", self.webhook.path)));
@@ -379,5 +418,18 @@ mod tests {
         assert!(parse(&v).unwrap_err().contains("recoverDeliveries.app"));
         v["github"]["acme"]["webhook"]["recoverDeliveries"] = serde_json::json!({"hookId": 7, "every": "1m"});
         assert!(parse(&v).is_ok());
+        // The listener's limits: defaults well below GitHub's 25 MB, and bad values named.
+        let hook = &parse(&base()).unwrap().github["acme"].webhook;
+        assert_eq!((hook.max_body_bytes, hook.max_connections), (1024 * 1024, 128));
+        assert_eq!((hook.header_read_timeout.get().as_secs(), hook.request_timeout.get().as_secs()), (10, 10));
+        let mut v = base();
+        v["github"]["acme"]["webhook"]["maxBodyBytes"] = serde_json::json!(0);
+        assert!(parse(&v).unwrap_err().contains("webhook.maxBodyBytes"));
+        let mut v = base();
+        v["github"]["acme"]["webhook"]["maxConnections"] = serde_json::json!(0);
+        assert!(parse(&v).unwrap_err().contains("webhook.maxConnections"));
+        let mut v = base();
+        v["github"]["acme"]["webhook"]["requestTimeout"] = serde_json::json!("0s");
+        assert!(parse(&v).unwrap_err().contains("webhook.requestTimeout"));
     }
 }

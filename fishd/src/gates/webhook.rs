@@ -7,14 +7,24 @@
 //! - `workflow_job` is answered 202 only after its command committed, so a crash
 //!   after the answer loses nothing; processing (applications, runners) is
 //!   asynchronous. `ping` is 200; other events are 202 and ignored.
-//! - Bodies over 25 MiB (GitHub's own cap) are 413.
+//! - A body over `webhook.maxBodyBytes` (1 MiB by default; `workflow_job` payloads
+//!   are tens of KiB) is 413: on its `Content-Length` before a byte of it is read,
+//!   or as soon as a body without one grows past the limit. Only a body within the
+//!   limit is buffered, for the signature check over its raw bytes.
+//! - The listener has the API's connection-level defences (see [`crate::api::conn`]):
+//!   at most `webhook.maxConnections` open connections (more are closed on accept),
+//!   and `webhook.headerReadTimeout` for the TLS handshake, the first bytes and each
+//!   request's headers. A whole request, body included, gets `webhook.requestTimeout`
+//!   (408 after it). Gates sharing an address share one listener, with the largest
+//!   of their limits.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,11 +34,62 @@ use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use futures::StreamExt;
+
 use super::gate::GithubGate;
+use crate::api::conn::GuardedAcceptor;
 use crate::store::gates::{GateJobEvent, rank};
 
-/// GitHub caps payloads at 25 MB.
-pub const MAX_BODY: usize = 25 * 1024 * 1024;
+/// The limits of one listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body: usize,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Limits {
+    /// The limits of a listener shared by `gates` (the largest of each).
+    pub fn of<'a>(gates: impl IntoIterator<Item = &'a GithubGate>) -> Limits {
+        let mut l = Limits {
+            max_body: 0,
+            max_connections: 0,
+            header_read_timeout: Duration::ZERO,
+            request_timeout: Duration::ZERO,
+        };
+        for g in gates {
+            let h = &g.config.webhook;
+            l.max_body = l.max_body.max(h.max_body_bytes);
+            l.max_connections = l.max_connections.max(h.max_connections);
+            l.header_read_timeout = l.header_read_timeout.max(h.header_read_timeout.get());
+            l.request_timeout = l.request_timeout.max(h.request_timeout.get());
+        }
+        l
+    }
+}
+
+/// Reads a body of at most `limit` bytes. `None`: it is larger (declared or sent).
+/// A declared length over the limit is refused before anything is read.
+pub async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<Option<Bytes>, axum::Error> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Ok(None);
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if buf.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Some(Bytes::from(buf)))
+}
 
 /// Whether `signature` (`sha256=<hex>`) is the HMAC-SHA256 of `body` under one of `secrets`.
 pub fn signature_ok(secrets: &[Vec<u8>], body: &[u8], signature: Option<&str>) -> bool {
@@ -75,12 +136,39 @@ pub fn parse_job(body: &Value) -> Option<(String, GateJobEvent)> {
     ))
 }
 
-/// The gates served on one address, by path.
-type Routes = Arc<BTreeMap<String, Arc<GithubGate>>>;
+/// The gates served on one address, by path, and the listener's limits.
+struct Served {
+    routes: BTreeMap<String, Arc<GithubGate>>,
+    limits: Limits,
+}
 
-async fn receive(State(routes): State<Routes>, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(gate) = routes.get(uri.path()) else {
+async fn receive(State(served): State<Arc<Served>>, uri: axum::http::Uri, headers: HeaderMap, body: Body) -> Response {
+    let limit = served.limits.request_timeout;
+    let path = uri.path().to_owned();
+    match tokio::time::timeout(limit, handle(&served, uri, headers, body)).await {
+        Ok(r) => r,
+        Err(_) => {
+            warn!(%path, timeout_s = limit.as_secs(), "webhook request took too long: closed");
+            (StatusCode::REQUEST_TIMEOUT, [(axum::http::header::CONNECTION, "close")], "request took too long\n")
+                .into_response()
+        }
+    }
+}
+
+async fn handle(served: &Served, uri: axum::http::Uri, headers: HeaderMap, body: Body) -> Response {
+    let Some(gate) = served.routes.get(uri.path()) else {
         return (StatusCode::NOT_FOUND, "no gate here\n").into_response();
+    };
+    let max = served.limits.max_body;
+    let body = match read_limited(&headers, body, max).await {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            warn!(gate = %gate.name, max, "webhook refused: body larger than webhook.maxBodyBytes");
+            // Closed after the answer: the rest of the body is never read.
+            let close = [(axum::http::header::CONNECTION, "close")];
+            return (StatusCode::PAYLOAD_TOO_LARGE, close, format!("body larger than {max} bytes\n")).into_response();
+        }
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("reading the body failed: {e}\n")).into_response(),
     };
     let secrets = gate.hook_secrets();
     let sig = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok());
@@ -138,17 +226,28 @@ pub fn serve(
         for g in routes.values() {
             *g.bound.lock().unwrap_or_else(|e| e.into_inner()) = Some(local);
         }
+        let limits = Limits::of(routes.values().map(|g| g.as_ref()));
+        // The body is read (bounded) by the handler itself.
         let router = Router::new()
             .fallback(axum::routing::post(receive))
-            .layer(DefaultBodyLimit::max(MAX_BODY))
-            .with_state(Arc::new(routes));
-        let handle = axum_server::Handle::new();
-        let server = axum_server::from_tcp(listener)
-            .map_err(|e| e.to_string())?
-            .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(axum_server::tls_rustls::RustlsConfig::from_config(
+            .layer(DefaultBodyLimit::disable())
+            .with_state(Arc::new(Served { routes, limits }));
+        let acceptor = GuardedAcceptor::new(
+            axum_server::tls_rustls::RustlsAcceptor::new(axum_server::tls_rustls::RustlsConfig::from_config(
                 tls.clone(),
-            )))
-            .handle(handle.clone());
+            )),
+            limits.max_connections,
+            limits.header_read_timeout,
+        );
+        let handle = axum_server::Handle::new();
+        let mut server =
+            axum_server::from_tcp(listener).map_err(|e| e.to_string())?.acceptor(acceptor).handle(handle.clone());
+        server
+            .http_builder()
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        server.http_builder().http2().timer(hyper_util::rt::TokioTimer::new());
         let stop = stop.clone();
         tokio::spawn(async move {
             stop.cancelled().await;
@@ -159,7 +258,7 @@ pub fn serve(
                 warn!(addr = %local, error = %e, "webhook listener failed");
             }
         });
-        info!(addr = %local, "gate webhook listener");
+        info!(addr = %local, max_body = limits.max_body, max_connections = limits.max_connections, "gate webhook listener");
     }
     Ok(bound)
 }
@@ -178,6 +277,32 @@ mod tests {
         assert!(!signature_ok(&[b"other".to_vec()], b"Hello, World!", Some(sig)));
         // A rotated secret: any one of them matches.
         assert!(signature_ok(&[b"new".to_vec(), secrets[0].clone()], b"Hello, World!", Some(sig)));
+    }
+
+    fn length(n: u64) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(axum::http::header::CONTENT_LENGTH, n.into());
+        h
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_over_the_limit_is_refused_without_reading() {
+        // A body that never comes: reading it would hang.
+        let never = Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
+        let read = tokio::time::timeout(Duration::from_secs(5), read_limited(&length(1025), never, 1024)).await;
+        assert!(matches!(read, Ok(Ok(None))), "{read:?}");
+    }
+
+    #[tokio::test]
+    async fn an_undeclared_body_is_cut_at_the_limit_and_one_within_it_is_read_whole() {
+        let chunks = |n: usize| {
+            let parts: Vec<Result<Bytes, std::io::Error>> = (0..n).map(|_| Ok(Bytes::from(vec![b'a'; 100]))).collect();
+            Body::from_stream(futures::stream::iter(parts))
+        };
+        let none = HeaderMap::new();
+        assert!(read_limited(&none, chunks(11), 1000).await.unwrap().is_none());
+        assert_eq!(read_limited(&none, chunks(10), 1000).await.unwrap().map(|b| b.len()), Some(1000));
+        assert_eq!(read_limited(&length(500), chunks(5), 1000).await.unwrap().map(|b| b.len()), Some(500));
     }
 
     #[test]

@@ -4,11 +4,13 @@
 //! leftovers: no registration at the fake, no live gate application, no process.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use aquarium_e2e::{TestDaemon, bin, eventually};
+use aquarium_e2e::{TestDaemon, bin, eventually, slow};
 use aquarium_fake_github::{FakeGithub, Signature};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const LABELS: [&str; 4] = ["self-hosted", "linux", "x64", "ubuntu-ci"];
 const SECRET: &str = "hook-secret-1";
@@ -267,10 +269,92 @@ async fn bad_signatures_are_refused_and_store_nothing_rotated_secrets_work() {
     s.gh.hold(false);
     job_completed(&s, job).await;
     no_leftovers(&s).await;
-    // A body over 25 MiB is refused whole.
-    let mut big = held[0].clone();
-    big.body = vec![b' '; 26 * 1024 * 1024];
-    assert_eq!(s.gh.deliver(&big, Signature::Good).await.unwrap(), 413);
+    // (Bodies over the limit: the_webhook_refuses_a_body_over_its_limit_….)
+}
+
+/// The webhook listener's `host:port`.
+async fn hook_addr(d: &TestDaemon) -> String {
+    let url = gate(d).await["status"]["webhook"].as_str().unwrap().to_owned();
+    url.trim_start_matches("https://").split('/').next().unwrap().to_owned()
+}
+
+/// A TLS connection to the webhook listener, trusting the node's CA.
+async fn hook_conn(d: &TestDaemon) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    slow::tls(&d.data_dir().join("ca.crt"), TcpStream::connect(hook_addr(d).await).await?).await
+}
+
+#[tokio::test]
+async fn the_webhook_refuses_a_body_over_its_limit_on_the_declared_length_without_reading_it() {
+    let s = setup_with(5, "", ", maxBodyBytes: 65536").await;
+    // 26 MiB declared (GitHub's cap is 25 MB), not one byte of it sent: the 413 must
+    // not wait for them, and the connection is closed instead of read on.
+    let mut c = hook_conn(&s.d).await.unwrap();
+    let started = Instant::now();
+    let request = "POST /hooks/github/acme HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: workflow_job\r\nX-Hub-Signature-256: sha256=00\r\nContent-Length: 27262976\r\n\r\n";
+    let head = slow::answer_head(&mut c, request.as_bytes(), Duration::from_secs(10)).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(started.elapsed() < Duration::from_secs(2), "413 after {:?}", started.elapsed());
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 1024];
+        while matches!(c.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection stayed open after the 413");
+    // Just over the limit, declared honestly: refused too.
+    let mut c = hook_conn(&s.d).await.unwrap();
+    let request = "POST /hooks/github/acme HTTP/1.1\r\nHost: x\r\nContent-Length: 65537\r\n\r\n";
+    let head = slow::answer_head(&mut c, request.as_bytes(), Duration::from_secs(10)).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    // Deliveries within the limit are served as before.
+    assert_eq!(s.gh.deliver(&s.gh.ping(), Signature::Good).await.unwrap(), 200);
+    let job = s.gh.queue_job("acme/app", &LABELS);
+    job_completed(&s, job).await;
+    no_leftovers(&s).await;
+}
+
+#[tokio::test]
+async fn slow_webhook_clients_are_cut_and_connections_beyond_the_cap_are_closed() {
+    let s = setup_with(5, "", ", maxConnections: 3, headerReadTimeout: 2s, requestTimeout: 3s").await;
+    let within = Duration::from_secs(10);
+    let mut clients = Vec::new();
+    // Slowloris: TLS done, then the request line one byte a second.
+    let started = Instant::now();
+    let c = hook_conn(&s.d).await.unwrap();
+    let dribble = b"POST /hooks/github/acme HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaa\r\n\r\n";
+    clients.push(("headers 1 B/s", 1500, 5000, tokio::spawn(slow::dribble_until_closed(c, dribble, started, within))));
+    // TLS done, then silence.
+    let started = Instant::now();
+    let c = hook_conn(&s.d).await.unwrap();
+    clients.push(("silent after TLS", 1500, 5000, tokio::spawn(slow::dribble_until_closed(c, b"", started, within))));
+    // Headers in time, then the body one byte a second: the request timeout (408).
+    let started = Instant::now();
+    let mut c = hook_conn(&s.d).await.unwrap();
+    c.write_all(b"POST /hooks/github/acme HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n").await.unwrap();
+    static BODY: [u8; 100] = [b'x'; 100];
+    clients.push(("body 1 B/s", 2500, 6000, tokio::spawn(slow::dribble_until_closed(c, &BODY, started, within))));
+    // The three hold every slot: one more connection is closed at once.
+    let refused = tokio::time::timeout(Duration::from_secs(2), hook_conn(&s.d)).await;
+    assert!(
+        matches!(refused, Ok(Err(_))),
+        "a connection beyond maxConnections should be closed at once, got {:?}",
+        refused.map(|r| r.map(|_| ()))
+    );
+    for (what, least, most, task) in clients {
+        match tokio::time::timeout(within + Duration::from_secs(5), task).await.unwrap().unwrap() {
+            slow::End::Closed(after) => {
+                eprintln!("{what}: cut after {after:?}");
+                assert!(after >= Duration::from_millis(least), "{what}: cut after {after:?}, before its time");
+                assert!(after < Duration::from_millis(most), "{what}: cut only after {after:?}");
+            }
+            slow::End::Open => panic!("{what}: still connected after {within:?}"),
+        }
+    }
+    // The slots came back: GitHub's deliveries are served.
+    eventually("a delivery served once the slow clients are gone", || async {
+        s.gh.deliver(&s.gh.ping(), Signature::Good).await.is_ok_and(|code| code == 200)
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use aquarium_e2e::slow::{End, dribble_until_closed};
 use aquarium_e2e::{TestDaemon, eventually};
 use base64::Engine;
 use serde_json::{Value, json};
@@ -151,55 +152,9 @@ async fn hostile_bodies_are_refused_fast_while_an_honest_client_is_served() {
     assert_eq!(labels["items"], json!([]));
 }
 
-/// How a slow client ended.
-#[derive(Debug)]
-enum End {
-    /// The server closed the connection this long after the client connected.
-    Closed(Duration),
-    /// Still open when the client gave up.
-    Open,
-}
-
-/// Reads until the server closes (EOF or error) or `within` passes, while writing
-/// one byte of `dribble` a second.
-async fn dribble_until_closed<S>(mut s: S, dribble: &[u8], started: Instant, within: Duration) -> End
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let mut buf = [0u8; 1024];
-    let mut bytes = dribble.iter().copied();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let deadline = tokio::time::Instant::from_std(started + within);
-    loop {
-        tokio::select! {
-            r = s.read(&mut buf) => match r {
-                Ok(0) | Err(_) => return End::Closed(started.elapsed()),
-                Ok(_) => {}
-            },
-            _ = tick.tick() => {
-                if let Some(b) = bytes.next()
-                    && (s.write_all(&[b]).await.is_err() || s.flush().await.is_err())
-                {
-                    return End::Closed(started.elapsed());
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => return End::Open,
-        }
-    }
-}
-
 /// A TLS client of this daemon (HTTP/1.1 by ALPN) over `tcp`.
 async fn tls(d: &TestDaemon, tcp: TcpStream) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(d.data_dir().join("ca.crt")).unwrap();
-    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    connector.connect(name, tcp).await
+    aquarium_e2e::slow::tls(&d.data_dir().join("ca.crt"), tcp).await
 }
 
 fn addr(d: &TestDaemon) -> String {
