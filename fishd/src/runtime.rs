@@ -366,27 +366,31 @@ async fn serve_process_gateway(
     Some(gateway)
 }
 
-/// Starts the proxy's shared listeners: `auto` binds 127.0.0.1 on a free port (processes
-/// present their token) and the same port on every docker network's gateway, which it
+/// Starts the proxy's shared listeners: `auto` binds 127.0.0.1 on the port of the last
+/// start (kept in the data dir, so adopted resources keep their proxy address; a free
+/// port the first time) and the same port on every docker network's gateway, which it
 /// tells the docker drivers so containers get it in their environment and their
 /// network's firewall chain lets it through.
 async fn start_proxy(
     proxy: &Proxy,
     listen: Option<Option<SocketAddr>>,
     dockers: &[Arc<drivers::docker::DockerDriver>],
+    data_dir: &Path,
 ) -> Result<Option<SocketAddr>, RunError> {
-    let addr = match listen {
+    let bound = match listen {
         Some(None) => {
             info!("proxy off (proxy.listen: off): isolated resources reach only their metadata");
             return Ok(None);
         }
-        Some(Some(addr)) => addr,
-        None => SocketAddr::from(([127, 0, 0, 1], 0)),
+        Some(Some(addr)) => {
+            return proxy.listen(addr).await.map(Some).map_err(|e| RunError::Proxy(error_chain(&e)));
+        }
+        None => {
+            crate::proxy::port::bind_remembered(data_dir, |port| proxy.listen(SocketAddr::from(([127, 0, 0, 1], port))))
+                .await
+                .map_err(|e| RunError::Proxy(error_chain(&e)))?
+        }
     };
-    let bound = proxy.listen(addr).await.map_err(|e| RunError::Proxy(error_chain(&e)))?;
-    if listen.is_some() {
-        return Ok(Some(bound));
-    }
     let mut seen = std::collections::BTreeSet::new();
     for d in dockers {
         let addrs = match d.proxy_listen_addrs(bound.port()).await {
@@ -590,7 +594,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     let metrics = ctx.metrics.clone();
     let binder = meta_binder(state.clone(), api_stop.clone());
     serve_meta_on_docker_networks(&dockers, addr.port(), &binder).await;
-    let proxy_addr = start_proxy(&proxy, config.proxy.listen_addr()?, &dockers).await?;
+    let proxy_addr = start_proxy(&proxy, config.proxy.listen_addr()?, &dockers, &data_dir).await?;
     let proxy_port = proxy_addr.map(|a| a.port());
     let process_gateway = serve_process_gateway(&drivers, addr.port(), &proxy, proxy_port, &binder).await;
     let services = drivers::NodeServices {

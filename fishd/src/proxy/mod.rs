@@ -25,6 +25,7 @@
 mod directory;
 mod metrics;
 mod pipe;
+pub mod port;
 mod relay;
 mod server;
 #[cfg(test)]

@@ -386,6 +386,61 @@ exec sleep 3600"#,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_isolated_process_still_reaches_the_proxy_after_kill_9_and_restart() {
+    if !process_prerequisites() {
+        return;
+    }
+    let target = http_service("127.0.0.1:0", "allowed-target").await;
+    let mut d = TestDaemon::start("drivers:\n  process: {gracePeriod: 2s}\n").await.unwrap();
+    // Through the proxy in its environment, again and again: "<n> <answer>".
+    let script = format!(
+        r#"i=0
+while true; do
+  i=$((i+1))
+  r=$(curl -s -m 3 --noproxy '' -p --proxy "$HTTPS_PROXY" http://localhost:{t}/)
+  echo "$i $r" > latest.tmp && mv latest.tmp latest.txt
+  sleep 0.5
+done"#,
+        t = target.port()
+    );
+    let script = script.replace('\n', "\n            ");
+    let yaml = format!(
+        "---\nkind: Label\nmetadata: {{name: cell}}\nspec:\n  definitions:\n    - driver: process\n      resources: {{cpu: 1, ram: 1, allow: [\"localhost:{}\"]}}\n      options:\n        command:\n          - sh\n          - -c\n          - |\n            {script}\n---\nkind: Application\nmetadata: {{name: cell-1}}\nspec: {{label: cell}}\n",
+        target.port()
+    );
+    let (code, body) = d.apply(&yaml).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let a = d.wait_phase("cell-1", "ALLOCATED").await.unwrap();
+    let proxy = a["status"]["resource"]["details"]["proxy"].as_str().unwrap().to_owned();
+    let found = Findings(a["status"]["resource"]["details"]["workdir"].as_str().unwrap().into());
+    let count = |line: &str| line.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    eventually("the proxy answers the process", || async { found.get("latest.txt").ends_with("allowed-target") })
+        .await
+        .unwrap();
+
+    // A crash: the process runs on, fishd comes back and adopts it.
+    d.kill9();
+    d.start_again().await.unwrap();
+    let a = d.wait_phase("cell-1", "ALLOCATED").await.unwrap();
+    let before = count(&found.get("latest.txt"));
+    let r = eventually("the adopted process reaches the proxy again", || async {
+        let line = found.get("latest.txt");
+        count(&line) > before + 1 && line.ends_with("allowed-target")
+    })
+    .await;
+    if r.is_err() {
+        panic!("after the restart: {:?} (proxy was {proxy})\n--- fishd log ---\n{}", found.get("latest.txt"), d.log());
+    }
+    assert_eq!(a["status"]["resource"]["details"]["proxy"].as_str(), Some(proxy.as_str()));
+    let port = std::fs::read_to_string(d.data_dir().join("proxy.port")).unwrap();
+    assert!(proxy.ends_with(&format!(":{}", port.trim())), "{proxy} vs proxy.port {port}");
+    assert!(d.log().contains("proxy listens on its port of the last start"), "{}", d.log());
+
+    assert_eq!(d.post("/api/v1/applications/cell-1/deallocate", None).await.unwrap().0, 202);
+    d.wait_phase("cell-1", "DEALLOCATED").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_bomb_stops_at_its_pids_limit_and_the_host_keeps_answering() {
     if !process_prerequisites() {
         return;
