@@ -71,6 +71,7 @@ async fn reconcile_once(ctx: Arc<Ctx>, uid: Uuid) -> Next {
             return Some(backoff(ctx.failure(uid)));
         }
     };
+    disown(&ctx, uid, app.as_ref());
     let leftovers = release_leftovers(&ctx, uid, app.as_ref()).await;
     let Some(app) = app else {
         ctx.forget(uid);
@@ -169,6 +170,27 @@ fn holds(ctx: &Ctx, app: &Application, driver: &str) -> bool {
         Phase::Elected => definition_driver(ctx, app).as_deref() == Some(driver),
         Phase::New | Phase::Deallocated | Phase::Error => false,
     }
+}
+
+/// Hands the resource this node holds for `uid` to the leftovers (released next) once
+/// the application is no longer this node's: moved to ERROR because the node was
+/// declared lost, finished or elected elsewhere while this node was cut off, purged.
+fn disown(ctx: &Ctx, uid: Uuid, app: Option<&Application>) {
+    let Some(held) = ctx.held(uid) else { return };
+    if app.is_some_and(|a| holds(ctx, a, &held.driver)) {
+        return;
+    }
+    let (name, phase, node) = match app {
+        Some(a) => (a.metadata.name_str().to_owned(), a.status.phase.to_string(), a.status.node.clone()),
+        None => (uid.to_string(), "purged".to_owned(), None),
+    };
+    info!(
+        app = %name, %uid, %phase, node = node.as_deref().unwrap_or("none"), driver = %held.driver,
+        identifier = %held.identifier,
+        "releasing the resource of application {name}: it is no longer this node's"
+    );
+    ctx.unhold(uid);
+    ctx.add_leftovers(uid, vec![held]);
 }
 
 /// Releases what drivers hold for `uid` that the application does not account for (a
@@ -275,6 +297,7 @@ async fn allocate(ctx: &Ctx, app: Application) -> Result<Option<Duration>, Store
             s.resource = Some(resource.clone());
             if write(ctx, &app, Phase::Elected, s).await? {
                 info!(identifier = %a.identifier, "allocated");
+                ctx.hold(uid, Leftover { driver: def.driver.clone(), identifier: a.identifier.clone() });
                 observe_allocated(ctx, &app, &def.driver, now);
                 ctx.clear_failures(uid);
                 return Ok(Some(ctx.config.inspect_interval.min(lifetime)));
@@ -383,6 +406,7 @@ async fn observe(ctx: &Ctx, app: Application) -> Result<Option<Duration>, StoreE
         write(ctx, &app, Phase::Allocated, s).await?;
         return Ok(None);
     };
+    ctx.hold(uid, Leftover { driver: res.driver.clone(), identifier: res.identifier.clone() });
     let now = OffsetDateTime::now_utc();
     if let Some(exp) = res.expires_at
         && exp <= now
@@ -416,11 +440,13 @@ async fn observe(ctx: &Ctx, app: Application) -> Result<Option<Duration>, StoreE
                 warn!(error = %e, "cleanup of an ended resource failed; retrying");
                 return Ok(Some(backoff(ctx.failure(uid))));
             }
+            ctx.unhold(uid);
             let s = transition(&app.status, Phase::Deallocated, format!("resource ended by itself: {how}"));
             write(ctx, &app, Phase::Allocated, s).await?;
             Ok(None)
         }
         Ok(ResourceState::Lost(why)) => {
+            ctx.unhold(uid);
             let mut next = None;
             if let Err(e) = ctx.call(&res.driver, DriverOp::Deallocate, driver.deallocate(uid, &res.identifier)).await {
                 warn!(error = %e, "cleanup of a lost resource failed; retrying it");
@@ -472,6 +498,7 @@ async fn release(ctx: &Ctx, app: Application) -> Result<Option<Duration>, StoreE
             return Ok(Some(wait));
         }
     }
+    ctx.unhold(uid);
     let s = transition(&app.status, Phase::Deallocated, format!("resource released ({why})"));
     if write(ctx, &app, Phase::Deallocate, s).await? {
         info!("deallocated");
@@ -489,6 +516,11 @@ async fn retention(ctx: &Ctx, app: Application) -> Result<Option<Duration>, Stor
     let due = finished.checked_add(retention).unwrap_or(max_time());
     let now = OffsetDateTime::now_utc();
     if due <= now {
+        // One purge for the pool, not one per node: the leader's. Others look again
+        // later, in case leadership moves to them.
+        if !ctx.leads() {
+            return Ok(Some(ctx.config.resync));
+        }
         ctx.store.execute(Command::PurgeApplication { uid }).await?.ok();
         ctx.forget(uid);
         return Ok(None);
@@ -510,16 +542,26 @@ pub async fn adopt(ctx: &Ctx, queue: &Queue) {
             }
         };
         for r in owned {
-            let keep = match ctx.store.get_application_by_uid(r.uid) {
-                Ok(Some(app)) => holds(ctx, &app, name),
-                Ok(None) => false,
+            let (keep, app) = match ctx.store.get_application_by_uid(r.uid) {
+                Ok(Some(app)) => (holds(ctx, &app, name), Some(app)),
+                Ok(None) => (false, None),
                 // Unsure: keep it; the next start tries again.
-                Err(_) => true,
+                Err(_) => (true, None),
             };
+            let app_name = app.as_ref().map(|a| a.metadata.name_str().to_owned()).unwrap_or_default();
             if keep {
-                info!(driver = %name, uid = %r.uid, identifier = %r.identifier, "adopted resource");
+                info!(driver = %name, app = %app_name, uid = %r.uid, identifier = %r.identifier, "adopted resource");
+                ctx.hold(r.uid, Leftover { driver: name.clone(), identifier: r.identifier });
             } else {
-                info!(driver = %name, uid = %r.uid, identifier = %r.identifier, "removing orphaned resource");
+                // Gone, finished, or another node's now (this node was declared lost).
+                let (phase, node) = match &app {
+                    Some(a) => (a.status.phase.to_string(), a.status.node.clone().unwrap_or_default()),
+                    None => ("gone".to_owned(), String::new()),
+                };
+                info!(
+                    driver = %name, app = %app_name, uid = %r.uid, identifier = %r.identifier, %phase, %node,
+                    "removing orphaned resource: its application is not this node's"
+                );
                 ctx.add_leftovers(r.uid, vec![Leftover { driver: name.clone(), identifier: r.identifier }]);
                 queue.now(r.uid);
             }
@@ -539,6 +581,9 @@ pub async fn adopt(ctx: &Ctx, queue: &Queue) {
 /// Removes temporary label versions whose `removeAt` has passed. Applications keep
 /// the version they pinned (their label snapshot), so this never breaks one.
 pub async fn remove_due_labels(ctx: &Ctx) {
+    if !ctx.leads() {
+        return;
+    }
     let Ok((_, labels)) = ctx.store.list_labels(None) else { return };
     let now = OffsetDateTime::now_utc();
     for l in labels {

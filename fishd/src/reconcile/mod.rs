@@ -110,6 +110,11 @@ pub struct Ctx {
     /// attempt's remains whose cleanup failed, orphans found at start), per uid; the
     /// uid's reconcile releases them, retrying until the driver confirms.
     leftovers: Mutex<HashMap<Uuid, Vec<Leftover>>>,
+    /// The resource this node's drivers hold for each application that was this node's
+    /// when last seen (allocated here, or adopted at start). When the application stops
+    /// being this node's while it runs (a node declared lost, its change arriving after
+    /// a partition heals; the application purged), its reconcile releases the resource.
+    held: Mutex<HashMap<Uuid, Leftover>>,
     /// Uids whose next MODIFIED event is a reconcile's own note (a message, same
     /// phase): not a reason to run again before the backoff it chose.
     own_writes: Mutex<HashSet<Uuid>>,
@@ -147,6 +152,7 @@ impl Ctx {
             failures: Mutex::new(HashMap::new()),
             availability: Mutex::new(BTreeMap::new()),
             leftovers: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
             own_writes: Mutex::new(HashSet::new()),
         })
     }
@@ -201,6 +207,25 @@ impl Ctx {
         self.leftovers.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid).unwrap_or_default()
     }
 
+    /// Records that a driver holds `resource` for `uid` on this node.
+    fn hold(&self, uid: Uuid, resource: Leftover) {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, resource);
+    }
+
+    /// The resource is released (or handed to the leftovers).
+    fn unhold(&self, uid: Uuid) {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+    }
+
+    /// Whether a driver of this node holds a resource for `uid`, as far as this node knows.
+    pub fn holds_resource(&self, uid: Uuid) -> bool {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&uid)
+    }
+
+    fn held(&self, uid: Uuid) -> Option<Leftover> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).get(&uid).cloned()
+    }
+
     fn expect_own_write(&self, uid: Uuid) {
         self.own_writes.lock().unwrap_or_else(|e| e.into_inner()).insert(uid);
     }
@@ -226,6 +251,28 @@ impl Ctx {
                 humantime::format_duration(limit)
             ))),
         }
+    }
+
+    /// Whether this node is the Raft leader: pool-wide chores (purging finished
+    /// applications, removing due labels) are done by the leader alone, not once per node.
+    pub fn leads(&self) -> bool {
+        self.store.raft().metrics().borrow().state == openraft::ServerState::Leader
+    }
+
+    /// The applications in `phases` whose `status.node` is this node (unreadable ones
+    /// are skipped: the caller's next look finds them).
+    pub fn mine_in(&self, phases: &[Phase]) -> Vec<Uuid> {
+        let mut out = Vec::new();
+        for phase in phases {
+            for uid in self.store.uids_in_phase(*phase).unwrap_or_default() {
+                if let Ok(Some(app)) = self.store.get_application_by_uid(uid)
+                    && app.status.node.as_deref() == Some(self.node.name.as_str())
+                {
+                    out.push(uid);
+                }
+            }
+        }
+        out
     }
 
     /// The application no longer reserves anything on this node.
@@ -300,27 +347,24 @@ impl Controller {
     }
 
     /// Asks every active application of this node to deallocate (`--drain-and-deallocate`).
+    /// Only this node's: another node's work, and the pool's NEW applications (no
+    /// node's yet), are not a draining node's to end.
     pub async fn deallocate_all(&self) {
-        for phase in [Phase::New, Phase::Elected, Phase::Allocated] {
-            let Ok(uids) = self.ctx.store.uids_in_phase(phase) else { continue };
-            for uid in uids {
-                let cmd = crate::store::Command::RequestDeallocate {
-                    uid,
-                    by: format!("node {} draining", self.ctx.node.name),
-                    now: OffsetDateTime::now_utc(),
-                };
-                if let Err(e) = self.ctx.store.execute(cmd).await {
-                    tracing::warn!(%uid, error = %e, "could not request deallocation while draining");
-                }
+        for uid in self.ctx.mine_in(&[Phase::Elected, Phase::Allocated]) {
+            let cmd = crate::store::Command::RequestDeallocate {
+                uid,
+                by: format!("node {} draining", self.ctx.node.name),
+                now: OffsetDateTime::now_utc(),
+            };
+            if let Err(e) = self.ctx.store.execute(cmd).await {
+                tracing::warn!(%uid, error = %e, "could not request deallocation while draining");
             }
         }
     }
 
     /// Whether this node still has applications holding or acquiring resources.
     pub fn has_active(&self) -> bool {
-        [Phase::Elected, Phase::Allocated, Phase::Deallocate]
-            .iter()
-            .any(|p| self.ctx.store.uids_in_phase(*p).map(|u| !u.is_empty()).unwrap_or(false))
+        !self.ctx.mine_in(&[Phase::Elected, Phase::Allocated, Phase::Deallocate]).is_empty()
     }
 
     /// Stops starting reconciles and waits up to `grace` for the running ones
@@ -362,7 +406,13 @@ async fn trigger_loop(ctx: Arc<Ctx>, queue: Queue, stop: CancellationToken) {
                     let phase = ev.object["status"]["phase"].as_str().and_then(|p| p.parse::<Phase>().ok());
                     if let Some(uid) = ev.object["metadata"]["uid"].as_str().and_then(|u| Uuid::try_parse(u).ok()) {
                         match ev.event_type {
-                            api_types::WatchEventType::Deleted => ctx.forget(uid),
+                            api_types::WatchEventType::Deleted => {
+                                ctx.forget(uid);
+                                // Purged while this node still runs its resource: release it.
+                                if ctx.holds_resource(uid) {
+                                    queue.now(uid);
+                                }
+                            }
                             // A reconcile's own note: it already chose when to run again.
                             api_types::WatchEventType::Modified if ctx.is_own_write(uid) => {}
                             _ => queue.now(uid),

@@ -527,3 +527,69 @@ async fn refused_secrets_count_as_failed_attempts() {
         a.status.message
     );
 }
+
+/// Puts application `name` (NEW, waiting) on `node` in `phase`, as another node's
+/// reconciler or the leader would.
+async fn move_to(store: &Store, name: &str, expect: Phase, phase: Phase, node: &str, message: &str) {
+    let a = phase_of(store, name);
+    let mut s = transition(&a.status, phase, message);
+    s.node = Some(node.to_owned());
+    let uid = a.metadata.uid.unwrap();
+    store.execute(Command::SetApplicationStatus { uid, expect, status: Box::new(s) }).await.unwrap().unwrap();
+}
+
+/// An application allocated here that stops being this node's while it runs (the
+/// leader declared the node lost; the change arrives through the log) has its
+/// resource released, and a restart releases what an ERROR application left.
+#[tokio::test(start_paused = true)]
+async fn a_resource_whose_application_is_no_longer_this_nodes_is_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("fish.redb")).await.unwrap();
+    let (_ctx, c) =
+        start_with(&store, vec![("test", test_driver(dir.path(), "test"))], ReconcileConfig::default()).await;
+    apply(&store, &(label("l", "{driver: test, resources: {cpu: 1}}") + &app("x", "l") + &app("y", "l"))).await;
+    until("x and y ALLOCATED", || {
+        phase_of(&store, "x").status.phase == Phase::Allocated && phase_of(&store, "y").status.phase == Phase::Allocated
+    })
+    .await;
+    let resource =
+        |name: &str| dir.path().join(format!("test/test/{}.json", phase_of(&store, name).metadata.uid.unwrap()));
+    assert!(resource("x").exists());
+    move_to(&store, "x", Phase::Allocated, Phase::Error, "host-a", "node lost: host-a").await;
+    until("x's resource released", || !resource("x").exists()).await;
+    assert!(resource("y").exists(), "y is still this node's");
+
+    // Stopped; y is moved on while the node is down; the next start releases it.
+    assert!(c.shutdown(Duration::from_secs(5)).await);
+    move_to(&store, "y", Phase::Allocated, Phase::Error, "host-a", "node lost: host-a").await;
+    let (_ctx, _c) =
+        start_with(&store, vec![("test", test_driver(dir.path(), "test"))], ReconcileConfig::default()).await;
+    until("y's resource released at start", || !resource("y").exists()).await;
+}
+
+/// `--drain-and-deallocate` and the drain's wait look at this node's applications
+/// only: another node's keep running, the pool's NEW ones keep waiting.
+#[tokio::test(start_paused = true)]
+async fn draining_deallocates_only_this_nodes_applications() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("fish.redb")).await.unwrap();
+    let (_ctx, c) =
+        start_with(&store, vec![("test", test_driver(dir.path(), "test"))], ReconcileConfig::default()).await;
+    let yaml = label("l", "{driver: test, resources: {cpu: 1}}")
+        + "---\n"
+        + &label("big", "{driver: test, resources: {cpu: 64}}")
+        + &app("mine", "l")
+        + &app("waiting", "big")
+        + &app("theirs", "big");
+    apply(&store, &yaml).await;
+    until("mine ALLOCATED", || phase_of(&store, "mine").status.phase == Phase::Allocated).await;
+    until("waiting has its reason", || !phase_of(&store, "theirs").status.message.is_empty()).await;
+    move_to(&store, "theirs", Phase::New, Phase::Allocated, "host-b", "allocated on host-b").await;
+    c.stop_accepting();
+    assert!(c.has_active());
+    c.deallocate_all().await;
+    until("mine DEALLOCATED", || phase_of(&store, "mine").status.phase == Phase::Deallocated).await;
+    until("nothing of this node active", || !c.has_active()).await;
+    assert_eq!(phase_of(&store, "theirs").status.phase, Phase::Allocated);
+    assert_eq!(phase_of(&store, "waiting").status.phase, Phase::New);
+}
