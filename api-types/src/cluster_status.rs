@@ -22,9 +22,11 @@ pub struct ClusterMember {
     pub role: MemberRole,
     /// `HOST:PORT` of its API (its advertise address).
     pub api: String,
-    /// Its node status says ready and its last heartbeat is recent.
+    /// Its node status' `ready`: the leader heard it within `nodeTimeout` and it takes
+    /// new applications (not draining).
     pub ready: bool,
-    /// Its last heartbeat, as recorded in the replicated node object.
+    /// When it was last recorded seen: its own last report, or the leader's last
+    /// change of its readiness (no periodic heartbeat is written).
     #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub last_seen: Option<OffsetDateTime>,

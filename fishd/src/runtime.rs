@@ -27,8 +27,10 @@ use crate::proxy::{Proxy, ProxyMetrics, StoreDirectory};
 use crate::reconcile::{Controller, Ctx, NodeIdentity, ReconcileConfig};
 use crate::store::{Command, FishNode, Store, StoreError, StoreOptions};
 
-/// How often the node reports itself (heartbeat, drivers, capacity).
-const HEARTBEAT: Duration = Duration::from_secs(10);
+/// How often the node looks at what it reports of itself (drivers, capacity, what it
+/// holds, whether it takes work); it writes only what changed. Whether it is alive is
+/// the leader's to say, from Raft's traffic (`cluster::liveness`).
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// Command-line overrides of fish.yml.
 #[derive(Clone, Debug, Default)]
@@ -467,12 +469,13 @@ async fn open_store(
     node: FishNode,
     client: &reqwest::Client,
     bootstrap: bool,
+    acks: &crate::cluster::liveness::PeerAcks,
 ) -> Result<Store, RunError> {
     let options = StoreOptions {
         event_history: config.watch_history,
         node,
         bootstrap,
-        network: Some(Arc::new(crate::cluster::raft_net::HttpNetwork::new(client.clone()))),
+        network: Some(Arc::new(crate::cluster::raft_net::HttpNetwork::new(client.clone()).with_acks(acks.clone()))),
         forward: Some(Arc::new(crate::cluster::raft_net::HttpForward::new(client.clone()))),
     };
     Ok(Store::open_with(&data_dir.join("fish.redb"), options).await?)
@@ -517,7 +520,8 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     let peer_tls = crate::tls::peer_client_config(&data_dir).map_err(|e| RunError::Tls(error_chain(&e)))?;
     let peer_client = crate::cluster::raft_net::peer_client(peer_tls).map_err(RunError::Tls)?;
     let me = FishNode { name: node_name.clone(), api: advertise.clone() };
-    let store = open_store(&config, &data_dir, me, &peer_client, joined.is_none()).await?;
+    let acks = crate::cluster::liveness::PeerAcks::default();
+    let store = open_store(&config, &data_dir, me, &peer_client, joined.is_none(), &acks).await?;
     // A joined node gets its users from the cluster: a local admin would be a second,
     // different one.
     if joined.is_none() {
@@ -536,8 +540,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     );
     let (drivers, dockers, qemus) = build_drivers(&config, &data_dir, &node_name).await?;
     let drivers = Arc::new(drivers);
-    let node =
-        NodeIdentity { name: node_name.clone(), identifiers: config.identifiers.clone(), capacity: config.capacity() };
+    let node = NodeIdentity { name: node_name.clone(), identifiers: identifiers(&config), capacity: config.capacity() };
     let rc = ReconcileConfig {
         allocation_retry: config.allocation_retry,
         default_lifetime: config.default_lifetime.get(),
@@ -617,10 +620,21 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     let started = state.started.clone();
     let mut server = tokio::spawn(api::serve(state, listener, tls.server_config, api_stop.clone()));
     // The node record exists before the first election reads its maintenance flag.
-    heartbeat(&ctx, &config, addr).await;
+    // Written at every start, also unchanged: answered once applied here, it means this
+    // node has caught up with the log before adopting what its drivers hold, so what the
+    // cluster decided while it was away (its applications given up as "node lost") is
+    // known, and their resources are released rather than adopted.
+    let reported = report(&ctx, &config, addr).await;
     let controller = Controller::start(ctx.clone()).await;
     started.store(true, std::sync::atomic::Ordering::Release);
-    tokio::spawn(heartbeat_loop(ctx.clone(), config.clone(), addr, beat.clone()));
+    tokio::spawn(report_loop(ctx.clone(), config.clone(), addr, reported, beat.clone()));
+    let tracker = crate::cluster::liveness::Tracker::new(config.cluster.node_timeout.get(), acks);
+    tokio::spawn(crate::cluster::liveness::run(
+        crate::cluster::liveness::StoreCluster(store.clone()),
+        tracker,
+        crate::cluster::liveness::LOOK_EVERY,
+        beat.clone(),
+    ));
     tokio::spawn(gauge_loop(store.clone(), metrics, beat.clone()));
     tokio::spawn(crate::logs::janitor(store.clone(), data_dir.clone(), beat.clone()));
     info!(node = %node_name, api = %addr, data_dir = %data_dir.display(), drivers = ?drivers.keys().collect::<Vec<_>>(), "fishd ready");
@@ -638,6 +652,9 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     let grace = config.grace_period.get();
     let drain = async {
         controller.stop_accepting();
+        // Say so at once (not ready: no vote, no election here), without holding up the drain.
+        let (c, cfg) = (ctx.clone(), config.clone());
+        tokio::spawn(async move { report(&c, &cfg, addr).await });
         let deadline = tokio::time::Instant::now() + grace;
         if config.drain_and_deallocate {
             info!("deallocating every application of this node before exiting");
@@ -662,6 +679,19 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     }
     report_left_running(&store, &node_name);
     Ok(())
+}
+
+/// What `nodeFilter` globs match besides the node name: the configured identifiers,
+/// then the detected operating system and architecture (`linux`, `x86_64`, as Rust
+/// names them), unless configured already.
+pub fn identifiers(config: &Config) -> Vec<String> {
+    let mut out = config.identifiers.clone();
+    for detected in [std::env::consts::OS, std::env::consts::ARCH] {
+        if !out.iter().any(|i| i == detected) {
+            out.push(detected.to_owned());
+        }
+    }
+    out
 }
 
 /// Says, as fishd's last words, how many resources of this node outlive it: stopping
@@ -689,28 +719,72 @@ fn report_left_running(store: &Store, node: &str) {
     }
 }
 
-async fn heartbeat_loop(ctx: Arc<Ctx>, config: Config, addr: SocketAddr, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(HEARTBEAT);
+async fn report_loop(
+    ctx: Arc<Ctx>,
+    config: Config,
+    addr: SocketAddr,
+    mut last: Option<NodeStatus>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    tick.tick().await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => heartbeat(&ctx, &config, addr).await,
+            _ = tick.tick() => {}
+        }
+        let now = self_report(&ctx, &config, addr).await;
+        if last.as_ref().is_some_and(|l| same_report(l, &now.status)) {
+            continue;
+        }
+        if write_report(&ctx, now.clone()).await {
+            last = Some(now.status);
         }
     }
 }
 
-/// Writes this node's status: drivers, capacity, what is allocated, last seen.
-async fn heartbeat(ctx: &Ctx, config: &Config, addr: SocketAddr) {
+/// Whether two reports say the same, whenever they were made.
+fn same_report(a: &NodeStatus, b: &NodeStatus) -> bool {
+    let mut a = a.clone();
+    a.last_seen = b.last_seen;
+    &a == b
+}
+
+/// Writes this node's report now; returns it if it was recorded.
+async fn report(ctx: &Ctx, config: &Config, addr: SocketAddr) -> Option<NodeStatus> {
+    let node = self_report(ctx, config, addr).await;
+    let status = node.status.clone();
+    write_report(ctx, node).await.then_some(status)
+}
+
+async fn write_report(ctx: &Ctx, node: Node) -> bool {
+    match ctx.store.execute(Command::PutNode { node: Box::new(node) }).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            warn!(error = %e, "the node's status was refused");
+            false
+        }
+        Err(e) => {
+            warn!(error = %e, "could not record the node's status");
+            false
+        }
+    }
+}
+
+/// What this node says of itself: drivers, capacity, what it holds, and (as `ready`)
+/// whether it takes new applications. The stored `ready` also needs the leader to hear
+/// it (`cluster::liveness`).
+async fn self_report(ctx: &Ctx, config: &Config, addr: SocketAddr) -> Node {
     let availability = crate::reconcile::election::probe_drivers(ctx).await;
     let ledger = crate::reconcile::election::current_ledger(ctx).await.unwrap_or_default();
-    let node = Node {
+    Node {
         api_version: Default::default(),
         kind: Default::default(),
         metadata: ObjectMeta { name: ctx.node.name.parse().ok(), ..Default::default() },
         status: NodeStatus {
             address: addr.to_string(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            identifiers: config.identifiers.clone(),
+            identifiers: ctx.node.identifiers.clone(),
             location: config.location.clone(),
             drivers: availability
                 .into_iter()
@@ -728,9 +802,6 @@ async fn heartbeat(ctx: &Ctx, config: &Config, addr: SocketAddr) {
             role: None,
             last_seen: Some(OffsetDateTime::now_utc()),
         },
-    };
-    if let Err(e) = ctx.store.execute(Command::PutNode { node: Box::new(node) }).await {
-        warn!(error = %e, "could not record the node's status");
     }
 }
 
@@ -762,5 +833,13 @@ mod tests {
         let config = with_process(serde_json::json!({"cgroups": false}));
         let (drivers, _, _) = build_drivers(&config, dir.path(), "n1").await.unwrap();
         check_deallocate_time(&drivers, &driver_timeouts(&config).unwrap()).unwrap();
+    }
+
+    /// `nodeFilter` matches the detected os and arch besides the configured
+    /// identifiers, each once.
+    #[test]
+    fn identifiers_add_the_detected_os_and_arch_once() {
+        let config = Config { identifiers: vec!["gpu".into(), std::env::consts::OS.into()], ..Config::default() };
+        assert_eq!(identifiers(&config), vec!["gpu", std::env::consts::OS, std::env::consts::ARCH]);
     }
 }

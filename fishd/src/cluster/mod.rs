@@ -5,8 +5,11 @@
 //! - [`join`]: the joining node's side of the join, and what it keeps in the data dir.
 //! - [`raft_net`] carries Raft and forwarded writes between nodes; [`raft_membership`]
 //!   changes the Raft membership; [`status`] answers what the cluster looks like.
+//! - [`liveness`]: which nodes are alive, from Raft's own traffic; the leader records
+//!   changes only.
 
 pub mod join;
+pub mod liveness;
 pub mod membership;
 pub mod raft_membership;
 pub mod raft_net;

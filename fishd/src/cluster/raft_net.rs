@@ -25,6 +25,7 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::liveness::PeerAcks;
 use crate::store::{Applied, FishNode, Forward, NodeId, Proposal, Raft, Store, TypeConfig, WRITE_TIMEOUT};
 
 const POSTCARD: &str = "application/x-postcard";
@@ -35,12 +36,19 @@ const SLOW_PEER: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct HttpNetwork {
     client: reqwest::Client,
+    acks: PeerAcks,
 }
 
 impl HttpNetwork {
     /// `client` must trust the cluster CA and present this node's certificate.
     pub fn new(client: reqwest::Client) -> Self {
-        HttpNetwork { client }
+        HttpNetwork { client, acks: PeerAcks::default() }
+    }
+
+    /// Records in `acks` when each peer last answered (see [`crate::cluster::liveness`]).
+    pub fn with_acks(mut self, acks: PeerAcks) -> Self {
+        self.acks = acks;
+        self
     }
 }
 
@@ -49,13 +57,14 @@ pub struct HttpPeer {
     client: reqwest::Client,
     target: NodeId,
     base: String,
+    acks: PeerAcks,
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     type Network = HttpPeer;
 
     async fn new_client(&mut self, target: NodeId, node: &FishNode) -> HttpPeer {
-        HttpPeer { client: self.client.clone(), target, base: format!("https://{}", node.api) }
+        HttpPeer { client: self.client.clone(), target, base: format!("https://{}", node.api), acks: self.acks.clone() }
     }
 }
 
@@ -100,6 +109,8 @@ impl HttpPeer {
         if !status.is_success() {
             return Err(net(format!("{path} answered {status}: {}", String::from_utf8_lossy(&bytes))));
         }
+        // The peer is alive: whatever its Raft said, it answered.
+        self.acks.ack(self.target);
         let r: Result<Resp, RaftError<NodeId, E>> =
             postcard::from_bytes(&bytes).map_err(|e| net(format!("cannot decode the answer of {path}: {e}")))?;
         r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

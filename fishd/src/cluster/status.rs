@@ -6,12 +6,8 @@ use std::fmt::Write as _;
 
 use api_types::{ClusterMember, ClusterStatus, MemberRole};
 use openraft::ServerState;
-use time::OffsetDateTime;
 
 use crate::store::{Store, StoreError};
-
-/// A node whose heartbeat is older than this is not ready.
-const READY_WITHIN: time::Duration = time::Duration::seconds(30);
 
 /// The cluster's state as this node knows it.
 pub fn cluster_status(store: &Store) -> Result<ClusterStatus, StoreError> {
@@ -19,7 +15,6 @@ pub fn cluster_status(store: &Store) -> Result<ClusterStatus, StoreError> {
     let membership = m.membership_config.membership();
     let voters = super::raft_membership::settled_voters(membership);
     let (_, nodes) = store.list_nodes()?;
-    let now = OffsetDateTime::now_utc();
     let mut members = Vec::new();
     let mut leader = None;
     for (id, node) in membership.nodes() {
@@ -32,8 +27,9 @@ pub fn cluster_status(store: &Store) -> Result<ClusterStatus, StoreError> {
             MemberRole::Learner
         };
         let record = nodes.iter().find(|n| n.metadata.name_str() == node.name);
+        // As recorded: the leader writes whether it hears the node (see `liveness`).
         let last_seen = record.and_then(|n| n.status.last_seen);
-        let ready = record.is_some_and(|n| n.status.ready) && last_seen.is_some_and(|t| now - t < READY_WITHIN);
+        let ready = record.is_some_and(|n| n.status.ready);
         members.push(ClusterMember { name: node.name.clone(), role, api: node.api.clone(), ready, last_seen });
     }
     Ok(ClusterStatus {

@@ -100,6 +100,17 @@ pub enum Command {
         node: String,
         enabled: bool,
     },
+    /// The leader's verdict on a node, proposed when it changes: `ready` = it answered
+    /// Raft's traffic within `nodeTimeout`. Not heard: its ELECTED, ALLOCATED and
+    /// DEALLOCATE applications go to ERROR "node lost: <node> (<reason>)" at `now`, in
+    /// the same step. `last_seen`: when the leader last heard it, if known.
+    SetNodeReady {
+        node: String,
+        ready: bool,
+        reason: String,
+        last_seen: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    },
     /// Forget a node removed from the cluster: refused (as a value) while it still
     /// holds applications (ELECTED, ALLOCATED or DEALLOCATE on it).
     DeleteNode {

@@ -5,6 +5,7 @@
 //! others. Nothing here reads a clock or a random source: commands carry those.
 
 mod apply;
+mod liveness;
 pub(super) use apply::apply_items;
 
 use api_types::{Application, ApplicationStatus, FieldError, HistoryEntry, Label, Node, Phase, WatchEventType};
@@ -92,6 +93,9 @@ pub(super) fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Outcome, StoreError
         Command::SetUserToken { name, token_digest } => set_token(tx, &name, token_digest),
         Command::DeleteUser { name } => delete_user(tx, &name),
         Command::PutNode { node } => put_node(tx, *node),
+        Command::SetNodeReady { node, ready, reason, last_seen, now } => {
+            liveness::set_node_ready(tx, &node, ready, &reason, last_seen, now)
+        }
         Command::SetMaintenance { node, enabled } => set_maintenance(tx, &node, enabled),
         Command::DeleteNode { node } => delete_node(tx, &node),
         Command::CreateJoinToken { digest, expires_at, created_by, now } => {
@@ -353,9 +357,14 @@ fn put_node(tx: &mut Tx<'_>, mut node: Node) -> Result<Outcome, StoreError> {
         Some(v) => Some(serde_json::from_slice(v.value())?),
         None => None,
     };
+    // The node reports `ready` as "takes new applications"; stored, it also says
+    // whether the leader hears it (see `liveness`).
+    node.status.ready = liveness::reported_ready(tx, &name, node.status.ready)?;
     if let Some(cur) = &existing {
         // Maintenance is an admin's decision, not the node's report.
         node.status.maintenance = cur.status.maintenance;
+        // When it was last seen is the latest of its reports and the leader's verdicts.
+        node.status.last_seen = node.status.last_seen.max(cur.status.last_seen);
         node.metadata.uid = cur.metadata.uid;
         node.metadata.created_at = cur.metadata.created_at;
         let mut a = cur.clone();
@@ -407,6 +416,7 @@ fn delete_node(tx: &mut Tx<'_>, name: &str) -> Result<Outcome, StoreError> {
     if let Some(node) = removed {
         emit_deleted(tx, Kind::Node, serde_json::to_value(&node)?, None);
     }
+    liveness::forget(tx, name)?;
     let rev = tx.bump();
     tx.txn.open_table(META)?.insert(removed_key(name).as_str(), rev)?;
     Ok(Ok(Response::Done))
