@@ -189,7 +189,13 @@ impl TestDaemon {
         }
         yml.push_str(&self.extra_config);
         if let Some((via, token)) = &self.join {
-            yml.push_str(&format!("cluster: {{join: \"{via}\", joinToken: \"{token}\"}}\n"));
+            let join = format!("join: \"{via}\", joinToken: \"{token}\"");
+            // A test's own `cluster: {...}` line (e.g. a short nodeTimeout) gets the join
+            // settings added, not a second `cluster:` key.
+            match yml.find("\ncluster: {") {
+                Some(at) => yml.insert_str(at + "\ncluster: {".len(), &format!("{join}, ")),
+                None => yml.push_str(&format!("cluster: {{{join}}}\n")),
+            }
         }
         let path = self.dir.path().join("fish.yml");
         std::fs::write(&path, yml)?;

@@ -14,6 +14,7 @@ mod gates;
 mod hardening;
 mod join;
 mod lifecycle;
+mod node_loss;
 mod operations;
 mod partition;
 mod process;
