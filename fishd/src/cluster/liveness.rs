@@ -7,7 +7,8 @@
 //! quiet cluster writes nothing to the log.
 //!
 //! # Invariants
-//! - Only the leader proposes verdicts; the leader itself is always heard.
+//! - Only the leader proposes verdicts, and only while a quorum hears it; the leader
+//!   itself is always heard.
 //! - A new leader (a new term) waits `nodeTimeout` from its election before calling a
 //!   node unheard: it has no history of acks yet. It may call a node heard at once.
 //! - The recorded verdicts (`Store::unheard_nodes`) are what is compared against, so a
@@ -26,6 +27,9 @@ use crate::store::{Command, NodeId, Store};
 
 /// How often the leader looks.
 pub const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// A leader that has not heard from a quorum for this long is cut off (as the store's
+/// writes judge it) and judges nobody.
+const CUT_OFF_AFTER: Duration = Duration::from_secs(3);
 
 /// When each peer last answered one of this node's Raft calls. Written by the
 /// network client, read by the leader's tracker; cheap to clone.
@@ -137,7 +141,14 @@ pub struct StoreCluster(pub Store);
 impl Cluster for StoreCluster {
     fn view(&self) -> Result<View, String> {
         let m = self.0.raft().metrics().borrow().clone();
-        let leading = (m.state == openraft::ServerState::Leader).then_some(m.current_term);
+        // A leader cut off from the majority (openraft 0.9 does not step down) hears
+        // nobody and could commit no verdict: it judges nobody, and its grace starts
+        // again once a quorum answers.
+        let me = self.0.node_id();
+        let alone = m.membership_config.membership().voter_ids().all(|v| v == me);
+        let heard_by_quorum =
+            alone || m.millis_since_quorum_ack.is_some_and(|ms| ms <= CUT_OFF_AFTER.as_millis() as u64);
+        let leading = (m.state == openraft::ServerState::Leader && heard_by_quorum).then_some(m.current_term);
         if leading.is_none() {
             return Ok(View { me: self.0.node_id(), ..View::default() });
         }

@@ -201,6 +201,21 @@ async fn a_drained_node_deallocates_only_its_own_applications() {
         + &app("kept-1", "on-kept")
         + &app("nobodys-1", "on-nobody");
     assert_eq!(nodes[other].apply(&yaml).await.unwrap().0, 200);
+    // Every node is also known by its os and arch: `describe node` shows them, and a
+    // nodeFilter naming them places an application on some node.
+    let described = nodes[other].fishctl_with(&nodes[other], &["describe", "node", &kept]);
+    let described = String::from_utf8_lossy(&described.stdout).into_owned();
+    for id in [std::env::consts::OS, std::env::consts::ARCH] {
+        assert!(described.contains(id), "{id} missing in\n{described}");
+    }
+    let by_platform = format!(
+        "---\nkind: Label\nmetadata: {{name: by-platform}}\nspec: {{definitions: [{{driver: test, resources: {{cpu: 1, ram: 1, nodeFilter: [\"{}\", \"{}*\"]}}}}]}}\n{}",
+        std::env::consts::OS,
+        &std::env::consts::ARCH[..3],
+        app("by-platform-1", "by-platform")
+    );
+    assert_eq!(nodes[other].apply(&by_platform).await.unwrap().0, 200);
+    nodes[other].wait_phase("by-platform-1", "ALLOCATED").await.unwrap();
     nodes[other].wait_phase("drained-1", "ALLOCATED").await.unwrap();
     nodes[other].wait_phase("kept-1", "ALLOCATED").await.unwrap();
     eventually("the unplaceable application says why it waits", || async {
@@ -218,4 +233,32 @@ async fn a_drained_node_deallocates_only_its_own_applications() {
     let k = nodes[other].application("kept-1").await.unwrap();
     assert_eq!((k["status"]["phase"].as_str(), k["status"]["node"].as_str()), (Some("ALLOCATED"), Some(kept.as_str())));
     assert_eq!(nodes[other].application("nobodys-1").await.unwrap()["status"]["phase"], "NEW");
+}
+
+/// Liveness writes nothing while nothing changes: an idle cluster's log does not grow
+/// (no heartbeat entries), though the leader keeps judging every node ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_cluster_writes_nothing_to_its_log() {
+    let names = ["nodeName: node-a\n", "nodeName: node-b\n", "nodeName: node-c\n"];
+    let nodes = three_nodes_with(names).await;
+    let index = |c: &Value| c["commitIndex"].as_u64().unwrap();
+    let everyone_ready = |c: &Value| c["members"].as_array().unwrap().iter().all(|m| m["ready"] == true);
+    // Settle: each node's start report and whatever the joins left to write.
+    let mut last = index(&nodes[0].get("/api/v1/cluster").await.unwrap().1);
+    let mut quiet_since = Instant::now();
+    let started = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(12) {
+        assert!(started.elapsed() < Duration::from_secs(60), "the log never went quiet");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = index(&nodes[0].get("/api/v1/cluster").await.unwrap().1);
+        if now != last {
+            (last, quiet_since) = (now, Instant::now());
+        }
+    }
+    let (_, before) = nodes[0].get("/api/v1/cluster").await.unwrap();
+    assert!(everyone_ready(&before), "{before}");
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let (_, after) = nodes[0].get("/api/v1/cluster").await.unwrap();
+    assert_eq!(index(&after), index(&before), "log entries written by an idle cluster: {before} -> {after}");
+    assert!(everyone_ready(&after), "{after}");
 }
