@@ -21,6 +21,10 @@
 //! - [`Firewall::ensure`] is idempotent: it compares the chain with what it should be
 //!   and rewrites it only if it differs (a rule deleted by hand is put back), and
 //!   inserts a missing jump at the top of its hook.
+//! - A chain is replaced in one `iptables-restore --noflush` transaction, never
+//!   flushed and refilled rule by rule: there is no moment without its rules, and a
+//!   rule the kernel refuses (xtables lock timeout, a missing module) leaves the old
+//!   chain whole.
 //! - Several fishd on one host may share a network (test nodes do, on one engine):
 //!   each opens its own ports and keeps the gateway ports already open that something
 //!   on the host still listens on, so no node closes another's; ports whose listener is
@@ -201,28 +205,24 @@ impl Firewall {
         Ok(())
     }
 
-    /// Rewrites `chain` when its rules differ from `want`.
+    /// Replaces `chain` (made if missing) by `want` when its rules differ, in one
+    /// `iptables-restore --noflush` transaction: the kernel goes from the old rules
+    /// straight to the new ones, never through an empty chain (which would let an
+    /// isolated interface reach every host service) or a half-built one, and a rule it
+    /// refuses leaves the old chain as it was.
     async fn converge(&self, tool: &str, chain: &str, want: &[String]) -> Result<(), DriverError> {
         let have = match run(tool, &["-w", "-S", chain]).await {
             Ok(out) => out.lines().filter(|l| l.starts_with('-')).map(str::to_owned).collect::<Vec<_>>(),
-            Err(_) => {
-                run(tool, &["-w", "-N", chain]).await?;
-                vec![format!("-N {chain}")]
-            }
+            Err(_) => Vec::new(),
         };
         if have == want {
             return Ok(());
         }
         if have.len() > 1 {
-            tracing::info!(%chain, "firewall chain differs from what it must be (changed ports, or edited by hand); rewriting it");
+            tracing::info!(%chain, "firewall chain differs from what it must be (changed ports, or edited by hand); replacing it");
         }
-        run(tool, &["-w", "-F", chain]).await?;
-        for rule in want.iter().filter_map(|r| r.strip_prefix("-A ")) {
-            let mut args = vec!["-w", "-A"];
-            args.extend(rule.split_whitespace());
-            run(tool, &args).await?;
-        }
-        Ok(())
+        let restore = format!("{tool}-restore");
+        run_with_input(&restore, &["-w", "--noflush"], &replacement(chain, want)).await.map(|_| ())
     }
 
     /// Puts `-i bridge -j chain` at the top of `hook` unless it is there.
@@ -284,6 +284,47 @@ fn chains(listing: &str) -> Vec<String> {
         .collect()
 }
 
+/// The `iptables-restore` input that replaces `chain` by the `-A` rules of `want`.
+/// Declaring a chain (`:NAME - [0:0]`) flushes it, or makes it, within the
+/// transaction; `--noflush` leaves every other chain alone.
+fn replacement(chain: &str, want: &[String]) -> String {
+    let mut text = format!("*filter\n:{chain} - [0:0]\n");
+    for rule in want.iter().filter(|r| r.starts_with("-A ")) {
+        text.push_str(rule);
+        text.push('\n');
+    }
+    text.push_str("COMMIT\n");
+    text
+}
+
+/// Runs `tool` with `input` on its standard input.
+async fn run_with_input(tool: &str, args: &[&str], input: &str) -> Result<String, DriverError> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(tool)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| DriverError::with_source(format!("running {tool}"), e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .await
+            .map_err(|e| DriverError::with_source(format!("writing to {tool}"), e))?;
+    }
+    let out = child.wait_with_output().await.map_err(|e| DriverError::with_source(format!("running {tool}"), e))?;
+    if !out.status.success() {
+        return Err(DriverError::failed(format!(
+            "{tool} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 async fn run(tool: &str, args: &[&str]) -> Result<String, DriverError> {
     let out = tokio::process::Command::new(tool)
         .args(args)
@@ -342,6 +383,66 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("address").port();
         assert!(listening_ports("127.0.0.1".parse().expect("address")).contains(&port));
+    }
+
+    #[test]
+    fn the_replacement_declares_the_chain_then_appends_every_rule() {
+        let p = policy(true);
+        let text = replacement(&p.chain(), &p.rules_v4());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[..2], ["*filter", ":AQ-br-0123456789ab - [0:0]"]);
+        assert_eq!(lines.last(), Some(&"COMMIT"));
+        assert_eq!(lines.len(), 2 + p.rules_v4().len() - 1 + 1, "every -A rule, no -N: {text}");
+        assert!(lines[2..lines.len() - 1].iter().all(|l| l.starts_with("-A AQ-br-0123456789ab ")), "{text}");
+    }
+
+    /// The rules of `chain` as `iptables -S` prints them (empty when it does not exist).
+    fn listed(chain: &str) -> Vec<String> {
+        let out = std::process::Command::new("iptables").args(["-w", "-S", chain]).output().expect("iptables");
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with('-')).map(str::to_owned).collect()
+    }
+
+    /// Deletes the test's chain however the test ends.
+    struct Scratch(String);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            for op in ["-F", "-X"] {
+                let _ = std::process::Command::new("iptables").args(["-w", op, &self.0]).output();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rule_the_kernel_refuses_leaves_the_old_chain_intact() {
+        let ready = nix::unistd::geteuid().is_root()
+            && std::process::Command::new("iptables-restore")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success());
+        if !aquarium_e2e::prerequisite("firewall", ready, "the firewall test needs root and iptables-restore") {
+            return;
+        }
+        // The chain of `lo`: an interface that always exists, so a concurrent `collect`
+        // (docker tests) never takes it for a removed network's; no jump leads to it.
+        let mut p = policy(true);
+        p.bridge = "lo".into();
+        let chain = p.chain();
+        let _scratch = Scratch(chain.clone());
+        let fw = Firewall::default();
+        fw.converge("iptables", &chain, &p.rules_v4()).await.expect("first install");
+        let old = listed(&chain);
+        assert_eq!(old, p.rules_v4());
+        // New ports, with a rule the kernel refuses in the middle (a target that does not exist).
+        p.ports = vec![9001];
+        let mut bad = p.rules_v4();
+        bad.insert(3, format!("-A {chain} -j AQ-NO-SUCH-TARGET"));
+        let e = fw.converge("iptables", &chain, &bad).await.expect_err("a refused rule fails the replacement");
+        assert!(e.to_string().contains("iptables-restore"), "{e}");
+        assert_eq!(listed(&chain), old, "the old chain must stay whole, not flushed or half-built");
+        // A good set replaces it in one step.
+        fw.converge("iptables", &chain, &p.rules_v4()).await.expect("replacement");
+        assert_eq!(listed(&chain), p.rules_v4());
     }
 
     #[test]
