@@ -1,21 +1,22 @@
-//! The election pass: places NEW applications on this node.
+//! This node's side of the election: what it can fit, sent as votes.
 //!
-//! On one node the election is immediate: the pass walks NEW applications in
-//! creation order (uid v7 order) and elects each whose definition fits now, reserving
-//! its resources before looking at the next one, so nothing is promised twice. An
-//! application that does not fit keeps waiting with the reason in `status.message`,
-//! and a later one that fits may go first (backfill). The pass is the only writer of
-//! NEW → ELECTED and runs alone; in cluster mode every node will compute the same
-//! vote from the replicated state.
+//! The pass walks NEW applications in creation order (uid v7 order) and votes for each
+//! whose definition fits now, reserving its resources before looking at the next one,
+//! so nothing is promised twice. The state machine ([`crate::store::ballots`]) elects
+//! when every ready node has voted (at once on a single node) and writes the waiting
+//! reasons into `status.message`. The leader closes rounds a silent node holds up.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use api_types::{Application, Definition, Label, NodeCapacity, Phase};
 use futures::future::join_all;
+use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::Ctx;
 use super::capacity::{Ledger, Shortage, filter_matches, fits};
-use super::{Ctx, transition};
+use crate::store::ballots::{BallotVote, Room, Vote};
 use crate::store::{Command, StoreError};
 
 /// What the election decided for one application.
@@ -159,67 +160,126 @@ pub async fn probe_drivers(ctx: &Ctx) -> BTreeMap<String, Result<(), String>> {
     availability
 }
 
-/// One election pass over every NEW application.
+/// This node's free room as the vote rule compares it.
+fn room(capacity: &NodeCapacity, ledger: &Ledger) -> Room {
+    Room {
+        slots: capacity.slots.saturating_sub(ledger.node.slots),
+        cpu: capacity.cpu.saturating_sub(ledger.node.cpu),
+        ram: capacity.ram.saturating_sub(ledger.node.ram),
+    }
+}
+
+/// One election pass: this node's votes for every NEW application (see
+/// [`crate::store::ballots`] for the rule that turns votes into an election).
+///
+/// Applications are visited in creation order, reserving as it goes, so this node
+/// promises its room to the oldest applications first (later ones that fit may still
+/// go first: backfill). A `Fit` vote already committed is a promise kept: its room is
+/// reserved before anything else and the vote is not sent again. Only votes that
+/// differ from the committed ones are sent, all in one command.
 pub async fn pass(ctx: &Ctx) -> Result<(), StoreError> {
     let mut ledger = current_ledger(ctx).await?;
     let new: Vec<Uuid> = ctx.store.uids_in_phase(Phase::New)?;
+    *ctx.ledger.lock().unwrap_or_else(|e| e.into_inner()) = ledger.clone();
     if new.is_empty() {
-        *ctx.ledger.lock().unwrap_or_else(|e| e.into_inner()) = ledger;
         return Ok(());
     }
+    let me = ctx.node.name.as_str();
+    let ballots = ctx.store.ballots(&new)?;
     let availability = probe_drivers(ctx).await;
     let driver_capacity: BTreeMap<String, Option<NodeCapacity>> =
         ctx.drivers.iter().map(|(n, d)| (n.clone(), d.capacity())).collect();
-    let maintenance = ctx.store.get_node(&ctx.node.name)?.is_some_and(|n| n.status.maintenance);
+    let maintenance = ctx.store.get_node(me)?.is_some_and(|n| n.status.maintenance);
     let supports = |def: &Definition| match ctx.drivers.get(&def.driver) {
         Some(d) => d.supports(def),
         None => Ok(()),
     };
-    let mut writes = Vec::new();
-    for uid in new {
+    // Promises first: the room of every committed Fit vote stays reserved.
+    let mut promised = vec![false; new.len()];
+    for (k, (uid, ballot)) in new.iter().zip(&ballots).enumerate() {
+        if let Some(Vote::Fit { definition, .. }) = ballot.votes.get(me)
+            && let Some(label) = ctx.store.application_label(*uid)?
+            && let Some(def) = label.spec.definitions.get(*definition)
+        {
+            ledger.reserve(def);
+            promised[k] = true;
+        }
+    }
+    let mut votes = Vec::new();
+    for ((uid, ballot), promised) in new.into_iter().zip(ballots).zip(promised) {
+        if promised {
+            continue;
+        }
         let Some(app) = ctx.store.get_application_by_uid(uid)? else { continue };
         let Some(label): Option<Label> = ctx.store.application_label(uid)? else { continue };
+        let start = app.status.attempts as usize;
         let decision = if !ctx.accepting() {
-            Decision::Wait(format!("node {} is shutting down and takes no new applications", ctx.node.name))
+            Decision::Wait(format!("node {me} is shutting down and takes no new applications"))
         } else if maintenance {
-            Decision::Wait(format!("node {} is in maintenance", ctx.node.name))
+            Decision::Wait(format!("node {me} is in maintenance"))
         } else if let Some(reason) = ctx.secrets.hold(&app) {
             // Its secrets cannot be minted now (a CI system's outage or rate limit).
             Decision::Wait(reason)
         } else {
-            let start = app.status.attempts as usize;
             choose(&label.spec.definitions, start, &ctx.node, &ledger, &driver_capacity, &availability, Some(&supports))
         };
-        let status = match decision {
+        let vote = match decision {
             Decision::Elect(i) => {
                 let def = &label.spec.definitions[i];
+                let free = room(&ctx.node.capacity, &ledger);
                 ledger.reserve(def);
-                ctx.definitions.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, def.clone());
-                let mut s = transition(
-                    &app.status,
-                    Phase::Elected,
-                    format!("elected node {} with definition {i} ({})", ctx.node.name, def.driver),
-                );
-                s.node = Some(ctx.node.name.clone());
-                s.definition = Some(i);
-                s
+                let n = label.spec.definitions.len();
+                Vote::Fit { definition: i, order: (i + n - start % n) % n, driver: def.driver.clone(), free }
             }
-            Decision::Wait(reason) if reason != app.status.message => {
-                let mut s = app.status.clone();
-                s.message = reason;
-                s
-            }
-            Decision::Wait(_) => continue,
+            Decision::Wait(reason) => Vote::Wait { reason },
         };
-        writes.push(Command::SetApplicationStatus { uid, expect: Phase::New, status: Box::new(status) });
+        if ballot.votes.get(me) != Some(&vote) {
+            votes.push(BallotVote { uid, round: ballot.round, vote });
+        }
     }
-    *ctx.ledger.lock().unwrap_or_else(|e| e.into_inner()) = ledger;
-    // Submitted together, the writes share one transaction (group commit).
-    for r in join_all(writes.into_iter().map(|c| ctx.store.execute(c))).await {
-        // A refused write means the application moved on (deallocated): nothing to do.
-        r?.ok();
+    if votes.is_empty() {
+        return Ok(());
     }
+    let cmd = Command::Vote { node: me.to_owned(), votes, now: OffsetDateTime::now_utc() };
+    // A refusal cannot happen (stale votes are skipped, as values); a lost quorum is
+    // the caller's retry.
+    ctx.store.execute(cmd).await?.ok();
     Ok(())
+}
+
+/// How long a round may stay open waiting for nodes that have not voted.
+pub const VOTE_DEADLINE: Duration = Duration::from_secs(1);
+/// How often the leader looks for overdue rounds.
+const CLOSE_EVERY: Duration = Duration::from_millis(250);
+
+/// On the leader: closes rounds open longer than [`VOTE_DEADLINE`], so a node that is
+/// slow, or dead but not yet declared lost, does not hold the pool. Elsewhere it idles.
+pub async fn close_overdue_loop(ctx: std::sync::Arc<Ctx>, stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(CLOSE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !ctx.store.is_leader() {
+            continue;
+        }
+        let now = OffsetDateTime::now_utc();
+        let before = now - VOTE_DEADLINE;
+        let uids = match ctx.store.overdue_rounds(before) {
+            Ok(u) if u.is_empty() => continue,
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the open election rounds");
+                continue;
+            }
+        };
+        tracing::debug!(rounds = uids.len(), "closing election rounds past their deadline");
+        if let Err(e) = ctx.store.execute(Command::CloseRounds { uids, now }).await {
+            tracing::warn!(error = %e, "cannot close the overdue election rounds");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -336,6 +336,7 @@ impl Controller {
         });
         application::adopt(&ctx, &queue).await;
         tokio::spawn(election_loop(ctx.clone(), stop.clone()));
+        tokio::spawn(election::close_overdue_loop(ctx.clone(), stop.clone()));
         tokio::spawn(trigger_loop(ctx.clone(), queue.clone(), stop.clone()));
         tokio::spawn(resync_loop(ctx.clone(), queue.clone(), stop.clone()));
         Controller { ctx, tracker, stop }
@@ -418,8 +419,9 @@ async fn trigger_loop(ctx: Arc<Ctx>, queue: Queue, stop: CancellationToken) {
                             _ => queue.now(uid),
                         }
                     }
-                    // A new application, or capacity freed: the election may place something.
-                    if matches!(phase, Some(Phase::New | Phase::Deallocated | Phase::Error)) {
+                    // A new application, capacity freed, or a round closed (this node's
+                    // promise to it is released): the election may place something.
+                    if matches!(phase, Some(Phase::New | Phase::Elected | Phase::Deallocated | Phase::Error)) {
                         ctx.wake_election();
                     }
                 }

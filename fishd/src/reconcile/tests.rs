@@ -593,3 +593,208 @@ async fn draining_deallocates_only_this_nodes_applications() {
     assert_eq!(phase_of(&store, "theirs").status.phase, Phase::Allocated);
     assert_eq!(phase_of(&store, "waiting").status.phase, Phase::New);
 }
+
+/// Several nodes on one store: each has its own controller, driver and capacity, as
+/// in a cluster whose log is this store. `silent` nodes have a ready record but no
+/// controller: they never vote.
+struct Pool {
+    _dir: tempfile::TempDir,
+    store: Store,
+    _controllers: Vec<Controller>,
+}
+
+async fn put_node(store: &Store, name: &str, ready: bool, maintenance: bool) {
+    let mut node = api_types::Node {
+        api_version: Default::default(),
+        kind: Default::default(),
+        metadata: api_types::ObjectMeta { name: name.parse().ok(), ..Default::default() },
+        status: Default::default(),
+    };
+    node.status.ready = ready;
+    store.execute(Command::PutNode { node: Box::new(node) }).await.unwrap().unwrap();
+    store.execute(Command::SetMaintenance { node: name.into(), enabled: maintenance }).await.unwrap().unwrap();
+}
+
+async fn pool(nodes: &[(&str, NodeCapacity, Vec<&str>)], silent: &[&str], maintenance: &[&str]) -> Pool {
+    pool_with_faulty(nodes, silent, maintenance, &[]).await
+}
+
+/// `faulty` nodes' test drivers fail every allocation.
+async fn pool_with_faulty(
+    nodes: &[(&str, NodeCapacity, Vec<&str>)],
+    silent: &[&str],
+    maintenance: &[&str],
+    faulty: &[&str],
+) -> Pool {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("fish.redb")).await.unwrap();
+    for (name, _, _) in nodes {
+        put_node(&store, name, true, maintenance.contains(name)).await;
+    }
+    for name in silent {
+        put_node(&store, name, true, false).await;
+    }
+    let mut controllers = Vec::new();
+    for (name, capacity, identifiers) in nodes {
+        let mut drivers = crate::drivers::Drivers::new();
+        let mut config = TestConfig::default();
+        if faulty.contains(name) {
+            config.faults = Some(crate::drivers::test::Faults {
+                allocate: crate::drivers::test::Fault { fail: 1.0, stall: 0.0 },
+                ..Default::default()
+            });
+        }
+        let d: Arc<dyn crate::drivers::Driver> =
+            Arc::new(TestDriver::new("test".into(), config, &dir.path().join(name)).unwrap());
+        drivers.insert("test".into(), d);
+        let node = NodeIdentity {
+            name: name.to_string(),
+            identifiers: identifiers.iter().map(|s| s.to_string()).collect(),
+            capacity: *capacity,
+        };
+        let ctx = Ctx::new(
+            store.clone(),
+            Arc::new(drivers),
+            node,
+            ReconcileConfig::default(),
+            crate::meta_token::MetaTokens::new([1; 32]),
+        );
+        controllers.push(Controller::start(ctx).await);
+    }
+    Pool { _dir: dir, store, _controllers: controllers }
+}
+
+/// How many applications in `phases` each node holds.
+fn held(store: &Store, phases: &[Phase]) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for p in phases {
+        for uid in store.uids_in_phase(*p).unwrap() {
+            let app = store.get_application_by_uid(uid).unwrap().unwrap();
+            *out.entry(app.status.node.unwrap_or_default()).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// A burst larger than the pool: every node fills to its capacity and no further,
+/// the rest wait NEW with every node's reason, and the burst is spread (the tie-break)
+/// rather than taken by the fastest node.
+#[tokio::test(start_paused = true)]
+async fn votes_fill_every_node_to_its_capacity_and_never_beyond() {
+    let c = cap(8, 3);
+    let p = pool(&[("a", c, vec![]), ("b", c, vec![]), ("c", c, vec![])], &[], &[]).await;
+    let mut yaml = label("l", "{driver: test, resources: {cpu: 1}}");
+    for i in 0..12 {
+        yaml += &app(&format!("x{i}"), "l");
+    }
+    apply(&p.store, &yaml).await;
+    until("9 allocated", || held(&p.store, &[Phase::Allocated]).values().sum::<usize>() == 9).await;
+    let by_node = held(&p.store, &[Phase::Elected, Phase::Allocated]);
+    assert_eq!(by_node, [("a", 3), ("b", 3), ("c", 3)].map(|(n, k)| (n.to_string(), k)).into());
+    // Creation order: the three waiting are the last three.
+    for i in 9..12 {
+        let w = p.store.get_application(&format!("x{i}")).unwrap().unwrap();
+        assert_eq!(w.status.phase, Phase::New);
+        for n in ["node a:", "node b:", "node c:"] {
+            assert!(w.status.message.contains(n), "{}", w.status.message);
+        }
+    }
+    // Freeing one room elects the oldest waiting one, on the node that freed it.
+    let freed = p.store.get_application("x0").unwrap().unwrap().status.node.unwrap();
+    deallocate(&p.store, "x0").await;
+    let x9 = wait_phase(&p.store, "x9", Phase::Allocated).await;
+    assert_eq!(x9.status.node.as_deref(), Some(freed.as_str()));
+}
+
+/// The history names the node of every attempt; an application that failed on one
+/// node is elected to another next, not to the node that failed it.
+#[tokio::test(start_paused = true)]
+async fn a_failed_attempt_is_retried_on_another_node() {
+    let c = cap(8, 8);
+    let p = pool_with_faulty(&[("a", c, vec![]), ("b", c, vec![])], &[], &[], &["a"]).await;
+    let mut yaml = label("l", "{driver: test, resources: {cpu: 1}}");
+    for i in 0..6 {
+        yaml += &app(&format!("f{i}"), "l");
+    }
+    apply(&p.store, &yaml).await;
+    let mut tried_a = 0;
+    for i in 0..6 {
+        let f = wait_phase(&p.store, &format!("f{i}"), Phase::Allocated).await;
+        assert_eq!(f.status.node.as_deref(), Some("b"), "{:#?}", f.status.history);
+        let elected: Vec<&str> = f
+            .status
+            .history
+            .iter()
+            .filter(|e| e.phase == Phase::Elected)
+            .map(|e| e.message.split_whitespace().nth(2).unwrap())
+            .collect();
+        // At most one attempt on the failing node, and it is named in the history.
+        match elected.as_slice() {
+            ["b"] => {}
+            ["a", "b"] => {
+                tried_a += 1;
+                assert!(
+                    f.status.history.iter().any(|e| e.message.contains("failed on node a")),
+                    "{:#?}",
+                    f.status.history
+                );
+            }
+            other => panic!("elected {other:?}: {:#?}", f.status.history),
+        }
+    }
+    // The tie-break spreads a burst over equal nodes, so some went to a first.
+    assert!(tried_a > 0, "no application was tried on a: the retry path was not exercised");
+}
+
+/// nodeFilter, maintenance, and a node that never votes: the filter pins, a node in
+/// maintenance takes nothing, and a silent node holds a round only until the leader's
+/// deadline.
+#[tokio::test(start_paused = true)]
+async fn filters_maintenance_and_a_silent_node() {
+    let c = cap(8, 8);
+    let p = pool(&[("a", c, vec!["gpu"]), ("b", c, vec![]), ("m", c, vec!["gpu"])], &["silent"], &["m"]).await;
+    let mut yaml = label("gpu", "{driver: test, resources: {cpu: 1, nodeFilter: [gpu]}}");
+    yaml += "---\n";
+    yaml += &label("any", "{driver: test, resources: {cpu: 1}}");
+    for i in 0..4 {
+        yaml += &app(&format!("g{i}"), "gpu");
+        yaml += &app(&format!("n{i}"), "any");
+    }
+    apply(&p.store, &yaml).await;
+    for i in 0..4 {
+        let g = wait_phase(&p.store, &format!("g{i}"), Phase::Allocated).await;
+        assert_eq!(g.status.node.as_deref(), Some("a"), "nodeFilter [gpu] matches a (and m, in maintenance)");
+        let n = wait_phase(&p.store, &format!("n{i}"), Phase::Allocated).await;
+        assert!(matches!(n.status.node.as_deref(), Some("a" | "b")), "{:?}", n.status.node);
+    }
+    // The silent node was waited for, then the rounds closed at the deadline.
+    let g0 = p.store.get_application("g0").unwrap().unwrap();
+    let created = g0.status.history[0].at;
+    let elected = g0.status.history.iter().find(|e| e.phase == Phase::Elected).unwrap().at;
+    assert!(elected - created >= crate::reconcile::election::VOTE_DEADLINE, "{created} → {elected}");
+
+    // Only the node in maintenance can run it: it waits, saying so.
+    apply(&p.store, &(label("monly", "{driver: test, resources: {cpu: 1, nodeFilter: [m]}}") + &app("mo", "monly")))
+        .await;
+    until("mo says why it waits", || {
+        let m = p.store.get_application("mo").unwrap().unwrap().status.message;
+        m.contains("node m: node m is in maintenance") && m.contains("node a: ") && m.contains("not yet voted: silent")
+    })
+    .await;
+    assert_eq!(p.store.get_application("mo").unwrap().unwrap().status.phase, Phase::New);
+}
+
+/// Overbooking: cpu may go past the total when the definition allows it, slots never.
+#[tokio::test(start_paused = true)]
+async fn overbooked_cpu_fits_more_but_slots_still_bound() {
+    let p = pool(&[("a", cap(2, 4), vec![]), ("b", cap(2, 4), vec![])], &[], &[]).await;
+    let mut yaml = label("ob", "{driver: test, resources: {cpu: 2, cpuOverbook: true}}");
+    for i in 0..10 {
+        yaml += &app(&format!("o{i}"), "ob");
+    }
+    apply(&p.store, &yaml).await;
+    until("8 allocated", || held(&p.store, &[Phase::Allocated]).values().sum::<usize>() == 8).await;
+    let by_node = held(&p.store, &[Phase::Elected, Phase::Allocated]);
+    assert_eq!(by_node, [("a", 4), ("b", 4)].map(|(n, k)| (n.to_string(), k)).into());
+    assert!(p.store.get_application("o9").unwrap().unwrap().status.message.contains("slots"));
+}

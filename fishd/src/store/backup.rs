@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::applyset::APPLYSET_MEMBERS;
+use super::ballots::BALLOTS;
 use super::gates::{GATE_DELIVERIES, GATE_JOBS, GATE_RUNNERS};
 use super::tables::*;
 use super::{Store, StoreError};
@@ -46,7 +47,7 @@ pub const RESTORED_MARKER: &str = "restored.json";
 pub const FORMAT: u64 = 1;
 /// The replicated tables, by their names in the file: what a backup and a Raft
 /// snapshot hold. Everything else (the Raft log, `local_*`) belongs to one node.
-pub const TABLES: [&str; 18] = [
+pub const TABLES: [&str; 19] = [
     "meta",
     "labels",
     "applications",
@@ -65,6 +66,7 @@ pub const TABLES: [&str; 18] = [
     "gate_jobs",
     "gate_runners",
     "join_tokens",
+    "ballots",
 ];
 
 /// Why a backup or a restore failed.
@@ -250,6 +252,10 @@ pub fn dump<W: Write>(tx: &ReadTransaction, out: W) -> Result<Summary, BackupErr
     for e in tx.open_table(JOIN_TOKENS)?.iter()? {
         let (k, v) = e?;
         put(&mut w, "join_tokens", json!(k.value()), json_of(v.value())?)?;
+    }
+    for e in tx.open_table(BALLOTS)?.iter()? {
+        let (k, v) = e?;
+        put(&mut w, "ballots", uid_str(k.value()), json_of(v.value())?)?;
     }
     let digest = hex(&w.hash.clone().finalize());
     let trailer = json!({"end": {"entries": sum.entries, "sha256": digest}});
@@ -471,6 +477,9 @@ fn insert(txn: &WriteTransaction, table: &str, k: &Value, v: &Value) -> Result<(
         "join_tokens" => {
             txn.open_table(JOIN_TOKENS)?.insert(s(k)?, object(v)?.as_slice())?;
         }
+        "ballots" => {
+            txn.open_table(BALLOTS)?.insert(uid(k)?, object(v)?.as_slice())?;
+        }
         other => return Err(Entry::Bad(format!("unknown table {other:?}"))),
     }
     Ok(())
@@ -498,5 +507,6 @@ fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(GATE_JOBS)?.retain(|_, _| false)?;
     txn.open_table(GATE_RUNNERS)?.retain(|_, _| false)?;
     txn.open_table(JOIN_TOKENS)?.retain(|_, _| false)?;
+    txn.open_table(BALLOTS)?.retain(|_, _| false)?;
     Ok(())
 }

@@ -116,6 +116,19 @@ pub enum Command {
     DeleteNode {
         node: String,
     },
+    /// A node's votes for NEW applications (see [`super::ballots`]): a round closes,
+    /// and its winner is ELECTED, when every ready node has voted.
+    Vote {
+        node: String,
+        votes: Vec<super::ballots::BallotVote>,
+        now: OffsetDateTime,
+    },
+    /// The leader closes rounds open past the vote deadline: the winner is chosen
+    /// among the votes there are.
+    CloseRounds {
+        uids: Vec<Uuid>,
+        now: OffsetDateTime,
+    },
     /// A gate received a CI event (contract section 12): applied once per delivery
     /// GUID, moving the job's rank forward only.
     GateEvent {

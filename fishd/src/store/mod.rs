@@ -17,6 +17,7 @@
 
 mod applyset;
 pub mod backup;
+pub mod ballots;
 mod command;
 mod dry_run;
 pub mod gates;
@@ -719,6 +720,28 @@ impl Store {
             Some(v) => Some(serde_json::from_slice(v.value())?),
             None => None,
         })
+    }
+
+    /// The election ballots of `uids` (an empty one where none was opened yet).
+    pub fn ballots(&self, uids: &[Uuid]) -> Result<Vec<ballots::Ballot>, StoreError> {
+        let tx = self.read()?;
+        let t = tx.open_table(ballots::BALLOTS)?;
+        uids.iter().map(|&uid| ballots::read(&t, uid)).collect()
+    }
+
+    /// NEW applications whose election round opened before `opened_before` and would
+    /// elect a node if closed now (see [`ballots`]).
+    pub fn overdue_rounds(&self, opened_before: time::OffsetDateTime) -> Result<Vec<Uuid>, StoreError> {
+        let new = self.uids_in_phase(Phase::New)?;
+        if new.is_empty() {
+            return Ok(new);
+        }
+        ballots::overdue(&self.read()?, &new, opened_before)
+    }
+
+    /// Whether this node leads the cluster now (a single node always does).
+    pub fn is_leader(&self) -> bool {
+        self.raft().metrics().borrow().state == openraft::ServerState::Leader
     }
 
     /// The join token with `digest`, if this cluster made it (see [`JoinTokenRecord`]).

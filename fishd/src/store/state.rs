@@ -33,6 +33,7 @@ pub(super) fn init(db: &Database) -> Result<(), StoreError> {
         txn.open_table(TOKENS)?;
         txn.open_table(NODES)?;
         txn.open_table(JOIN_TOKENS)?;
+        txn.open_table(super::ballots::BALLOTS)?;
         txn.open_table(super::applyset::APPLYSET_MEMBERS)?;
         txn.open_table(DEDUP)?;
         txn.open_table(DEDUP_BY_INDEX)?;
@@ -111,6 +112,8 @@ pub(super) fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Outcome, StoreError
         Command::ApplySet { set, prune, items, owner, now } => {
             super::applyset::apply_set(tx, &set, prune, items, &owner, now)
         }
+        Command::Vote { node, votes, now } => super::ballots::vote(tx, &node, votes, now),
+        Command::CloseRounds { uids, now } => super::ballots::close(tx, uids, now),
         Command::GateEvent { gate, guid, job, now } => super::gates::event(tx, &gate, &guid, *job, now),
         Command::GatePutRunner { gate, uid, runner } => super::gates::put_runner(tx, &gate, uid, runner.map(|r| *r)),
         Command::GateForget { gate, jobs, deliveries_before } => {
@@ -186,7 +189,7 @@ fn write_user(
 }
 
 /// Writes `app` over its stored version, moving its phase index entry if needed.
-fn write_app(tx: &mut Tx<'_>, mut app: Application, old_phase: Phase) -> Result<Application, StoreError> {
+pub(super) fn write_app(tx: &mut Tx<'_>, mut app: Application, old_phase: Phase) -> Result<Application, StoreError> {
     let rev = tx.bump();
     app.metadata.resource_version = Some(rev.to_string());
     let uid = app.metadata.uid.map(|u| u.as_u128()).unwrap_or_default();
@@ -200,7 +203,7 @@ fn write_app(tx: &mut Tx<'_>, mut app: Application, old_phase: Phase) -> Result<
     Ok(app)
 }
 
-fn load_app(tx: &Tx<'_>, uid: Uuid) -> Result<Option<Application>, StoreError> {
+pub(super) fn load_app(tx: &Tx<'_>, uid: Uuid) -> Result<Option<Application>, StoreError> {
     read_app(&tx.txn.open_table(APPS)?, uid.as_u128())
 }
 
@@ -218,6 +221,9 @@ fn request_deallocate(tx: &mut Tx<'_>, uid: Uuid, by: &str, now: OffsetDateTime)
         // Already going or gone: idempotent.
         Phase::Deallocate | Phase::Deallocated | Phase::Error => return Ok(Ok(Response::Application(Box::new(app)))),
     };
+    if old == Phase::New {
+        super::ballots::forget(tx, uid)?;
+    }
     app.status.phase = phase;
     app.status.message = message.clone();
     app.status.history.push(HistoryEntry { phase, at: now, message });
@@ -236,6 +242,12 @@ fn set_status(tx: &mut Tx<'_>, uid: Uuid, expect: Phase, status: ApplicationStat
     if app.status == status {
         return Ok(Ok(Response::Application(Box::new(app))));
     }
+    if old == Phase::Elected
+        && status.phase == Phase::New
+        && let Some(node) = &app.status.node
+    {
+        super::ballots::returned(tx, uid, node)?;
+    }
     app.status = status;
     let app = write_app(tx, app, old)?;
     Ok(Ok(Response::Application(Box::new(app))))
@@ -253,6 +265,7 @@ fn purge(tx: &mut Tx<'_>, uid: Uuid) -> Result<Outcome, StoreError> {
     tx.txn.open_table(APP_BY_PHASE)?.remove((phase_code(app.status.phase), key))?;
     tx.txn.open_table(APP_BY_LABEL)?.remove((app.spec.label.name.as_str(), key))?;
     tx.txn.open_table(APP_BY_OWNER)?.remove((owner.as_str(), key))?;
+    super::ballots::forget(tx, uid)?;
     emit_deleted(tx, Kind::Application, serde_json::to_value(&app)?, Some(owner));
     Ok(Ok(Response::Done))
 }
