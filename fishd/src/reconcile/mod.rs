@@ -222,6 +222,10 @@ impl Ctx {
         self.held.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&uid)
     }
 
+    fn held_uids(&self) -> Vec<Uuid> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect()
+    }
+
     fn held(&self, uid: Uuid) -> Option<Leftover> {
         self.held.lock().unwrap_or_else(|e| e.into_inner()).get(&uid).cloned()
     }
@@ -470,5 +474,8 @@ fn resync(ctx: &Ctx, queue: &Queue) {
             Err(e) => tracing::error!(error = %e, "resync could not list applications"),
         }
     }
+    // Resources this node runs whose application may have moved on unseen: a snapshot
+    // installed after a partition brings the new state without events.
+    ctx.held_uids().into_iter().for_each(|u| queue.now(u));
     ctx.wake_election();
 }

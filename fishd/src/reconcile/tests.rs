@@ -798,3 +798,28 @@ async fn overbooked_cpu_fits_more_but_slots_still_bound() {
     assert_eq!(by_node, [("a", 4), ("b", 4)].map(|(n, k)| (n.to_string(), k)).into());
     assert!(p.store.get_application("o9").unwrap().unwrap().status.message.contains("slots"));
 }
+
+/// A change that came without an event (a snapshot installed after a partition) is
+/// found by the resync: a resource this node still runs for an application that is no
+/// longer its own is released.
+#[tokio::test(start_paused = true)]
+async fn the_resync_releases_a_resource_whose_application_moved_on_unseen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("fish.redb")).await.unwrap();
+    let (ctx, c) =
+        start_with(&store, vec![("test", test_driver(dir.path(), "test"))], ReconcileConfig::default()).await;
+    apply(&store, &(label("l", "{driver: test, resources: {cpu: 1}}") + &app("x", "l"))).await;
+    until("x ALLOCATED", || phase_of(&store, "x").status.phase == Phase::Allocated).await;
+    let resource = dir.path().join(format!("test/test/{}.json", phase_of(&store, "x").metadata.uid.unwrap()));
+    assert!(resource.exists());
+    // The loops stop, so the change below reaches no trigger.
+    assert!(c.shutdown(Duration::from_secs(5)).await);
+    move_to(&store, "x", Phase::Allocated, Phase::Error, "host-a", "node lost: host-a").await;
+    let work = ctx.clone();
+    let (queue, _h) =
+        queue::start(4, tokio_util::task::TaskTracker::new(), tokio_util::sync::CancellationToken::new(), move |uid| {
+            application::reconcile(work.clone(), uid)
+        });
+    resync(&ctx, &queue);
+    until("x's resource released by the resync", || !resource.exists()).await;
+}

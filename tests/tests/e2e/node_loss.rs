@@ -2,10 +2,12 @@
 //! 8, "Failures"; issue 13 must-show 3): a node killed with -9 has its applications
 //! ERROR "node lost" within `nodeTimeout` + 5 s and takes nothing new; restarted
 //! without join flags it is ready again and the processes of those applications are
-//! gone. A drained node deallocates its own applications only.
+//! gone. A node cut off past nodeTimeout releases them once healed, without a restart.
+//! A drained node deallocates its own applications only; an idle cluster writes nothing.
 
 use std::time::{Duration, Instant};
 
+use aquarium_e2e::netns::{self, Net};
 use aquarium_e2e::{TestDaemon, eventually};
 use serde_json::Value;
 
@@ -62,6 +64,19 @@ fn ready_column(d: &TestDaemon, via: &TestDaemon, name: &str) -> String {
         .and_then(|l| l.split_whitespace().nth(col))
         .unwrap_or_else(|| panic!("no row for {name}: {table}"))
         .to_owned()
+}
+
+/// How many voting members (the leader included) `d` sees.
+async fn voters(d: &TestDaemon) -> usize {
+    let Ok((200, c)) = d.get("/api/v1/cluster").await else { return 0 };
+    c["members"].as_array().into_iter().flatten().filter(|m| m["role"] != "learner").count()
+}
+
+/// A join token made on `d`.
+async fn token(d: &TestDaemon) -> String {
+    let (code, body) = d.post("/api/v1/cluster/join-tokens", Some(serde_json::json!({"ttl": "10m"}))).await.unwrap();
+    assert_eq!(code, 201, "{body}");
+    body["token"].as_str().unwrap().to_owned()
 }
 
 /// Which node leads, as `d` says.
@@ -261,4 +276,61 @@ async fn an_idle_cluster_writes_nothing_to_its_log() {
     let (_, after) = nodes[0].get("/api/v1/cluster").await.unwrap();
     assert_eq!(index(&after), index(&before), "log entries written by an idle cluster: {before} -> {after}");
     assert!(everyone_ready(&after), "{after}");
+}
+
+/// A follower cut off (network namespaces) for longer than nodeTimeout: the majority
+/// declares it lost and its application ERROR "node lost" while its process keeps
+/// running (cut off, it cannot know). Healed, it learns it through the log and, still
+/// running (no restart), releases the process, and is ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_past_node_timeout_releases_its_resources_when_healed() {
+    if netns::require("a_node_cut_off_past_node_timeout_releases_its_resources_when_healed").is_none() {
+        return;
+    }
+    let net = Net::new(3).unwrap();
+    let configs = ["node-a", "node-b", "node-c"].map(config);
+    let a = TestDaemon::start_in_netns(net.ns(0), net.ip(0), None, &configs[0]).await.unwrap();
+    let b = TestDaemon::start_in_netns(net.ns(1), net.ip(1), Some((&a, &token(&a).await)), &configs[1]).await.unwrap();
+    eventually("two voters", || async { voters(&a).await == 2 }).await.unwrap();
+    let c = TestDaemon::start_in_netns(net.ns(2), net.ip(2), Some((&a, &token(&a).await)), &configs[2]).await.unwrap();
+    eventually("three voters", || async { voters(&a).await == 3 }).await.unwrap();
+    let mut nodes = [a, b, c];
+
+    let lead = leader(&nodes[0]).await;
+    let v = nodes.iter().rposition(|n| n.node_name() != lead).unwrap();
+    let victim = nodes[v].node_name();
+    let obs = (0..3).find(|i| nodes[*i].node_name() == lead).unwrap();
+    let yaml = sleeper_on("on-victim", &victim) + &app("cut-1", "on-victim");
+    assert_eq!(nodes[obs].apply(&yaml).await.unwrap().0, 200);
+    let allocated = nodes[obs].wait_phase("cut-1", "ALLOCATED").await.unwrap();
+    assert_eq!(allocated["status"]["node"], victim.as_str(), "{allocated}");
+    let pid: i32 = allocated["status"]["resource"]["identifier"].as_str().and_then(|p| p.parse().ok()).unwrap();
+
+    net.cut(v).unwrap();
+    let cut = Instant::now();
+    let within = NODE_TIMEOUT + Duration::from_secs(5);
+    loop {
+        let a = nodes[obs].application("cut-1").await.unwrap();
+        if a["status"]["phase"] == "ERROR" {
+            let msg = a["status"]["message"].as_str().unwrap_or_default();
+            assert!(msg.contains(&format!("node lost: {victim}")), "{a}");
+            break;
+        }
+        assert!(cut.elapsed() < within, "cut-1 not ERROR {within:?} after the cut: {a}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("cut off: cut-1 ERROR \"node lost: {victim}\" {:?} after the cut", cut.elapsed());
+    assert_eq!(member(&nodes[obs], &victim).await["ready"], false);
+    assert!(alive(pid), "cut off, {victim} keeps what it runs");
+
+    net.heal(v).unwrap();
+    let healed = Instant::now();
+    eventually("the process of cut-1 released once healed", || async { !alive(pid) }).await.unwrap();
+    eprintln!("healed: the process of cut-1 gone {:?} after the heal", healed.elapsed());
+    eventually("the victim ready again", || async { member(&nodes[obs], &victim).await["ready"] == true })
+        .await
+        .unwrap();
+    let log = nodes[v].log();
+    assert!(log.contains("releasing the resource of application cut-1"), "no release line naming cut-1:\n{log}");
+    assert!(nodes[v].is_running(), "released while running, without a restart");
 }
