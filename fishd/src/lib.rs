@@ -15,6 +15,7 @@ pub mod drivers;
 pub mod fsutil;
 pub mod gates;
 mod layering;
+pub mod listener;
 pub mod logs;
 pub mod meta_token;
 pub mod metadata;

@@ -20,7 +20,6 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use super::error::{ApiError, ApiResult};
@@ -71,9 +70,7 @@ impl ClusterCtx {
     }
 }
 
-/// The verified client certificate of the connection, if the client sent one.
-#[derive(Clone, Debug, Default)]
-pub struct PeerCert(pub Option<Arc<CertificateDer<'static>>>);
+pub use crate::listener::PeerCert;
 
 /// A request from a current member, named by its certificate. Extract it in every
 /// node-to-node handler.

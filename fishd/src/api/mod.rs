@@ -12,7 +12,6 @@ pub mod applications;
 pub mod apply;
 pub mod backup;
 pub mod cluster;
-pub mod conn;
 pub mod error;
 pub mod extract;
 pub mod gates;
@@ -160,7 +159,7 @@ pub async fn serve(
     listener.set_nonblocking(true)?;
     let grace = state.limits.shutdown_grace;
     let header_timeout = state.limits.header_read_timeout;
-    let acceptor = conn::GuardedAcceptor::new(
+    let acceptor = crate::listener::GuardedAcceptor::new(
         axum_server::tls_rustls::RustlsAcceptor::new(RustlsConfig::from_config(tls)),
         state.limits.max_connections,
         header_timeout,

@@ -11,7 +11,7 @@
 //!   are tens of KiB) is 413: on its `Content-Length` before a byte of it is read,
 //!   or as soon as a body without one grows past the limit. Only a body within the
 //!   limit is buffered, for the signature check over its raw bytes.
-//! - The listener has the API's connection-level defences (see [`crate::api::conn`]):
+//! - The listener has the API's connection-level defences (see [`crate::listener`]):
 //!   at most `webhook.maxConnections` open connections (more are closed on accept),
 //!   and `webhook.headerReadTimeout` for the TLS handshake, the first bytes and each
 //!   request's headers. A whole request, body included, gets `webhook.requestTimeout`
@@ -37,7 +37,7 @@ use tracing::{info, warn};
 use futures::StreamExt;
 
 use super::gate::GithubGate;
-use crate::api::conn::GuardedAcceptor;
+use crate::listener::GuardedAcceptor;
 use crate::store::gates::{GateJobEvent, rank};
 
 /// The limits of one listener.

@@ -1,4 +1,4 @@
-//! Connection-level defences, below HTTP: a cap on open connections, and a deadline
+//! Connection-level defences of every TLS listener (the API, the gates' webhooks), below HTTP: a cap on open connections, and a deadline
 //! for a client to start talking once its TLS handshake is done.
 //!
 //! # Guarantees
@@ -27,7 +27,12 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
-use super::cluster::PeerCert;
+use rustls_pki_types::CertificateDer;
+
+/// The verified client certificate of the connection, if the client sent one: what the
+/// node-to-node peer check (`api::cluster::PeerNode`) reads from a request.
+#[derive(Clone, Debug, Default)]
+pub struct PeerCert(pub Option<Arc<CertificateDer<'static>>>);
 
 /// What every HTTP/2 connection starts with (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
