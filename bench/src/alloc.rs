@@ -7,7 +7,7 @@
 //! applications from `concurrency` connections at once, waits until every one is
 //! ALLOCATED, then deallocates them all the same way.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -162,6 +162,10 @@ pub struct Burst {
     pub deallocate: Flow,
     /// fishd's CPU use over the whole burst, in cores.
     pub fishd_cores: f64,
+    /// How many of the burst each node was elected for (its `status.node`), when
+    /// asked for; read once all were ALLOCATED, outside the timed flows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<BTreeMap<String, usize>>,
 }
 
 /// Where a request worker sends: its own client (connection) and the node it talks to.
@@ -295,13 +299,15 @@ pub async fn burst(
     n: usize,
     stored_before: usize,
 ) -> Result<Burst> {
-    burst_spread(&[d], &[tracker], &Target::all_on(d, clients), prefix, label, n, stored_before).await
+    burst_spread(&[d], &[tracker], &Target::all_on(d, clients), prefix, label, n, stored_before, false).await
 }
 
 /// [`burst`] over several nodes: each worker of `targets` sends to its node, and
 /// each application's phases are seen on the watch of the node it was sent to (as
 /// the client that sent it would see them). `nodes[k]` has the tracker `trackers[k]`;
-/// the CPU figure is the sum over `nodes`.
+/// the CPU figure is the sum over `nodes`. With `place`, the result says how many
+/// applications each node was elected for.
+#[allow(clippy::too_many_arguments)]
 pub async fn burst_spread(
     nodes: &[&Daemon],
     trackers: &[&Tracker],
@@ -310,16 +316,21 @@ pub async fn burst_spread(
     label: &str,
     n: usize,
     stored_before: usize,
+    place: bool,
 ) -> Result<Burst> {
     let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
     let cpu = || nodes.iter().map(|d| d.cpu_seconds()).sum::<Option<f64>>();
     let cpu0 = cpu();
     let t0 = Instant::now();
-    let label = label.to_owned();
+    let owned = label.to_owned();
     let created =
-        fan_requests(targets, &names, |_| "/api/v1/applications".into(), move |n| application(n, &label), 201).await?;
+        fan_requests(targets, &names, |_| "/api/v1/applications".into(), move |n| application(n, &owned), 201).await?;
     let allocated = wait_each(trackers, &names, &created, Stamp::Allocated, limit(n)).await?;
     let allocate = flow(&created.sent, created.answered, &allocated);
+    let placement = match (place, nodes.first()) {
+        (true, Some(d)) => Some(placement(d, label, prefix).await?),
+        _ => None,
+    };
     let freed =
         fan_requests(targets, &names, |n| format!("/api/v1/applications/{n}/deallocate"), |_| Value::Null, 202).await?;
     let deallocated = wait_each(trackers, &names, &freed, Stamp::Deallocated, limit(n)).await?;
@@ -328,7 +339,33 @@ pub async fn burst_spread(
         (Some(a), Some(b)) => round3((b - a) / t0.elapsed().as_secs_f64()),
         _ => 0.0,
     };
-    Ok(Burst { applications: n, concurrency: targets.len(), stored_before, allocate, deallocate, fishd_cores })
+    Ok(Burst {
+        applications: n,
+        concurrency: targets.len(),
+        stored_before,
+        allocate,
+        deallocate,
+        fishd_cores,
+        placement,
+    })
+}
+
+/// How many applications `<prefix>-*` of `label` each node was elected for, as `d`
+/// lists them.
+pub async fn placement(d: &Daemon, label: &str, prefix: &str) -> Result<BTreeMap<String, usize>> {
+    let (code, list) = d.get(&format!("/api/v1/applications?label={label}")).await?;
+    if code != 200 {
+        bail!("listing the applications of {label} on {}: {code} {list}", d.name);
+    }
+    let mut per_node = BTreeMap::new();
+    let start = format!("{prefix}-");
+    for a in list["items"].as_array().into_iter().flatten() {
+        if a["metadata"]["name"].as_str().is_some_and(|n| n.starts_with(&start)) {
+            let node = a["status"]["node"].as_str().unwrap_or("(none)").to_owned();
+            *per_node.entry(node).or_default() += 1;
+        }
+    }
+    Ok(per_node)
 }
 
 /// One application at a time, on an otherwise idle node: the latency a single CI

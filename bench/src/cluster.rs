@@ -12,12 +12,18 @@
 //!   /api/v1/cluster` shows one leader and two voters on every node. Creates go to
 //!   the three nodes in turn (singles) or from workers spread over them (burst), and
 //!   each application is timed on a watch of the node it was sent to.
+//! - Pool burst (issue 13, must-show 5): the same number of applications created
+//!   through the three nodes at once, of a label whose `slots` let each node hold only
+//!   a third of them and a tenth more at once, so the burst completes only if the
+//!   election spreads it over all three; reported next to the single node's burst of
+//!   the same size, with where each burst ran (`status.node` per application).
 //! - Failover: the leader is killed with SIGKILL; the figure is the time from the
 //!   signal to the first write (a label applied) a survivor accepts. Attempts go out
 //!   every [`FAILOVER_POLL`] to the survivors in turn, each with its own deadline, so
 //!   a hanging attempt never delays the next. The killed node is then started again
 //!   without flags and the cluster is whole before the next run.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -82,6 +88,8 @@ pub struct ClusterResults {
     /// The same node measured again after the cluster's singles and burst.
     pub single_after: Side,
     pub cluster: Side,
+    /// The burst that needs all three nodes.
+    pub pool: Pool,
     /// Spawn of node `a` → one leader and two voters on every node.
     pub cluster_formed_ms: f64,
     pub failover: Failover,
@@ -110,6 +118,23 @@ pub struct Side {
     pub singles: Single,
     pub burst: Burst,
     /// 1-minute load average when this side's measurement began.
+    pub loadavg_1m: f64,
+}
+
+/// The pool burst: the cluster's burst again, each node holding at most `room_per_node`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Pool {
+    /// How many of the burst's applications one node can hold at once.
+    pub room_per_node: u32,
+    /// `resources.slots` of the pool label (of each node's [`daemon::SLOTS`]).
+    pub slots_each: u32,
+    /// The figures, if every application was ALLOCATED in time.
+    pub burst: Option<Burst>,
+    /// Why not, if not: the burst's error, and where its applications were then
+    /// (`status.node`; "(none)" for those never elected).
+    pub failure: Option<String>,
+    pub placement: BTreeMap<String, usize>,
+    /// 1-minute load average when the pool burst began.
     pub loadavg_1m: f64,
 }
 
@@ -168,6 +193,8 @@ pub async fn run(fishd: &Path, work: &Path, quick: bool) -> Result<ClusterResult
     let tracker_refs: Vec<&Tracker> = trackers.iter().collect();
     info!("cluster part: cluster singles and burst");
     let cluster = side(&refs, &tracker_refs, "cluster", sizes).await?;
+    info!("cluster part: pool burst");
+    let pool = pool_burst(&refs, &tracker_refs, sizes).await?;
     drop(trackers);
 
     info!("cluster part: single node again");
@@ -205,6 +232,7 @@ pub async fn run(fishd: &Path, work: &Path, quick: bool) -> Result<ClusterResult
         single_before,
         single_after,
         cluster,
+        pool,
         cluster_formed_ms,
         failover: Failover { runs, median_ms, max_ms },
         targets: Vec::new(),
@@ -225,8 +253,17 @@ fn notes(s: Sizes) -> Vec<String> {
             s.singles, s.burst, s.connections
         ),
         "Each application is timed from its create request to the ALLOCATED event on a watch of the node \
-         the request went to. Any node may allocate (first-come elections)."
+         the request went to. The election decides which node allocates it: the placement table shows where \
+         each burst ran."
             .to_owned(),
+        format!(
+            "Pool burst (issue 13): {} applications through the three nodes at once, from {} connections, of a \
+             label whose slots let one node hold at most {} of them (a third and a tenth more): the burst completes \
+             only when all three nodes allocate. Compared with the single node's burst of the same size.",
+            s.burst,
+            s.connections,
+            pool_room(s.burst)
+        ),
         "The single node is measured before and after the cluster; its reference is the better figure of \
          the two (the higher throughput, the lower latency)."
             .to_owned(),
@@ -250,14 +287,10 @@ async fn side(nodes: &[&Daemon], trackers: &[&Tracker], tag: &str, sizes: Sizes)
     let loadavg_1m = daemon::loadavg()[0];
     singles_spread(nodes, trackers, &format!("warm-{tag}"), "bench", WARMUP_SINGLES, 0).await?;
     let singles = singles_spread(nodes, trackers, &format!("single-{tag}"), "bench", sizes.singles, 0).await?;
-    let mut targets = Vec::new();
-    for i in 0..sizes.connections {
-        let k = i % nodes.len();
-        let d = nodes[k];
-        targets.push(Target { client: d.new_client()?, base: d.url(""), token: d.token.clone(), node: k });
-    }
+    let targets = spread(nodes, sizes.connections)?;
     let stored = WARMUP_SINGLES + sizes.singles;
-    let burst = burst_spread(nodes, trackers, &targets, &format!("burst-{tag}"), "bench", sizes.burst, stored).await?;
+    let burst =
+        burst_spread(nodes, trackers, &targets, &format!("burst-{tag}"), "bench", sizes.burst, stored, true).await?;
     info!(
         tag,
         p50 = singles.allocate.p50_ms,
@@ -266,6 +299,67 @@ async fn side(nodes: &[&Daemon], trackers: &[&Tracker], tag: &str, sizes: Sizes)
         "side measured"
     );
     Ok(Side { nodes: nodes.len(), singles, burst, loadavg_1m })
+}
+
+/// `connections` request workers, each with its own connection, spread over `nodes`.
+fn spread(nodes: &[&Daemon], connections: usize) -> Result<Vec<Target>> {
+    let mut targets = Vec::new();
+    for i in 0..connections {
+        let k = i % nodes.len();
+        let d = nodes[k];
+        targets.push(Target { client: d.new_client()?, base: d.url(""), token: d.token.clone(), node: k });
+    }
+    Ok(targets)
+}
+
+/// How many of a pool burst of `n` one node may hold at once: a third and a tenth
+/// more, so no two nodes can take the whole burst.
+fn pool_room(n: usize) -> u32 {
+    u32::try_from(n.div_ceil(NODES) + n / 10).unwrap_or(u32::MAX).max(1)
+}
+
+/// The pool label: one simulated resource taking `slots` of a node's slots.
+fn pool_label(name: &str, slots: u32) -> String {
+    format!(
+        "apiVersion: aquarium.fish/v1\nkind: Label\nmetadata: {{name: {name}}}\nspec:\n  definitions:\n    \
+         - driver: test\n      resources: {{cpu: 1, ram: 1, slots: {slots}, lifetime: 12h}}\n"
+    )
+}
+
+/// The pool burst on the cluster: `sizes.burst` applications through all nodes at
+/// once, each node holding at most [`pool_room`] of them. A burst that does not
+/// complete is a result too (an election that leaves room unused stalls it): it is
+/// reported with where its applications were, and the part goes on.
+async fn pool_burst(nodes: &[&Daemon], trackers: &[&Tracker], sizes: Sizes) -> Result<Pool> {
+    let slots_each = daemon::SLOTS / pool_room(sizes.burst);
+    let room_per_node = daemon::SLOTS / slots_each;
+    let first = nodes.first().context("no nodes")?;
+    first.apply(&pool_label("bench-pool", slots_each)).await?;
+    for d in nodes {
+        wait_for(d, "/api/v1/labels/bench-pool", Duration::from_secs(10)).await?;
+    }
+    let loadavg_1m = daemon::loadavg()[0];
+    let targets = spread(nodes, sizes.connections)?;
+    // Stored before it on the cluster: the cluster side's warm-up, singles and burst.
+    let stored = WARMUP_SINGLES + sizes.singles + sizes.burst;
+    match burst_spread(nodes, trackers, &targets, "pool", "bench-pool", sizes.burst, stored, true).await {
+        Ok(burst) => {
+            info!(
+                apps_per_s = burst.allocate.apps_per_s,
+                p50 = burst.allocate.latency.p50_ms,
+                p99 = burst.allocate.latency.p99_ms,
+                placement = ?burst.placement,
+                "pool burst measured"
+            );
+            let placement = burst.placement.clone().unwrap_or_default();
+            Ok(Pool { room_per_node, slots_each, burst: Some(burst), failure: None, placement, loadavg_1m })
+        }
+        Err(e) => {
+            let placement = crate::alloc::placement(first, "bench-pool", "pool").await?;
+            tracing::warn!(error = %format!("{e:#}"), ?placement, "the pool burst did not complete");
+            Ok(Pool { room_per_node, slots_each, burst: None, failure: Some(format!("{e:#}")), placement, loadavg_1m })
+        }
+    }
 }
 
 /// The single-node reference: the better of each figure measured before and after.
@@ -519,7 +613,7 @@ impl ClusterResults {
         use std::fmt::Write;
         let mut s = String::new();
         let m = &self.meta;
-        let _ = writeln!(s, "# fish-bench cluster results (issue 12, must-show 4)\n");
+        let _ = writeln!(s, "# fish-bench cluster results (issue 12 must-show 4, issue 13 must-show 5)\n");
         let _ = writeln!(
             s,
             "{} · commit `{}` · {} CPUs · load average {:.2} / {:.2} / {:.2} at start, {:.2} / {:.2} / {:.2} at end · \
@@ -571,8 +665,14 @@ impl ClusterResults {
              deallocate → DEALLOCATED apps/s | fishd cores (all nodes) |\n|---|---|---|---|---|---|---|---|",
             self.sizes.burst, self.sizes.connections
         );
-        for (name, x) in sides {
-            let b = &x.burst;
+        let pool_name = format!("3-node pool burst (≤ {} per node)", self.pool.room_per_node);
+        let bursts = sides.iter().map(|(name, x)| (name.to_string(), Some(&x.burst)));
+        for (name, b) in bursts.chain([(pool_name, self.pool.burst.as_ref())]) {
+            let Some(b) = b else {
+                let why = self.pool.failure.as_deref().unwrap_or("no figures").replace('|', "/").replace('\n', " ");
+                let _ = writeln!(s, "| {name} | DID NOT COMPLETE: {why} | | | | | | |");
+                continue;
+            };
             let _ = writeln!(
                 s,
                 "| {name} | {:.0} | {:.2} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2} |",
@@ -584,6 +684,18 @@ impl ClusterResults {
                 b.deallocate.apps_per_s,
                 b.fishd_cores
             );
+        }
+        let _ = writeln!(
+            s,
+            "\n## Where the cluster's bursts ran (applications elected per node)\n\n\
+             | burst | a | b | c | not elected |\n|---|---|---|---|---|"
+        );
+        let empty = BTreeMap::new();
+        let cluster_placement = self.cluster.burst.placement.as_ref().unwrap_or(&empty);
+        for (name, p) in [("3-node cluster", cluster_placement), ("3-node pool burst", &self.pool.placement)] {
+            let on = |n: &str| p.get(n).copied().unwrap_or(0);
+            let _ =
+                writeln!(s, "| {name} | {} | {} | {} | {} |", on(NAMES[0]), on(NAMES[1]), on(NAMES[2]), on("(none)"));
         }
         let f = &self.failover;
         let _ = writeln!(

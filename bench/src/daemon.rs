@@ -16,6 +16,10 @@ const READY_POLL: Duration = Duration::from_millis(5);
 /// Linux's USER_HZ: the unit of utime/stime in `/proc/<pid>/stat`.
 const CLOCK_TICKS: f64 = 100.0;
 
+/// Slots of every node the benchmarks start (cpu and ram are as large): out of the
+/// way, unless a label's `slots` bound how many of its resources a node holds.
+pub const SLOTS: u32 = 1_000_000;
+
 /// How a node joins a cluster on its first start, and the credentials it is driven
 /// with: a joined node writes no `fishctl.yaml`, so the first node's admin token and
 /// CA (one CA and one token across the cluster) are handed over.
@@ -90,7 +94,7 @@ impl Daemon {
         // control plane, not the admission of work.
         let mut yml = format!(
             "nodeName: {}\ndataDir: {}\napi: 127.0.0.1:{}\n\
-             capacity: {{cpu: 1000000, ram: 1000000, slots: 1000000}}\n\
+             capacity: {{cpu: 1000000, ram: 1000000, slots: {SLOTS}}}\n\
              drivers:\n  test: {{}}\n",
             self.name,
             self.data_dir().display(),
