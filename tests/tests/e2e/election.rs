@@ -3,9 +3,10 @@
 //! APIs at once. The resources are real processes that write down their own start and
 //! end, so what is checked is what actually ran: every application started exactly
 //! once, on one node, and no node ever ran more at once than its capacity. A
-//! `nodeFilter` pins a label to one node.
+//! `nodeFilter` pins a label to one node; a definition that fails on one node lands on
+//! another.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -333,4 +334,109 @@ async fn a_node_filter_pins_a_label_to_one_node_even_when_it_is_full() {
     assert_eq!(per_node.keys().collect::<Vec<_>>(), ["node-b"], "pinned to node-b, ran on {per_node:?}");
     let most = records.most_at_once();
     assert!(most["node-b"] <= CAPACITY, "node-b ran {} at once, capacity {CAPACITY}", most["node-b"]);
+}
+
+/// Must-show 2: a definition whose allocation fails on node-a (its test driver fails
+/// every allocation) ends ALLOCATED on another node, the failed attempt in its history
+/// naming node-a. node-a has twice the room of the others, so the election tries it
+/// first; a failed attempt there sends the application back to NEW and the next round
+/// prefers a node where it has not failed (`allocationRetry` is 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definition_failing_on_one_node_lands_on_another() {
+    let roomy = format!("capacity: {{cpu: 128, ram: 512, slots: {}}}", 2 * CAPACITY);
+    let configs = [
+        node_config(NODES[0], "{faults: {allocate: {fail: 1}}}")
+            .replace(&format!("capacity: {{cpu: 64, ram: 256, slots: {CAPACITY}}}"), &roomy),
+        node_config(NODES[1], "{}"),
+        node_config(NODES[2], "{}"),
+    ];
+    assert!(configs[0].contains(&roomy), "{}", configs[0]);
+    let [a, b, c] = three_nodes_with(configs.each_ref().map(String::as_str)).await;
+    let nodes = [&a, &b, &c];
+    let flaky = "---\nkind: Label\nmetadata: {name: flaky-on-a}\nspec:\n  definitions:\n    - driver: test\n      \
+                 resources: {cpu: 1, ram: 1}\n";
+    let (code, body) = a.apply(flaky).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    label_everywhere(&nodes, "flaky-on-a").await;
+
+    let flaky: Vec<String> = (0..6).map(|i| format!("flaky-{i}")).collect();
+    create_through(&nodes, "flaky-on-a", &flaky, 1).await;
+    let apps = wait_all(&b, "flaky-on-a", &flaky, &["ALLOCATED", "ERROR"], Duration::from_secs(60)).await;
+    let mut failed_on_a = BTreeSet::new();
+    for n in &flaky {
+        let s = &apps[n]["status"];
+        assert_eq!(s["phase"], "ALLOCATED", "{n} must end ALLOCATED on another node: {s:#}");
+        assert_ne!(s["node"], "node-a", "{n}: {s:#}");
+        let history = s["history"].as_array().unwrap();
+        let elected: Vec<&Value> = history.iter().filter(|h| h["phase"] == "ELECTED").collect();
+        let last = elected.last().unwrap_or_else(|| panic!("{n} has no ELECTED entry: {s:#}"));
+        assert!(
+            last["message"].as_str().unwrap_or_default().contains(s["node"].as_str().unwrap()),
+            "{n}: its last attempt's entry names the node it runs on: {s:#}"
+        );
+        // Every attempt on node-a failed, and the entry that says so names node-a.
+        for (i, h) in history.iter().enumerate() {
+            let on_a = h["phase"] == "ELECTED" && h["message"].as_str().unwrap_or_default().contains("node-a");
+            if on_a {
+                let next = history.get(i + 1).unwrap_or_else(|| panic!("{n}: nothing after an attempt on node-a"));
+                let m = next["message"].as_str().unwrap_or_default();
+                assert!(next["phase"] == "NEW" && m.contains("node-a") && m.contains("fail"), "{n}: {s:#}");
+                failed_on_a.insert(n.clone());
+            }
+        }
+    }
+    eprintln!("flaky-on-a: attempts failed on node-a for {failed_on_a:?}, all ALLOCATED on node-b or node-c");
+    assert!(!failed_on_a.is_empty(), "no application was tried on node-a: nothing shows a failure moving on");
+}
+
+/// Contract sections 2 and 8: 60 applications that stay ALLOCATED (test driver) for
+/// the cluster's 60 slots are all allocated, 20 on each node: no node believes itself
+/// full while it has room, none takes more than it holds. The 61st waits NEW with the
+/// short resource in its message, and is allocated, on the node that has room again,
+/// as soon as one application there is deallocated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_fills_to_its_capacity_and_the_next_waits_until_room_frees() {
+    let configs = NODES.map(|n| node_config(n, "{}"));
+    let [a, b, c] = three_nodes_with(configs.each_ref().map(String::as_str)).await;
+    let nodes = [&a, &b, &c];
+    let held = "---\nkind: Label\nmetadata: {name: held}\nspec:\n  definitions:\n    - driver: test\n      \
+                resources: {cpu: 1, ram: 1}\n";
+    let (code, body) = a.apply(held).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    label_everywhere(&nodes, "held").await;
+
+    let names: Vec<String> = (0..3 * CAPACITY).map(|i| format!("held-{i}")).collect();
+    let started = Instant::now();
+    create_through(&nodes, "held", &names, 2).await;
+    let apps = wait_all(&a, "held", &names, &["ALLOCATED", "ERROR"], Duration::from_secs(45)).await;
+    eprintln!("pool: {} applications ALLOCATED in {:.1?}", names.len(), started.elapsed());
+    let mut per_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for n in &names {
+        let s = &apps[n]["status"];
+        assert_eq!(s["phase"], "ALLOCATED", "{n}: {s:#}");
+        per_node.entry(s["node"].as_str().unwrap().to_owned()).or_default().push(n.clone());
+    }
+    for node in NODES {
+        let on = per_node.get(node).map(Vec::len).unwrap_or(0);
+        assert_eq!(on, CAPACITY, "{node} holds {on}; every node must fill to its {CAPACITY} slots: {per_node:?}");
+    }
+
+    // One more: it fits nowhere now, so it waits and says what is short.
+    let (code, body) = b.apply("kind: Application\nmetadata: {name: one-more}\nspec: {label: held}\n").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    eventually("one-more to say why it waits", || async {
+        let s = a.application("one-more").await.unwrap()["status"].clone();
+        s["message"].as_str().is_some_and(|m| m.contains("slots"))
+    })
+    .await
+    .unwrap();
+    let waiting = a.application("one-more").await.unwrap();
+    assert_eq!(waiting["status"]["phase"], "NEW", "no room anywhere: {:#}", waiting["status"]);
+
+    // Room frees on node-c: it goes there.
+    let freed = &per_node["node-c"][0];
+    let (code, body) = a.post(&format!("/api/v1/applications/{freed}/deallocate"), None).await.unwrap();
+    assert_eq!(code, 202, "{body}");
+    let app = c.wait_phase("one-more", "ALLOCATED").await.unwrap();
+    assert_eq!(app["status"]["node"], "node-c", "{:#}", app["status"]);
 }
