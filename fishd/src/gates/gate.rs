@@ -274,6 +274,16 @@ impl GithubGate {
 
     /// Runs passes until `stop`: on every event of its own, every change to its
     /// applications, and at least every few seconds.
+    ///
+    /// In a cluster every node runs this loop (any node may become leader) but only
+    /// the Raft leader, heard by a quorum, passes and replays deliveries: two nodes
+    /// must never both create a job's replacement, retire or delete the same runners,
+    /// or replay one delivery. Leadership is checked at every tick, and a pass or
+    /// replay in flight is dropped as soon as it is lost (it is level-triggered, as
+    /// after a kill -9: the new leader's next pass reads what was committed from the
+    /// store and carries on). Followers keep receiving and recording webhooks
+    /// (replicated commands) and only drop the runner configs their own resources no
+    /// longer need.
     pub async fn run(self: std::sync::Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         let mut changes = self.store.subscribe();
         let every = self.config.reconcile_every.get().min(Duration::from_secs(5));
@@ -294,26 +304,40 @@ impl GithubGate {
             while let Ok(e) = changes.try_recv() {
                 let _ = e;
             }
-            let full = {
-                let mut last = self.last_sync.lock().unwrap_or_else(|e| e.into_inner());
-                let due = last.is_none_or(|t| t.elapsed() >= self.config.reconcile_every.get());
-                if due {
-                    *last = Some(Instant::now());
-                }
-                due
-            };
-            if let Err(e) = self.pass(full).await {
-                warn!(gate = %self.name, error = %e, "gate pass failed; retrying");
-                self.note_error(e.to_string());
+            if !self.store.leads_with_quorum() {
+                self.forget_spent_blobs();
+                continue;
             }
-            if self.recover_due() {
-                match self.recover().await {
-                    Ok(0) => {}
-                    Ok(n) => info!(gate = %self.name, replayed = n, "replayed missed webhook deliveries"),
-                    Err(e) => {
-                        warn!(gate = %self.name, error = %e, "reading the webhook delivery log failed; retrying");
-                        self.note_error(format!("recovering deliveries: {e}"));
-                    }
+            tokio::select! {
+                _ = self.leader_work() => {}
+                _ = self.store.leadership_lost() => {
+                    info!(gate = %self.name, "no longer the leader; its passes stop here");
+                }
+            }
+        }
+    }
+
+    /// One tick of the leader's work: a pass, and a delivery replay when due.
+    async fn leader_work(&self) {
+        let full = {
+            let mut last = self.last_sync.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.is_none_or(|t| t.elapsed() >= self.config.reconcile_every.get());
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if let Err(e) = self.pass(full).await {
+            warn!(gate = %self.name, error = %e, "gate pass failed; retrying");
+            self.note_error(e.to_string());
+        }
+        if self.recover_due() {
+            match self.recover().await {
+                Ok(0) => {}
+                Ok(n) => info!(gate = %self.name, replayed = n, "replayed missed webhook deliveries"),
+                Err(e) => {
+                    warn!(gate = %self.name, error = %e, "reading the webhook delivery log failed; retrying");
+                    self.note_error(format!("recovering deliveries: {e}"));
                 }
             }
         }
@@ -363,6 +387,40 @@ impl GithubGate {
     fn forget_blob(&self, uid: Uuid) {
         self.blobs.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
         let _ = std::fs::remove_file(self.secret_dir.join(format!("{uid}.jit")));
+    }
+
+    /// On a follower (the leader's pass does it as it goes): drops the runner configs
+    /// this node minted that no resource may read any more, because their application
+    /// is no longer being allocated or running, or their runner took a job (the
+    /// [`GithubGate::current`] rules). A config being minted is safe: its application
+    /// is ELECTED and its runner record, written after the config, is not busy.
+    fn forget_spent_blobs(&self) {
+        let mut uids: HashSet<Uuid> = self.blobs.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
+        if let Ok(dir) = std::fs::read_dir(&self.secret_dir) {
+            for e in dir.flatten() {
+                let name = e.file_name();
+                if let Some(uid) = name.to_str().and_then(|n| n.strip_suffix(".jit")).and_then(|u| u.parse().ok()) {
+                    uids.insert(uid);
+                }
+            }
+        }
+        if uids.is_empty() {
+            return;
+        }
+        let filter = AppFilter { owner: Some(self.owner.clone()), ..Default::default() };
+        let Ok((_, apps)) = self.store.list_applications(&filter) else { return };
+        let live: HashSet<Uuid> = apps
+            .iter()
+            .filter(|a| matches!(a.status.phase, Phase::New | Phase::Elected | Phase::Allocated))
+            .filter_map(|a| a.metadata.uid)
+            .collect();
+        for uid in uids {
+            let spent =
+                !live.contains(&uid) || matches!(self.store.gate_runner(&self.name, uid), Ok(Some(r)) if r.busy);
+            if spent {
+                self.forget_blob(uid);
+            }
+        }
     }
 
     /// One level-triggered pass; `full` adds the calls to GitHub (runner list, stale jobs).
@@ -798,6 +856,13 @@ impl GithubGate {
     /// call, or for a backoff (2 s doubling to a minute) after an outage, so a short
     /// outage costs no job its attempts. Only a definite refusal is
     /// [`MintError::Refused`].
+    ///
+    /// Minting runs on the node elected for `app` (its resource reads the config there),
+    /// which in a cluster is often not the leader that runs the passes. It depends on no
+    /// pass state: the runner record comes from the store, the config from this node's
+    /// memory or disk (another node's earlier attempt has none here and registers again,
+    /// through the 409 path), and the hold, the outage count and the runner-group cache
+    /// are this node's own, about the calls this node makes.
     pub async fn mint(&self, app: &Application) -> Result<Metadata, MintError> {
         let refused = |e: String| {
             self.metrics.registration_failed(&self.name);

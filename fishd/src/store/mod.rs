@@ -358,13 +358,19 @@ impl Leading {
     /// Whether this node leads without hearing from a quorum lately (openraft 0.9 has
     /// no step-down: a cut-off leader stays leader). A lone voter never loses it.
     fn quorum_lost(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        let alone = m.membership_config.membership().voter_ids().all(|v| v == self.id);
-        if alone || m.state != openraft::ServerState::Leader {
-            return false;
-        }
-        m.millis_since_quorum_ack.is_none_or(|ms| ms > QUORUM_LOST_AFTER.as_millis() as u64)
+        quorum_lost(&self.raft, self.id)
     }
+}
+
+/// Whether node `id` leads without hearing from a quorum lately (see
+/// [`Leading::quorum_lost`]).
+fn quorum_lost(raft: &Raft, id: NodeId) -> bool {
+    let m = raft.metrics().borrow().clone();
+    let alone = m.membership_config.membership().voter_ids().all(|v| v == id);
+    if alone || m.state != openraft::ServerState::Leader {
+        return false;
+    }
+    m.millis_since_quorum_ack.is_none_or(|ms| ms > QUORUM_LOST_AFTER.as_millis() as u64)
 }
 
 impl Store {
@@ -742,6 +748,21 @@ impl Store {
     /// Whether this node leads the cluster now (a single node always does).
     pub fn is_leader(&self) -> bool {
         self.raft().metrics().borrow().state == openraft::ServerState::Leader
+    }
+
+    /// Whether this node leads and a quorum heard it within the last
+    /// [`QUORUM_LOST_AFTER`]: a leader cut off from the others (openraft 0.9 leaders
+    /// never step down) may no longer be the only one acting, and its view may be stale.
+    pub fn leads_with_quorum(&self) -> bool {
+        self.is_leader() && !quorum_lost(&self.raft, self.id)
+    }
+
+    /// Returns once [`Store::leads_with_quorum`] no longer holds (checked every 250 ms):
+    /// leader-only work selects on it to stop at once when leadership is lost.
+    pub async fn leadership_lost(&self) {
+        while self.leads_with_quorum() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// The join token with `digest`, if this cluster made it (see [`JoinTokenRecord`]).

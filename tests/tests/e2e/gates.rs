@@ -56,6 +56,17 @@ struct Gate<'a> {
 
 /// fishd with gate `acme` authenticating as `auth` (YAML flow) against `gh`.
 async fn start_gate(gh: FakeGithub, dir: tempfile::TempDir, auth: &str, g: Gate<'_>) -> Setup {
+    let config = gate_config(&gh, &dir, auth, g);
+    let d = TestDaemon::start(&config).await.unwrap();
+    point_hook(&gh, &d).await;
+    let (code, body) = d.apply(&runner_label(&gh.ca_path, "")).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    Setup { gh, d, dir }
+}
+
+/// The fish.yml of a node with gate `acme` authenticating as `auth` against `gh` (its
+/// hook secrets written to `dir`).
+fn gate_config(gh: &FakeGithub, dir: &tempfile::TempDir, auth: &str, g: Gate<'_>) -> String {
     let Gate { route_max, extra, hook_extra, node } = g;
     let hook = dir.path().join("gh-hook");
     std::fs::write(&hook, SECRET).unwrap();
@@ -69,11 +80,7 @@ async fn start_gate(gh: FakeGithub, dir: tempfile::TempDir, auth: &str, g: Gate<
         hook = hook.display(),
         old = old_hook.display(),
     );
-    let d = TestDaemon::start(&config).await.unwrap();
-    point_hook(&gh, &d).await;
-    let (code, body) = d.apply(&runner_label(&gh.ca_path, "")).await.unwrap();
-    assert_eq!(code, 200, "{body}");
-    Setup { gh, d, dir }
+    config
 }
 
 /// Points the fake's webhook at the gate's listener (bound on a free port, anew at
@@ -145,20 +152,25 @@ fn environ_of(uid: &str) -> std::collections::BTreeMap<String, String> {
 
 /// No registration at the fake, no live gate application, no process of one.
 async fn no_leftovers(s: &Setup) {
+    no_leftovers_on(&s.gh, &s.d).await;
+}
+
+/// [`no_leftovers`] as node `d` sees the gate's applications.
+async fn no_leftovers_on(gh: &FakeGithub, d: &TestDaemon) {
     let r = eventually("no leftovers", || async {
-        let apps = gate_apps(&s.d).await;
-        s.gh.registrations().is_empty()
+        let apps = gate_apps(d).await;
+        gh.registrations().is_empty()
             && apps.iter().all(|a| !is_live(a))
             && apps.iter().all(|a| processes_of(a["metadata"]["uid"].as_str().unwrap_or("-")) == 0)
     })
     .await;
     if r.is_err() {
-        let apps: Vec<(String, String)> = gate_apps(&s.d)
+        let apps: Vec<(String, String)> = gate_apps(d)
             .await
             .iter()
             .map(|a| (a["metadata"]["name"].as_str().unwrap_or("").to_owned(), phase(a).to_owned()))
             .collect();
-        panic!("leftovers: registrations {:?}, apps {apps:?}\n--- fishd log ---\n{}", s.gh.registrations(), s.d.log());
+        panic!("leftovers: registrations {:?}, apps {apps:?}\n--- fishd log ---\n{}", gh.registrations(), d.log());
     }
 }
 
@@ -904,4 +916,169 @@ async fn burst(jobs_n: usize, max: u32) {
         ids[0],
         ids[jobs_n - 1],
     );
+}
+
+/// Which of `nodes` leads, as the first one that answers says.
+async fn leader_of(nodes: &[&TestDaemon]) -> Option<usize> {
+    for d in nodes {
+        if let Ok((200, c)) = d.get("/api/v1/cluster").await
+            && let Some(name) = c["leader"].as_str()
+        {
+            return nodes.iter().position(|n| n.node_name() == name);
+        }
+    }
+    None
+}
+
+/// The webhook addresses of the live nodes, in turn: the fake GitHub's deliveries are
+/// spread over them, as a load balancer in front of a cluster would.
+type Hooks = std::sync::Arc<std::sync::Mutex<Vec<(String, PathBuf)>>>;
+
+/// Takes the deliveries the fake holds and sends each to the next node of `hooks`
+/// (to the one after when a node does not answer 2xx), until aborted.
+fn spread_deliveries(gh: std::sync::Arc<FakeGithub>, hooks: Hooks) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut next = 0usize;
+        loop {
+            for d in gh.take_held() {
+                // A node failing over answers 503 for a moment: on to the next, for up
+                // to 20 s (a delivery lost here would be the test's, not the gate's).
+                for _ in 0..200 {
+                    let Some((url, ca)) = ({
+                        let h = hooks.lock().unwrap();
+                        (!h.is_empty()).then(|| h[next % h.len()].clone())
+                    }) else {
+                        break;
+                    };
+                    next += 1;
+                    gh.set_hook(&url, SECRET, &ca).unwrap();
+                    if matches!(gh.deliver(&d, Signature::Good).await, Ok(200..=299)) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+/// Contract 8 + 12 in a cluster: three nodes, each with gate `acme` configured and
+/// its own webhook listener, deliveries spread over all of them. The gate's passes run
+/// on the Raft leader only: one application per job, registrations never above
+/// demand + max, every job run once, nothing left. Then the leader is killed -9 with
+/// jobs in flight, and the survivors' new leader carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_runs_the_gate_on_its_leader_only_and_a_new_leader_carries_on() {
+    const MAX: usize = 3;
+    let gh = std::sync::Arc::new(FakeGithub::start().await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let auth = token_auth(&gh, &dir);
+    let configs = ["node-a", "node-b", "node-c"].map(|n| {
+        let node = format!("nodeName: {n}\ncluster: {{nodeTimeout: 3s}}\n");
+        gate_config(&gh, &dir, &auth, Gate { route_max: MAX as u32, extra: "", hook_extra: "", node: &node })
+    });
+    let mut nodes = crate::cluster::three_nodes_with([&configs[0], &configs[1], &configs[2]]).await;
+    let (code, body) = nodes[0].apply(&runner_label(&gh.ca_path, "")).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let mut urls = Vec::new();
+    for d in &nodes {
+        let url = gate(d).await["status"]["webhook"].as_str().unwrap().to_owned();
+        urls.push((url, d.data_dir().join("ca.crt")));
+    }
+    let hooks: Hooks = std::sync::Arc::new(std::sync::Mutex::new(urls.clone()));
+    gh.hold(true);
+    let spreader = spread_deliveries(gh.clone(), hooks.clone());
+    gh.set_job_duration(Duration::from_millis(1500));
+
+    // Samples the bounds until every job of `ids` completed, as `d` sees the gate.
+    // Returns the names of every gate application seen.
+    async fn run_all(gh: &FakeGithub, d: &TestDaemon, ids: &[u64], seen: &mut std::collections::BTreeSet<String>) {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let jobs: Vec<_> = gh.jobs().into_iter().filter(|j| ids.contains(&j.id)).collect();
+            let demand = gh.jobs().iter().filter(|j| j.status == "queued").count();
+            let regs = gh.registrations().len();
+            assert!(regs <= demand + MAX, "registrations {regs} > demand {demand} + max {MAX}");
+            if let Ok((200, list)) = d.get("/api/v1/applications").await {
+                let apps: Vec<&Value> = list["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|a| a["metadata"]["owner"] == "gate:github/acme")
+                    .collect();
+                let holding = apps.iter().filter(|a| matches!(phase(a), "NEW" | "ELECTED" | "ALLOCATED")).count();
+                assert!(holding <= MAX, "{holding} applications hold a runner, max {MAX}");
+                seen.extend(apps.iter().map(|a| a["metadata"]["name"].as_str().unwrap_or("").to_owned()));
+            }
+            for j in &jobs {
+                assert!(j.assignments <= 1, "job {} given to {} runners", j.id, j.assignments);
+            }
+            if jobs.iter().all(|j| j.status == "completed") {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "jobs not done in 40 s: {jobs:?}\nregistrations {:?}\n--- {} log ---\n{}",
+                    gh.registrations(),
+                    d.node_name(),
+                    d.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // Five jobs, their deliveries spread over the three nodes: one application each.
+    let first: Vec<u64> = (0..5).map(|_| gh.queue_job("acme/app", &LABELS)).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    run_all(&gh, &nodes[0], &first, &mut seen).await;
+    for id in &first {
+        assert_eq!(gh.job(*id).unwrap().assignments, 1, "job {id} ran once");
+    }
+    let expected: std::collections::BTreeSet<String> = first.iter().map(|id| format!("gh-acme-{id}")).collect();
+    assert_eq!(seen, expected, "exactly one application per job, named after it");
+    no_leftovers_on(&gh, &nodes[0]).await;
+    // The passes ran on the leader alone: the others never created an application.
+    let all: Vec<&TestDaemon> = nodes.iter().collect();
+    let leader = leader_of(&all).await.expect("a leader");
+    for (i, d) in nodes.iter().enumerate() {
+        let created = d.log().matches("created an application for a queued job").count();
+        if i == leader {
+            assert_eq!(created, first.len(), "the leader created every application");
+        } else {
+            assert_eq!(created, 0, "{} is no leader and created applications:\n{}", d.node_name(), d.log());
+        }
+    }
+
+    // Four more jobs; the leader is killed -9 once they are being served.
+    let second: Vec<u64> = (0..4).map(|_| gh.queue_job("acme/app", &LABELS)).collect();
+    eventually("a job of the second batch in progress", || async {
+        second.iter().any(|id| gh.job(*id).is_some_and(|j| j.status != "queued"))
+    })
+    .await
+    .unwrap();
+    hooks.lock().unwrap().retain(|(u, _)| *u != urls[leader].0);
+    nodes[leader].kill9();
+    let survivors: Vec<&TestDaemon> = nodes.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, d)| d).collect();
+    eventually("a new leader among the survivors", || async { leader_of(&survivors).await.is_some() }).await.unwrap();
+    // And one more job after the failover, delivered to the survivors only.
+    let mut after = second.clone();
+    after.push(gh.queue_job("acme/app", &LABELS));
+    let mut seen_after = std::collections::BTreeSet::new();
+    run_all(&gh, survivors[0], &after, &mut seen_after).await;
+    for id in &after {
+        assert_eq!(gh.job(*id).unwrap().assignments, 1, "job {id} ran once");
+    }
+    for d in &survivors {
+        no_leftovers_on(&gh, d).await;
+    }
+    // At most one application per job, but for one whose application was lost with the
+    // leader (ERROR "node lost"), which gets one replacement.
+    for id in &after {
+        let base = format!("gh-acme-{id}");
+        let n = seen_after.iter().filter(|n| **n == base || n.starts_with(&format!("{base}-r"))).count();
+        assert!(n <= 2, "job {id}: applications {seen_after:?}");
+    }
+    spreader.abort();
 }
