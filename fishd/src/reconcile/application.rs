@@ -429,20 +429,29 @@ async fn observe(ctx: &Ctx, app: Application) -> Result<Option<Duration>, StoreE
         .map(|e| Duration::try_from(e - now).unwrap_or(Duration::ZERO))
         .unwrap_or(ctx.config.inspect_interval);
     let next = ctx.config.inspect_interval.min(until_expiry);
-    match ctx.call(&res.driver, DriverOp::Inspect, driver.inspect(uid, &res.identifier)).await {
+    // Ended and cleaned up before, but DEALLOCATED could not be written then.
+    let inspected = match ctx.ended(uid) {
+        Some(how) => Ok(ResourceState::Ended(how)),
+        None => ctx.call(&res.driver, DriverOp::Inspect, driver.inspect(uid, &res.identifier)).await,
+    };
+    match inspected {
         Ok(ResourceState::Running) => {
             ctx.clear_failures(uid);
             Ok(Some(next))
         }
         Ok(ResourceState::Ended(how)) => {
             // Clean up what the resource left (work directory, container) before saying so.
+            ctx.set_ended(uid, Some(how.clone()));
             if let Err(e) = ctx.call(&res.driver, DriverOp::Deallocate, driver.deallocate(uid, &res.identifier)).await {
                 warn!(error = %e, "cleanup of an ended resource failed; retrying");
                 return Ok(Some(backoff(ctx.failure(uid))));
             }
             ctx.unhold(uid);
             let s = transition(&app.status, Phase::Deallocated, format!("resource ended by itself: {how}"));
+            // A failed write keeps `how` for the retry; a refused one means the
+            // application moved on (deallocated meanwhile): either way this is done.
             write(ctx, &app, Phase::Allocated, s).await?;
+            ctx.set_ended(uid, None);
             Ok(None)
         }
         Ok(ResourceState::Lost(why)) => {

@@ -118,6 +118,10 @@ pub struct Ctx {
     /// Uids whose next MODIFIED event is a reconcile's own note (a message, same
     /// phase): not a reason to run again before the backoff it chose.
     own_writes: Mutex<HashSet<Uuid>>,
+    /// How a resource ended by itself, kept from its cleanup until DEALLOCATED is
+    /// written: when that write fails (no quorum, a leader change) the next inspect
+    /// finds the resource gone, and must still report how it ended, not "lost".
+    ended: Mutex<HashMap<Uuid, String>>,
 }
 
 /// A resource of a driver instance that must be released.
@@ -154,6 +158,7 @@ impl Ctx {
             leftovers: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             own_writes: Mutex::new(HashSet::new()),
+            ended: Mutex::new(HashMap::new()),
         })
     }
 
@@ -191,6 +196,20 @@ impl Ctx {
     fn forget(&self, uid: Uuid) {
         self.clear_failures(uid);
         self.release_definition(uid);
+        self.ended.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+    }
+
+    /// Notes (`Some`) or forgets (`None`) how `uid`'s resource ended by itself.
+    fn set_ended(&self, uid: Uuid, how: Option<String>) {
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        match how {
+            Some(h) => ended.insert(uid, h),
+            None => ended.remove(&uid),
+        };
+    }
+
+    fn ended(&self, uid: Uuid) -> Option<String> {
+        self.ended.lock().unwrap_or_else(|e| e.into_inner()).get(&uid).cloned()
     }
 
     fn add_leftovers(&self, uid: Uuid, list: Vec<Leftover>) {

@@ -298,6 +298,12 @@ async fn a_node_cut_off_during_a_burst_starts_nothing_new_keeps_what_it_runs_and
         if s["phase"] == "ERROR" {
             let why = s["message"].as_str().unwrap_or_default();
             assert!(!why.is_empty(), "{n}: an ERROR without a reason: {s:#}");
+            // A process that ran to its end ended by itself (contract section 2), even when
+            // its node could not write that at once (cut off, a leader change).
+            assert!(
+                !(r.first().is_some_and(|run| run.end.is_some()) && why.starts_with("resource lost")),
+                "{n} ran to its end but is ERROR: {s:#}"
+            );
             // Grouped by reason, paths left out (they name the application).
             let reason: Vec<&str> = why.split(' ').map(|w| if w.contains('/') { "…" } else { w }).collect();
             let ran = if r.is_empty() { "never ran" } else { "ran" };
