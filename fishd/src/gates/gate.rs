@@ -87,6 +87,11 @@ fn outage_wait(n: u32) -> Duration {
     Duration::from_secs(2u64 << n.saturating_sub(1).min(5)).min(Duration::from_secs(60))
 }
 
+/// The hold after the `n`th consecutive 403 on a registration: 1, 2, 4, 8, then 15 min.
+fn denied_wait(n: u32) -> Duration {
+    Duration::from_secs(60u64 << n.saturating_sub(1).min(4)).min(Duration::from_secs(900))
+}
+
 /// A GitHub gate.
 pub struct GithubGate {
     pub name: String,
@@ -113,6 +118,8 @@ pub struct GithubGate {
     /// Consecutive registrations that failed for an outage (5xx, transport), for the
     /// backoff.
     outages: Mutex<u32>,
+    /// Consecutive registrations refused for a missing permission (403), for the backoff.
+    denials: Mutex<u32>,
 }
 
 /// A gate application as a pass sees it.
@@ -193,6 +200,7 @@ impl GithubGate {
             bound: Mutex::new(None),
             hold: Mutex::new(None),
             outages: Mutex::new(0),
+            denials: Mutex::new(0),
         })
     }
 
@@ -872,6 +880,7 @@ impl GithubGate {
         let e = match self.register(app).await {
             Ok(m) => {
                 *self.outages.lock().unwrap_or_else(|e| e.into_inner()) = 0;
+                *self.denials.lock().unwrap_or_else(|e| e.into_inner()) = 0;
                 return Ok(m);
             }
             Err(e) => e,
@@ -879,6 +888,15 @@ impl GithubGate {
         let (what, wait) = match e {
             Mint::Refused(e) => return Err(refused(e)),
             Mint::Github(e) => match e.retry() {
+                // A 403 that is no rate limit: the credential lacks a permission (named
+                // in the message). Every attempt would get the same answer until someone
+                // fixes it, so it is no refusal of this application (that would burn the
+                // job's attempts and end in "gave up"): the gate holds, backing off from
+                // a minute, and says which permission is missing.
+                Retry::Never if e.status() == Some(403) => {
+                    self.metrics.registration_failed(&self.name);
+                    (e.to_string(), self.denied_backoff())
+                }
                 Retry::Never => return Err(refused(e.to_string())),
                 Retry::After(wait) => (e.to_string(), wait),
                 Retry::Backoff => (e.to_string(), self.outage_backoff()),
@@ -893,6 +911,14 @@ impl GithubGate {
         let mut n = self.outages.lock().unwrap_or_else(|e| e.into_inner());
         *n = n.saturating_add(1);
         outage_wait(*n)
+    }
+
+    /// The wait after one more consecutive permission refusal (403): a minute,
+    /// doubling, at most a quarter of an hour.
+    fn denied_backoff(&self) -> Duration {
+        let mut n = self.denials.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_add(1);
+        denied_wait(*n)
     }
 
     /// Holds the gate's allocations for `wait` because of `what`; the answer to the
@@ -1045,5 +1071,11 @@ mod tests {
     fn outages_back_off_from_two_seconds_to_a_minute() {
         let waits: Vec<u64> = (1..=8).map(|n| outage_wait(n).as_secs()).collect();
         assert_eq!(waits, vec![2, 4, 8, 16, 32, 60, 60, 60]);
+    }
+
+    #[test]
+    fn permission_refusals_back_off_from_a_minute_to_a_quarter_hour() {
+        let waits: Vec<u64> = (1..=7).map(|n| denied_wait(n).as_secs()).collect();
+        assert_eq!(waits, vec![60, 120, 240, 480, 900, 900, 900]);
     }
 }

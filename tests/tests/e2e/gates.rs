@@ -1082,3 +1082,45 @@ async fn a_cluster_runs_the_gate_on_its_leader_only_and_a_new_leader_carries_on(
     }
     spreader.abort();
 }
+
+/// Scenario 15: a 403 on `generate-jitconfig` (a credential without the runner
+/// permission) names the missing permission in the waiting application's message and
+/// in the gate's last errors, burns no attempt of the job, and is not retried in a
+/// storm: one call, then the gate holds for a minute (counted at the fake).
+#[tokio::test]
+async fn a_403_on_registration_names_the_permission_and_is_not_retried_in_a_storm() {
+    use aquarium_fake_github::Fault;
+    let s = setup(5, "").await;
+    s.gh.fault("POST", "generate-jitconfig", Fault::Status(403), 1);
+    let job = s.gh.queue_job("acme/app", &LABELS);
+    let name = format!("gh-acme-{job}");
+    let permission = "Organization Self-hosted runners: write";
+    eventually("the application says which permission is missing", || async {
+        gate_apps(&s.d)
+            .await
+            .iter()
+            .any(|a| phase(a) == "NEW" && a["status"]["message"].as_str().is_some_and(|m| m.contains(permission)))
+    })
+    .await
+    .unwrap();
+    let g = gate(&s.d).await;
+    assert!(g["status"]["lastErrors"].to_string().contains(permission), "{g}");
+    // Five gate passes later: still the one call, the one application, no attempt
+    // counted, and the job waits (it is not given up).
+    for _ in 0..3 {
+        settled(&s.d).await;
+    }
+    let calls = s.gh.call_times("POST runners/generate-jitconfig");
+    assert_eq!(calls.len(), 1, "the 403 was retried: {calls:?}");
+    let apps = gate_apps(&s.d).await;
+    assert_eq!(apps.len(), 1, "{apps:?}");
+    assert_eq!(apps[0]["metadata"]["name"], name.as_str());
+    assert_eq!(phase(&apps[0]), "NEW", "{}", apps[0]);
+    assert_eq!(apps[0]["status"]["attempts"].as_u64().unwrap_or(0), 0, "{}", apps[0]);
+    assert!(!gate(&s.d).await["status"]["waiting"].to_string().contains("gave up"));
+    let m = s.d.client.get(format!("{}/metrics", s.d.url)).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("aquarium_gate_registration_failures_total{gate=\"acme\"} 1"), "{m}");
+    // The job is cancelled while the permission is missing: nothing is left.
+    s.gh.cancel_job(job);
+    no_leftovers(&s).await;
+}
