@@ -124,7 +124,7 @@ impl From<Rejection> for ApiError {
             Rejection::NotFound(m) => ApiError::NotFound(m),
             Rejection::Conflict(m) => ApiError::Conflict(m),
             Rejection::Invalid { message, errors } => ApiError::Invalid { message, details: errors },
-            r @ Rejection::PhaseChanged { .. } => ApiError::Conflict(r.to_string()),
+            r @ (Rejection::PhaseChanged { .. } | Rejection::NodeChanged { .. }) => ApiError::Conflict(r.to_string()),
             Rejection::Expired(m) => ApiError::Expired(m),
         }
     }

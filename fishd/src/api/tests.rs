@@ -607,7 +607,7 @@ async fn allocate(state: &AppState, name: &str, ip: &str) -> Uuid {
     let uid = app.metadata.uid.unwrap();
     state
         .store
-        .execute(Command::SetApplicationStatus { uid, expect: Phase::New, status: Box::new(status) })
+        .execute(Command::SetApplicationStatus { uid, expect: Phase::New, status: Box::new(status), expect_node: None })
         .await
         .unwrap()
         .unwrap();

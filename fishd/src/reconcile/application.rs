@@ -117,9 +117,13 @@ async fn write(
     status: api_types::ApplicationStatus,
 ) -> Result<bool, StoreError> {
     let uid = app.metadata.uid.unwrap_or_default();
-    match ctx.store.execute(Command::SetApplicationStatus { uid, expect, status: Box::new(status) }).await? {
+    // The node as this reconcile saw it: a write from a node whose view is stale never
+    // lands on an application elected elsewhere since.
+    let expect_node = app.status.node.clone();
+    let cmd = Command::SetApplicationStatus { uid, expect, status: Box::new(status), expect_node };
+    match ctx.store.execute(cmd).await? {
         Ok(_) => Ok(true),
-        Err(Rejection::PhaseChanged { .. }) | Err(Rejection::NotFound(_)) => Ok(false),
+        Err(Rejection::PhaseChanged { .. } | Rejection::NodeChanged { .. } | Rejection::NotFound(_)) => Ok(false),
         Err(other) => {
             warn!(%uid, error = %other, "status write refused");
             Ok(false)
@@ -295,9 +299,12 @@ async fn allocate(ctx: &Ctx, app: Application) -> Result<Option<Duration>, Store
                 details: a.details,
             };
             s.resource = Some(resource.clone());
+            // Held from the moment the driver made it, not from the write: if the write
+            // fails (cut off from the majority) and the application is declared lost
+            // meanwhile, the resource must still be released when the node returns.
+            ctx.hold(uid, Leftover { driver: def.driver.clone(), identifier: a.identifier.clone() });
             if write(ctx, &app, Phase::Elected, s).await? {
                 info!(identifier = %a.identifier, "allocated");
-                ctx.hold(uid, Leftover { driver: def.driver.clone(), identifier: a.identifier.clone() });
                 observe_allocated(ctx, &app, &def.driver, now);
                 ctx.clear_failures(uid);
                 return Ok(Some(ctx.config.inspect_interval.min(lifetime)));

@@ -178,14 +178,17 @@ fn room(capacity: &NodeCapacity, ledger: &Ledger) -> Room {
 /// reserved before anything else and the vote is not sent again. Only votes that
 /// differ from the committed ones are sent, all in one command.
 pub async fn pass(ctx: &Ctx) -> Result<(), StoreError> {
-    let mut ledger = current_ledger(ctx).await?;
+    // NEW and its ballots first, then the ledger (ELECTED, ALLOCATED, DEALLOCATE, in the
+    // order applications move): an application moving on between these reads is counted
+    // twice (for a moment, too cautious), never missed (which would promise its room twice).
     let new: Vec<Uuid> = ctx.store.uids_in_phase(Phase::New)?;
+    let ballots = ctx.store.ballots(&new)?;
+    let mut ledger = current_ledger(ctx).await?;
     *ctx.ledger.lock().unwrap_or_else(|e| e.into_inner()) = ledger.clone();
     if new.is_empty() {
         return Ok(());
     }
     let me = ctx.node.name.as_str();
-    let ballots = ctx.store.ballots(&new)?;
     let availability = probe_drivers(ctx).await;
     let driver_capacity: BTreeMap<String, Option<NodeCapacity>> =
         ctx.drivers.iter().map(|(n, d)| (n.clone(), d.capacity())).collect();
@@ -194,9 +197,11 @@ pub async fn pass(ctx: &Ctx) -> Result<(), StoreError> {
         Some(d) => d.supports(def),
         None => Ok(()),
     };
-    // Promises first: the room of every committed Fit vote stays reserved.
+    // Promises first: the room of every committed Fit vote stays reserved. A node that
+    // stopped taking work (draining, maintenance) withdraws them: its votes become Wait.
+    let taking = ctx.accepting() && !maintenance;
     let mut promised = vec![false; new.len()];
-    for (k, (uid, ballot)) in new.iter().zip(&ballots).enumerate() {
+    for (k, (uid, ballot)) in new.iter().zip(&ballots).enumerate().filter(|_| taking) {
         if let Some(Vote::Fit { definition, .. }) = ballot.votes.get(me)
             && let Some(label) = ctx.store.application_label(*uid)?
             && let Some(def) = label.spec.definitions.get(*definition)

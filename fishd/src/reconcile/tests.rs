@@ -535,7 +535,11 @@ async fn move_to(store: &Store, name: &str, expect: Phase, phase: Phase, node: &
     let mut s = transition(&a.status, phase, message);
     s.node = Some(node.to_owned());
     let uid = a.metadata.uid.unwrap();
-    store.execute(Command::SetApplicationStatus { uid, expect, status: Box::new(s) }).await.unwrap().unwrap();
+    store
+        .execute(Command::SetApplicationStatus { uid, expect, status: Box::new(s), expect_node: None })
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 /// An application allocated here that stops being this node's while it runs (the

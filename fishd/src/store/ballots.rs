@@ -128,9 +128,12 @@ const MAX_QUOTED: usize = 5;
 /// node.
 pub fn decide(uid: Uuid, ballot: &Ballot, voters: &[Voter], force: bool) -> Verdict {
     let all_voted = voters.iter().filter(|v| v.ready).all(|v| ballot.votes.contains_key(&v.name));
-    // A node without a record (its first status write is not applied yet) voted, so
-    // it runs: it may win, but it is not waited for.
-    let eligible = |name: &str| voters.iter().find(|v| v.name == name).is_none_or(Voter::eligible);
+    // Only a node with a ready record may win. Before any node has written its record
+    // (a fresh single node; the loops' own tests) a vote is proof enough that it runs.
+    let eligible = |name: &str| match voters.iter().find(|v| v.name == name) {
+        Some(v) => v.eligible(),
+        None => voters.is_empty(),
+    };
     let best = ballot
         .votes
         .iter()
@@ -222,6 +225,10 @@ pub(super) fn vote(
     votes: Vec<BallotVote>,
     now: OffsetDateTime,
 ) -> Result<Outcome, StoreError> {
+    if tx.txn.open_table(super::tables::META)?.get(super::state::removed_key(node).as_str())?.is_some() {
+        // A removed node still running: its votes are not counted.
+        return Ok(Ok(Response::Done));
+    }
     let voters = voters(&tx.txn.open_table(NODES)?)?;
     for v in votes {
         let Some(app) = super::state::load_app(tx, v.uid)? else { continue };
@@ -298,6 +305,24 @@ pub(super) fn returned(tx: &Tx<'_>, uid: Uuid, node: &str) -> Result<(), StoreEr
     ballot.votes.clear();
     ballot.opened = None;
     write(tx, uid, &ballot)
+}
+
+/// `node` left the cluster: its votes in open rounds go, so a forced close never elects
+/// a node that no longer exists.
+pub(super) fn strip_node(tx: &Tx<'_>, node: &str) -> Result<(), StoreError> {
+    let mut table = tx.txn.open_table(BALLOTS)?;
+    let mut changed = Vec::new();
+    for e in table.iter()? {
+        let (k, v) = e?;
+        let mut ballot: Ballot = serde_json::from_slice(v.value())?;
+        if ballot.votes.remove(node).is_some() {
+            changed.push((k.value(), serde_json::to_vec(&ballot)?));
+        }
+    }
+    for (k, bytes) in changed {
+        table.insert(k, bytes.as_slice())?;
+    }
+    Ok(())
 }
 
 /// The application is gone or will never be elected again.
@@ -411,6 +436,16 @@ mod tests {
         let b = ballot(&[("a", fit(0, 9)), ("b", fit(0, 9)), ("c", wait("full"))]);
         // Their Fit votes do not count; the one reason left is shown as it was given.
         assert_eq!(decide(uid, &b, &voters, true), Verdict::Wait(Some("full".into())));
+    }
+
+    #[test]
+    fn a_node_without_a_record_wins_only_when_no_node_has_one() {
+        let uid = Uuid::now_v7();
+        // A removed node (no record any more) that voted before it went never wins.
+        let b = ballot(&[("gone", fit(0, 9)), ("a", wait("full"))]);
+        assert_eq!(decide(uid, &b, &[voter("a")], true), Verdict::Wait(Some("full".into())));
+        // Before any node has written its record, the vote itself is enough.
+        assert_eq!(elected(decide(uid, &ballot(&[("fresh", fit(0, 1))]), &[], false)), "fresh");
     }
 
     #[test]

@@ -61,12 +61,16 @@ pub enum Command {
         by: String,
         now: OffsetDateTime,
     },
-    /// A reconciler's status write, applied only if the phase is still `expect`
-    /// (compare-and-set, so a late allocation never overwrites a deallocation).
+    /// A reconciler's status write, applied only if the phase is still `expect` and,
+    /// when `expect_node` is set, the application is still on that node
+    /// (compare-and-set, so a late allocation never overwrites a deallocation, and a
+    /// stale node never moves an application elected to another node since).
     SetApplicationStatus {
         uid: Uuid,
         expect: Phase,
         status: Box<ApplicationStatus>,
+        #[serde(default)]
+        expect_node: Option<String>,
     },
     /// Remove a finished application for good.
     PurgeApplication {
@@ -192,6 +196,9 @@ pub enum Rejection {
     /// A compare-and-set found another phase: someone else moved the application on.
     #[error("application is {actual}, not {expected}")]
     PhaseChanged { expected: Phase, actual: Phase },
+    /// A compare-and-set found the application on another node (or on none).
+    #[error("application is on node {actual:?}, not {expected:?}")]
+    NodeChanged { expected: Option<String>, actual: Option<String> },
     /// Something time-limited (a join token) is past its expiry.
     #[error("{0}")]
     Expired(String),

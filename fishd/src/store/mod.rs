@@ -226,20 +226,25 @@ fn lonely<E: std::error::Error>() -> openraft::error::RPCError<NodeId, FishNode,
 }
 
 /// The Raft settings of every node: heartbeats every 250 ms, elections after
-/// 1–2 s of silence (failover ≈ 1.5–2.5 s), snapshots every 1000 entries or 1 MiB of
+/// 0.75–1.25 s of silence, snapshots every 1000 entries or 1 MiB of
 /// log (see [`raft::LogGrowth`]) keeping 100 entries behind them, at most 64 entries
 /// (each a group commit) per append RPC.
 ///
 /// openraft gives every append RPC one heartbeat interval to answer. At 100 ms a
 /// restarted follower whose first append truncates a stale entry and fsyncs on a
 /// loaded disk never answered in time and never caught up; 250 ms leaves room for
-/// that while keeping failover under 3 s.
+/// that.
+///
+/// Failover ≈ `election_timeout_max` (followers refuse votes while the dead leader's
+/// lease, that long, holds) + a random `min..max` wait: 1–2 s gave 3.1–4.0 s measured
+/// (fish-bench, quiet machine); 0.75–1.25 s gives ≈ 2–2.5 s, with the minimum still
+/// three heartbeats, so one late heartbeat on a loaded host starts no election.
 pub fn raft_config() -> Result<Arc<openraft::Config>, StoreError> {
     let c = openraft::Config {
         cluster_name: "aquarium".into(),
         heartbeat_interval: 250,
-        election_timeout_min: 1000,
-        election_timeout_max: 2000,
+        election_timeout_min: 750,
+        election_timeout_max: 1250,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),

@@ -88,7 +88,9 @@ pub(super) fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Outcome, StoreError
         Command::Apply { items, owner, now } => apply::apply_items(tx, items, &owner, now),
         Command::CreateUser { record, uid, now } => create_user(tx, *record, uid, now),
         Command::RequestDeallocate { uid, by, now } => request_deallocate(tx, uid, &by, now),
-        Command::SetApplicationStatus { uid, expect, status } => set_status(tx, uid, expect, *status),
+        Command::SetApplicationStatus { uid, expect, status, expect_node } => {
+            set_status(tx, uid, expect, expect_node, *status)
+        }
         Command::PurgeApplication { uid } => purge(tx, uid),
         Command::DeleteLabel { name, version } => delete_label(tx, &name, version),
         Command::SetUserToken { name, token_digest } => set_token(tx, &name, token_digest),
@@ -231,13 +233,22 @@ fn request_deallocate(tx: &mut Tx<'_>, uid: Uuid, by: &str, now: OffsetDateTime)
     Ok(Ok(Response::Application(Box::new(app))))
 }
 
-fn set_status(tx: &mut Tx<'_>, uid: Uuid, expect: Phase, status: ApplicationStatus) -> Result<Outcome, StoreError> {
+fn set_status(
+    tx: &mut Tx<'_>,
+    uid: Uuid,
+    expect: Phase,
+    expect_node: Option<String>,
+    status: ApplicationStatus,
+) -> Result<Outcome, StoreError> {
     let Some(mut app) = load_app(tx, uid)? else {
         return Ok(Err(Rejection::NotFound(format!("application {uid} not found"))));
     };
     let old = app.status.phase;
     if old != expect {
         return Ok(Err(Rejection::PhaseChanged { expected: expect, actual: old }));
+    }
+    if expect_node.is_some() && expect_node != app.status.node {
+        return Ok(Err(Rejection::NodeChanged { expected: expect_node, actual: app.status.node }));
     }
     if app.status == status {
         return Ok(Ok(Response::Application(Box::new(app))));
@@ -430,6 +441,7 @@ fn delete_node(tx: &mut Tx<'_>, name: &str) -> Result<Outcome, StoreError> {
         emit_deleted(tx, Kind::Node, serde_json::to_value(&node)?, None);
     }
     liveness::forget(tx, name)?;
+    super::ballots::strip_node(tx, name)?;
     let rev = tx.bump();
     tx.txn.open_table(META)?.insert(removed_key(name).as_str(), rev)?;
     Ok(Ok(Response::Done))

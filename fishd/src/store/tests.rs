@@ -101,7 +101,10 @@ async fn deallocate_before_allocation_ends_at_once_and_cas_protects_it() {
     // A late reconciler write expecting NEW is refused.
     let mut st = app.status.clone();
     st.phase = Phase::Elected;
-    let r = s.execute(Command::SetApplicationStatus { uid, expect: Phase::New, status: Box::new(st) }).await.unwrap();
+    let r = s
+        .execute(Command::SetApplicationStatus { uid, expect: Phase::New, status: Box::new(st), expect_node: None })
+        .await
+        .unwrap();
     assert!(matches!(r, Err(Rejection::PhaseChanged { actual: Phase::Deallocated, .. })));
     // Deallocating again is idempotent.
     assert!(s.execute(Command::RequestDeallocate { uid, by: "alice".into(), now }).await.unwrap().is_ok());
@@ -295,4 +298,85 @@ async fn concurrent_writes_share_log_entries_and_each_gets_its_own_answer() {
     let after = s.raft().metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
     assert!(after - before < 10, "50 concurrent writes took {} log entries (group commit)", after - before);
     assert_eq!(s.list_applications(&AppFilter::default()).unwrap().1.len(), 50);
+}
+
+/// Compare-and-set on phase AND node: a node whose view is stale cannot move an
+/// application that was elected to another node since.
+#[tokio::test]
+async fn a_status_write_for_another_node_is_refused() {
+    let (_d, s) = store().await;
+    apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
+    let app = s.get_application("a").unwrap().unwrap();
+    let uid = app.metadata.uid.unwrap();
+    let mut on_b = app.status.clone();
+    on_b.phase = Phase::Elected;
+    on_b.node = Some("b".into());
+    s.execute(Command::SetApplicationStatus {
+        uid,
+        expect: Phase::New,
+        status: Box::new(on_b.clone()),
+        expect_node: None,
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    // Node a still believes it is a's: its ALLOCATED write is refused, naming both nodes.
+    let mut by_a = on_b.clone();
+    by_a.phase = Phase::Allocated;
+    by_a.node = Some("a".into());
+    let r = s
+        .execute(Command::SetApplicationStatus {
+            uid,
+            expect: Phase::Elected,
+            status: Box::new(by_a),
+            expect_node: Some("a".into()),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(&r, Err(Rejection::NodeChanged { actual: Some(n), .. }) if n == "b"), "{r:?}");
+    assert_eq!(s.get_application("a").unwrap().unwrap().status.node.as_deref(), Some("b"));
+    // b's own write goes through.
+    let mut by_b = on_b;
+    by_b.phase = Phase::Allocated;
+    let r = s
+        .execute(Command::SetApplicationStatus {
+            uid,
+            expect: Phase::Elected,
+            status: Box::new(by_b),
+            expect_node: Some("b".into()),
+        })
+        .await
+        .unwrap();
+    assert!(r.is_ok(), "{r:?}");
+}
+
+/// A node removed from the cluster takes its votes with it: a round it voted in can
+/// never elect it, even when the leader closes the round at its deadline.
+#[tokio::test]
+async fn a_removed_nodes_votes_never_elect_it() {
+    use super::ballots::{BallotVote, Room, Vote};
+    let (_d, s) = store().await;
+    for name in ["a", "b"] {
+        let mut node = api_types::Node {
+            api_version: Default::default(),
+            kind: Default::default(),
+            metadata: api_types::ObjectMeta { name: name.parse().ok(), ..Default::default() },
+            status: Default::default(),
+        };
+        node.status.ready = true;
+        s.execute(Command::PutNode { node: Box::new(node) }).await.unwrap().unwrap();
+    }
+    apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
+    let uid = s.get_application("a").unwrap().unwrap().metadata.uid.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let fit = Vote::Fit { definition: 0, order: 0, driver: "test".into(), free: Room { slots: 9, cpu: 9, ram: 9 } };
+    let votes = vec![BallotVote { uid, round: 0, vote: fit }];
+    s.execute(Command::Vote { node: "b".into(), votes: votes.clone(), now }).await.unwrap().unwrap();
+    s.execute(Command::DeleteNode { node: "b".into() }).await.unwrap().unwrap();
+    assert!(s.ballots(&[uid]).unwrap()[0].votes.is_empty(), "b's vote must go with b");
+    // A late vote of the removed node is not counted either.
+    s.execute(Command::Vote { node: "b".into(), votes, now }).await.unwrap().unwrap();
+    s.execute(Command::CloseRounds { uids: vec![uid], now }).await.unwrap().unwrap();
+    let app = s.get_application("a").unwrap().unwrap();
+    assert_eq!(app.status.phase, Phase::New, "{:#?}", app.status);
 }

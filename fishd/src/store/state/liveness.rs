@@ -196,7 +196,7 @@ mod tests {
         st.phase = phase;
         st.node = node.map(str::to_owned);
         let uid = a.metadata.uid.unwrap();
-        s.execute(Command::SetApplicationStatus { uid, expect: Phase::New, status: Box::new(st) })
+        s.execute(Command::SetApplicationStatus { uid, expect: Phase::New, status: Box::new(st), expect_node: None })
             .await
             .unwrap()
             .unwrap();
