@@ -245,12 +245,24 @@ pub async fn pass(ctx: &Ctx) -> Result<(), StoreError> {
     if votes.is_empty() {
         return Ok(());
     }
-    let cmd = Command::Vote { node: me.to_owned(), votes, now: OffsetDateTime::now_utc() };
-    // A refusal cannot happen (stale votes are skipped, as values); a lost quorum is
-    // the caller's retry.
-    ctx.store.execute(cmd).await?.ok();
+    // In commands of at most VOTES_PER_COMMAND, concurrently (they share log entries
+    // by group commit): a queue of tens of thousands would otherwise make one entry of
+    // megabytes, applied in one transaction and sent whole to every follower.
+    let now = OffsetDateTime::now_utc();
+    let writes = votes
+        .chunks(VOTES_PER_COMMAND)
+        .map(|chunk| ctx.store.execute(Command::Vote { node: me.to_owned(), votes: chunk.to_vec(), now }));
+    for r in join_all(writes).await {
+        // A refusal cannot happen (stale votes are skipped, as values); a lost quorum
+        // is the caller's retry.
+        r?.ok();
+    }
     Ok(())
 }
+
+/// Votes per `Command::Vote`: a reason is bounded (see [`MAX_REASONS`]), so a command
+/// stays well under a megabyte.
+const VOTES_PER_COMMAND: usize = 256;
 
 /// How long a round may stay open waiting for nodes that have not voted.
 pub const VOTE_DEADLINE: Duration = Duration::from_secs(1);

@@ -827,3 +827,15 @@ async fn the_resync_releases_a_resource_whose_application_moved_on_unseen() {
     resync(&ctx, &queue);
     until("x's resource released by the resync", || !resource.exists()).await;
 }
+
+/// A queue longer than one vote command holds is voted for in several, all elected.
+#[tokio::test(start_paused = true)]
+async fn a_queue_longer_than_one_vote_command_is_elected_in_full() {
+    let p = pool(&[("a", cap(1000, 1000), vec![]), ("b", cap(1000, 1000), vec![])], &[], &[]).await;
+    let mut yaml = label("many", "{driver: test, resources: {cpu: 1}}");
+    for i in 0..700 {
+        yaml += &app(&format!("q{i}"), "many");
+    }
+    apply(&p.store, &yaml).await;
+    until("700 allocated", || held(&p.store, &[Phase::Allocated]).values().sum::<usize>() == 700).await;
+}
