@@ -127,21 +127,29 @@ pub async fn current_ledger(ctx: &Ctx) -> Result<Ledger, StoreError> {
         // active application instead of reading and parsing each one. This pass runs
         // after every creation and every deallocation, so that cost was paid thousands
         // of times a second under load.
+        // In a cluster most active applications are other nodes': those ALLOCATED or
+        // DEALLOCATE elsewhere can never become this node's again (they only finish),
+        // so they are remembered (`Ctx::others`) and not read again either.
         let uncached: Vec<Uuid> = {
             let defs = ctx.definitions.lock().unwrap_or_else(|e| e.into_inner());
+            let others = ctx.others.lock().unwrap_or_else(|e| e.into_inner());
             uids.into_iter()
                 .filter(|uid| match defs.get(uid) {
                     Some(def) => {
                         ledger.reserve(def);
                         false
                     }
-                    None => true,
+                    None => !others.contains(uid),
                 })
                 .collect()
         };
         for uid in uncached {
             let Some(app) = ctx.store.get_application_by_uid(uid)? else { continue };
             if app.status.node.as_deref() != Some(ctx.node.name.as_str()) {
+                // An ELECTED one may come back to NEW and be elected here: read it again.
+                if matches!(app.status.phase, Phase::Allocated | Phase::Deallocate) {
+                    ctx.others.lock().unwrap_or_else(|e| e.into_inner()).insert(uid);
+                }
                 continue;
             }
             if let Some(def) = reserved_definition(ctx, &app).await? {

@@ -118,6 +118,10 @@ pub struct Ctx {
     /// Uids whose next MODIFIED event is a reconcile's own note (a message, same
     /// phase): not a reason to run again before the backoff it chose.
     own_writes: Mutex<HashSet<Uuid>>,
+    /// Applications ALLOCATED or DEALLOCATE on another node: never this node's again
+    /// (they can only finish), so the election's ledger skips them without a read.
+    /// Dropped when the application is purged.
+    others: Mutex<HashSet<Uuid>>,
     /// How a resource ended by itself, kept from its cleanup until DEALLOCATED is
     /// written: when that write fails (no quorum, a leader change) the next inspect
     /// finds the resource gone, and must still report how it ended, not "lost".
@@ -159,6 +163,7 @@ impl Ctx {
             held: Mutex::new(HashMap::new()),
             own_writes: Mutex::new(HashSet::new()),
             ended: Mutex::new(HashMap::new()),
+            others: Mutex::new(HashSet::new()),
         })
     }
 
@@ -197,6 +202,7 @@ impl Ctx {
         self.clear_failures(uid);
         self.release_definition(uid);
         self.ended.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+        self.others.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
     }
 
     /// Notes (`Some`) or forgets (`None`) how `uid`'s resource ended by itself.
