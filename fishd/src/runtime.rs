@@ -32,6 +32,9 @@ use crate::store::{Command, FishNode, Store, StoreError, StoreOptions};
 /// the leader's to say, from Raft's traffic (`cluster::liveness`).
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
+/// How recently a node must have answered this node's Raft calls to count as heard.
+const HEARD_WITHIN: Duration = Duration::from_secs(1);
+
 /// Command-line overrides of fish.yml.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
@@ -554,6 +557,14 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     };
     check_deallocate_time(&drivers, &rc.timeouts)?;
     let ctx = Ctx::new(store.clone(), drivers.clone(), node, rc, meta_tokens.clone());
+    {
+        // Four heartbeats without an answer: not heard now (for rounds closed at their
+        // deadline; being declared lost takes `cluster.nodeTimeout`).
+        let (acks, me) = (acks.clone(), node_name.clone());
+        ctx.set_heard(move |name| {
+            name == me || acks.last(crate::store::node_id_for(name)).is_some_and(|t| t.elapsed() < HEARD_WITHIN)
+        });
+    }
     let gate_metrics = crate::gates::GateMetrics::default();
     let gates_config = match &config.gates {
         Some(v) => crate::gates::config::parse(v).map_err(|e| RunError::Config(ConfigError::Invalid(e)))?,

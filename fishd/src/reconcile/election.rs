@@ -292,7 +292,8 @@ pub async fn close_overdue_loop(ctx: std::sync::Arc<Ctx>, stop: tokio_util::sync
         }
         let now = OffsetDateTime::now_utc();
         let before = now - VOTE_DEADLINE;
-        let uids = match ctx.store.overdue_rounds(before) {
+        let heard = ctx.heard_nodes();
+        let uids = match ctx.store.overdue_rounds(before, heard.as_deref()) {
             Ok(u) if u.is_empty() => continue,
             Ok(u) => u,
             Err(e) => {
@@ -301,7 +302,7 @@ pub async fn close_overdue_loop(ctx: std::sync::Arc<Ctx>, stop: tokio_util::sync
             }
         };
         tracing::debug!(rounds = uids.len(), "closing election rounds past their deadline");
-        if let Err(e) = ctx.store.execute(Command::CloseRounds { uids, now }).await {
+        if let Err(e) = ctx.store.execute(Command::CloseRounds { uids, now, heard }).await {
             tracing::warn!(error = %e, "cannot close the overdue election rounds");
         }
     }

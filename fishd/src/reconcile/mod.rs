@@ -118,6 +118,10 @@ pub struct Ctx {
     /// Uids whose next MODIFIED event is a reconcile's own note (a message, same
     /// phase): not a reason to run again before the backoff it chose.
     own_writes: Mutex<HashSet<Uuid>>,
+    /// Whether the leader hears a node now (set by the runtime from Raft's acks): a
+    /// round closed at its deadline elects only among nodes heard, not one that died
+    /// after voting and is not yet declared lost.
+    heard: std::sync::OnceLock<Box<Heard>>,
     /// Applications ALLOCATED or DEALLOCATE on another node: never this node's again
     /// (they can only finish), so the election's ledger skips them without a read.
     /// Dropped when the application is purged.
@@ -127,6 +131,9 @@ pub struct Ctx {
     /// finds the resource gone, and must still report how it ended, not "lost".
     ended: Mutex<HashMap<Uuid, String>>,
 }
+
+/// Whether this node hears the named node now.
+type Heard = dyn Fn(&str) -> bool + Send + Sync;
 
 /// A resource of a driver instance that must be released.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,6 +171,7 @@ impl Ctx {
             own_writes: Mutex::new(HashSet::new()),
             ended: Mutex::new(HashMap::new()),
             others: Mutex::new(HashSet::new()),
+            heard: std::sync::OnceLock::new(),
         })
     }
 
@@ -230,6 +238,35 @@ impl Ctx {
 
     fn take_leftovers(&self, uid: Uuid) -> Vec<Leftover> {
         self.leftovers.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid).unwrap_or_default()
+    }
+
+    /// Whether a change of application `uid` (now in `phase`, as `object`) gives this
+    /// node's reconcile anything to do. A waiting application, or one active on another
+    /// node, does not, unless this node still holds or must release something of it:
+    /// in a cluster, reading and parsing each of those on every node for every change
+    /// was most of a follower's work in a burst. Finished ones always do (retention).
+    fn concerns(&self, uid: Uuid, phase: Option<Phase>, object: &serde_json::Value) -> bool {
+        let ours = || {
+            object["status"]["node"].as_str() == Some(self.node.name.as_str())
+                || self.holds_resource(uid)
+                || self.leftovers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&uid)
+        };
+        match phase {
+            Some(Phase::New | Phase::Elected | Phase::Allocated | Phase::Deallocate) => ours(),
+            Some(Phase::Deallocated | Phase::Error) | None => true,
+        }
+    }
+
+    /// Sets how this node tells whether it hears another (once; later calls are ignored).
+    pub fn set_heard(&self, heard: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        let _ = self.heard.set(Box::new(heard));
+    }
+
+    /// The recorded nodes this node hears now; `None` when it cannot tell.
+    fn heard_nodes(&self) -> Option<Vec<String>> {
+        let heard = self.heard.get()?;
+        let (_, nodes) = self.store.list_nodes().ok()?;
+        Some(nodes.iter().map(|n| n.metadata.name_str().to_owned()).filter(|n| heard(n)).collect())
     }
 
     /// Records that a driver holds `resource` for `uid` on this node.
@@ -445,7 +482,8 @@ async fn trigger_loop(ctx: Arc<Ctx>, queue: Queue, stop: CancellationToken) {
                             }
                             // A reconcile's own note: it already chose when to run again.
                             api_types::WatchEventType::Modified if ctx.is_own_write(uid) => {}
-                            _ => queue.now(uid),
+                            _ if ctx.concerns(uid, phase, &ev.object) => queue.now(uid),
+                            _ => {}
                         }
                     }
                     // A new application, capacity freed, or a round closed (this node's

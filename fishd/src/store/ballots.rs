@@ -218,6 +218,17 @@ pub(super) fn voters<T: ReadableTable<&'static str, &'static [u8]>>(nodes: &T) -
     Ok(out)
 }
 
+/// For a forced close: a node the leader does not hear now counts as not ready (its
+/// votes neither awaited nor eligible), whatever its record says until it is declared lost.
+fn only_heard(mut voters: Vec<Voter>, heard: Option<&[String]>) -> Vec<Voter> {
+    if let Some(heard) = heard {
+        for v in &mut voters {
+            v.ready &= heard.contains(&v.name);
+        }
+    }
+    voters
+}
+
 /// `Command::Vote`: records `node`'s votes and settles each application they complete.
 pub(super) fn vote(
     tx: &mut Tx<'_>,
@@ -248,8 +259,13 @@ pub(super) fn vote(
 
 /// `Command::CloseRounds`: the deadline of these rounds passed; elect among the votes
 /// there are.
-pub(super) fn close(tx: &mut Tx<'_>, uids: Vec<Uuid>, now: OffsetDateTime) -> Result<Outcome, StoreError> {
-    let voters = voters(&tx.txn.open_table(NODES)?)?;
+pub(super) fn close(
+    tx: &mut Tx<'_>,
+    uids: Vec<Uuid>,
+    now: OffsetDateTime,
+    heard: Option<&[String]>,
+) -> Result<Outcome, StoreError> {
+    let voters = only_heard(voters(&tx.txn.open_table(NODES)?)?, heard);
     for uid in uids {
         let Some(app) = super::state::load_app(tx, uid)? else { continue };
         if app.status.phase != Phase::New {
@@ -337,8 +353,9 @@ pub(super) fn overdue(
     tx: &redb::ReadTransaction,
     uids: &[Uuid],
     opened_before: OffsetDateTime,
+    heard: Option<&[String]>,
 ) -> Result<Vec<Uuid>, StoreError> {
-    let voters = voters(&tx.open_table(NODES)?)?;
+    let voters = only_heard(voters(&tx.open_table(NODES)?)?, heard);
     let ballots = tx.open_table(BALLOTS)?;
     let apps = tx.open_table(APPS)?;
     let mut out = Vec::new();

@@ -132,6 +132,11 @@ pub enum Command {
     CloseRounds {
         uids: Vec<Uuid>,
         now: OffsetDateTime,
+        /// The nodes the leader hears now (`None`: it does not know): only their votes
+        /// count, so a node that died after voting is not elected before it is
+        /// declared lost.
+        #[serde(default)]
+        heard: Option<Vec<String>>,
     },
     /// A gate received a CI event (contract section 12): applied once per delivery
     /// GUID, moving the job's rank forward only.

@@ -742,12 +742,16 @@ impl Store {
 
     /// NEW applications whose election round opened before `opened_before` and would
     /// elect a node if closed now (see [`ballots`]).
-    pub fn overdue_rounds(&self, opened_before: time::OffsetDateTime) -> Result<Vec<Uuid>, StoreError> {
+    pub fn overdue_rounds(
+        &self,
+        opened_before: time::OffsetDateTime,
+        heard: Option<&[String]>,
+    ) -> Result<Vec<Uuid>, StoreError> {
         let new = self.uids_in_phase(Phase::New)?;
         if new.is_empty() {
             return Ok(new);
         }
-        ballots::overdue(&self.read()?, &new, opened_before)
+        ballots::overdue(&self.read()?, &new, opened_before, heard)
     }
 
     /// Whether this node leads the cluster now (a single node always does).

@@ -115,7 +115,7 @@ pub(super) fn apply(tx: &mut Tx<'_>, cmd: Command) -> Result<Outcome, StoreError
             super::applyset::apply_set(tx, &set, prune, items, &owner, now)
         }
         Command::Vote { node, votes, now } => super::ballots::vote(tx, &node, votes, now),
-        Command::CloseRounds { uids, now } => super::ballots::close(tx, uids, now),
+        Command::CloseRounds { uids, now, heard } => super::ballots::close(tx, uids, now, heard.as_deref()),
         Command::GateEvent { gate, guid, job, now } => super::gates::event(tx, &gate, &guid, *job, now),
         Command::GatePutRunner { gate, uid, runner } => super::gates::put_runner(tx, &gate, uid, runner.map(|r| *r)),
         Command::GateForget { gate, jobs, deliveries_before } => {

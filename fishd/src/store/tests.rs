@@ -376,7 +376,45 @@ async fn a_removed_nodes_votes_never_elect_it() {
     assert!(s.ballots(&[uid]).unwrap()[0].votes.is_empty(), "b's vote must go with b");
     // A late vote of the removed node is not counted either.
     s.execute(Command::Vote { node: "b".into(), votes, now }).await.unwrap().unwrap();
-    s.execute(Command::CloseRounds { uids: vec![uid], now }).await.unwrap().unwrap();
+    s.execute(Command::CloseRounds { uids: vec![uid], now, heard: None }).await.unwrap().unwrap();
     let app = s.get_application("a").unwrap().unwrap();
     assert_eq!(app.status.phase, Phase::New, "{:#?}", app.status);
+}
+
+/// A round closed at its deadline elects only among the nodes the leader hears: a node
+/// that voted and then died is not elected before it is declared lost.
+#[tokio::test]
+async fn a_deadline_close_elects_only_nodes_the_leader_hears() {
+    use super::ballots::{BallotVote, Room, Vote};
+    let (_d, s) = store().await;
+    for name in ["a", "b"] {
+        let mut node = api_types::Node {
+            api_version: Default::default(),
+            kind: Default::default(),
+            metadata: api_types::ObjectMeta { name: name.parse().ok(), ..Default::default() },
+            status: Default::default(),
+        };
+        node.status.ready = true;
+        s.execute(Command::PutNode { node: Box::new(node) }).await.unwrap().unwrap();
+    }
+    apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
+    let uid = s.get_application("a").unwrap().unwrap().metadata.uid.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let fit = Vote::Fit { definition: 0, order: 0, driver: "test".into(), free: Room { slots: 9, cpu: 9, ram: 9 } };
+    s.execute(Command::Vote { node: "b".into(), votes: vec![BallotVote { uid, round: 0, vote: fit }], now })
+        .await
+        .unwrap()
+        .unwrap();
+    let close = |heard: Vec<&str>| Command::CloseRounds {
+        uids: vec![uid],
+        now,
+        heard: Some(heard.into_iter().map(String::from).collect()),
+    };
+    assert!(s.overdue_rounds(now + time::Duration::seconds(5), Some(&["a".to_string()])).unwrap().is_empty());
+    s.execute(close(vec!["a"])).await.unwrap().unwrap();
+    assert_eq!(s.get_application("a").unwrap().unwrap().status.phase, Phase::New, "b is not heard");
+    assert_eq!(s.overdue_rounds(now + time::Duration::seconds(5), None).unwrap(), vec![uid]);
+    s.execute(close(vec!["a", "b"])).await.unwrap().unwrap();
+    let app = s.get_application("a").unwrap().unwrap();
+    assert_eq!((app.status.phase, app.status.node.as_deref()), (Phase::Elected, Some("b")));
 }
