@@ -48,21 +48,34 @@ function resourceView(app) {
     ['Expires', r.expiresAt ? `${time(r.expiresAt)}` : '']]), details];
 }
 
-/** Follows the log into `pre` while the page is open; keeps the last LOG_TAIL_BYTES. */
+/**
+ * Follows the log into `pre` while the page is open; keeps the last LOG_TAIL_BYTES.
+ * A dropped connection (the browser saw the network change, fishd restarted) is
+ * reconnected after a pause; the log comes again from its start, so the text starts over.
+ * An answer of the API (404: no log) ends it.
+ */
 async function followLog(name, pre, state, signal) {
-  let text = '';
-  state.textContent = 'following';
-  try {
-    for await (const chunk of stream(`/api/v1/applications/${encodeURIComponent(name)}/logs?follow=true`, signal)) {
-      const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-      text = (text + chunk).slice(-LOG_TAIL_BYTES);
-      pre.textContent = text;
-      if (atBottom) pre.scrollTop = pre.scrollHeight;
+  for (let attempt = 0; !signal.aborted; attempt++) {
+    let text = '';
+    state.textContent = attempt ? 'following (reconnected)' : 'following';
+    try {
+      for await (const chunk of stream(`/api/v1/applications/${encodeURIComponent(name)}/logs?follow=true`, signal)) {
+        const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+        text = (text + chunk).slice(-LOG_TAIL_BYTES);
+        pre.textContent = text;
+        if (atBottom) pre.scrollTop = pre.scrollHeight;
+      }
+      state.textContent = 'ended';
+      return;
+    } catch (e) {
+      if (signal.aborted) return;
+      if (e instanceof ApiError) {
+        state.textContent = e.status === 404 ? 'no log' : `stopped: ${e.message}`;
+        return;
+      }
+      state.textContent = `reconnecting: ${e.message}`;
+      await new Promise((resolve) => setTimeout(resolve, Math.min(1000 * 2 ** attempt, 10000)));
     }
-    state.textContent = 'ended';
-  } catch (e) {
-    if (signal.aborted) return;
-    state.textContent = e instanceof ApiError && e.status === 404 ? 'no log' : `stopped: ${e.message}`;
   }
 }
 
