@@ -30,6 +30,22 @@ function headers(extra = {}) {
   return { Authorization: `Bearer ${session.token()}`, ...extra };
 }
 
+/**
+ * `fetch`, sent again (GETs only, at most 3 more times, 0.3 s doubling) when it got no
+ * answer at all: a browser drops requests in flight when it sees the network change
+ * (a VPN, a new interface), and a GET is safe to repeat. Answers, even errors, are final.
+ */
+async function send(path, init) {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fetch(path, init);
+    } catch (e) {
+      if ((init.method ?? 'GET') !== 'GET' || init.signal?.aborted || attempt >= 3) throw e;
+      await new Promise((resolve) => setTimeout(resolve, 300 * 2 ** attempt));
+    }
+  }
+}
+
 /** One JSON request; throws ApiError on anything but 2xx. */
 export async function api(path, { method = 'GET', body, signal } = {}) {
   const init = { method, headers: headers({ Accept: 'application/json' }), signal, cache: 'no-store' };
@@ -37,7 +53,7 @@ export async function api(path, { method = 'GET', body, signal } = {}) {
     init.headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);
   }
-  const res = await fetch(path, init);
+  const res = await send(path, init);
   const text = await res.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = null; }
@@ -48,7 +64,7 @@ export async function api(path, { method = 'GET', body, signal } = {}) {
 
 /** Opens a streaming GET; yields decoded text chunks until the server ends it. */
 export async function* stream(path, signal) {
-  const res = await fetch(path, { headers: headers(), signal, cache: 'no-store' });
+  const res = await send(path, { headers: headers(), signal, cache: 'no-store' });
   if (!res.ok) {
     const text = await res.text();
     let data = null;
