@@ -407,22 +407,27 @@ fn put_node(tx: &mut Tx<'_>, mut node: Node) -> Result<Outcome, StoreError> {
     Ok(Ok(Response::Node(Box::new(node))))
 }
 
-fn delete_node(tx: &mut Tx<'_>, name: &str) -> Result<Outcome, StoreError> {
+/// The applications `node` holds: ELECTED, ALLOCATED or DEALLOCATE on it.
+pub(super) fn held_by(tx: &Tx<'_>, node: &str) -> Result<Vec<Application>, StoreError> {
+    let apps = tx.txn.open_table(APPS)?;
+    let idx = tx.txn.open_table(APP_BY_PHASE)?;
     let mut held = Vec::new();
-    {
-        let apps = tx.txn.open_table(APPS)?;
-        let idx = tx.txn.open_table(APP_BY_PHASE)?;
-        for phase in [Phase::Elected, Phase::Allocated, Phase::Deallocate] {
-            let code = phase_code(phase);
-            for e in idx.range((code, 0)..=(code, u128::MAX))? {
-                let (k, _) = e?;
-                let Some(app) = read_app(&apps, k.value().1)? else { continue };
-                if app.status.node.as_deref() == Some(name) {
-                    held.push(app.metadata.name_str().to_owned());
-                }
+    for phase in [Phase::Elected, Phase::Allocated, Phase::Deallocate] {
+        let code = phase_code(phase);
+        for e in idx.range((code, 0)..=(code, u128::MAX))? {
+            let (k, _) = e?;
+            if let Some(app) = read_app(&apps, k.value().1)?
+                && app.status.node.as_deref() == Some(node)
+            {
+                held.push(app);
             }
         }
     }
+    Ok(held)
+}
+
+fn delete_node(tx: &mut Tx<'_>, name: &str) -> Result<Outcome, StoreError> {
+    let held: Vec<String> = held_by(tx, name)?.iter().map(|a| a.metadata.name_str().to_owned()).collect();
     if !held.is_empty() {
         let shown: Vec<_> = held.iter().take(5).map(String::as_str).collect();
         let more =

@@ -356,16 +356,7 @@ async fn a_status_write_for_another_node_is_refused() {
 async fn a_removed_nodes_votes_never_elect_it() {
     use super::ballots::{BallotVote, Room, Vote};
     let (_d, s) = store().await;
-    for name in ["a", "b"] {
-        let mut node = api_types::Node {
-            api_version: Default::default(),
-            kind: Default::default(),
-            metadata: api_types::ObjectMeta { name: name.parse().ok(), ..Default::default() },
-            status: Default::default(),
-        };
-        node.status.ready = true;
-        s.execute(Command::PutNode { node: Box::new(node) }).await.unwrap().unwrap();
-    }
+    ready_nodes(&s, &["a", "b"]).await;
     apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
     let uid = s.get_application("a").unwrap().unwrap().metadata.uid.unwrap();
     let now = OffsetDateTime::now_utc();
@@ -387,16 +378,7 @@ async fn a_removed_nodes_votes_never_elect_it() {
 async fn a_deadline_close_elects_only_nodes_the_leader_hears() {
     use super::ballots::{BallotVote, Room, Vote};
     let (_d, s) = store().await;
-    for name in ["a", "b"] {
-        let mut node = api_types::Node {
-            api_version: Default::default(),
-            kind: Default::default(),
-            metadata: api_types::ObjectMeta { name: name.parse().ok(), ..Default::default() },
-            status: Default::default(),
-        };
-        node.status.ready = true;
-        s.execute(Command::PutNode { node: Box::new(node) }).await.unwrap().unwrap();
-    }
+    ready_nodes(&s, &["a", "b"]).await;
     apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
     let uid = s.get_application("a").unwrap().unwrap().metadata.uid.unwrap();
     let now = OffsetDateTime::now_utc();
@@ -417,4 +399,18 @@ async fn a_deadline_close_elects_only_nodes_the_leader_hears() {
     s.execute(close(vec!["a", "b"])).await.unwrap().unwrap();
     let app = s.get_application("a").unwrap().unwrap();
     assert_eq!((app.status.phase, app.status.node.as_deref()), (Phase::Elected, Some("b")));
+}
+
+/// Records `names` as ready nodes, as their own status reports would.
+async fn ready_nodes(s: &Store, names: &[&str]) {
+    for name in names {
+        let mut node = api_types::Node {
+            api_version: Default::default(),
+            kind: Default::default(),
+            metadata: api_types::ObjectMeta { name: name.parse().ok(), ..Default::default() },
+            status: Default::default(),
+        };
+        node.status.ready = true;
+        s.execute(Command::PutNode { node: Box::new(node) }).await.unwrap().unwrap();
+    }
 }

@@ -24,8 +24,8 @@ use time::OffsetDateTime;
 
 use super::super::command::{Outcome, Rejection, Response};
 use super::super::tables::*;
-use super::super::{Kind, Store, StoreError, phase_code};
-use super::{Tx, read_app, write_app};
+use super::super::{Kind, Store, StoreError};
+use super::{Tx, write_app};
 
 const UNHEARD: &str = "unheard-node/";
 const DRAINING: &str = "draining-node/";
@@ -107,22 +107,7 @@ pub(super) fn set_node_ready(
 
 /// Moves `node`'s ELECTED, ALLOCATED and DEALLOCATE applications to ERROR.
 fn lose_applications(tx: &mut Tx<'_>, node: &str, reason: &str, now: OffsetDateTime) -> Result<(), StoreError> {
-    let mut lost = Vec::new();
-    {
-        let apps = tx.txn.open_table(APPS)?;
-        let idx = tx.txn.open_table(APP_BY_PHASE)?;
-        for phase in [Phase::Elected, Phase::Allocated, Phase::Deallocate] {
-            let code = phase_code(phase);
-            for e in idx.range((code, 0)..=(code, u128::MAX))? {
-                let (k, _) = e?;
-                if let Some(app) = read_app(&apps, k.value().1)?
-                    && app.status.node.as_deref() == Some(node)
-                {
-                    lost.push(app);
-                }
-            }
-        }
-    }
+    let lost = super::held_by(tx, node)?;
     for mut app in lost {
         let old = app.status.phase;
         let message = match old {
