@@ -1,5 +1,7 @@
 //! Liveness, readiness and `whoami`.
 
+use std::sync::Arc;
+
 use api_types::User;
 use axum::Json;
 use axum::extract::State;
@@ -38,5 +40,5 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<(StatusCode, &'s
     responses((status = 200, body = User), (status = 401, body = api_types::ErrorBody)),
     security(("bearer" = []), ("basic" = [])))]
 pub async fn whoami(user: AuthUser) -> Json<User> {
-    Json(user.user)
+    Json(Arc::unwrap_or_clone(user.user))
 }

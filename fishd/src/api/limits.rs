@@ -111,7 +111,7 @@ mod tests {
             spec: UserSpec { roles: vec![role], ..Default::default() },
             status: Default::default(),
         };
-        AuthUser { name: name.into(), user }
+        AuthUser { name: name.into(), user: Arc::new(user) }
     }
 
     #[test]

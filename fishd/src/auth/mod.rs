@@ -1,7 +1,9 @@
 //! Who is calling: `Authorization: Bearer <token>`, or Basic `user:token` / `user:password`.
 //!
 //! # Guarantees
-//! - A token is checked by one index read of its SHA-256 digest (microseconds).
+//! - A token is checked by its SHA-256 digest, in the store's in-memory token cache
+//!   (one index read the first time; the cache forgets every token as soon as any user
+//!   changes, on whichever node the change was proposed).
 //! - A password is checked with argon2id on the blocking pool, at most
 //!   [`PASSWORD_VERIFY_PERMITS`] at once, so a flood of Basic-password requests queues
 //!   instead of eating every core; a successful check is remembered for
@@ -20,7 +22,7 @@ pub mod secrets;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use api_types::User;
@@ -29,7 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::ratelimit::RateLimiter;
-use crate::store::{Store, StoreError, UserRecord};
+use crate::store::{Store, StoreError};
 
 /// argon2id verifications running at once: each takes ~25 ms of one core and 19 MiB.
 pub const PASSWORD_VERIFY_PERMITS: usize = 2;
@@ -74,7 +76,8 @@ pub enum AuthError {
 #[derive(Clone, Debug)]
 pub struct AuthUser {
     pub name: String,
-    pub user: User,
+    /// Shared with the token cache: authenticating copies nothing.
+    pub user: Arc<User>,
 }
 
 impl AuthUser {
@@ -143,21 +146,21 @@ impl Auth {
             ));
         };
         let blocked = source.and_then(|ip| self.failures.retry_after(&ip, failure_limit, Instant::now()));
-        let record = match parse_credentials(value) {
+        let user = match parse_credentials(value) {
             // Tokens are 256-bit random secrets: checking one is cheap and tells a
             // guesser nothing, so a valid token works even from a blocked address
             // (a NAT shared with a misconfigured script must not lock everyone out).
-            Some(Credentials::Bearer(token)) => self.by_token(store, token).await?,
+            Some(Credentials::Bearer(token)) => self.by_token(store, token)?,
             Some(Credentials::Basic { name, secret }) => {
                 if blocked.is_some() {
-                    self.by_token(store, &secret).await?.filter(|r| r.user.metadata.name_str() == name)
+                    self.by_token(store, &secret)?.filter(|u| u.metadata.name_str() == name)
                 } else {
                     self.by_basic(store, &name, &secret).await?
                 }
             }
             None => None,
         };
-        let Some(record) = record else {
+        let Some(user) = user else {
             if let Some(retry_after_secs) = blocked {
                 return Err(AuthError::TooManyRequests {
                     message: format!(
@@ -172,26 +175,26 @@ impl Auth {
             }
             return Err(AuthError::Unauthorized("invalid credentials".into()));
         };
-        Ok(AuthUser { name: record.user.metadata.name_str().to_owned(), user: record.user })
+        Ok(AuthUser { name: user.metadata.name_str().to_owned(), user })
     }
 
-    async fn by_token(&self, store: &Store, token: &str) -> Result<Option<UserRecord>, AuthError> {
+    fn by_token(&self, store: &Store, token: &str) -> Result<Option<Arc<User>>, AuthError> {
         if token.is_empty() {
             return Ok(None);
         }
-        Ok(store.user_by_token_digest(&secrets::token_digest(token))?)
+        Ok(store.token_user(&secrets::token_digest(token))?)
     }
 
-    async fn by_basic(&self, store: &Store, name: &str, secret: &str) -> Result<Option<UserRecord>, AuthError> {
+    async fn by_basic(&self, store: &Store, name: &str, secret: &str) -> Result<Option<Arc<User>>, AuthError> {
         // Fast path: the secret is the user's token.
-        if let Some(rec) = self.by_token(store, secret).await? {
-            return Ok((rec.user.metadata.name_str() == name).then_some(rec));
+        if let Some(user) = self.by_token(store, secret)? {
+            return Ok((user.metadata.name_str() == name).then_some(user));
         }
         let Some(rec) = store.get_user(name)? else { return Ok(None) };
         let Some(hash) = rec.password_hash.clone() else { return Ok(None) };
         let key = cache_key(name, secret, &hash);
         if self.cached(&key) {
-            return Ok(Some(rec));
+            return Ok(Some(Arc::new(rec.user)));
         }
         let _permit = tokio::time::timeout(PASSWORD_QUEUE_TIMEOUT, self.verify_permits.acquire())
             .await
@@ -209,7 +212,7 @@ impl Auth {
             cache.clear();
         }
         cache.insert(key, Instant::now());
-        Ok(Some(rec))
+        Ok(Some(Arc::new(rec.user)))
     }
 
     fn cached(&self, key: &[u8; 32]) -> bool {

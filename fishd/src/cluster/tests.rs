@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::raft_membership::{self, MemberChange};
 use super::raft_net::{HttpForward, HttpNetwork, peer_client};
-use crate::store::{ApplyItem, Command, FishNode, Store, StoreError, StoreOptions};
+use crate::store::{ApplyItem, Command, FishNode, Proposal, Store, StoreError, StoreOptions, UserRecord};
 
 struct TestNode {
     store: Store,
@@ -197,5 +197,41 @@ async fn a_late_learner_catches_up_from_a_snapshot() {
     assert_eq!(d.store.list_labels(None).unwrap().1.len(), 1200);
     assert!(d.store.raft().metrics().borrow().snapshot.is_some(), "node-d was fed a snapshot");
     d.stop().await;
+    a.stop().await;
+}
+
+/// The token cache is emptied by the state machine, so a change that reaches a node
+/// through the replicated log (not its own API) takes effect there as it is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_rotated_or_deleted_through_the_log_stops_working_on_a_follower_at_once() {
+    let root = tempfile::tempdir().unwrap();
+    shared_ca(root.path());
+    let a = start(root.path(), "node-a", true).await;
+    let b = start(root.path(), "node-b", false).await;
+    add(&a, &b).await;
+    // Written on the leader; `b` only ever sees the entries.
+    let on_a_then_applied_on_b = |command: Command| {
+        let (a, b) = (a.store.clone(), b.store.clone());
+        async move {
+            let applied = a.propose(Proposal { id: Uuid::now_v7(), command }).await.unwrap();
+            assert!(applied.outcome.is_ok(), "{:?}", applied.outcome);
+            b.wait_applied(applied.index, tokio::time::Instant::now() + Duration::from_secs(10)).await.unwrap();
+        }
+    };
+    let user: api_types::User =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "carol"}, "spec": {"roles": ["user"]}}))
+            .unwrap();
+    let record = UserRecord { user, password_hash: None, token_digest: "digest-1".into() };
+    let now = OffsetDateTime::now_utc();
+    on_a_then_applied_on_b(Command::CreateUser { record: Box::new(record), uid: Uuid::now_v7(), now }).await;
+    for _ in 0..2 {
+        assert!(b.store.token_user("digest-1").unwrap().is_some(), "the new user's token works on b");
+    }
+    on_a_then_applied_on_b(Command::SetUserToken { name: "carol".into(), token_digest: "digest-2".into() }).await;
+    assert!(b.store.token_user("digest-1").unwrap().is_none(), "the rotated token still works on b");
+    assert!(b.store.token_user("digest-2").unwrap().is_some());
+    on_a_then_applied_on_b(Command::DeleteUser { name: "carol".into() }).await;
+    assert!(b.store.token_user("digest-2").unwrap().is_none(), "the deleted user's token still works on b");
+    b.stop().await;
     a.stop().await;
 }

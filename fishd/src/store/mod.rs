@@ -25,6 +25,7 @@ mod join_tokens;
 pub mod raft;
 mod state;
 mod tables;
+mod tokens;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -265,6 +266,8 @@ pub struct Store {
     events: broadcast::Sender<Arc<Event>>,
     /// The group-commit queue of writes this node leads (see [`Leading`]).
     leading: mpsc::Sender<Waiting>,
+    /// Token digest → user, invalidated by the state machine (see [`tokens`]).
+    tokens: Arc<tokens::TokenCache>,
 }
 
 /// Most proposals in one log entry.
@@ -414,7 +417,9 @@ impl Store {
         let (events, _) = broadcast::channel(EVENT_CHANNEL);
         let growth = Arc::new(raft::LogGrowth::default());
         let log = raft::LogStore::new(db.clone(), growth.clone());
-        let sm = raft::StateMachine::new(db.clone(), events.clone(), options.event_history, growth.clone());
+        let tokens = Arc::new(tokens::TokenCache::default());
+        let sm = raft::StateMachine::new(db.clone(), events.clone(), options.event_history, growth.clone())
+            .with_token_cache(tokens.clone());
         let config = raft_config()?;
         let raft = match &options.network {
             Some(n) => n.start(id, config, log, sm).await,
@@ -436,7 +441,7 @@ impl Store {
         tokio::spawn(snapshot_when_the_log_grew(raft.clone(), growth));
         let (leading, rx) = mpsc::channel(PROPOSAL_QUEUE);
         tokio::spawn(Leading { raft: raft.clone(), id }.run(rx));
-        Ok(Store { db, raft, id, node: options.node, forward: options.forward, events, leading })
+        Ok(Store { db, raft, id, node: options.node, forward: options.forward, events, leading, tokens })
     }
 
     /// Stops this node's Raft and releases the database file.
@@ -699,6 +704,19 @@ impl Store {
             None => return Ok(None),
         };
         state::read_user(&tx.open_table(USERS)?, &name)
+    }
+
+    /// The user whose token has this hex SHA-256 digest, from memory when it was
+    /// looked up before (see [`tokens`]: a change to any user is seen at once).
+    pub fn token_user(&self, digest: &str) -> Result<Option<Arc<User>>, StoreError> {
+        let generation = match self.tokens.get(digest) {
+            Ok(user) => return Ok(Some(user)),
+            Err(generation) => generation,
+        };
+        let Some(record) = self.user_by_token_digest(digest)? else { return Ok(None) };
+        let user = Arc::new(record.user);
+        self.tokens.fill(generation, digest, user.clone());
+        Ok(Some(user))
     }
 
     /// Every user (without secrets).

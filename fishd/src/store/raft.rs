@@ -36,7 +36,8 @@ use uuid::Uuid;
 
 use super::command::{Command, Outcome};
 use super::tables::*;
-use super::{Event, REVISION_BASE, StoreError, backup, state};
+use super::tokens::TokenCache;
+use super::{Event, Kind, REVISION_BASE, StoreError, backup, state};
 
 /// A node's Raft id. Derived from its name (see [`node_id_for`]), so every member can
 /// compute any other's id and names stay the user-facing identity.
@@ -310,6 +311,8 @@ pub struct StateMachine {
     history: u64,
     snapshot_seq: Arc<AtomicU64>,
     growth: Arc<LogGrowth>,
+    /// Emptied whenever an applied entry or an installed snapshot changed users.
+    tokens: Arc<TokenCache>,
 }
 
 impl StateMachine {
@@ -319,7 +322,20 @@ impl StateMachine {
         history: u64,
         growth: Arc<LogGrowth>,
     ) -> Self {
-        StateMachine { db, events, history: history.max(1), snapshot_seq: Arc::new(AtomicU64::new(0)), growth }
+        StateMachine {
+            db,
+            events,
+            history: history.max(1),
+            snapshot_seq: Arc::new(AtomicU64::new(0)),
+            growth,
+            tokens: Arc::default(),
+        }
+    }
+
+    /// This state machine invalidating `tokens` (the store's cache) on user changes.
+    pub(super) fn with_token_cache(mut self, tokens: Arc<TokenCache>) -> Self {
+        self.tokens = tokens;
+        self
     }
 
     fn applied(&self) -> Result<AppliedState, String> {
@@ -475,6 +491,8 @@ impl StateMachine {
             txn.open_table(LOCAL_META)?.insert("events_cut", cut)?;
         }
         txn.commit()?;
+        // Any user may have changed.
+        self.tokens.invalidate();
         self.growth.snapshot_taken(data.len() as u64);
         tracing::info!(
             index = meta.last_log_id.map(|l| l.index).unwrap_or(0),
@@ -556,6 +574,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             tracing::error!(error = %e, source = ?std::error::Error::source(&e), "store transaction failed");
             serr(ErrorSubject::StateMachine, ErrorVerb::Write, flatten(e))
         })?;
+        // Committed: a rotated or deleted token must fail from now on, before the
+        // write is answered (see `tokens`).
+        if events.iter().any(|e| e.kind == Kind::User) {
+            self.tokens.invalidate();
+        }
         for e in events {
             // No receivers is fine: nobody is watching.
             let _ = self.events.send(Arc::new(e));

@@ -414,3 +414,26 @@ async fn ready_nodes(s: &Store, names: &[&str]) {
         s.execute(Command::PutNode { node: Box::new(node) }).await.unwrap().unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_rotated_or_deleted_token_stops_working_at_once() {
+    let (_d, s) = store().await;
+    let now = OffsetDateTime::now_utc();
+    let record = user_record("carol", "hash", "digest-1");
+    s.execute(Command::CreateUser { record: Box::new(record), uid: Uuid::now_v7(), now }).await.unwrap().unwrap();
+    // Twice: the second answer comes from the cache.
+    for _ in 0..2 {
+        assert_eq!(s.token_user("digest-1").unwrap().unwrap().metadata.name_str(), "carol");
+    }
+    assert!(s.token_user("digest-x").unwrap().is_none());
+    s.execute(Command::SetUserToken { name: "carol".into(), token_digest: "digest-2".into() }).await.unwrap().unwrap();
+    assert!(s.token_user("digest-1").unwrap().is_none(), "the rotated token still works");
+    assert!(s.token_user("digest-2").unwrap().is_some());
+    // A change of the user (roles) is seen at once too.
+    let admin = "kind: User\nmetadata: {name: carol}\nspec: {roles: [admin]}\n";
+    let Response::Applied(r) = apply(&s, admin).await.unwrap() else { panic!() };
+    assert_eq!(r[0].action, ApplyAction::Configured);
+    assert!(s.token_user(&s.get_user("carol").unwrap().unwrap().token_digest).unwrap().unwrap().is_admin());
+    s.execute(Command::DeleteUser { name: "carol".into() }).await.unwrap().unwrap();
+    assert!(s.token_user("digest-2").unwrap().is_none(), "the deleted user's token still works");
+}
