@@ -19,7 +19,8 @@ use tokio::io::AsyncReadExt;
 use super::apply::{apply_manifests, parse_one};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiQuery, read_body};
-use super::watch::{parse_resource_version, watch_response};
+use super::stored::{ListBody, json_response};
+use super::watch::{AddedLines, parse_resource_version, watch_response};
 use super::{AppState, audit};
 use crate::auth::AuthUser;
 use crate::store::{AppFilter, Command, Event, Kind, Response as StoreResponse};
@@ -81,12 +82,15 @@ pub async fn list_applications(
         });
         let store = state.store.clone();
         return watch_response(&state, &user, Kind::Application, rv, event_filter, move || {
-            let (rev, items) = store.list_applications(&filter)?;
-            Ok((rev, items.into_iter().filter_map(|a| serde_json::to_value(a).ok()).collect()))
+            let mut initial = AddedLines::default();
+            store.applications_json(&filter, &mut initial)?;
+            Ok((initial.revision, initial.lines))
         });
     }
-    let (rev, items) = state.store.list_applications(&filter)?;
-    Ok(Json(List::new("Application", rev, items)).into_response())
+    // Each item is its stored JSON, as written: nothing is parsed and serialized again.
+    let mut list = ListBody::new("Application");
+    state.store.applications_json(&filter, &mut list)?;
+    Ok(list.into_response())
 }
 
 /// The application `name_or_uid` if the caller may see it, else 404.
@@ -108,8 +112,12 @@ pub async fn get_application(
     State(state): State<AppState>,
     user: AuthUser,
     Path(name): Path<String>,
-) -> ApiResult<Json<Application>> {
-    find_visible(&state, &user, &name).map(Json)
+) -> ApiResult<Response> {
+    // Its stored JSON, as written (see `store::json`).
+    match state.store.application_json(&name, user.owner_filter().as_deref())? {
+        Some(json) => Ok(json_response(json)),
+        None => Err(ApiError::NotFound(format!("application {name:?} not found"))),
+    }
 }
 
 /// Create an application (201); the same name with the same spec answers 200.

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use super::apply::{apply_manifests, parse_one};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiQuery, read_body};
-use super::watch::{object_name, parse_resource_version, watch_response};
+use super::stored::{ListBody, json_response};
+use super::watch::{AddedLines, object_name, parse_resource_version, watch_response};
 use super::{AppState, audit};
 use crate::auth::AuthUser;
 use crate::store::{Command, Kind};
@@ -57,12 +58,15 @@ pub async fn list_labels(
         let filter = Arc::new(move |e: &crate::store::Event| name.as_deref().is_none_or(|n| object_name(e) == n));
         let store = state.store.clone();
         return watch_response(&state, &user, Kind::Label, rv, filter, move || {
-            let (rev, items) = store.list_labels(q.name.as_deref())?;
-            Ok((rev, items.into_iter().filter_map(|l| serde_json::to_value(l).ok()).collect()))
+            let mut initial = AddedLines::default();
+            store.labels_json(q.name.as_deref(), &mut initial)?;
+            Ok((initial.revision, initial.lines))
         });
     }
-    let (rev, items) = state.store.list_labels(q.name.as_deref())?;
-    Ok(Json(List::new("Label", rev, items)).into_response())
+    // Each item is its stored JSON, as written: nothing is parsed and serialized again.
+    let mut list = ListBody::new("Label");
+    state.store.labels_json(q.name.as_deref(), &mut list)?;
+    Ok(list.into_response())
 }
 
 /// One label: the latest version, or `?version=N`.
@@ -77,8 +81,12 @@ pub async fn get_label(
     _user: AuthUser,
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<VersionQuery>,
-) -> ApiResult<Json<Label>> {
-    find(&state, &name, q.version).map(Json)
+) -> ApiResult<Response> {
+    // By name (nearly always): its stored JSON, as written (see `store::json`).
+    if let Some(json) = state.store.label_json(&name, q.version)? {
+        return Ok(json_response(json));
+    }
+    find(&state, &name, q.version).map(|l| Json(l).into_response())
 }
 
 fn find(state: &AppState, name_or_uid: &str, version: Option<u32>) -> ApiResult<Label> {

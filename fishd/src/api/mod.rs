@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod openapi;
 pub mod router;
+pub mod stored;
 pub mod ui;
 pub mod users;
 pub mod watch;

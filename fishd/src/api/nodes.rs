@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiQuery, parse_body, read_body};
-use super::watch::{parse_resource_version, watch_response};
+use super::watch::{added_lines, parse_resource_version, watch_response};
 use super::{AppState, audit};
 use crate::auth::AuthUser;
 use crate::store::{Command, Kind, Response as StoreResponse};
@@ -59,7 +59,7 @@ pub async fn list_nodes(
         let store = state.store.clone();
         return watch_response(&state, &user, Kind::Node, rv, Arc::new(|_| true), move || {
             let (rev, items) = store.list_nodes()?;
-            Ok((rev, items.into_iter().filter_map(|n| serde_json::to_value(n).ok()).collect()))
+            Ok((rev, added_lines(&items)?))
         });
     }
     let (rev, mut items) = state.store.list_nodes()?;

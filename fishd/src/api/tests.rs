@@ -759,3 +759,83 @@ fn rcgen_other_ca() -> String {
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     p.self_signed(&key).unwrap().pem()
 }
+
+/// The body and content type of a GET as sent.
+async fn get_raw(state: &AppState, uri: &str, token: &str) -> (StatusCode, String, Vec<u8>) {
+    let req = Request::get(uri).header(header::AUTHORIZATION, format!("Bearer {token}")).body(Body::empty()).unwrap();
+    let resp = tokio::time::timeout(T, router(state.clone()).oneshot(req)).await.expect("timeout").unwrap();
+    let status = resp.status();
+    let ct = resp.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    (status, ct, bytes.to_vec())
+}
+
+#[tokio::test]
+async fn objects_and_lists_sent_from_stored_json_are_what_serde_writes() {
+    let fx = fixture().await;
+    let s = &fx.state;
+    send(s, Method::POST, "/api/v1/apply", Some(&fx.admin), Some(LABEL)).await;
+    for (token, name) in [(&fx.alice, "a1"), (&fx.alice, "a2"), (&fx.bob, "b1")] {
+        send(s, Method::POST, "/api/v1/apply", Some(token), Some(&app_yaml(name))).await;
+    }
+    send(s, Method::POST, "/api/v1/applications/a2/deallocate", Some(&fx.alice), None).await;
+    let json = |v: &[u8]| String::from_utf8(v.to_vec()).unwrap();
+    // One object: the typed object's serialization, byte for byte.
+    let a1 = s.store.get_application("a1").unwrap().unwrap();
+    for who in [&fx.alice, &fx.admin] {
+        let (status, ct, body) = get_raw(s, "/api/v1/applications/a1", who).await;
+        assert_eq!((status, ct.as_str()), (StatusCode::OK, "application/json"));
+        assert_eq!(json(&body), json(&serde_json::to_vec(&a1).unwrap()));
+        let uri = format!("/api/v1/applications/{}", a1.metadata.uid.unwrap());
+        assert_eq!(get_raw(s, &uri, who).await.2, body, "by uid");
+    }
+    assert_eq!(get_raw(s, "/api/v1/applications/a1", &fx.bob).await.0, StatusCode::NOT_FOUND, "not bob's");
+    // Lists: `List::new(..)` of the typed objects, for each caller and filter.
+    for (who, owner) in [(&fx.admin, None), (&fx.alice, Some("alice")), (&fx.bob, Some("bob"))] {
+        for query in ["", "?label=l", "?phase=NEW", "?phase=DEALLOCATED&label=l", "?label=other"] {
+            let (status, ct, body) = get_raw(s, &format!("/api/v1/applications{query}"), who).await;
+            assert_eq!((status, ct.as_str()), (StatusCode::OK, "application/json"), "{query}");
+            let filter = crate::store::AppFilter {
+                phase: query
+                    .contains("NEW")
+                    .then_some(Phase::New)
+                    .or(query.contains("DEALL").then_some(Phase::Deallocated)),
+                label: query.contains("label=").then(|| if query.contains("other") { "other" } else { "l" }.to_owned()),
+                owner: owner.map(str::to_owned),
+            };
+            let (rev, apps) = s.store.list_applications(&filter).unwrap();
+            let expected = serde_json::to_vec(&api_types::List::new("Application", rev, apps)).unwrap();
+            assert_eq!(json(&body), json(&expected), "{query} as {owner:?}");
+            // And clients read it back into the same objects.
+            let back: api_types::List<api_types::Application> = serde_json::from_slice(&body).unwrap();
+            assert_eq!(serde_json::to_vec(&back).unwrap(), expected);
+        }
+    }
+    // Labels: one version, the latest, every version.
+    let label = s.store.get_label("l", None).unwrap().unwrap();
+    for uri in ["/api/v1/labels/l", "/api/v1/labels/l?version=1"] {
+        let (status, ct, body) = get_raw(s, uri, &fx.bob).await;
+        assert_eq!((status, ct.as_str()), (StatusCode::OK, "application/json"));
+        assert_eq!(json(&body), json(&serde_json::to_vec(&label).unwrap()), "{uri}");
+    }
+    let uri = format!("/api/v1/labels/{}", label.metadata.uid.unwrap());
+    assert_eq!(get_raw(s, &uri, &fx.bob).await.2, serde_json::to_vec(&label).unwrap(), "by uid");
+    assert_eq!(get_raw(s, "/api/v1/labels/l?version=9", &fx.bob).await.0, StatusCode::NOT_FOUND);
+    let (rev, labels) = s.store.list_labels(None).unwrap();
+    let expected = serde_json::to_vec(&api_types::List::new("Label", rev, labels)).unwrap();
+    assert_eq!(json(&get_raw(s, "/api/v1/labels", &fx.bob).await.2), json(&expected));
+    // A watch's initial ADDED lines: the WatchEvent serde writes, one per line.
+    let (status, _, _) = get_raw(s, "/api/v1/applications/none", &fx.admin).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let mut w = watch(s, "/api/v1/applications?watch=true&label=l", &fx.alice).await;
+    for name in ["a1", "a2"] {
+        let e = w.next().await.unwrap();
+        let app = s.store.get_application(name).unwrap().unwrap();
+        let expected = api_types::WatchEvent {
+            event_type: api_types::WatchEventType::Added,
+            object: serde_json::to_value(&app).unwrap(),
+        };
+        assert_eq!(e, serde_json::to_value(&expected).unwrap());
+    }
+    s.shutdown.cancel();
+}

@@ -19,7 +19,7 @@ use super::apply::{new_user_record, parse_one};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiQuery, read_body};
 use super::nodes::WatchQuery;
-use super::watch::{parse_resource_version, watch_response};
+use super::watch::{added_lines, parse_resource_version, watch_response};
 use super::{AppState, audit};
 use crate::auth::{AuthUser, secrets};
 use crate::store::{Command, Kind, Response as StoreResponse};
@@ -51,7 +51,7 @@ pub async fn list_users(
         let store = state.store.clone();
         return watch_response(&state, &user, Kind::User, rv, Arc::new(|_| true), move || {
             let (rev, items) = store.list_users()?;
-            Ok((rev, items.into_iter().filter_map(|u| serde_json::to_value(u).ok()).collect()))
+            Ok((rev, added_lines(&items)?))
         });
     }
     let (rev, items) = state.store.list_users()?;

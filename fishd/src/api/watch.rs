@@ -21,7 +21,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::AppState;
 use super::error::ApiError;
 use crate::auth::AuthUser;
-use crate::store::{Event, Kind, StoreError};
+use crate::store::{Event, JsonSink, Kind, StoreError};
 
 /// Decides whether an event (its kind already matched) goes to this watcher.
 pub type EventFilter = Arc<dyn Fn(&Event) -> bool + Send + Sync>;
@@ -42,15 +42,54 @@ pub fn parse_resource_version(rv: Option<&str>) -> Result<Option<u64>, ApiError>
     }
 }
 
-/// Answers a watch of `kind`: the current objects (from `snapshot`) as ADDED, or
-/// every change after `resource_version`, then live changes.
+/// Largest piece the initial ADDED lines are sent in (a slice of one buffer, no copy).
+const INITIAL_CHUNK: usize = 64 * 1024;
+
+/// Appends the ADDED line of `object` (JSON, e.g. as stored) to `buf`: the bytes
+/// `serde_json` gives for `WatchEvent { type: ADDED, object }` and a newline.
+pub fn push_added(buf: &mut Vec<u8>, object: &[u8]) {
+    buf.extend_from_slice(br#"{"type":"ADDED","object":"#);
+    buf.extend_from_slice(object);
+    buf.extend_from_slice(b"}\n");
+}
+
+/// The ADDED lines of a watch's initial state, as the store hands over the objects'
+/// stored JSON.
+#[derive(Debug, Default)]
+pub struct AddedLines {
+    pub revision: u64,
+    pub lines: Vec<u8>,
+}
+
+impl JsonSink for AddedLines {
+    fn revision(&mut self, revision: u64) {
+        self.revision = revision;
+    }
+
+    fn object(&mut self, json: &[u8]) {
+        push_added(&mut self.lines, json);
+    }
+}
+
+/// The ADDED lines of typed objects (kinds not served from stored JSON).
+pub fn added_lines<T: serde::Serialize>(items: &[T]) -> Result<Vec<u8>, StoreError> {
+    let mut buf = Vec::new();
+    for item in items {
+        push_added(&mut buf, &serde_json::to_vec(item)?);
+    }
+    Ok(buf)
+}
+
+/// Answers a watch of `kind`: the current objects (from `snapshot`: its revision and
+/// their ADDED lines, see [`push_added`]), or every change after `resource_version`,
+/// then live changes.
 pub fn watch_response(
     state: &AppState,
     user: &AuthUser,
     kind: Kind,
     resource_version: Option<u64>,
     filter: EventFilter,
-    snapshot: impl FnOnce() -> Result<(u64, Vec<serde_json::Value>), StoreError>,
+    snapshot: impl FnOnce() -> Result<(u64, Vec<u8>), StoreError>,
 ) -> Result<Response, ApiError> {
     let guard = state.quotas.open_watch(&user.name, state.limits.max_watches_per_user)?;
     // Subscribe first: anything committed after this point reaches `live`.
@@ -60,17 +99,14 @@ pub fn watch_response(
     let visible = move |e: &Event| {
         e.kind == kind && (admin || kind != Kind::Application || e.owner.as_deref() == Some(me.as_str())) && filter(e)
     };
-    let mut initial: Vec<WatchEvent> = Vec::new();
+    let mut initial: Vec<u8> = Vec::new();
     let mut expired: Option<String> = None;
     let seen = match resource_version {
         Some(rv) => match state.store.events_since(rv)? {
             Ok((current, events)) => {
-                initial.extend(
-                    events
-                        .iter()
-                        .filter(|e| visible(e))
-                        .map(|e| WatchEvent { event_type: e.event_type, object: e.object.clone() }),
-                );
+                for e in events.iter().filter(|e| visible(e)) {
+                    initial.extend_from_slice(&e.watch_line());
+                }
                 current.max(rv)
             }
             Err(e) => {
@@ -79,16 +115,18 @@ pub fn watch_response(
             }
         },
         None => {
-            let (rev, objects) = snapshot()?;
-            initial.extend(objects.into_iter().map(|object| WatchEvent { event_type: WatchEventType::Added, object }));
+            let (rev, lines) = snapshot()?;
+            initial = lines;
             rev
         }
     };
+    let mut initial = Bytes::from(initial);
     let shutdown = state.shutdown.clone();
     let stream = async_stream::stream! {
         let _guard = guard;
-        for e in &initial {
-            yield Ok::<Bytes, std::convert::Infallible>(line(e));
+        while !initial.is_empty() {
+            let piece = initial.split_to(initial.len().min(INITIAL_CHUNK));
+            yield Ok::<Bytes, std::convert::Infallible>(piece);
         }
         if let Some(message) = expired {
             yield Ok(line(&expired_event(message)));
@@ -104,7 +142,8 @@ pub fn watch_response(
                     if e.revision <= seen || !visible(&e) {
                         continue;
                     }
-                    yield Ok(line(&WatchEvent { event_type: e.event_type, object: e.object.clone() }));
+                    // Encoded once, shared by every watcher of this event.
+                    yield Ok(e.watch_line());
                 }
                 Err(RecvError::Lagged(n)) => {
                     let message = format!("watch fell {n} events behind and was closed; list again and resume");

@@ -410,6 +410,14 @@ fn object(v: &Value) -> Result<Vec<u8>, Entry> {
     serde_json::to_vec(v).map_err(|e| Entry::Store(e.into()))
 }
 
+/// An object of kind `T` as the state machine writes it: through its type, so the
+/// API can send stored objects as they are (see [`super::json`]), also after a restore
+/// or snapshot from another version or whose key order a `Value` changed.
+fn typed<T: serde::Serialize + serde::de::DeserializeOwned>(v: &Value) -> Result<Vec<u8>, Entry> {
+    let t: T = serde_json::from_value(v.clone()).map_err(|e| Entry::Bad(format!("not a valid object: {e}")))?;
+    serde_json::to_vec(&t).map_err(|e| Entry::Store(e.into()))
+}
+
 fn insert(txn: &WriteTransaction, table: &str, k: &Value, v: &Value) -> Result<(), Entry> {
     match table {
         "meta" => {
@@ -418,10 +426,10 @@ fn insert(txn: &WriteTransaction, table: &str, k: &Value, v: &Value) -> Result<(
         "labels" => {
             let (name, version) = pair(k)?;
             let version = u32::try_from(num(version)?).map_err(|_| Entry::Bad("version out of range".into()))?;
-            txn.open_table(LABELS)?.insert((s(name)?, version), object(v)?.as_slice())?;
+            txn.open_table(LABELS)?.insert((s(name)?, version), typed::<api_types::Label>(v)?.as_slice())?;
         }
         "applications" => {
-            txn.open_table(APPS)?.insert(uid(k)?, object(v)?.as_slice())?;
+            txn.open_table(APPS)?.insert(uid(k)?, typed::<api_types::Application>(v)?.as_slice())?;
         }
         "application_labels" => {
             txn.open_table(APP_LABELS)?.insert(uid(k)?, object(v)?.as_slice())?;
@@ -443,7 +451,7 @@ fn insert(txn: &WriteTransaction, table: &str, k: &Value, v: &Value) -> Result<(
             txn.open_table(USERS)?.insert(s(k)?, object(v)?.as_slice())?;
         }
         "nodes" => {
-            txn.open_table(NODES)?.insert(s(k)?, object(v)?.as_slice())?;
+            txn.open_table(NODES)?.insert(s(k)?, typed::<api_types::Node>(v)?.as_slice())?;
         }
         "tokens" => {
             txn.open_table(TOKENS)?.insert(s(k)?, s(v)?)?;

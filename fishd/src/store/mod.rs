@@ -22,6 +22,7 @@ mod command;
 mod dry_run;
 pub mod gates;
 mod join_tokens;
+mod json;
 pub mod raft;
 mod state;
 mod tables;
@@ -42,6 +43,7 @@ pub use applyset::check_set_name;
 pub use backup::Summary;
 pub use command::{ApplyItem, Command, Outcome, Rejection, Response, UserRecord};
 pub use join_tokens::{JoinTokenRecord, unknown as unknown_join_token};
+pub use json::JsonSink;
 pub use raft::{Applied, Batch, FishNode, NodeId, Proposal, Raft, TypeConfig, node_id_for};
 use tables::*;
 
@@ -108,6 +110,44 @@ pub struct Event {
     pub object: serde_json::Value,
     /// For applications: the owner, so watches can filter without parsing.
     pub owner: Option<String>,
+    /// The event as a watch stream line, encoded by the first watcher that sends it
+    /// and shared by all the others (see [`Event::watch_line`]).
+    #[serde(skip)]
+    pub(crate) line: EncodedLine,
+}
+
+impl Event {
+    /// This event as one line of a watch stream (`WatchEvent` JSON and a newline),
+    /// encoded once: every watcher of a live event holds the same `Arc<Event>`, so a
+    /// thousand watchers cost one serialization.
+    pub fn watch_line(&self) -> bytes::Bytes {
+        self.line
+            .0
+            .get_or_init(|| {
+                /// `api_types::WatchEvent`, borrowing the object instead of copying it.
+                #[derive(Serialize)]
+                struct Line<'a> {
+                    #[serde(rename = "type")]
+                    event_type: WatchEventType,
+                    object: &'a serde_json::Value,
+                }
+                let mut v =
+                    serde_json::to_vec(&Line { event_type: self.event_type, object: &self.object }).unwrap_or_default();
+                v.push(b'\n');
+                bytes::Bytes::from(v)
+            })
+            .clone()
+    }
+}
+
+/// A lazily encoded watch line; it says nothing about the event, so any two are equal.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct EncodedLine(std::sync::OnceLock<bytes::Bytes>);
+
+impl PartialEq for EncodedLine {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// A watch asked to resume from a revision older than the history kept.
@@ -397,6 +437,7 @@ impl Store {
     pub async fn open_with(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         let db = Arc::new(Database::create(path)?);
         state::init(&db)?;
+        json::upgrade(&db)?;
         let id = {
             let txn = db.begin_write()?;
             let id = {
@@ -597,55 +638,19 @@ impl Store {
         state::read_label(&table, name, version)
     }
 
-    /// Applications matching `filter`, in creation order, served from an index.
+    /// Applications matching `filter`, in creation order, served from the indexes.
     pub fn list_applications(&self, filter: &AppFilter) -> Result<(u64, Vec<Application>), StoreError> {
         let tx = self.read()?;
         let rev = revision_in(&tx)?;
-        let uids = self.filtered_uids(&tx, filter)?;
+        let uids = matching_uids(&tx, filter)?;
         let apps = tx.open_table(APPS)?;
         let mut out = Vec::with_capacity(uids.len());
         for uid in uids {
             if let Some(v) = apps.get(uid)? {
-                let app: Application = serde_json::from_slice(v.value())?;
-                let keep = filter.phase.is_none_or(|p| app.status.phase == p)
-                    && filter.label.as_deref().is_none_or(|l| app.spec.label.name.as_str() == l)
-                    && filter.owner.as_deref().is_none_or(|o| app.metadata.owner.as_deref() == Some(o));
-                if keep {
-                    out.push(app);
-                }
+                out.push(serde_json::from_slice(v.value())?);
             }
         }
         Ok((rev, out))
-    }
-
-    /// The uids the most selective index gives for `filter` (the other filters are
-    /// applied on the objects).
-    fn filtered_uids(&self, tx: &ReadTransaction, filter: &AppFilter) -> Result<Vec<u128>, StoreError> {
-        let mut uids = Vec::new();
-        if let Some(phase) = filter.phase {
-            let t = tx.open_table(APP_BY_PHASE)?;
-            let p = phase_code(phase);
-            for e in t.range((p, 0u128)..=(p, u128::MAX))? {
-                uids.push(e?.0.value().1);
-            }
-        } else if let Some(label) = &filter.label {
-            let t = tx.open_table(APP_BY_LABEL)?;
-            for e in t.range((label.as_str(), 0u128)..=(label.as_str(), u128::MAX))? {
-                uids.push(e?.0.value().1);
-            }
-        } else if let Some(owner) = &filter.owner {
-            let t = tx.open_table(APP_BY_OWNER)?;
-            for e in t.range((owner.as_str(), 0u128)..=(owner.as_str(), u128::MAX))? {
-                uids.push(e?.0.value().1);
-            }
-        } else {
-            let t = tx.open_table(APPS)?;
-            for e in t.range::<u128>(..)? {
-                uids.push(e?.0.value());
-            }
-        }
-        uids.sort_unstable();
-        Ok(uids)
     }
 
     /// Uids of applications in `phase`, in creation order.
@@ -847,6 +852,63 @@ async fn fold_log_into_snapshot(raft: &Raft) -> Result<(), StoreError> {
         raft.trigger().purge_log(last.index).await.map_err(|e| err(&e))?;
     }
     Ok(())
+}
+
+/// The uids of the applications matching every part of `filter`, in creation order:
+/// the most selective index gives the candidates, the others are point lookups in
+/// theirs (no object is read).
+fn matching_uids(tx: &ReadTransaction, filter: &AppFilter) -> Result<Vec<u128>, StoreError> {
+    let mut uids = Vec::new();
+    if let Some(phase) = filter.phase {
+        let t = tx.open_table(APP_BY_PHASE)?;
+        let p = phase_code(phase);
+        for e in t.range((p, 0u128)..=(p, u128::MAX))? {
+            uids.push(e?.0.value().1);
+        }
+    } else if let Some(label) = &filter.label {
+        let t = tx.open_table(APP_BY_LABEL)?;
+        for e in t.range((label.as_str(), 0u128)..=(label.as_str(), u128::MAX))? {
+            uids.push(e?.0.value().1);
+        }
+    } else if let Some(owner) = &filter.owner {
+        let t = tx.open_table(APP_BY_OWNER)?;
+        for e in t.range((owner.as_str(), 0u128)..=(owner.as_str(), u128::MAX))? {
+            uids.push(e?.0.value().1);
+        }
+    } else {
+        let t = tx.open_table(APPS)?;
+        for e in t.range::<u128>(..)? {
+            uids.push(e?.0.value());
+        }
+    }
+    // The phase (if any) chose the candidates; label and owner may remain.
+    if filter.phase.is_some()
+        && let Some(label) = &filter.label
+    {
+        let t = tx.open_table(APP_BY_LABEL)?;
+        uids = keep_indexed(uids, |uid| Ok(t.get((label.as_str(), uid))?.is_some()))?;
+    }
+    if (filter.phase.is_some() || filter.label.is_some())
+        && let Some(owner) = &filter.owner
+    {
+        let t = tx.open_table(APP_BY_OWNER)?;
+        uids = keep_indexed(uids, |uid| Ok(t.get((owner.as_str(), uid))?.is_some()))?;
+    }
+    uids.sort_unstable();
+    Ok(uids)
+}
+
+fn keep_indexed(
+    uids: Vec<u128>,
+    mut indexed: impl FnMut(u128) -> Result<bool, StoreError>,
+) -> Result<Vec<u128>, StoreError> {
+    let mut kept = Vec::with_capacity(uids.len());
+    for uid in uids {
+        if indexed(uid)? {
+            kept.push(uid);
+        }
+    }
+    Ok(kept)
 }
 
 fn revision_in(tx: &ReadTransaction) -> Result<u64, StoreError> {

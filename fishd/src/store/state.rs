@@ -65,7 +65,7 @@ impl Tx<'_> {
     }
 
     fn emit(&mut self, kind: Kind, event_type: WatchEventType, object: serde_json::Value, owner: Option<String>) {
-        self.events.push(Event { revision: self.rev, kind, event_type, object, owner });
+        self.events.push(Event { revision: self.rev, kind, event_type, object, owner, line: Default::default() });
     }
 }
 

@@ -437,3 +437,115 @@ async fn a_rotated_or_deleted_token_stops_working_at_once() {
     s.execute(Command::DeleteUser { name: "carol".into() }).await.unwrap().unwrap();
     assert!(s.token_user("digest-2").unwrap().is_none(), "the deleted user's token still works");
 }
+
+#[tokio::test]
+async fn stored_json_is_what_serializing_the_typed_object_gives() {
+    struct Collect(u64, Vec<Vec<u8>>);
+    impl JsonSink for Collect {
+        fn revision(&mut self, revision: u64) {
+            self.0 = revision;
+        }
+        fn object(&mut self, json: &[u8]) {
+            self.1.push(json.to_vec());
+        }
+    }
+    let (_d, s) = store().await;
+    apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
+    let app = s.get_application("a").unwrap().unwrap();
+    let uid = app.metadata.uid.unwrap();
+    s.execute(Command::RequestDeallocate { uid, by: "alice".into(), now: OffsetDateTime::now_utc() })
+        .await
+        .unwrap()
+        .unwrap();
+    let app = s.get_application("a").unwrap().unwrap();
+    let typed = serde_json::to_vec(&app).unwrap();
+    assert_eq!(s.application_json("a", None).unwrap(), Some(typed.clone()));
+    assert_eq!(s.application_json(&uid.to_string(), None).unwrap(), Some(typed.clone()));
+    // Owned by "admin" (see `apply`): nobody else gets it.
+    assert_eq!(s.application_json("a", Some("admin")).unwrap(), Some(typed.clone()));
+    assert_eq!(s.application_json("a", Some("alice")).unwrap(), None);
+    assert_eq!(s.application_json("nope", None).unwrap(), None);
+    let label = s.get_label("l", None).unwrap().unwrap();
+    assert_eq!(s.label_json("l", None).unwrap(), Some(serde_json::to_vec(&label).unwrap()));
+    assert_eq!(s.label_json("l", Some(1)).unwrap(), Some(serde_json::to_vec(&label).unwrap()));
+    assert_eq!(s.label_json("l", Some(2)).unwrap(), None);
+
+    // Lists: the typed list's items, for every combination of filters.
+    let (rev, _) = s.list_applications(&AppFilter::default()).unwrap();
+    for phase in [None, Some(Phase::Deallocated), Some(Phase::New)] {
+        for label in [None, Some("l"), Some("m")] {
+            for owner in [None, Some("admin"), Some("alice")] {
+                let filter = AppFilter { phase, label: label.map(str::to_owned), owner: owner.map(str::to_owned) };
+                let mut got = Collect(0, Vec::new());
+                s.applications_json(&filter, &mut got).unwrap();
+                let expected: Vec<Application> = [&app]
+                    .into_iter()
+                    .filter(|a| phase.is_none_or(|p| a.status.phase == p))
+                    .filter(|a| label.is_none_or(|l| a.spec.label.name.as_str() == l))
+                    .filter(|a| owner.is_none_or(|o| a.metadata.owner.as_deref() == Some(o)))
+                    .cloned()
+                    .collect();
+                assert_eq!(s.list_applications(&filter).unwrap().1, expected, "{filter:?}");
+                let expected: Vec<Vec<u8>> = expected.iter().map(|a| serde_json::to_vec(a).unwrap()).collect();
+                assert_eq!((got.0, got.1), (rev, expected), "{filter:?}");
+            }
+        }
+    }
+    let mut got = Collect(0, Vec::new());
+    s.labels_json(Some("l"), &mut got).unwrap();
+    assert_eq!(got.1, vec![serde_json::to_vec(&label).unwrap()]);
+}
+
+#[tokio::test]
+async fn a_watch_line_is_the_watch_event_serde_writes_encoded_once() {
+    let (_d, s) = store().await;
+    let mut live = s.subscribe();
+    apply(&s, LABEL).await.unwrap();
+    let e = live.recv().await.unwrap();
+    let expected = api_types::WatchEvent { event_type: e.event_type, object: e.object.clone() };
+    let mut expected = serde_json::to_vec(&expected).unwrap();
+    expected.push(b'\n');
+    let (first, second) = (e.watch_line(), e.watch_line());
+    assert_eq!(first, expected);
+    assert_eq!(first.as_ptr(), second.as_ptr(), "encoded again");
+    // What every other watcher of the event gets: the same bytes, not a copy.
+    let shared = std::sync::Arc::clone(&e);
+    assert_eq!(shared.watch_line().as_ptr(), first.as_ptr());
+}
+
+#[tokio::test]
+async fn objects_written_in_an_older_format_are_rewritten_when_the_store_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fish.redb");
+    {
+        let s = Store::open(&path).await.unwrap();
+        apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
+        s.close().await;
+    }
+    // As another writer may have left them (here: a `Value`'s key order), unmarked.
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(APPS).unwrap();
+            let entries: Vec<(u128, Vec<u8>)> = t
+                .iter()
+                .unwrap()
+                .map(|e| {
+                    let (k, v) = e.unwrap();
+                    (k.value(), v.value().to_vec())
+                })
+                .collect();
+            for (k, v) in entries {
+                let other = serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&v).unwrap()).unwrap();
+                assert_ne!(other, v, "the test changes nothing");
+                t.insert(k, other.as_slice()).unwrap();
+            }
+            txn.open_table(LOCAL_META).unwrap().remove("object_format").unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let s = Store::open(&path).await.unwrap();
+    let app = s.get_application("a").unwrap().unwrap();
+    assert_eq!(s.application_json("a", None).unwrap().unwrap(), serde_json::to_vec(&app).unwrap());
+}
