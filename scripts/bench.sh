@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the benchmark suite: builds fishd and fish-bench in release, then starts
 # real fishd processes and writes bench/results/latest.json and latest.md.
-# Not part of CI's test run. Arguments go to fish-bench (try --help, or --quick
-# for a one-minute smoke run that writes quick.* instead).
+# Never run by CI. Arguments go to fish-bench (try --help, --quick
+# for a smoke run that writes quick.* instead, --check for the regression gate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -20,6 +20,10 @@ const CLOCK_TICKS: f64 = 100.0;
 /// way, unless a label's `slots` bound how many of its resources a node holds.
 pub const SLOTS: u32 = 1_000_000;
 
+/// Open API connections a bench node accepts (fishd's default is 512): the watch
+/// fan-out holds 1,000 watchers, each on its own connection, next to the tracker's.
+pub const MAX_CONNECTIONS: usize = 4096;
+
 /// How a node joins a cluster on its first start, and the credentials it is driven
 /// with: a joined node writes no `fishctl.yaml`, so the first node's admin token and
 /// CA (one CA and one token across the cluster) are handed over.
@@ -84,6 +88,31 @@ impl Daemon {
         Ok((d, took))
     }
 
+    /// Starts fishd again on `dir`, where a bench node ran before and stopped (its
+    /// `fishctl.yaml` gives the port, token and CA; a seeded directory, see
+    /// [`crate::seed`]). Returns it and the time from spawn to `/readyz`.
+    pub async fn attach(fishd: &Path, dir: &Path) -> Result<(Daemon, Duration)> {
+        let mut d = Daemon {
+            child: None,
+            fishd: fishd.to_owned(),
+            dir: dir.to_owned(),
+            name: "bench".into(),
+            join: None,
+            joined: false,
+            url: String::new(),
+            token: String::new(),
+            ca: Vec::new(),
+            port: 0,
+            client: reqwest::Client::new(),
+        };
+        d.read_fishctl_config()?;
+        if d.url.is_empty() {
+            bail!("{} holds no fishctl.yaml of a node that ran: nothing to attach to", dir.display());
+        }
+        let took = d.spawn().await?;
+        Ok((d, took))
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
@@ -95,6 +124,7 @@ impl Daemon {
         let mut yml = format!(
             "nodeName: {}\ndataDir: {}\napi: 127.0.0.1:{}\n\
              capacity: {{cpu: 1000000, ram: 1000000, slots: {SLOTS}}}\n\
+             maxConnections: {MAX_CONNECTIONS}\n\
              drivers:\n  test: {{}}\n",
             self.name,
             self.data_dir().display(),

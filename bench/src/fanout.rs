@@ -16,6 +16,9 @@ use crate::alloc::{Stamp, Tracker, application};
 use crate::daemon::Daemon;
 use crate::stats::Latency;
 
+/// How an ADDED event's type appears in a watch line.
+const ADDED: &[u8] = b"\"ADDED\"";
+
 /// Open watches a user may hold (fishd's `max_watches_per_user` is 32).
 const WATCHES_PER_USER: usize = 25;
 
@@ -76,6 +79,11 @@ pub async fn fan_out(d: &Daemon, tracker: &Tracker, tag: &str, watchers: usize, 
                 buf.extend_from_slice(&chunk);
                 while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=pos).collect();
+                    // Only ADDED events count: skip the others (MODIFIED as each is
+                    // allocated) unparsed, so 1,000 watchers cost this process less CPU.
+                    if !line.windows(ADDED.len()).any(|w| w == ADDED) {
+                        continue;
+                    }
                     let Ok(ev) = serde_json::from_slice::<Value>(&line) else { continue };
                     let name = ev["object"]["metadata"]["name"].as_str().unwrap_or_default();
                     if ev["type"] == "ADDED" && name.starts_with(&prefix) && tx.send((name.to_owned(), now)).is_err() {

@@ -3,29 +3,36 @@
 //! to a reference measured in the same run, so that the ratios hold even on a noisy
 //! machine: `bench/results/latest.json` and `bench/results/latest.md`.
 //!
-//! Not part of `cargo test`: run it with `scripts/bench.sh` (or
+//! Not part of `cargo test` (nor of CI): run it with `scripts/bench.sh` (or
 //! `cargo run --release -p fish-bench` after building fishd in release).
 //!
-//! Three nodes, each fresh, so one part's leftovers never weigh on another's:
+//! The main part, each node fresh so one part's leftovers never weigh on another's:
 //! - `api`: idle footprint, then the HTTP figures (healthz, GET, list of 1,000, POST)
 //!   at 1, 16 and 64 connections, sampling its memory under that load.
 //! - `small`: the scale point at 100 stored applications, and watch fan-out
-//!   (1 watcher as reference, then 100).
-//! - `scale`: the allocation burst of 1,000 applications on an empty node, then
-//!   more bursts of 1,000 up to 10,000 stored applications, the scale points at
-//!   1,000 and 10,000, the footprint with 10,000, and a timed restart.
+//!   (1 watcher as reference, then 100 and 1,000).
+//! - `flat` (see [`flat`]): nodes with none, 10,000 and 100,000 finished applications
+//!   stored (seeded fast, see [`seed`]), running side by side: bursts of 1,000 on each
+//!   in rounds, one at a time, lists, start-up and the redb file of the largest.
 //!
 //! Then the cluster part (see [`cluster`]): a single node next to a 3-node cluster,
 //! and failover; written to `bench/results/cluster.json` and `cluster.md`.
 //! `--only main` or `--only cluster` runs one of the two.
+//!
+//! `--check` is the regression gate (see [`check`]): a quick main part whose ratios
+//! are compared with the committed `latest.json`; it fails when one dropped by more
+//! than 25 %.
 
 mod alloc;
 mod ceiling;
+mod check;
 mod cluster;
 mod daemon;
 mod fanout;
+mod flat;
 mod load;
 mod report;
+mod seed;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -56,17 +63,55 @@ struct Args {
     /// Seconds each load point is measured (after a 0.5 s warm-up).
     #[arg(long, default_value_t = 3.0)]
     window: f64,
-    /// The largest scale point (stored applications).
-    #[arg(long, default_value_t = 10_000)]
-    scale_max: usize,
-    /// A smoke run: short windows, 2,000 applications at most; results go to
+    /// The finished applications the `flat` nodes are seeded with, ascending
+    /// [default: 10000,100000; with --quick: 1000,5000].
+    #[arg(long, value_delimiter = ',')]
+    stored: Option<Vec<usize>>,
+    /// Rounds of bursts in the `flat` part [default: 3; with --quick or --check: 2].
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// A smoke run: 1 s windows, fewer stored applications; results go to
     /// `quick.json`/`quick.md` instead of `latest.*`.
     #[arg(long)]
     quick: bool,
+    /// The regression gate: a quick main part (1 s windows, 2 rounds, the committed
+    /// stored counts) written to `check.json`/`check.md`, its ratios compared with
+    /// `latest.json`; exits 1 when one dropped by more than 25 %.
+    #[arg(long, conflicts_with_all = ["quick", "only"])]
+    check: bool,
     /// Run only this part: `main` (latest.*) or `cluster` (cluster.*; a quick run
     /// writes quick-cluster.*).
     #[arg(long, value_enum)]
     only: Option<Part>,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+/// Tools beside the suite.
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// Fills a bench node's directory with finished applications, fast (see
+    /// `bench/src/seed.rs`), then prints how to start fishd on it.
+    Seed {
+        /// The node's directory: `fish.yml` and `data/` go there (created if missing;
+        /// fishd is started there once for its CA, admin and label).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Finished (DEALLOCATED) applications it holds afterwards.
+        #[arg(long)]
+        stored: usize,
+        /// Create them through the API (bursts of 1,000 over 16 connections) instead
+        /// of through the store: slow, for comparing the file real traffic leaves.
+        #[arg(long)]
+        via_api: bool,
+        /// Print only the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Commands in flight at once while seeding: about twice the proposals each
+        /// log entry carries (fishd's group commit).
+        #[arg(long, default_value_t = seed::IN_FLIGHT)]
+        in_flight: usize,
+    },
 }
 
 /// The parts of the suite, each with its own results file.
@@ -77,13 +122,21 @@ enum Part {
 }
 
 /// Connections used to create and deallocate applications in bursts.
-const BURST_CONNECTIONS: usize = 16;
+const BURST_CONNECTIONS: usize = flat::CONNECTIONS;
 /// Applications allocated one at a time at each scale point.
 const SINGLES: usize = 20;
+/// The `flat` part's seeded counts, unless `--stored` says otherwise.
+const STORED: [usize; 2] = [10_000, 100_000];
+const STORED_QUICK: [usize; 2] = [1_000, 5_000];
+/// Full lists are timed on seeded nodes up to this many stored (at 100,000 one answer
+/// is ~110 MB).
+const LIST_ALL_MAX: usize = 10_000;
 /// Full lists timed at each scale point.
 const LIST_SAMPLES: usize = 10;
-/// Rounds of the watch fan-out.
+/// Rounds of the watch fan-out (100, so p99 is not simply the slowest round).
 const FAN_ROUNDS: usize = 100;
+/// Watchers of the fan-out figures; the reference is one watcher.
+const FAN_WATCHERS: [usize; 2] = [100, 1_000];
 /// The concurrencies of the API figures.
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 
@@ -95,13 +148,17 @@ fn main() -> Result<()> {
         let filter = std::env::var("RUST_LOG")
             .ok()
             .and_then(|v| v.parse::<Targets>().ok())
-            .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+            // The store's Raft (the ceiling, the seeding) says a lot at INFO.
+            .unwrap_or_else(|| {
+                Targets::new().with_default(tracing::Level::INFO).with_target("openraft", tracing::Level::WARN)
+            });
         tracing_subscriber::registry()
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .with(filter)
             .init();
     }
     let args = Args::parse();
+    raise_fd_limit();
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
 }
 
@@ -113,7 +170,39 @@ async fn run(args: Args) -> Result<()> {
     if !fishd.exists() {
         bail!("{} is missing: build it with `cargo build --release -p fishd`", fishd.display());
     }
+    if let Some(Sub::Seed { dir, stored, via_api, json, in_flight }) = &args.command {
+        std::fs::create_dir_all(dir)?;
+        let dir = dir.canonicalize()?;
+        let seeded = seed::seed(&fishd, &dir, *stored, *via_api, *in_flight).await?;
+        if *json {
+            println!("{}", serde_json::to_string(&seeded)?);
+        } else {
+            println!(
+                "{} finished applications in {} ({} via {} in {:.1} s); redb file {:.1} MB, {:.0} bytes per application.\n\
+                 Start fishd on it: {} --config {}",
+                seeded.stored,
+                dir.display(),
+                seeded.stored - 1,
+                seeded.via,
+                seeded.seconds,
+                seeded.store_bytes as f64 / 1e6,
+                seeded.store_bytes_per_app,
+                fishd.display(),
+                dir.join("fish.yml").display()
+            );
+        }
+        return Ok(());
+    }
     let out = args.out.clone().unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("results"));
+    if args.check {
+        let results = run_main(&args, &fishd, &out).await?;
+        let committed = out.join("latest.json");
+        let ok = check::compare(&committed, &results)?;
+        if !ok {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     if args.only != Some(Part::Cluster) {
         run_main(&args, &fishd, &out).await?;
     }
@@ -133,13 +222,28 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The main suite: the `api`, `small` and `scale` nodes (see the module docs).
-async fn run_main(args: &Args, fishd: &Path, out: &Path) -> Result<()> {
+/// The main suite: the `api`, `small` and `flat` parts (see the module docs).
+async fn run_main(args: &Args, fishd: &Path, out: &Path) -> Result<Results> {
     let started = Instant::now();
     let load_start = daemon::loadavg();
     let fishd = fishd.to_owned();
-    let window = Duration::from_secs_f64(if args.quick { 1.0 } else { args.window });
-    let scale_max = if args.quick { args.scale_max.min(2_000) } else { args.scale_max };
+    let short = args.quick || args.check;
+    let window = Duration::from_secs_f64(if short { 1.0 } else { args.window });
+    let stored = match &args.stored {
+        Some(s) => s.clone(),
+        None if args.quick => STORED_QUICK.to_vec(),
+        None => STORED.to_vec(),
+    };
+    if stored.is_empty() || stored.windows(2).any(|w| w[0] >= w[1]) || stored[0] == 0 {
+        bail!("--stored wants ascending counts above 0, e.g. 10000,100000");
+    }
+    let plan = flat::Plan {
+        stored: stored.clone(),
+        rounds: args.rounds.unwrap_or(if short { 2 } else { 3 }).max(1),
+        singles: SINGLES,
+        list_samples: LIST_SAMPLES,
+        list_all_max: LIST_ALL_MAX,
+    };
     let work = tempfile::tempdir()?;
     info!(fishd = %fishd.display(), work = %work.path().display(), "fish-bench starting");
 
@@ -151,19 +255,30 @@ async fn run_main(args: &Args, fishd: &Path, out: &Path) -> Result<()> {
 
     let (api, footprint_api) =
         api_node(&fishd, &work.path().join("api"), window, ceiling_at_start.redb_commits_per_s).await?;
-    let (small_point, fan1, fan100, restart_small) = small_node(&fishd, &work.path().join("small")).await?;
-    // Again, right before the allocation burst it is the reference of.
+    let small = small_node(&fishd, &work.path().join("small")).await?;
+    // Again, right before the allocation bursts they are the reference of.
     let ceiling = ceiling::measure(&ceiling_dir, ceiling_window).await?;
     info!(?ceiling, "store ceiling measured again");
-    let scale = scale_node(&fishd, &work.path().join("scale"), scale_max, &ceiling_dir, ceiling_window).await?;
-    // fsync-bound figures swing with the other writers on this disk: the burst is
-    // read against the higher of the ceilings measured just before and just after it.
-    let redb_reference = ceiling.redb_commits_per_s.max(scale.ceiling_after.redb_commits_per_s);
+    let flat = flat::run(&fishd, &work.path().join("flat"), &plan).await?;
+    let ceiling_after = ceiling::measure(&ceiling_dir, ceiling_window).await?;
+    info!(?ceiling_after, "store ceiling measured after the bursts");
+    // fsync-bound figures swing with the other writers on this disk: the bursts are
+    // read against the higher of the ceilings measured just before and just after them.
+    let redb_reference = ceiling.redb_commits_per_s.max(ceiling_after.redb_commits_per_s);
+    let none = flat.nodes.first().context("no flat node")?;
+    let headline = none.bursts.first().cloned().context("no allocation burst ran")?;
+    let allocation = Allocation {
+        burst: headline,
+        allocate_apps_per_s: none.allocate_apps_per_s,
+        deallocate_apps_per_s: none.deallocate_apps_per_s,
+        redb_reference,
+        alloc_ratio_to_redb: ratio(none.allocate_apps_per_s, redb_reference),
+        dealloc_ratio_to_redb: ratio(none.deallocate_apps_per_s, redb_reference),
+    };
 
-    let mut scale_points = vec![small_point];
-    scale_points.extend(scale.points.clone());
-    let headline = scale.bursts.first().cloned().context("no allocation burst ran")?;
     let load_end = daemon::loadavg();
+    let (one, fans) = small.fans.split_first().context("no fan-out ran")?;
+    let widest = fans.last().context("no fan-out ran")?.clone();
     let results = Results {
         meta: Meta {
             date: time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?,
@@ -173,75 +288,91 @@ async fn run_main(args: &Args, fishd: &Path, out: &Path) -> Result<()> {
             loadavg_end: load_end,
             suite_seconds: round3(started.elapsed().as_secs_f64()),
             window_seconds: window.as_secs_f64(),
-            quick: args.quick,
-            notes: notes(args.quick, scale_max),
+            quick: short,
+            notes: notes(short, &plan),
         },
         ceiling: ceiling.clone(),
         ceiling_at_start,
-        ceiling_after_burst: scale.ceiling_after.clone(),
+        ceiling_after_burst: ceiling_after,
         api,
-        allocation: Allocation {
-            burst: headline.clone(),
-            redb_reference,
-            alloc_ratio_to_redb: ratio(headline.allocate.apps_per_s, redb_reference),
-            dealloc_ratio_to_redb: ratio(headline.deallocate.apps_per_s, redb_reference),
-            more_bursts: scale.bursts[1..].to_vec(),
-        },
+        allocation,
         watch: Watch {
-            ratio_p99: ratio(fan100.last_watcher.p99_ms, fan1.last_watcher.p99_ms),
-            fan_out: fan100,
-            reference_one_watcher: fan1,
+            ratio_p99: ratio(widest.last_watcher.p99_ms, one.last_watcher.p99_ms),
+            fan_out: widest,
+            reference_one_watcher: one.clone(),
+            more: fans[..fans.len() - 1].to_vec(),
         },
         footprint: Footprint {
             idle_rss_mb: footprint_api.idle_rss_mb,
             api_load_rss_mb: footprint_api.load_rss_mb,
             api_load_peak_rss_mb: footprint_api.load_peak_rss_mb,
-            stored_10k_rss_mb: scale.rss_mb,
-            stored_10k_rss_after_restart_mb: scale.rss_after_restart_mb,
-            stored: scale.stored,
             startup_fresh_ms: footprint_api.startup_fresh_ms,
-            startup_small_ms: restart_small.0,
-            startup_small_stored: restart_small.1,
-            startup_stored_ms: scale.startup_ms,
+            startup_small_ms: small.restart_ms,
+            startup_small_stored: small.restart_stored,
             store_bytes_fresh: footprint_api.store_bytes_fresh,
-            store_bytes_stored: scale.store_bytes,
-            store_bytes_per_app: scale.store_bytes_per_app,
-            app_json_bytes: scale.app_json_bytes,
+            store_bytes_small: small.store_bytes,
+            app_json_bytes: small.app_json_bytes,
         },
-        scale: scale_points,
+        flat,
+        scale: vec![small.point],
         targets: Vec::new(),
+        ratios: Vec::new(),
     };
     let results = results.with_targets();
-    let stem = if args.quick { "quick" } else { "latest" };
+    let stem = if args.check {
+        "check"
+    } else if args.quick {
+        "quick"
+    } else {
+        "latest"
+    };
     std::fs::create_dir_all(out)?;
     std::fs::write(out.join(format!("{stem}.json")), serde_json::to_string_pretty(&results)? + "\n")?;
     std::fs::write(out.join(format!("{stem}.md")), results.markdown())?;
-    info!(out = %out.display(), seconds = started.elapsed().as_secs(), "results written");
-    Ok(())
+    info!(out = %out.display(), stem, seconds = started.elapsed().as_secs(), "results written");
+    Ok(results)
 }
 
-fn notes(quick: bool, scale_max: usize) -> Vec<String> {
+fn notes(short: bool, plan: &flat::Plan) -> Vec<String> {
+    let stored: Vec<String> = plan.stored.iter().map(|n| n.to_string()).collect();
     let mut n = vec![
         "The load generator runs in-process on the same 2 cores as fishd: every throughput is a \
          shared-machine figure, and client_cores/fishd_cores say who used the CPU."
             .to_owned(),
         format!(
-            "Bursts create and deallocate over {BURST_CONNECTIONS} connections; the scale node grows in \
-             bursts of 1,000 (each allocated, then deallocated) so at most 1,000 are ALLOCATED at once."
+            "Flat part: nodes with 0 and {} finished applications stored (seeded through fishd's Store with \
+             the commands the API and the reconciler send), running at once. {} rounds; in each, a burst of \
+             1,000 over {BURST_CONNECTIONS} connections on each node in turn, each only once every node is \
+             idle. The node with none stored removes its 1,000 after each burst. Figures are medians over \
+             the rounds.",
+            stored.join(" and "),
+            plan.rounds
         ),
-        format!("{SINGLES} one-at-a-time allocations and {LIST_SAMPLES} full lists per scale point."),
-        "Durable commits swing with the other writers on this shared disk: the allocation burst is read \
-         against the higher of the redb ceilings measured just before and just after it."
+        format!("{SINGLES} one-at-a-time allocations and {LIST_SAMPLES} lists per point."),
+        "Durable commits swing with the other writers on this shared disk: the bursts are read \
+         against the higher of the redb ceilings measured just before and just after them."
             .to_owned(),
         format!(
             "API points: each figure and its /healthz reference run in {SLICES} interleaved slices of a third of \
              the window each, merged."
         ),
     ];
-    if quick {
-        n.push(format!("Quick run: 1 s windows and at most {scale_max} stored applications."));
+    if short {
+        n.push("Quick run: 1 s windows.".to_owned());
     }
     n
+}
+
+/// Raises the soft limit of open files to the hard one: the fan-out holds 1,000
+/// connections here and 1,000 in fishd (which inherits the limit).
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        eprintln!("cannot raise the open-files limit from {soft} to {hard}: {e}");
+    }
 }
 
 fn git_commit() -> String {
@@ -483,8 +614,19 @@ async fn scale_point(d: &Daemon, tracker: &Tracker, tag: &str, stored: usize) ->
     })
 }
 
+/// What the `small` node measured.
+struct Small {
+    point: ScalePoint,
+    /// One watcher, then [`FAN_WATCHERS`].
+    fans: Vec<fanout::FanOut>,
+    restart_ms: f64,
+    restart_stored: usize,
+    store_bytes: u64,
+    app_json_bytes: usize,
+}
+
 /// The `small` node: the scale point at 100, watch fan-out, a restart for reference.
-async fn small_node(fishd: &Path, dir: &Path) -> Result<(ScalePoint, fanout::FanOut, fanout::FanOut, (f64, usize))> {
+async fn small_node(fishd: &Path, dir: &Path) -> Result<Small> {
     info!("small node: starting");
     let (mut d, _) = Daemon::start(fishd, dir).await?;
     d.apply(&label_yaml("bench")).await?;
@@ -492,83 +634,23 @@ async fn small_node(fishd: &Path, dir: &Path) -> Result<(ScalePoint, fanout::Fan
     let cs = clients(&d, BURST_CONNECTIONS)?;
     burst(&d, &tracker, &cs, "fill", "bench", 100, 0).await?;
     let point = scale_point(&d, &tracker, "100", 100).await?;
-    info!("small node: watch fan-out, 1 watcher");
-    let one = fanout::fan_out(&d, &tracker, "one", 1, FAN_ROUNDS).await?;
-    info!("small node: watch fan-out, 100 watchers");
-    let hundred = fanout::fan_out(&d, &tracker, "hundred", 100, FAN_ROUNDS).await?;
-    let stored = 100 + SINGLES + 2 * FAN_ROUNDS;
+    let (_, one) = d.get("/api/v1/applications/fill-0").await?;
+    let app_json_bytes = serde_json::to_vec(&one)?.len();
+    let mut fans = Vec::new();
+    for w in std::iter::once(1).chain(FAN_WATCHERS) {
+        info!(watchers = w, "small node: watch fan-out");
+        fans.push(fanout::fan_out(&d, &tracker, &format!("w{w}"), w, FAN_ROUNDS).await?);
+    }
+    let stored = 100 + SINGLES + fans.len() * FAN_ROUNDS;
     drop(tracker);
     let restart = d.restart().await?;
-    Ok((point, one, hundred, (round3(restart.as_secs_f64() * 1000.0), stored)))
-}
-
-struct ScaleNode {
-    bursts: Vec<alloc::Burst>,
-    ceiling_after: ceiling::Ceiling,
-    points: Vec<ScalePoint>,
-    stored: usize,
-    rss_mb: f64,
-    rss_after_restart_mb: f64,
-    startup_ms: f64,
-    store_bytes: u64,
-    store_bytes_per_app: f64,
-    app_json_bytes: usize,
-}
-
-/// The `scale` node: the headline burst, growth to `max` stored applications.
-async fn scale_node(
-    fishd: &Path,
-    dir: &Path,
-    max: usize,
-    ceiling_dir: &Path,
-    ceiling_window: Duration,
-) -> Result<ScaleNode> {
-    info!("scale node: starting");
-    let (mut d, _) = Daemon::start(fishd, dir).await?;
-    d.apply(&label_yaml("bench")).await?;
-    let tracker = Tracker::start(&d).await?;
-    let cs = clients(&d, BURST_CONNECTIONS)?;
-    let mut stored = 0;
-    let mut bursts = Vec::new();
-    let mut points = Vec::new();
-    let marks = [1_000, max];
-    let mut chunk = 0;
-    let mut ceiling_after = None;
-    while stored < max {
-        let n = 1000.min(max - stored);
-        info!(stored, n, "scale node: burst");
-        bursts.push(burst(&d, &tracker, &cs, &format!("chunk{chunk}"), "bench", n, stored).await?);
-        chunk += 1;
-        stored += n;
-        if ceiling_after.is_none() {
-            ceiling_after = Some(ceiling::measure(ceiling_dir, ceiling_window).await?);
-            info!(?ceiling_after, "store ceiling measured after the burst");
-        }
-        if marks.contains(&stored) {
-            points.push(scale_point(&d, &tracker, &stored.to_string(), stored).await?);
-            stored += SINGLES;
-        }
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_mb = mb(d.rss_kib());
-    let (_, one) = d.get("/api/v1/applications/chunk0-0").await?;
-    let app_json_bytes = serde_json::to_vec(&one)?.len();
-    drop(tracker);
-    info!(stored, "scale node: restart");
-    let startup = d.restart().await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_after_restart_mb = mb(d.rss_kib());
     let store_bytes = d.store_bytes();
-    Ok(ScaleNode {
-        bursts,
-        ceiling_after: ceiling_after.context("no burst ran")?,
-        points,
-        stored,
-        rss_mb,
-        rss_after_restart_mb,
-        startup_ms: round3(startup.as_secs_f64() * 1000.0),
+    Ok(Small {
+        point,
+        fans,
+        restart_ms: round3(restart.as_secs_f64() * 1000.0),
+        restart_stored: stored,
         store_bytes,
-        store_bytes_per_app: round3(store_bytes as f64 / stored.max(1) as f64),
         app_json_bytes,
     })
 }

@@ -8,8 +8,9 @@ use serde::Serialize;
 use crate::alloc::Burst;
 use crate::ceiling::Ceiling;
 use crate::fanout::FanOut;
+use crate::flat::Flat;
 use crate::load::LoadResult;
-use crate::stats::{Latency, ratio, round3};
+use crate::stats::{Latency, ratio};
 
 /// Everything one run measured.
 #[derive(Debug, Serialize)]
@@ -23,10 +24,24 @@ pub struct Results {
     pub ceiling_after_burst: Ceiling,
     pub api: Vec<ApiPoint>,
     pub allocation: Allocation,
+    /// Bursts, one at a time, lists, start-up and disk with many stored (issue 15).
+    pub flat: Flat,
     pub watch: Watch,
     pub footprint: Footprint,
+    /// The small node's point (100 stored); the seeded nodes' are in `flat`.
     pub scale: Vec<ScalePoint>,
     pub targets: Vec<Target>,
+    /// The ratios `fish-bench --check` compares (each higher is better).
+    pub ratios: Vec<GateRatio>,
+}
+
+/// One ratio the regression gate compares with the committed run.
+#[derive(Clone, Debug, Serialize)]
+pub struct GateRatio {
+    pub figure: String,
+    pub value: f64,
+    /// Whether a drop of more than 25 % fails the gate (false: shown only).
+    pub gated: bool,
 }
 
 /// When, where and how the run happened.
@@ -70,28 +85,33 @@ impl ApiPoint {
     }
 }
 
-/// The allocation figures, next to the store's ceiling.
+/// The allocation figures of the node with none stored, next to the store's ceiling.
 #[derive(Debug, Serialize)]
 pub struct Allocation {
-    /// 1,000 applications on an empty node.
+    /// The first burst of 1,000 applications on the node with none stored.
     pub burst: Burst,
-    /// The higher of the redb ceilings just before and just after the burst.
+    /// Medians over its rounds (see `flat`).
+    pub allocate_apps_per_s: f64,
+    pub deallocate_apps_per_s: f64,
+    /// The higher of the redb ceilings just before and just after the bursts.
     pub redb_reference: f64,
     pub alloc_ratio_to_redb: f64,
     pub dealloc_ratio_to_redb: f64,
-    /// The bursts that grew the scale node, each with how many were stored before.
-    pub more_bursts: Vec<Burst>,
 }
 
 /// Watch fan-out, next to the same with one watcher.
 #[derive(Debug, Serialize)]
 pub struct Watch {
+    /// The widest fan-out (1,000 watchers).
     pub fan_out: FanOut,
     pub reference_one_watcher: FanOut,
+    /// The widest's last-watcher p99 over the reference's.
     pub ratio_p99: f64,
+    /// Narrower fan-outs measured too (100 watchers).
+    pub more: Vec<FanOut>,
 }
 
-/// Memory, start-up and disk.
+/// Memory, start-up and disk of the small nodes (the largest node's are in `flat.startup`).
 #[derive(Debug, Serialize)]
 pub struct Footprint {
     /// MB are 10^6 bytes throughout.
@@ -100,19 +120,14 @@ pub struct Footprint {
     pub api_load_rss_mb: f64,
     /// The kernel's high-water mark of the API node at the end of its load.
     pub api_load_peak_rss_mb: f64,
-    pub stored_10k_rss_mb: f64,
-    pub stored_10k_rss_after_restart_mb: f64,
-    pub stored: usize,
     /// First start: includes creating the CA, keys and the admin user.
     pub startup_fresh_ms: f64,
     /// Restart (SIGTERM, spawn, until `/readyz` answers) of the small node.
     pub startup_small_ms: f64,
     pub startup_small_stored: usize,
-    /// Restart of the scale node with `stored` applications.
-    pub startup_stored_ms: f64,
     pub store_bytes_fresh: u64,
-    pub store_bytes_stored: u64,
-    pub store_bytes_per_app: f64,
+    /// The small node's redb file after its restart.
+    pub store_bytes_small: u64,
     /// One stored application as the API returns it (JSON), for comparison.
     pub app_json_bytes: usize,
 }
@@ -148,7 +163,7 @@ fn target(name: &str, target: &str, measured: String, met: bool) -> Target {
 }
 
 impl Results {
-    /// Fills the scale ratios and the targets.
+    /// Fills the scale ratios, the targets and the gate's ratios.
     pub fn with_targets(mut self) -> Results {
         if let Some(first) = self.scale.first().cloned() {
             for p in &mut self.scale {
@@ -157,22 +172,127 @@ impl Results {
             }
         }
         let mut t = Vec::new();
+        let mut g = Vec::new();
+        let f = &self.flat;
+        let none = f.nodes.first();
+        // 1. Bursts with many stored.
+        for n in f.nodes.iter().skip(1) {
+            t.push(target(
+                &format!("burst create -> ALLOCATED with {} stored (1,000 apps, 16 conns)", n.stored),
+                ">= 80% of none stored",
+                format!(
+                    "{:.0}% ({:.0} vs {:.0} apps/s)",
+                    n.ratio_to_none * 100.0,
+                    n.allocate_apps_per_s,
+                    none.map(|x| x.allocate_apps_per_s).unwrap_or(0.0)
+                ),
+                n.ratio_to_none >= 0.8,
+            ));
+            g.push(gate(&format!("burst create -> ALLOCATED, {} stored / none", n.stored), n.ratio_to_none, true));
+        }
+        // 2. One at a time with the most stored.
+        if let Some(big) = f.nodes.last()
+            && let Some(single) = &big.single
+        {
+            t.push(target(
+                &format!("p50 create -> ALLOCATED, one at a time, {} stored", big.stored),
+                "< 5 ms",
+                format!(
+                    "{:.1} ms (none stored: {:.1} ms)",
+                    single.allocate.p50_ms,
+                    none.and_then(|n| n.single.as_ref()).map(|s| s.allocate.p50_ms).unwrap_or(0.0)
+                ),
+                single.allocate.p50_ms < 5.0,
+            ));
+            g.push(gate(&format!("one at a time p50: none / {} stored", big.stored), f.single_ratio_p50, true));
+        }
+        // 3. List and GET.
+        for p in self.api.iter().filter(|p| p.endpoint.starts_with("GET /api/v1/applications?label=")) {
+            if p.result.concurrency == 1 {
+                t.push(target(
+                    "list of 1,000 applications, 1 connection (p50)",
+                    "<= 3 ms",
+                    format!("{:.2} ms ({:.0} req/s)", p.result.latency.p50_ms, p.result.rps),
+                    p.result.latency.p50_ms <= 3.0,
+                ));
+                // Unrounded: the ratio is near 0.01, where three decimals lose too much.
+                g.push(gate("list of 1,000 / /healthz at 1 connection (req/s)", p.result.rps / p.healthz_rps, true));
+            }
+        }
         for p in self.api.iter().filter(|p| p.endpoint == "GET /api/v1/applications/<name>") {
             t.push(target(
                 &format!("authenticated GET at {} connections", p.result.concurrency),
-                ">= 50% of /healthz",
+                ">= 80% of /healthz",
                 format!("{:.0}% ({:.0} vs {:.0} req/s)", p.ratio_to_healthz * 100.0, p.result.rps, p.healthz_rps),
-                p.ratio_to_healthz >= 0.5,
+                p.ratio_to_healthz >= 0.8,
+            ));
+            g.push(gate(&format!("GET / /healthz at {} connections", p.result.concurrency), p.ratio_to_healthz, true));
+        }
+        // 4. Watch fan-out.
+        let w = &self.watch;
+        t.push(target(
+            &format!("watch fan-out, last watcher p99, {} watchers", w.fan_out.watchers),
+            "< 100 ms",
+            format!(
+                "{:.1} ms (1 watcher: {:.1} ms)",
+                w.fan_out.last_watcher.p99_ms, w.reference_one_watcher.last_watcher.p99_ms
+            ),
+            w.fan_out.last_watcher.p99_ms < 100.0,
+        ));
+        g.push(gate(
+            &format!("watch p99: 1 watcher / {} watchers", w.fan_out.watchers),
+            ratio(w.reference_one_watcher.last_watcher.p99_ms, w.fan_out.last_watcher.p99_ms),
+            true,
+        ));
+        for m in &w.more {
+            t.push(target(
+                &format!("watch fan-out, last watcher p99, {} watchers", m.watchers),
+                "< 50 ms",
+                format!("{:.1} ms", m.last_watcher.p99_ms),
+                m.last_watcher.p99_ms < 50.0,
             ));
         }
+        // 5. Start-up, memory and disk with the most stored.
+        let s = &f.startup;
+        t.push(target(
+            &format!("start-up with {} stored (spawn -> /readyz)", s.stored),
+            "< 1 s",
+            format!("{:.0} ms (restart after the bursts: {:.0} ms)", s.first_start_ms, s.restart_ms),
+            s.first_start_ms < 1000.0 && s.restart_ms < 1000.0,
+        ));
+        let rss = s.rss_at_ready_mb.max(s.rss_settled_mb);
+        t.push(target(
+            &format!("RSS after start-up with {} stored", s.stored),
+            "< 100 MB",
+            format!(
+                "{:.1} MB at /readyz, {:.1} MB once idle ({:.1} s busy after /readyz)",
+                s.rss_at_ready_mb, s.rss_settled_mb, s.busy_after_ready_s
+            ),
+            rss < 100.0,
+        ));
+        t.push(target(
+            "redb file per stored application (seeded / after the bursts / after a restart)",
+            "(reported)",
+            format!(
+                "{:.0} / {:.0} / {:.0} bytes",
+                s.store_bytes_per_app_seeded, s.store_bytes_per_app_after_bursts, s.store_bytes_per_app_after_restart
+            ),
+            true,
+        ));
+        g.push(gate(
+            &format!("start-up: {} stored / {} stored", self.footprint.startup_small_stored, s.stored),
+            ratio(self.footprint.startup_small_ms, s.first_start_ms),
+            false,
+        ));
+        // Earlier targets that still hold.
         let a = &self.allocation;
         t.push(target(
-            "allocation throughput (1,000 apps)",
+            "allocation throughput, none stored (1,000 apps)",
             ">= 25% of durable redb commits/s",
             format!(
                 "{:.0}% ({:.0} apps/s vs {:.0} commits/s)",
                 a.alloc_ratio_to_redb * 100.0,
-                a.burst.allocate.apps_per_s,
+                a.allocate_apps_per_s,
                 a.redb_reference
             ),
             a.alloc_ratio_to_redb >= 0.25,
@@ -186,25 +306,13 @@ impl Results {
             ));
         }
         t.push(target(
-            "p50 create -> ALLOCATED within the 1,000 burst",
-            "(no target; queueing included)",
-            format!("{:.1} ms", a.burst.allocate.latency.p50_ms),
-            true,
-        ));
-        t.push(target(
             "idle RSS",
             "< 30 MB",
             format!("{:.1} MB", self.footprint.idle_rss_mb),
             self.footprint.idle_rss_mb < 30.0,
         ));
-        let w = &self.watch.fan_out;
-        t.push(target(
-            &format!("watch fan-out p99, {} watchers", w.watchers),
-            "< 50 ms",
-            format!("{:.1} ms", w.last_watcher.p99_ms),
-            w.last_watcher.p99_ms < 50.0,
-        ));
         self.targets = t;
+        self.ratios = g;
         self
     }
 
@@ -233,10 +341,18 @@ impl Results {
         for n in &m.notes {
             let _ = writeln!(s, "- {n}");
         }
-        let _ = writeln!(s, "\n## Targets\n\n| figure | target | measured | met |\n|---|---|---|---|");
+        let _ = writeln!(s, "\n## Targets (issue 15 first)\n\n| figure | target | measured | met |\n|---|---|---|---|");
         for t in &self.targets {
             let _ =
                 writeln!(s, "| {} | {} | {} | {} |", t.name, t.target, t.measured, if t.met { "yes" } else { "NO" });
+        }
+        let _ = writeln!(
+            s,
+            "\n## Ratios the regression gate compares (`fish-bench --check`; higher is better)\n\n\
+             | figure | value | gated |\n|---|---|---|"
+        );
+        for r in &self.ratios {
+            let _ = writeln!(s, "| {} | {} | {} |", r.figure, figure(r.value), if r.gated { "yes" } else { "no" });
         }
 
         let _ = writeln!(
@@ -269,41 +385,50 @@ impl Results {
         }
 
         let c = &self.ceiling;
+        let f = &self.flat;
         let _ = writeln!(
             s,
-            "\n## Allocation (test driver, latency 0; reference: the store's ceiling in this run)\n\n\
-             Reference: **{:.0}** durable redb commits/s (one writer, 256 B), the higher of the ceilings \
-             just before the first burst ({:.0}) and just after it ({:.0}). fishd store commands/s just before: \
-             {:.0} one at a time, {:.0} from 64 callers (group commit). At the start of the run: {:.0} redb \
-             commits/s, {:.0} and {:.0} store commands/s.\n\n\
-             | burst | stored before | conns | direction | apps/s | ratio to redb commits/s | p50 ms | p99 ms | \
-             requests/s | fishd cores |\n|---|---|---|---|---|---|---|---|---|---|",
+            "\n## Allocation with none, {} stored (test driver, latency 0; reference: the node with none stored)\n\n\
+             {} rounds; in each, a burst of {} applications over {} connections on each node in turn. The store's \
+             ceiling: **{:.0}** durable redb commits/s (one writer, 256 B), the higher of the ceilings just before \
+             the bursts ({:.0}) and just after them ({:.0}); the node with none stored allocates at {:.2}× that. \
+             fishd store commands/s just before: {:.0} one at a time, {:.0} from 64 callers (group commit). At \
+             the start of the run: {:.0} redb commits/s.\n\n\
+             | stored | create → ALLOCATED apps/s (median) | ratio to none | deallocate apps/s (median) | ratio to none | rounds (create apps/s) |\n\
+             |---|---|---|---|---|---|",
+            f.nodes.iter().skip(1).map(|n| n.stored.to_string()).collect::<Vec<_>>().join(" and "),
+            f.rounds,
+            f.burst_applications,
+            f.connections,
             self.allocation.redb_reference,
             c.redb_commits_per_s,
             self.ceiling_after_burst.redb_commits_per_s,
+            self.allocation.alloc_ratio_to_redb,
             c.store_commands_per_s_serial,
             c.store_commands_per_s_grouped,
             self.ceiling_at_start.redb_commits_per_s,
-            self.ceiling_at_start.store_commands_per_s_serial,
-            self.ceiling_at_start.store_commands_per_s_grouped
         );
-        let bursts = std::iter::once(&self.allocation.burst).chain(&self.allocation.more_bursts);
-        for b in bursts {
-            for (dir, f) in [("create → ALLOCATED", &b.allocate), ("deallocate → DEALLOCATED", &b.deallocate)] {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.0} | {:.2} |",
-                    b.applications,
-                    b.stored_before,
-                    b.concurrency,
-                    dir,
-                    f.apps_per_s,
-                    ratio(f.apps_per_s, self.allocation.redb_reference),
-                    f.latency.p50_ms,
-                    f.latency.p99_ms,
-                    f.requests_per_s,
-                    b.fishd_cores
-                );
+        for n in &f.nodes {
+            let rounds: Vec<String> = n.bursts.iter().map(|b| format!("{:.0}", b.allocate.apps_per_s)).collect();
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {:.2} | {:.0} | {:.2} | {} |",
+                n.stored,
+                n.allocate_apps_per_s,
+                n.ratio_to_none,
+                n.deallocate_apps_per_s,
+                n.deallocate_ratio_to_none,
+                rounds.join(", ")
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n| burst | stored before | direction | apps/s | p50 ms | p99 ms | requests/s | fishd cores |\n\
+             |---|---|---|---|---|---|---|---|"
+        );
+        for n in &f.nodes {
+            for b in &n.bursts {
+                burst_rows(&mut s, b);
             }
         }
 
@@ -314,7 +439,7 @@ impl Results {
              | watchers | rounds | last watcher p50 ms | last watcher p99 ms | first watcher p50 ms | \
              create round trip p50 ms |\n|---|---|---|---|---|---|"
         );
-        for f in [&w.reference_one_watcher, &w.fan_out] {
+        for f in std::iter::once(&w.reference_one_watcher).chain(&w.more).chain([&w.fan_out]) {
             let _ = writeln!(
                 s,
                 "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
@@ -328,60 +453,125 @@ impl Results {
         }
         let _ = writeln!(s, "\np99 ratio, {} watchers / 1: **{:.2}**", w.fan_out.watchers, w.ratio_p99);
 
-        let f = &self.footprint;
+        let fp = &self.footprint;
+        let st = &f.startup;
         let _ = writeln!(
             s,
-            "\n## Footprint (MB = 10^6 bytes)\n\n| figure | value | reference |\n|---|---|---|\n\
+            "\n## Footprint and start-up (MB = 10^6 bytes)\n\n| figure | value | reference |\n|---|---|---|\n\
              | RSS idle (fresh node) | {:.1} MB | |\n\
              | RSS under the API load (max sampled / kernel peak) | {:.1} / {:.1} MB | idle: {:.1} MB ({:.1}×) |\n\
-             | RSS with {} stored applications (after the bursts / after a restart) | {:.1} / {:.1} MB | idle: {:.1} MB |\n\
              | start-up, first start (CA, keys, admin user) | {:.0} ms | |\n\
-             | start-up (restart) with {} stored | {:.0} ms | with {} stored: {:.0} ms ({:.1}×) |\n\
-             | redb file with {} stored | {:.1} MB ({:.0} bytes per application) | fresh file {:.1} MB; one application as JSON: {} bytes |",
-            f.idle_rss_mb,
-            f.api_load_rss_mb,
-            f.api_load_peak_rss_mb,
-            f.idle_rss_mb,
-            ratio(f.api_load_rss_mb, f.idle_rss_mb),
-            f.stored,
-            f.stored_10k_rss_mb,
-            f.stored_10k_rss_after_restart_mb,
-            f.idle_rss_mb,
-            f.startup_fresh_ms,
-            f.stored,
-            f.startup_stored_ms,
-            f.startup_small_stored,
-            f.startup_small_ms,
-            ratio(f.startup_stored_ms, f.startup_small_ms),
-            f.stored,
-            round3(f.store_bytes_stored as f64 / 1e6),
-            f.store_bytes_per_app,
-            round3(f.store_bytes_fresh as f64 / 1e6),
-            f.app_json_bytes
+             | start-up with {} stored (first start on the seeded files / restart after the bursts) | {:.0} / {:.0} ms | restart with {} stored: {:.0} ms |\n\
+             | busy after /readyz (over 5 % of a core), first start / restart | {:.1} / {:.1} s | |\n\
+             | RSS with {} stored: at /readyz / once idle / kernel peak | {:.1} / {:.1} / {:.1} MB | idle fresh node: {:.1} MB |\n\
+             | RSS after the restart with {} stored: at /readyz / once idle | {:.1} / {:.1} MB | |\n\
+             | redb file seeded with {} | {:.1} MB ({:.0} bytes per application) | fresh file {:.1} MB; one application as JSON: {} bytes |\n\
+             | redb file after the bursts ({} stored) | {:.1} MB ({:.0} bytes per application) | |\n\
+             | redb file after the restart | {:.1} MB ({:.0} bytes per application) | small node ({} stored): {:.1} MB |",
+            fp.idle_rss_mb,
+            fp.api_load_rss_mb,
+            fp.api_load_peak_rss_mb,
+            fp.idle_rss_mb,
+            ratio(fp.api_load_rss_mb, fp.idle_rss_mb),
+            fp.startup_fresh_ms,
+            st.stored,
+            st.first_start_ms,
+            st.restart_ms,
+            fp.startup_small_stored,
+            fp.startup_small_ms,
+            st.busy_after_ready_s,
+            st.restart_busy_after_ready_s,
+            st.stored,
+            st.rss_at_ready_mb,
+            st.rss_settled_mb,
+            st.peak_rss_settled_mb,
+            fp.idle_rss_mb,
+            st.stored_after_bursts,
+            st.rss_after_restart_mb,
+            st.rss_after_restart_settled_mb,
+            st.stored,
+            st.store_bytes_seeded as f64 / 1e6,
+            st.store_bytes_per_app_seeded,
+            fp.store_bytes_fresh as f64 / 1e6,
+            fp.app_json_bytes,
+            st.stored_after_bursts,
+            st.store_bytes_after_bursts as f64 / 1e6,
+            st.store_bytes_per_app_after_bursts,
+            st.store_bytes_after_restart as f64 / 1e6,
+            st.store_bytes_per_app_after_restart,
+            fp.startup_small_stored,
+            fp.store_bytes_small as f64 / 1e6,
         );
+        if let Some(seeded) = f.nodes.iter().filter_map(|n| n.seeded.as_ref()).next_back() {
+            let _ =
+                writeln!(s, "\nSeeding {} applications through the store took {:.1} s.", seeded.stored, seeded.seconds);
+        }
 
         let _ = writeln!(
             s,
-            "\n## Scale curve (reference: the smallest point)\n\n\
-             | stored | list all p50 ms | list bytes | ratio | list ?phase=ALLOCATED p50 ms | \
-             allocate p50 ms (one at a time) | allocate p99 ms | ratio | deallocate p50 ms |\n\
-             |---|---|---|---|---|---|---|---|---|"
+            "\n## Scale curve\n\n\
+             | stored | list all p50 ms | list bytes | list ?phase=ALLOCATED p50 ms | \
+             allocate p50 ms (one at a time) | allocate p99 ms | deallocate p50 ms |\n\
+             |---|---|---|---|---|---|---|"
         );
+        let ms = |l: Option<&Latency>| l.map(|l| format!("{:.2}", l.p50_ms)).unwrap_or_else(|| "—".into());
         for p in &self.scale {
             let _ = writeln!(
                 s,
-                "| {} | {:.1} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2} | {:.1} |",
+                "| {} | {:.2} | {} | {:.2} | {:.1} | {:.1} | {:.1} |",
                 p.stored,
                 p.list_all.p50_ms,
                 p.list_all_bytes,
-                p.ratio_list_to_first,
                 p.list_phase_allocated.p50_ms,
                 p.allocate.p50_ms,
                 p.allocate.p99_ms,
-                p.ratio_allocate_to_first,
                 p.deallocate.p50_ms
             );
         }
+        for n in &f.nodes {
+            let single = n.single.as_ref();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                n.stored,
+                ms(n.list_all.as_ref()),
+                n.list_all_bytes.map(|b| b.to_string()).unwrap_or_else(|| "—".into()),
+                ms(n.list_phase_allocated.as_ref()),
+                single.map(|x| format!("{:.1}", x.allocate.p50_ms)).unwrap_or_else(|| "—".into()),
+                single.map(|x| format!("{:.1}", x.allocate.p99_ms)).unwrap_or_else(|| "—".into()),
+                single.map(|x| format!("{:.1}", x.deallocate.p50_ms)).unwrap_or_else(|| "—".into()),
+            );
+        }
         s
+    }
+}
+
+/// A ratio with four significant digits.
+pub fn figure(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let decimals = (3 - x.abs().log10().floor() as i32).clamp(0, 8) as usize;
+    format!("{x:.decimals$}")
+}
+
+fn gate(figure: &str, value: f64, gated: bool) -> GateRatio {
+    GateRatio { figure: figure.into(), value, gated }
+}
+
+fn burst_rows(s: &mut String, b: &Burst) {
+    for (dir, f) in [("create → ALLOCATED", &b.allocate), ("deallocate → DEALLOCATED", &b.deallocate)] {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.0} | {:.2} |",
+            b.applications,
+            b.stored_before,
+            dir,
+            f.apps_per_s,
+            f.latency.p50_ms,
+            f.latency.p99_ms,
+            f.requests_per_s,
+            b.fishd_cores
+        );
     }
 }
