@@ -68,7 +68,7 @@ mod tests {
 
     #[test]
     fn a_list_of_stored_items_is_the_list_serde_writes() {
-        let items = vec![serde_json::json!({"a": 1}), serde_json::json!({"b": [2, 3]})];
+        let items = [serde_json::json!({"a": 1}), serde_json::json!({"b": [2, 3]})];
         for n in 0..=items.len() {
             let mut body = ListBody::new("Thing");
             body.revision(42);
