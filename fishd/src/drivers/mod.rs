@@ -80,8 +80,8 @@ pub struct NodeServices {
     pub meta_port: u16,
     /// The proxy's port on those addresses; 0 when the proxy is off.
     pub proxy_port: u16,
-    /// The proxy, for drivers that need a listener of their own per resource
-    /// ([`crate::proxy::Proxy::listen_for`], e.g. a VM behind user-mode networking).
+    /// The proxy, for drivers that hand it connections of one resource
+    /// ([`crate::proxy::Proxy::serve_stream`], e.g. a VM behind user-mode networking).
     pub proxy: Option<crate::proxy::Proxy>,
     /// The host address isolated processes reach from their network namespace, with
     /// the metadata endpoint and the proxy bound on it; `None` where fishd cannot make

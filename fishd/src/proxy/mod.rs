@@ -3,9 +3,9 @@
 //! One listener speaks both SOCKS5 (names resolved here, `socks5h`) and HTTP `CONNECT`,
 //! told apart by the first byte. A connection is attributed to a resource by, in order:
 //! the resource token it presents (SOCKS5 username/password with the token as password,
-//! or `Proxy-Authorization: Basic` of `fish:<token>`; processes), the listener it came in
-//! on when that listener was opened for one resource ([`Proxy::listen_for`]; VMs whose
-//! traffic arrives from a user-mode network stack), or its source address (containers).
+//! or `Proxy-Authorization: Basic` of `fish:<token>`; processes), the unix socket a
+//! driver accepted it on for one resource ([`Proxy::serve_stream`]; VMs whose traffic
+//! arrives from a user-mode network stack), or its source address (containers).
 //! It may then reach exactly what its definition's `resources.allow` and the node's
 //! `proxy.allow` allow; everything else is refused with the protocol's own error
 //! (SOCKS5 reply 2, HTTP 403), logged with the application's name and counted in
@@ -28,6 +28,7 @@ mod pipe;
 pub mod port;
 mod relay;
 mod server;
+mod stream;
 #[cfg(test)]
 mod tests;
 pub mod wire;

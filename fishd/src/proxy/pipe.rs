@@ -13,7 +13,8 @@ use std::os::fd::OwnedFd;
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use tokio::io::Interest;
-use tokio::net::TcpStream;
+
+use super::stream::Stream;
 
 /// Pipe size asked for. 1 MiB is the most an unprivileged process may ask
 /// (`fs.pipe-max-size`'s default) and lets one splice take all a fast socket has queued,
@@ -46,7 +47,7 @@ impl Pipe {
 
     /// Waits until `from` has bytes or its end, and moves what it has queued (up to the
     /// pipe's size) into the empty pipe. Returns how many; 0 is the end of `from`'s stream.
-    pub async fn fill(&mut self, from: &TcpStream) -> io::Result<usize> {
+    pub async fn fill(&mut self, from: &Stream) -> io::Result<usize> {
         debug_assert_eq!(self.held, 0, "a pipe is filled only when empty");
         loop {
             from.readable().await?;
@@ -63,7 +64,7 @@ impl Pipe {
 
     /// Waits until `to` takes bytes, and moves as many of the held ones as it takes.
     /// Returns how many (at least one).
-    pub async fn drain(&mut self, to: &TcpStream) -> io::Result<usize> {
+    pub async fn drain(&mut self, to: &Stream) -> io::Result<usize> {
         debug_assert!(self.held > 0, "drain only a pipe that holds bytes");
         loop {
             to.writable().await?;

@@ -8,16 +8,16 @@
 //! delivered to the destination.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::sys::socket::{Shutdown, shutdown};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::pipe::{self, Pipe};
+use super::stream::Stream;
 
 /// Buffer of a direction that cannot splice: large enough that a bulk download moves in
 /// few system calls (a 64 KiB buffer measured a third slower on loopback).
@@ -26,19 +26,13 @@ const BUF: usize = 256 * 1024;
 /// Relays until both directions ended or the link was idle for `idle`; returns the bytes
 /// delivered (client to target, target to client). `pending` is what the client sent after
 /// its request, already read, to be delivered first.
-pub async fn relay(client: TcpStream, target: TcpStream, pending: &[u8], idle: Duration) -> (u64, u64) {
+pub async fn relay(client: Stream, target: Stream, pending: &[u8], idle: Duration) -> (u64, u64) {
     relay_in(true, client, target, pending, idle).await
 }
 
 /// `splice: false` copies through a buffer in both directions (the fallback, chosen
 /// directly by tests).
-async fn relay_in(
-    splice: bool,
-    client: TcpStream,
-    mut target: TcpStream,
-    pending: &[u8],
-    idle: Duration,
-) -> (u64, u64) {
+async fn relay_in(splice: bool, client: Stream, mut target: Stream, pending: &[u8], idle: Duration) -> (u64, u64) {
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
     if !pending.is_empty() {
@@ -72,7 +66,7 @@ async fn relay_in(
 /// One direction: `from` to `to` until `from` ends (then `to`'s write side is shut down),
 /// counting delivered bytes in `moved` and stamping `last` on every move. An error reading
 /// `from` ends it as its end would; an error writing `to` is returned.
-async fn pump(splice: bool, from: &TcpStream, to: &TcpStream, moved: &AtomicU64, last: &Activity) -> io::Result<()> {
+async fn pump(splice: bool, from: &Stream, to: &Stream, moved: &AtomicU64, last: &Activity) -> io::Result<()> {
     let mut pipe = if splice {
         Pipe::new().inspect_err(|e| tracing::debug!(error = %e, "proxy relay: no pipe; copying through a buffer")).ok()
     } else {
@@ -118,7 +112,7 @@ async fn pump(splice: bool, from: &TcpStream, to: &TcpStream, moved: &AtomicU64,
     }
     // The source ended: forward its FIN, keep the other direction open. A destination
     // already gone has nothing to be told.
-    let _ = shutdown(to.as_raw_fd(), Shutdown::Write);
+    let _ = shutdown(to.as_fd().as_raw_fd(), Shutdown::Write);
     Ok(())
 }
 
@@ -144,7 +138,7 @@ impl Activity {
     }
 }
 
-async fn read(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+async fn read(from: &Stream, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         from.readable().await?;
         match from.try_read(buf) {
@@ -154,7 +148,7 @@ async fn read(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-async fn write(to: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+async fn write(to: &Stream, buf: &[u8]) -> io::Result<usize> {
     loop {
         to.writable().await?;
         match to.try_write(buf) {
@@ -168,7 +162,7 @@ async fn write(to: &TcpStream, buf: &[u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use tokio::io::AsyncReadExt;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
 
@@ -226,7 +220,7 @@ mod tests {
             }
             assert!(got == down, "splice {splice}: the client got {} other bytes", got.len());
         };
-        let relayed = relay_in(splice, client_side, target_side, b"early ", Duration::from_secs(10));
+        let relayed = relay_in(splice, client_side.into(), target_side.into(), b"early ", Duration::from_secs(10));
         let (counts, ()) = tokio::join!(relayed, parties);
         assert_eq!(counts, (up.len() as u64 + 6, down.len() as u64), "splice {splice}: bytes counted");
     }
@@ -249,7 +243,7 @@ mod tests {
                 let (mut client, client_side) = connection().await;
                 let (mut target, target_side) = connection().await;
                 let idle = Duration::from_millis(300);
-                let relayed = relay_in(splice, client_side, target_side, b"", idle);
+                let relayed = relay_in(splice, client_side.into(), target_side.into(), b"", idle);
                 // One byte each way early on: the timeout counts from the last one.
                 let parties = async {
                     client.write_all(b"?").await.expect("write");

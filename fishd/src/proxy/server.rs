@@ -2,18 +2,19 @@
 //! allow decision, the connection to the target, the relay.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use api_types::AllowRule;
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::stream::Stream;
 use super::wire::{self, Reply, Target, WireError};
 use super::{Client, Directory, ProxyLimits, ProxyMetrics, TOKEN_USER, relay};
 
@@ -42,8 +43,6 @@ struct Inner {
     /// Relayed connections per resource.
     active: Mutex<HashMap<Uuid, usize>>,
     handshakes: Arc<Semaphore>,
-    /// Listeners opened for one resource each.
-    dedicated: Mutex<HashMap<Uuid, (SocketAddr, CancellationToken)>>,
     /// Shared listeners' addresses.
     shared: Mutex<Vec<SocketAddr>>,
     stop: CancellationToken,
@@ -85,7 +84,6 @@ impl Proxy {
                 metrics,
                 active: Mutex::new(HashMap::new()),
                 handshakes: Arc::new(Semaphore::new(limits.handshakes)),
-                dedicated: Mutex::new(HashMap::new()),
                 shared: Mutex::new(Vec::new()),
                 stop,
             }),
@@ -99,7 +97,7 @@ impl Proxy {
         let bound = listener.local_addr().map_err(|source| ProxyError::Listen { addr, source })?;
         self.inner.shared.lock().unwrap_or_else(|e| e.into_inner()).push(bound);
         tracing::info!(addr = %bound, "proxy listening");
-        tokio::spawn(accept_loop(self.inner.clone(), listener, None, self.inner.stop.clone()));
+        tokio::spawn(accept_loop(self.inner.clone(), listener, self.inner.stop.clone()));
         Ok(bound)
     }
 
@@ -108,32 +106,40 @@ impl Proxy {
         self.inner.shared.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// A loopback listener whose every connection belongs to resource `uid`, for
-    /// resources whose traffic reaches the host from an address that says nothing
-    /// (a VM's user-mode network forwards from 127.0.0.1). Idempotent per `uid`;
-    /// [`Proxy::release`] closes it.
-    pub async fn listen_for(&self, uid: Uuid) -> Result<SocketAddr, ProxyError> {
-        if let Some((addr, _)) = self.inner.dedicated.lock().unwrap_or_else(|e| e.into_inner()).get(&uid) {
-            return Ok(*addr);
-        }
-        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
-        let listener = TcpListener::bind(addr).await.map_err(|source| ProxyError::Listen { addr, source })?;
-        let bound = listener.local_addr().map_err(|source| ProxyError::Listen { addr, source })?;
-        let stop = self.inner.stop.child_token();
-        self.inner.dedicated.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, (bound, stop.clone()));
-        tokio::spawn(accept_loop(self.inner.clone(), listener, Some(uid), stop));
-        Ok(bound)
+    /// Serves one connection as resource `owner`'s, for resources whose traffic reaches
+    /// the host with no address of their own (a VM's user-mode network forwards from
+    /// 127.0.0.1): the caller accepted it on a socket only that resource's relay can open
+    /// (a unix socket in a directory of fishd's). A token naming another resource is
+    /// refused, so one identity never speaks for another. Takes no TCP stream on
+    /// purpose: any local process can connect to a loopback port.
+    pub fn serve_stream(&self, stream: UnixStream, owner: Uuid) {
+        let Ok(permit) = self.inner.handshakes.clone().try_acquire_owned() else {
+            tracing::warn!(%owner, "proxy: too many handshakes at once; connection closed");
+            return;
+        };
+        tokio::spawn(serve(self.inner.clone(), stream.into(), Peer::Owned(owner), permit));
     }
+}
 
-    /// Closes the listener opened for `uid`, if any (relays already open run out).
-    pub fn release(&self, uid: Uuid) {
-        if let Some((_, stop)) = self.inner.dedicated.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid) {
-            stop.cancel();
+/// Where a connection came from, which says who it may be.
+#[derive(Clone, Copy, Debug)]
+enum Peer {
+    /// A TCP client: identified by its token, else by its source address.
+    Addr(SocketAddr),
+    /// A connection handed in for one resource.
+    Owned(Uuid),
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Addr(a) => a.fmt(f),
+            Peer::Owned(uid) => write!(f, "the socket of {uid}"),
         }
     }
 }
 
-async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, owner: Option<Uuid>, stop: CancellationToken) {
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, stop: CancellationToken) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -150,21 +156,12 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, owner: Option<Uui
             tracing::warn!(%peer, "proxy: too many handshakes at once; connection closed");
             continue;
         };
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            let _ = stream.set_nodelay(true);
-            serve(inner, stream, peer, owner, permit).await;
-        });
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve(inner.clone(), stream.into(), Peer::Addr(peer), permit));
     }
 }
 
-async fn serve(
-    inner: Arc<Inner>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    owner: Option<Uuid>,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
+async fn serve(inner: Arc<Inner>, mut stream: Stream, peer: Peer, permit: tokio::sync::OwnedSemaphorePermit) {
     let request = match tokio::time::timeout(inner.limits.handshake, handshake(&mut stream)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
@@ -177,10 +174,13 @@ async fn serve(
         }
     };
     drop(permit);
-    let client = match (&request.token, owner) {
-        (Some(token), _) => inner.directory.by_token(token),
-        (None, Some(uid)) => inner.directory.by_uid(uid),
-        (None, None) => inner.directory.by_addr(peer.ip()),
+    let client = match (peer, &request.token) {
+        (Peer::Addr(_), Some(token)) => inner.directory.by_token(token),
+        (Peer::Addr(addr), None) => inner.directory.by_addr(addr.ip()),
+        (Peer::Owned(uid), None) => inner.directory.by_uid(uid),
+        (Peer::Owned(uid), Some(token)) => {
+            inner.directory.by_token(token).filter(|c| c.uid == uid).and_then(|_| inner.directory.by_uid(uid))
+        }
     };
     let Some(client) = client else {
         inner.metrics.denied("unknown");
@@ -192,7 +192,7 @@ async fn serve(
     handle(inner, stream, request, client).instrument(span).await;
 }
 
-async fn handle(inner: Arc<Inner>, mut stream: TcpStream, request: Request, client: Client) {
+async fn handle(inner: Arc<Inner>, mut stream: Stream, request: Request, client: Client) {
     let Some(_slot) = Slot::take(&inner, client.uid) else {
         tracing::warn!(target = %request.target, limit = inner.limits.per_resource, "proxy connection limit reached");
         refuse(&mut stream, request.http, Refusal::Busy).await;
@@ -231,7 +231,7 @@ async fn handle(inner: Arc<Inner>, mut stream: TcpStream, request: Request, clie
     }
     inner.metrics.connected(&client.label);
     tracing::debug!(target = %request.target, "proxy relaying");
-    let (up, down) = relay::relay(stream, upstream, &request.pending, inner.limits.idle).await;
+    let (up, down) = relay::relay(stream, upstream.into(), &request.pending, inner.limits.idle).await;
     inner.metrics.relayed(&client.label, up, down);
     tracing::debug!(target = %request.target, up, down, "proxy relay ended");
 }
@@ -315,7 +315,7 @@ async fn connect(candidates: &[SocketAddr], within: std::time::Duration) -> Opti
 }
 
 /// Answers a refusal in the client's protocol, then closes.
-async fn refuse(stream: &mut TcpStream, http: bool, why: Refusal) {
+async fn refuse(stream: &mut Stream, http: bool, why: Refusal) {
     let bytes: Vec<u8> = if http {
         let (status, text) = match why {
             Refusal::NotAllowed => ("403 Forbidden", "not in this resource's allow list"),
@@ -343,7 +343,7 @@ async fn refuse(stream: &mut TcpStream, http: bool, why: Refusal) {
 }
 
 /// Reads more bytes into `buf`, refusing to grow it past `max`.
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> std::io::Result<()> {
+async fn read_more(stream: &mut Stream, buf: &mut Vec<u8>, max: usize) -> std::io::Result<()> {
     if buf.len() >= max {
         return Err(std::io::Error::other("message too long"));
     }
@@ -359,7 +359,7 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> std
 
 /// Parses one message with `parse`, reading as needed; the message is removed from `buf`.
 async fn next_message<T>(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut Vec<u8>,
     max: usize,
     parse: fn(&[u8]) -> wire::Parsed<T>,
@@ -378,7 +378,7 @@ async fn next_message<T>(
 
 /// The greeting, authentication and request of either protocol. Protocol errors are
 /// answered here, in the client's protocol; the `Err` says why the connection ends.
-async fn handshake(stream: &mut TcpStream) -> std::io::Result<Request> {
+async fn handshake(stream: &mut Stream) -> std::io::Result<Request> {
     let mut buf = Vec::with_capacity(512);
     read_more(stream, &mut buf, wire::MAX_HTTP_HEAD + 1).await?;
     match buf.first().copied() {
@@ -392,7 +392,7 @@ async fn handshake(stream: &mut TcpStream) -> std::io::Result<Request> {
 /// Largest SOCKS5 messages: greeting 2+255, RFC 1929 3+255+255, request 7+255.
 const SOCKS_MAX: usize = 3 + 255 + 255;
 
-async fn socks_handshake(stream: &mut TcpStream, mut buf: Vec<u8>) -> std::io::Result<Request> {
+async fn socks_handshake(stream: &mut Stream, mut buf: Vec<u8>) -> std::io::Result<Request> {
     let greeting =
         next_message(stream, &mut buf, SOCKS_MAX, wire::parse_greeting).await?.map_err(std::io::Error::other)?;
     let method = greeting.choose();
@@ -422,7 +422,7 @@ async fn socks_handshake(stream: &mut TcpStream, mut buf: Vec<u8>) -> std::io::R
     }
 }
 
-async fn http_handshake(stream: &mut TcpStream, mut buf: Vec<u8>) -> std::io::Result<Request> {
+async fn http_handshake(stream: &mut Stream, mut buf: Vec<u8>) -> std::io::Result<Request> {
     match next_message(stream, &mut buf, wire::MAX_HTTP_HEAD + 1, wire::parse_http_head).await {
         Ok(Ok(connect)) => {
             let token = connect.authorization.as_deref().and_then(basic_token);

@@ -201,3 +201,84 @@ async fn a_resource_holds_at_most_its_cap_and_idle_relays_close() {
     .await
     .expect("test timed out");
 }
+
+/// Two resources known by uid and token, none by address: what a VM's socket meets.
+struct TwoResources {
+    a: Uuid,
+    b: Uuid,
+}
+
+impl TwoResources {
+    fn client(&self, uid: Uuid) -> Client {
+        let name = if uid == self.a { "vm-a" } else { "vm-b" };
+        Client { uid, name: name.into(), label: "vm".into(), allow: vec!["127.0.0.1:*".parse().expect("rule")] }
+    }
+}
+
+impl Directory for TwoResources {
+    fn by_addr(&self, _ip: IpAddr) -> Option<Client> {
+        None
+    }
+    fn by_token(&self, token: &str) -> Option<Client> {
+        match token {
+            "token-a" => Some(self.client(self.a)),
+            "token-b" => Some(self.client(self.b)),
+            _ => None,
+        }
+    }
+    fn by_uid(&self, uid: Uuid) -> Option<Client> {
+        (uid == self.a || uid == self.b).then(|| self.client(uid))
+    }
+}
+
+/// `CONNECT` to `t` over a connection handed to the proxy as `owner`'s; the answer.
+async fn connect_as(p: &Proxy, owner: Uuid, t: SocketAddr, auth: Option<&str>) -> String {
+    let (mut ours, theirs) = tokio::net::UnixStream::pair().expect("socket pair");
+    p.serve_stream(theirs, owner);
+    let auth = auth.map(|a| format!("Proxy-Authorization: Basic {a}\r\n")).unwrap_or_default();
+    ours.write_all(format!("CONNECT {t} HTTP/1.1\r\n{auth}\r\n").as_bytes()).await.expect("write");
+    // Until the target's greeting came through, or the proxy closed.
+    let mut answer = Vec::new();
+    let mut piece = [0u8; 64];
+    while !answer.ends_with(b"hello") {
+        let n = ours.read(&mut piece).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&piece[..n]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_handed_in_stream_is_its_owner_and_nobody_else() {
+    tokio::time::timeout(LIMIT, async {
+        let t = target().await;
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let metrics = ProxyMetrics::default();
+        let p = Proxy::new(
+            Arc::new(TwoResources { a, b }),
+            Vec::new(),
+            ProxyLimits::default(),
+            metrics,
+            CancellationToken::new(),
+        );
+        let shared = p.listen("127.0.0.1:0".parse().expect("address")).await.expect("listen");
+        let answer = connect_as(&p, a, t, None).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello"), "{answer}");
+        // Its own token is fine; another resource's token never speaks for it.
+        let own = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "fish:token-a");
+        let answer = connect_as(&p, a, t, Some(&own)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let other = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "fish:token-b");
+        let answer = connect_as(&p, a, t, Some(&other)).await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+        // Over TCP, with no token, a local process is nobody.
+        let mut s = TcpStream::connect(shared).await.expect("connect");
+        s.write_all(format!("CONNECT {t} HTTP/1.1\r\n\r\n").as_bytes()).await.expect("write");
+        let answer = String::from_utf8(until_closed(&mut s).await).expect("utf-8");
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    })
+    .await
+    .expect("test timed out");
+}

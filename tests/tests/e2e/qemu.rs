@@ -308,3 +308,82 @@ async fn a_guest_powering_off_ends_its_application_and_a_bad_sum_leaves_nothing(
     assert!(msg.contains("the guest powered off"), "{msg}");
     assert!(!alive(pid), "QEMU {pid} outlived its powered-off guest");
 }
+
+/// The TCP ports `pid` listens on, from its socket inodes and `/proc/net/tcp{,6}`.
+fn listening_ports(pid: u32) -> Vec<(String, u16)> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned))
+        .collect();
+    let mut out = Vec::new();
+    for (table, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.get(3) != Some(&"0A") || !f.get(9).is_some_and(|i| inodes.contains(*i)) {
+                continue;
+            }
+            let Some((addr, port)) = f[1].split_once(':') else { continue };
+            let port = u16::from_str_radix(port, 16).unwrap();
+            // Connect where it listens: loopback for the wildcard addresses.
+            let host = match (v6, addr) {
+                (false, "00000000") => "127.0.0.1".to_owned(),
+                (false, a) => std::net::Ipv4Addr::from(u32::from_str_radix(a, 16).unwrap().to_le_bytes()).to_string(),
+                (true, _) => "::1".to_owned(),
+            };
+            out.push((host, port));
+        }
+    }
+    out
+}
+
+/// Review s4 H1: a machine's proxy identity is its 0700 unix socket, never a TCP port.
+/// Once the guest has used the proxy, another local process connects to every TCP port
+/// fishd listens on and asks, in both protocols, for the target only the machine may
+/// reach: nothing answers as the machine (no relay, no refusal in its name).
+#[tokio::test]
+async fn no_local_connection_to_fishd_is_taken_for_a_machine() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some((kernel, initrd, base)) = guest() else { return };
+    let d = TestDaemon::start(CONFIG).await.unwrap();
+    let (image, sum) = own_base(&d, &base);
+    let allowed = http_service("127.0.0.1:0", "allowed-target").await.port();
+    let extra = format!("fish.connect=localhost:{allowed}");
+    let allow = [format!("localhost:{allowed}")];
+    let yaml = label_allowing("vm", &kernel, &initrd, &image, &sum, &extra, &allow) + &app("vm1", "vm");
+    assert_eq!(d.apply(&yaml).await.unwrap().0, 200);
+    d.wait_phase("vm1", "ALLOCATED").await.unwrap();
+    let console = console_until(&d, "vm1", "fish-proxy: ").await;
+    assert!(console.contains("allowed-target"), "the guest did not reach its target through the proxy:\n{console}");
+    let refusals_before = d.log().matches("proxy refused").count();
+
+    let ports = listening_ports(d.pid().unwrap());
+    assert!(!ports.is_empty(), "fishd listens on no TCP port?");
+    let [hi, lo] = allowed.to_be_bytes();
+    let socks: Vec<u8> = [&[5u8, 1, 0, 5, 1, 0, 3, 9][..], b"localhost", &[hi, lo], b"GET / HTTP/1.0\r\n\r\n"].concat();
+    let http = format!("CONNECT localhost:{allowed} HTTP/1.1\r\n\r\nGET / HTTP/1.0\r\n\r\n").into_bytes();
+    for (host, port) in &ports {
+        for request in [&socks, &http] {
+            let Ok(mut s) = tokio::net::TcpStream::connect((host.as_str(), *port)).await else { continue };
+            let _ = s.write_all(request).await;
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut answer)).await;
+            let text = String::from_utf8_lossy(&answer);
+            assert!(
+                !text.contains("allowed-target") && !text.contains("200 Connection established"),
+                "{host}:{port} relayed a local process as the machine: {text}"
+            );
+            if request == &socks {
+                assert!(!answer.starts_with(&[5, 0, 5, 0]), "{host}:{port} granted a SOCKS5 request: {answer:?}");
+            }
+        }
+    }
+    // Whatever refused them refused an unknown client, not the machine.
+    let log = d.log();
+    let new: Vec<&str> = log.lines().filter(|l| l.contains("proxy refused")).skip(refusals_before).collect();
+    assert!(new.iter().all(|l| !l.contains("vm1")), "refused in the machine's name: {new:?}");
+    assert_eq!(d.post("/api/v1/applications/vm1/deallocate", None).await.unwrap().0, 202);
+    d.wait_phase("vm1", "DEALLOCATED").await.unwrap();
+}

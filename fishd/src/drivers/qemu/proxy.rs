@@ -3,10 +3,12 @@
 //! QEMU's user network makes every connection of the guest from the host's loopback, so
 //! the proxy cannot tell machines apart by address, and a guest holds no token. The
 //! guest's proxy address ([`GUEST_PROXY`]) is forwarded like its metadata: one `socat`
-//! per connection to `<dir>/proxy.sock`, which fishd relays to a proxy listener opened
-//! for that application alone ([`Proxy::listen_for`]). The unix socket is the stable
-//! part: QEMU's command line cannot change after start, while the proxy's listener is
-//! opened again (on another port) after a fishd restart, when the machine is adopted.
+//! per connection to `<dir>/proxy.sock`, and fishd hands each connection accepted there
+//! to the proxy as that application's ([`Proxy::serve_stream`]). The socket is the
+//! identity: it sits in the machine's directory (fishd's, mode 0700), and the hop never
+//! goes over TCP, where any local process could connect. It is also the stable part:
+//! QEMU's command line cannot change after start, and a later fishd binds the same path
+//! again when it adopts the machine.
 //! The guest learns the address from its metadata (`FISH_PROXY`, `ALL_PROXY`,
 //! `HTTPS_PROXY`, ..., [`guest_environment`]).
 
@@ -15,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
-use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -72,14 +74,11 @@ impl ProxySockets {
         Ok(())
     }
 
-    /// Stops relaying for `uid` and closes its proxy listener (the socket file goes with
-    /// the machine's directory).
+    /// Stops accepting for `uid` (the socket file goes with the machine's directory;
+    /// relays already open end with the machine's connections).
     pub fn stop(&self, uid: Uuid) {
         if let Some(stop) = self.served.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid) {
             stop.cancel();
-        }
-        if let Some(proxy) = self.proxy.get() {
-            proxy.release(uid);
         }
     }
 }
@@ -97,21 +96,8 @@ async fn relay_loop(proxy: Proxy, uid: Uuid, listener: UnixListener, stop: Cance
                 }
             },
         };
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
-            if let Err(e) = relay(&proxy, uid, stream).await {
-                tracing::debug!(%uid, error = %e, "a proxy connection of the machine ended");
-            }
-        });
+        proxy.serve_stream(stream, uid);
     }
-}
-
-/// One guest connection, to the listener the proxy keeps for `uid`.
-async fn relay(proxy: &Proxy, uid: Uuid, mut guest: UnixStream) -> std::io::Result<()> {
-    let addr = proxy.listen_for(uid).await.map_err(std::io::Error::other)?;
-    let mut upstream = TcpStream::connect(addr).await?;
-    tokio::io::copy_bidirectional(&mut guest, &mut upstream).await?;
-    Ok(())
 }
 
 #[cfg(test)]
