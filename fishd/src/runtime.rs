@@ -416,18 +416,18 @@ async fn start_proxy(
     Ok(Some(bound))
 }
 
-/// Checks and repairs the docker networks' firewall rules at start and every `every`,
-/// deleting those of networks removed since.
-async fn firewall_loop(dockers: Vec<Arc<drivers::docker::DockerDriver>>, every: Duration, stop: CancellationToken) {
+/// Checks and repairs the drivers' firewall rules (docker networks, isolated processes'
+/// veths) at start and every `every`, deleting those of networks and veths removed since.
+async fn firewall_loop(drivers: Vec<Arc<dyn Driver>>, every: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for d in &dockers {
-            if let Err(e) = d.enforce_networks().await {
-                warn!(driver = %d.name(), error = %e, "docker network firewall rules not checked");
+        for d in &drivers {
+            if let Err(e) = d.enforce().await {
+                warn!(driver = %d.name(), error = %e, "firewall rules not checked");
             }
         }
     }
@@ -622,7 +622,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     }
     // After attach: a machine's metadata names the proxy when there is one.
     serve_meta_to_machines(&qemus, &state, &api_stop);
-    tokio::spawn(firewall_loop(dockers.clone(), config.resync_interval.get(), beat.clone()));
+    tokio::spawn(firewall_loop(drivers.values().cloned().collect(), config.resync_interval.get(), beat.clone()));
     // Serve first, then write: in a cluster a write is answered once this node has
     // applied it, which needs the leader to reach this node's /raft routes. A node
     // that wrote before serving (a restarted member, a joined node) waited out every

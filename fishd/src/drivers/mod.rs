@@ -155,6 +155,14 @@ pub trait Driver: Send + Sync {
     /// Whether the backend answers now, and why not. Cheap: called on every election.
     async fn available(&self) -> Result<(), String>;
 
+    /// Checks and repairs what keeps this instance's resources isolated on the host (the
+    /// firewall chains of docker networks and of isolated processes' veths), and deletes
+    /// what is left of removed ones. The runtime calls it at start and every
+    /// `resyncInterval`, so a rule deleted by hand or a flushed table comes back.
+    async fn enforce(&self) -> Result<(), DriverError> {
+        Ok(())
+    }
+
     /// This instance's own limit, on top of the node's capacity (the test driver's
     /// configured capacity, a docker engine's cpus and memory). `None`: no limit.
     fn capacity(&self) -> Option<NodeCapacity> {

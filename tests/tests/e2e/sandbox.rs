@@ -481,3 +481,69 @@ async fn a_fork_bomb_stops_at_its_pids_limit_and_the_host_keeps_answering() {
     d.wait_phase("bomb-1", "DEALLOCATED").await.unwrap();
     assert!(!std::path::Path::new(&group).exists(), "cgroup {group} left behind");
 }
+
+/// Review s4 M8: the chain of an isolated process's veth is checked at every resync like a
+/// docker network's: flushed and unhooked by hand while the process runs, it comes back
+/// (and the process is cut off from the host again); a chain whose veth is gone (a
+/// removal that failed) is deleted, on a node with no docker driver; deallocation
+/// removes the process's chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_process_chain_deleted_by_hand_is_repaired_at_the_next_resync() {
+    if !process_prerequisites() {
+        return;
+    }
+    let host_svc = http_service("0.0.0.0:0", "host-service").await;
+    let d = TestDaemon::start("resyncInterval: 1s\ndrivers:\n  process: {gracePeriod: 1s}\n").await.unwrap();
+    // "<n> <answer>": what the host service told it, again and again (empty: blocked).
+    let script = format!(
+        r#"i=0
+while true; do
+  i=$((i+1))
+  r=$(curl -s -m 2 --noproxy '*' http://169.254.64.1:{port}/)
+  echo "$i $r" > latest.tmp && mv latest.tmp latest.txt
+  sleep 0.2
+done"#,
+        port = host_svc.port()
+    );
+    let script = script.replace('\n', "\n            ");
+    let yaml = format!(
+        "---\nkind: Label\nmetadata: {{name: cell}}\nspec:\n  definitions:\n    - driver: process\n      resources: {{cpu: 1, ram: 1}}\n      options:\n        command:\n          - sh\n          - -c\n          - |\n            {script}\n---\nkind: Application\nmetadata: {{name: cell-1}}\nspec: {{label: cell}}\n"
+    );
+    let (code, body) = d.apply(&yaml).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let a = d.wait_phase("cell-1", "ALLOCATED").await.unwrap();
+    let uid = a["metadata"]["uid"].as_str().unwrap().replace('-', "");
+    let veth = format!("aqh{}", &uid[20..]);
+    let chain = format!("AQ-{veth}");
+    let found = Findings(a["status"]["resource"]["details"]["workdir"].as_str().unwrap().into());
+    let count = |line: &str| line.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    eventually("the process to probe the host", || async { count(&found.get("latest.txt")) > 1 }).await.unwrap();
+    assert!(!found.get("latest.txt").contains("host-service"), "{}", found.get("latest.txt"));
+    let hooked = || sh("iptables", &["-w", "-C", "INPUT", "-i", &veth, "-j", &chain]).0;
+    let rules = || sh("iptables", &["-w", "-S", &chain]).1;
+    assert!(hooked() && rules().contains("REJECT"), "{}", rules());
+
+    // By hand: the jump deleted, the chain flushed.
+    assert!(sh("iptables", &["-w", "-D", "INPUT", "-i", &veth, "-j", &chain]).0);
+    assert!(sh("iptables", &["-w", "-F", &chain]).0);
+    eventually("the process chain to be repaired", || async { hooked() && rules().contains("REJECT") }).await.unwrap();
+    let repaired = count(&found.get("latest.txt"));
+    eventually("the process to probe again", || async { count(&found.get("latest.txt")) > repaired + 2 })
+        .await
+        .unwrap();
+    assert!(!found.get("latest.txt").contains("host-service"), "reached the host after the repair");
+    assert!(d.log().contains("firewall chain differs") || d.log().contains("firewall jump installed"), "{}", d.log());
+
+    // A chain left by a failed removal: its veth does not exist.
+    let stale = "AQ-aqh0000deadbeef";
+    sh("iptables", &["-w", "-N", stale]);
+    assert!(sh("iptables", &["-w", "-A", stale, "-j", "RETURN"]).0);
+    assert!(sh("iptables", &["-w", "-A", "INPUT", "-i", "aqh0000deadbeef", "-j", stale]).0);
+    eventually("the stale chain to be collected", || async { !sh("iptables", &["-w", "-S"]).1.contains(stale) })
+        .await
+        .unwrap();
+
+    assert_eq!(d.post("/api/v1/applications/cell-1/deallocate", None).await.unwrap().0, 202);
+    d.wait_phase("cell-1", "DEALLOCATED").await.unwrap();
+    assert!(!sh("iptables", &["-w", "-S"]).1.contains(&chain), "{chain} outlived its process");
+}

@@ -233,13 +233,6 @@ impl DockerDriver {
         Ok(addrs)
     }
 
-    /// Checks and repairs the networks' firewall rules, and deletes those of removed
-    /// networks. The runtime calls it at start and at every resync.
-    pub async fn enforce_networks(&self) -> Result<(), DriverError> {
-        let docker = self.docker().await?;
-        self.networks.enforce(docker, &self.ports()).await
-    }
-
     /// The gateway ports containers may open: metadata and proxy.
     fn ports(&self) -> Vec<u16> {
         [self.meta_port.load(Ordering::Relaxed), self.proxy_port.load(Ordering::Relaxed)]
@@ -475,6 +468,13 @@ impl Driver for DockerDriver {
         {
             tracing::warn!(driver = %self.name, "attached twice; keeping the first proxy");
         }
+    }
+
+    /// Checks and repairs the networks' firewall rules, and deletes those of removed
+    /// networks.
+    async fn enforce(&self) -> Result<(), DriverError> {
+        let docker = self.docker().await?;
+        self.networks.enforce(docker, &self.ports()).await
     }
 
     async fn available(&self) -> Result<(), String> {

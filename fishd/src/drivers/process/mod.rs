@@ -228,14 +228,7 @@ impl ProcessDriver {
             let addr = tokio::task::spawn_blocking(move || netns::create(uid))
                 .await
                 .map_err(|e| DriverError::failed(format!("network namespace setup panicked: {e}")))??;
-            let ep = self.endpoints();
-            let policy = Policy {
-                bridge: netns::host_iface(uid),
-                gateway: Some(std::net::IpAddr::V4(netns::GATEWAY)),
-                isolated: true,
-                ports: vec![ep.meta_port, ep.proxy_port],
-            };
-            self.firewall.ensure(&policy).await?;
+            self.firewall.ensure(&self.policy(uid)).await?;
             Some(addr)
         } else {
             None
@@ -250,6 +243,18 @@ impl ProcessDriver {
             None
         };
         Ok((addr, user))
+    }
+
+    /// The firewall policy of an isolated process's host-side veth: only the gateway's
+    /// metadata and proxy ports.
+    fn policy(&self, uid: Uuid) -> Policy {
+        let ep = self.endpoints();
+        Policy {
+            bridge: netns::host_iface(uid),
+            gateway: Some(std::net::IpAddr::V4(netns::GATEWAY)),
+            isolated: true,
+            ports: vec![ep.meta_port, ep.proxy_port],
+        }
     }
 
     /// The directory of one application.
@@ -409,6 +414,31 @@ impl Driver for ProcessDriver {
 
     async fn available(&self) -> Result<(), String> {
         Ok(())
+    }
+
+    /// Re-ensures the chain of every isolated process this instance owns whose veth
+    /// exists (a flushed table or a deleted jump comes back), then deletes the chains of
+    /// veths that are gone (a deallocation whose removal failed), also on a node with no
+    /// docker driver. Under the setup lock: a namespace being made or removed is never
+    /// looked at half-way.
+    async fn enforce(&self) -> Result<(), DriverError> {
+        if !self.is_root {
+            return Ok(());
+        }
+        let _serial = self.setup.lock().await;
+        let mut first_error = None;
+        for owned in self.list_owned().await? {
+            let iface = netns::host_iface(owned.uid);
+            if !Path::new("/sys/class/net").join(&iface).exists() {
+                continue;
+            }
+            if let Err(e) = self.firewall.ensure(&self.policy(owned.uid)).await {
+                tracing::warn!(uid = %owned.uid, error = %e, "cannot repair an isolated process's firewall chain");
+                first_error.get_or_insert(e);
+            }
+        }
+        self.firewall.collect().await?;
+        first_error.map_or(Ok(()), Err)
     }
 
     async fn allocate(&self, req: &AllocateRequest) -> Result<Allocated, DriverError> {
