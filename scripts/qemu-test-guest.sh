@@ -96,6 +96,8 @@ chmod +x "$root/udhcpc.sh"
 #   fish.connect=T1,T2    through the proxy its metadata names (FISH_PROXY), HTTP CONNECT
 #                         to each HOST:PORT and GET /; print the reply on one line
 #   fish.disk=1           write a marker to /dev/vda (the overlay, never the base)
+#   fish.flood=N          keep N connections to the proxy address open, reopening each
+#                         as soon as it closes (one host relay per connection)
 #   fish.poweroff=1       power off once done (the resource ends by itself)
 cat >"$root/init" <<'EOF'
 #!/bin/sh
@@ -132,6 +134,15 @@ if [ -n "$connect" ]; then
     reply=$( (printf 'CONNECT %s HTTP/1.1\r\n\r\nGET / HTTP/1.0\r\n\r\n' "$t"; sleep 3) | timeout 10 nc "${proxy%:*}" "${proxy##*:}" 2>&1 | tr -d '\r' | tr '\n' ' ')
     echo "fish-proxy: $t via ${proxy:-no proxy}: $reply"
   done
+fi
+flood=$(arg fish.flood)
+if [ -n "$flood" ]; then
+  i=0
+  while [ "$i" -lt "$flood" ]; do
+    (while true; do sleep 30 | nc 10.0.2.101 3128 >/dev/null 2>&1; done) &
+    i=$((i+1))
+  done
+  echo "fish-flood: $flood connections"
 fi
 if [ "$(arg fish.poweroff)" = 1 ]; then
   echo "fish-guest: powering off by itself"

@@ -387,3 +387,68 @@ async fn no_local_connection_to_fishd_is_taken_for_a_machine() {
     assert_eq!(d.post("/api/v1/applications/vm1/deallocate", None).await.unwrap().0, 202);
     d.wait_phase("vm1", "DEALLOCATED").await.unwrap();
 }
+
+/// The processes whose command line names `needle`.
+fn processes_naming(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}
+
+/// Review s4 H5: QEMU starts one relay per guest connection; a guest holding many open
+/// meets its own `resources.pids` (QEMU's cgroup), not the host's process table, and
+/// fishd keeps answering. `qemu.log` stays under its cap; deallocation leaves no relay.
+#[tokio::test]
+async fn a_guest_flooding_its_relays_meets_its_pids_limit_and_the_host_keeps_answering() {
+    let Some((kernel, initrd, base)) = guest() else { return };
+    let d = TestDaemon::start(CONFIG).await.unwrap();
+    let (image, sum) = own_base(&d, &base);
+    let yaml = label_allowing("vm", &kernel, &initrd, &image, &sum, "fish.flood=150", &[])
+        .replace("resources: {cpu: 1, ram: 1,", "resources: {cpu: 1, ram: 1, pids: 48,")
+        + &app("vm1", "vm");
+    assert!(yaml.contains("pids: 48"), "{yaml}");
+    assert_eq!(d.apply(&yaml).await.unwrap().0, 200);
+    let a = d.wait_phase("vm1", "ALLOCATED").await.unwrap();
+    let pid = pid_of(&a);
+    let group = PathBuf::from(a["status"]["resource"]["details"]["cgroup"].as_str().expect("a pids cgroup"));
+    assert_eq!(std::fs::read_to_string(group.join("pids.max")).unwrap().trim(), "48");
+    let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap();
+    assert!(procs.lines().any(|l| l.trim() == pid.to_string()), "QEMU {pid} is not in {}: {procs}", group.display());
+    console_until(&d, "vm1", "fish-flood: 150 connections").await;
+
+    let uid = a["metadata"]["uid"].as_str().unwrap().to_owned();
+    let machine_dir = d.data_dir().join("qemu/qemu").join(&uid);
+    let relays = || processes_naming(&machine_dir.join("proxy.sock").display().to_string()).len();
+    let current = || std::fs::read_to_string(group.join("pids.current")).unwrap().trim().parse::<u32>().unwrap();
+    let (mut most, mut most_relays) = (0, 0);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let now = current();
+        assert!(now <= 48, "{now} tasks over a limit of 48");
+        most = most.max(now);
+        most_relays = most_relays.max(relays());
+        let t = Instant::now();
+        assert_eq!(d.get("/healthz").await.unwrap().0, 200);
+        assert!(t.elapsed() < Duration::from_secs(5), "fishd took {:?} to answer", t.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(most >= 40, "the flood never pressed on the limit (at most {most} tasks, {most_relays} relays)");
+    assert!(most_relays < 150, "{most_relays} relays at once: the limit held nothing");
+    let log_len = std::fs::metadata(machine_dir.join("qemu.log")).map(|m| m.len()).unwrap_or(0);
+    assert!(log_len <= 1 << 20, "qemu.log is {log_len} bytes");
+    eprintln!(
+        "flood: at most {most} tasks, {most_relays} relays; QEMU alive: {}; qemu.log {log_len} bytes",
+        alive(pid)
+    );
+
+    assert_eq!(d.post("/api/v1/applications/vm1/deallocate", None).await.unwrap().0, 202);
+    d.wait_phase("vm1", "DEALLOCATED").await.unwrap();
+    assert!(!alive(pid), "QEMU {pid} survived deallocation");
+    assert!(!group.exists(), "cgroup {} left behind", group.display());
+    assert_eq!(relays(), 0, "relays outlived their machine");
+}

@@ -49,7 +49,7 @@ impl Cgroups {
         let parent = parent.map(Path::to_path_buf).unwrap_or_else(|| mount.join("aquarium"));
         let root = parent.join(dir_name);
         if let Err(e) = fs::create_dir_all(&root) {
-            tracing::info!(path = %root.display(), error = %e, "no cgroup v2 for processes: cannot create the cgroup");
+            tracing::info!(path = %root.display(), error = %e, "no cgroup v2: cannot create the cgroup");
             return None;
         }
         // Each level from the mount down must delegate a controller to its children.
@@ -73,7 +73,7 @@ impl Cgroups {
         let cgroups = Cgroups { cpu: enable("cpu"), memory: enable("memory"), pids: enable("pids"), root };
         tracing::info!(
             path = %cgroups.root.display(), cpu = cgroups.cpu, memory = cgroups.memory, pids = cgroups.pids,
-            "process resources get a cgroup v2"
+            "resources get a cgroup v2"
         );
         Some(cgroups)
     }
@@ -128,10 +128,10 @@ impl PidsV1 {
         let mount = v1_mount("pids")?;
         let root = mount.join("aquarium").join(dir_name);
         if let Err(e) = fs::create_dir_all(&root) {
-            tracing::info!(path = %root.display(), error = %e, "no v1 pids cgroup for processes");
+            tracing::info!(path = %root.display(), error = %e, "no v1 pids cgroup");
             return None;
         }
-        tracing::info!(path = %root.display(), "process resources get a v1 pids cgroup");
+        tracing::info!(path = %root.display(), "resources get a v1 pids cgroup");
         Some(PidsV1 { root })
     }
 
@@ -150,6 +150,43 @@ impl PidsV1 {
         }
         fs::write(path.join("pids.max"), pids.to_string())?;
         Ok(path)
+    }
+}
+
+/// A group per application that only caps its tasks (`pids.max`), for drivers whose
+/// resource is one host program that starts others on the guest's behalf (QEMU runs a
+/// relay per guest connection): in the v2 hierarchy where its `pids` controller can be
+/// enabled, else in the v1 `pids` hierarchy.
+#[derive(Clone, Debug)]
+pub enum PidsGroups {
+    V2(Cgroups),
+    V1(PidsV1),
+}
+
+impl PidsGroups {
+    /// `<v2 mount>/aquarium/<dir_name>` or `<v1 pids mount>/aquarium/<dir_name>`; `None`
+    /// where neither can limit tasks (not root, no `pids` controller).
+    pub fn detect(dir_name: &str) -> Option<PidsGroups> {
+        match Cgroups::detect(None, dir_name) {
+            Some(cg) if cg.limits_pids() => Some(PidsGroups::V2(cg)),
+            _ => PidsV1::detect(dir_name).map(PidsGroups::V1),
+        }
+    }
+
+    /// The group of one application (whether or not it exists).
+    pub fn path(&self, uid: Uuid) -> PathBuf {
+        match self {
+            PidsGroups::V2(cg) => cg.path(uid),
+            PidsGroups::V1(v1) => v1.path(uid),
+        }
+    }
+
+    /// Creates the application's group with `pids.max` = `pids` (and no other limit).
+    pub fn create(&self, uid: Uuid, pids: u32) -> io::Result<PathBuf> {
+        match self {
+            PidsGroups::V2(cg) => cg.create(uid, 0, 0, pids).map(|(path, _)| path),
+            PidsGroups::V1(v1) => v1.create(uid, pids),
+        }
     }
 }
 

@@ -49,7 +49,7 @@
 //! merged metadata (strings as they are, other JSON values JSON-encoded), so the
 //! `FISH_*` variables of the metadata always win. Nothing of fishd's own environment leaks.
 
-mod cgroup;
+pub(crate) mod cgroup;
 pub(crate) mod launch;
 pub mod netns;
 mod options;

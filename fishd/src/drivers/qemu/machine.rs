@@ -39,14 +39,27 @@ pub const PROXY_SOCKET: &str = "proxy.sock";
 /// The longest unix socket path the kernel accepts (`sun_path` less its NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
-/// `$1` status file, `$2` console cap in bytes, `$3` QEMU's stderr log; then QEMU's argv.
-const WRAPPER: &str = r#"status=$1 limit=$2 errlog=$3
-shift 3
+/// `$1` status file, `$2` console cap in bytes, `$3` QEMU's stderr log, `$4` its cap in
+/// bytes, `$5` the pids cgroup to join or empty; then QEMU's argv. QEMU's stdout (the
+/// console) and stderr (its messages, and those of every relay it starts) each go
+/// through `head -c` into their file, then to `/dev/null`: neither file grows past its
+/// cap, and neither writer ever blocks.
+const WRAPPER: &str = r#"status=$1 limit=$2 errlog=$3 errlimit=$4 cg=$5
+shift 5
+if [ -n "$cg" ] && ! echo $$ > "$cg/cgroup.procs"; then
+  echo "fishd: cannot enter cgroup $cg" >>"$errlog"; echo 125 > "$status"; exit 125
+fi
 {
-  "$@" </dev/null 2>>"$errlog"
-  echo $? > "$status"
-} | { stdbuf -o0 head -c "$limit"; exec cat >/dev/null; }
+  {
+    "$@" </dev/null 2>&1 1>&3 3>&-
+    echo $? > "$status"
+  } | { stdbuf -o0 head -c "$errlimit" >>"$errlog"; exec cat >/dev/null; } 3>&-
+} 3>&1 | { stdbuf -o0 head -c "$limit"; exec cat >/dev/null; }
 "#;
+
+/// Cap of `qemu.log`: QEMU's own messages are a few lines; past this it is a guest
+/// making every relay fail (each failure writes a line), which the tail shows anyway.
+pub const QEMU_LOG_LIMIT: u64 = 1 << 20;
 
 /// The accelerator a machine runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,6 +200,7 @@ pub fn spawn(
     qemu: &Path,
     args: &[String],
     console_limit: u64,
+    pids_cgroup: Option<&Path>,
     setsid: Option<&Path>,
 ) -> io::Result<PidRecord> {
     let console = fs::File::create(dir.join(CONSOLE_FILE))?;
@@ -205,6 +219,7 @@ pub fn spawn(
     cmd.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").current_dir(dir);
     cmd.arg("-c").arg(WRAPPER).arg("fish-qemu");
     cmd.arg(dir.join(STATUS_FILE)).arg(console_limit.to_string()).arg(dir.join(QEMU_LOG_FILE));
+    cmd.arg(QEMU_LOG_LIMIT.to_string()).arg(pids_cgroup.unwrap_or(Path::new("")));
     cmd.arg(qemu).args(args);
     cmd.stdin(Stdio::null()).stdout(console.try_clone()?).stderr(console);
     // The machine outlives fishd, as a process resource does.
@@ -235,10 +250,23 @@ pub fn death(dir: &Path) -> String {
         Some(code) => format!("qemu {}", super::super::process::launch::describe_status(code)),
         None => "the qemu process is gone".to_owned(),
     };
-    let log = fs::read_to_string(dir.join(QEMU_LOG_FILE)).unwrap_or_default();
+    let log = tail(&dir.join(QEMU_LOG_FILE), 16 << 10);
     let tail: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = tail[tail.len().saturating_sub(3)..].join(" | ");
     if tail.is_empty() { how } else { format!("{how}: {tail}") }
+}
+
+/// The last `max` bytes of a file (lossy UTF-8; empty when unreadable).
+fn tail(path: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = fs::File::open(path) else { return String::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if f.seek(SeekFrom::Start(len.saturating_sub(max))).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    let _ = f.take(max).read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 #[cfg(test)]

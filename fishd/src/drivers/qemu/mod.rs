@@ -30,6 +30,15 @@
 //! definition's `resources.allow`; `nat` without `restrict`, so outbound connections
 //! are made by QEMU on the host.
 //!
+//! # Limits
+//! QEMU runs in a pids cgroup of the application's own (`resources.pids`, default 1024;
+//! v2 where its `pids` controller can be enabled, else v1), joined by its wrapper before
+//! QEMU starts: QEMU runs one relay process per guest connection to the metadata and
+//! proxy addresses, so a guest connecting in a loop meets its own limit (its new
+//! connections fail) instead of filling the host's process table. Deallocation kills
+//! what is left in the group (the relays run in sessions of their own) and removes it.
+//! `qemu.log` (QEMU's and the relays' messages) is capped at 1 MiB like the console.
+//!
 //! # Accelerator
 //! `accel: auto` uses KVM when `/dev/kvm` opens and the CPU reports `vmx`/`svm`
 //! ([`machine::kvm_usable`]), else TCG; the node reports which in its driver status.
@@ -55,6 +64,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::process::cgroup::{self, PidsGroups};
 use super::process::procfs;
 use super::{AllocateRequest, Allocated, Driver, DriverError, NodeServices, OwnedResource, ResourceState};
 use machine::Accel;
@@ -121,6 +131,8 @@ pub struct QemuDriver {
     setsid: Option<PathBuf>,
     /// Whether KVM works here, and why not; probed once.
     kvm: Result<(), String>,
+    /// Where each machine's pids cgroup goes (`resources.pids`), when the host has one.
+    pids: Option<PidsGroups>,
     meta: meta::MetaSockets,
     proxy: proxy::ProxySockets,
 }
@@ -148,6 +160,10 @@ impl QemuDriver {
             None => find_program(DEFAULT_QEMU),
         };
         let kvm = machine::kvm_usable();
+        let pids = PidsGroups::detect(&instance_name.replace('/', "_"));
+        if pids.is_none() {
+            tracing::warn!("no pids cgroup: a guest's relays (one process per connection) are not capped");
+        }
         let driver = QemuDriver {
             name: instance_name,
             data_dir: data_dir.to_owned(),
@@ -160,6 +176,7 @@ impl QemuDriver {
             socat: find_program("socat"),
             setsid: find_program("setsid"),
             kvm,
+            pids,
             meta: meta::MetaSockets::default(),
             proxy: proxy::ProxySockets::default(),
         };
@@ -226,6 +243,9 @@ impl QemuDriver {
         if self.proxy.enabled() {
             details.insert("proxy".into(), format!("{} (in the guest)", proxy::GUEST_PROXY).into());
         }
+        if let Some(groups) = &self.pids {
+            details.insert("cgroup".into(), groups.path(uid).display().to_string().into());
+        }
         Allocated { identifier: pid.to_string(), ip_addr: None, hw_addr: Some(machine::mac_of(uid)), details }
     }
 
@@ -279,7 +299,14 @@ impl QemuDriver {
             proxy_relay: &proxy_relay,
         };
         let args = machine::args(&spec);
-        let wrapper = machine::spawn(dir, qemu, &args, self.log_limit, self.setsid.as_deref())
+        // QEMU and every relay it starts for the guest count against `resources.pids`: a
+        // guest opening connections in a loop meets its limit, not the host's.
+        let pids = req.definition.resources.pids.unwrap_or(cgroup::DEFAULT_PIDS);
+        let group = match &self.pids {
+            Some(groups) => Some(groups.create(req.uid, pids).map_err(io_err("cannot create the pids cgroup".into()))?),
+            None => None,
+        };
+        let wrapper = machine::spawn(dir, qemu, &args, self.log_limit, group.as_deref(), self.setsid.as_deref())
             .map_err(io_err(format!("cannot start {}", qemu.display())))?;
         // QEMU writes its pid file and opens QMP before the guest runs; a bad option or
         // a missing kernel makes it exit at once instead.
@@ -456,6 +483,22 @@ impl Driver for QemuDriver {
         {
             procfs::signal_group(w.pid, Signal::SIGKILL);
         }
+        // The relays QEMU started for the guest run in sessions of their own: the cgroup
+        // is what still finds them.
+        if let Some(groups) = &self.pids {
+            let path = groups.path(uid);
+            let deadline = Instant::now() + EXIT_TIMEOUT;
+            loop {
+                cgroup::kill(&path);
+                match cgroup::remove(&path) {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(DriverError::with_source(format!("cannot remove cgroup {}", path.display()), e));
+                    }
+                    Err(_) => tokio::time::sleep(POLL).await,
+                }
+            }
+        }
         self.meta.stop(uid);
         self.proxy.stop(uid);
         // The console outlives the machine: kept until the application is removed.
@@ -493,9 +536,10 @@ impl Driver for QemuDriver {
     }
 
     /// `system_powerdown`, the grace period and a last look, then `quit`, its wait and
-    /// SIGKILL's: each QMP exchange may take its whole timeout on a stuck QEMU.
+    /// SIGKILL's, then the relays' cgroup emptied: each QMP exchange may take its whole
+    /// timeout on a stuck QEMU.
     fn deallocate_time(&self) -> Duration {
-        self.grace + QMP_TIMEOUT * 3 + QUIT_WAIT + EXIT_TIMEOUT
+        self.grace + QMP_TIMEOUT * 3 + QUIT_WAIT + EXIT_TIMEOUT * 2
     }
 }
 
