@@ -10,26 +10,36 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::report::{Results, figure};
+use crate::report::{GateRatio, figure};
 
 /// The largest drop of a gated ratio that still passes.
 pub const MAX_DROP: f64 = 0.25;
 
-/// Prints figure / committed / now / change for every ratio of `now` and answers
-/// whether none of the gated ones dropped by more than [`MAX_DROP`].
-pub fn compare(committed: &Path, now: &Results) -> Result<bool> {
-    let text = std::fs::read_to_string(committed)
-        .with_context(|| format!("cannot read the committed results {}", committed.display()))?;
-    let old: serde_json::Value = serde_json::from_str(&text)?;
-    let old: BTreeMap<String, f64> = old["ratios"]
+/// The ratios of a results file (`latest.json`, `check.json`).
+pub fn ratios_of(path: &Path) -> Result<Vec<GateRatio>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    Ok(v["ratios"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|r| Some((r["figure"].as_str()?.to_owned(), r["value"].as_f64()?)))
-        .collect();
+        .filter_map(|r| {
+            Some(GateRatio {
+                figure: r["figure"].as_str()?.to_owned(),
+                value: r["value"].as_f64()?,
+                gated: r["gated"].as_bool().unwrap_or(true),
+            })
+        })
+        .collect())
+}
+
+/// Prints figure / committed / now / change for every ratio of `now` and answers
+/// whether none of the gated ones dropped by more than [`MAX_DROP`].
+pub fn compare(committed: &Path, now: &[GateRatio]) -> Result<bool> {
+    let old: BTreeMap<String, f64> = ratios_of(committed)?.into_iter().map(|r| (r.figure, r.value)).collect();
     let mut ok = true;
     let mut rows = vec![["figure".to_owned(), "committed".into(), "now".into(), "change".into(), "verdict".into()]];
-    for r in &now.ratios {
+    for r in now {
         let (committed, change, verdict) = match old.get(&r.figure) {
             Some(&c) if c > 0.0 => {
                 let change = r.value / c - 1.0;
@@ -41,7 +51,7 @@ pub fn compare(committed: &Path, now: &Results) -> Result<bool> {
                 } else {
                     "ok"
                 };
-                (figure(c), format!("{:+.0}%", change * 100.0), verdict)
+                (figure(c), format!("{:+.1}%", change * 100.0), verdict)
             }
             _ => ("—".to_owned(), "—".to_owned(), "(not in the committed run)"),
         };
@@ -59,7 +69,7 @@ pub fn compare(committed: &Path, now: &Results) -> Result<bool> {
         }
     }
     println!(
-        "\n{} (a gated ratio fails when it drops by more than {:.0}% from {}; this run: check.json / check.md)",
+        "\n{} (a gated ratio fails when it drops by more than {:.0}% from {}; the run: check.json / check.md)",
         if ok { "PASS" } else { "FAIL" },
         MAX_DROP * 100.0,
         committed.display()

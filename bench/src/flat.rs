@@ -32,6 +32,8 @@ use crate::stats::{Latency, ratio, round3};
 pub const BURST: usize = 1_000;
 /// Connections a burst uses.
 pub const CONNECTIONS: usize = 16;
+/// The longest wait for the nodes to go idle before a burst.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(30);
 
 /// One node of the comparison.
 #[derive(Clone, Debug, Serialize)]
@@ -41,6 +43,9 @@ pub struct FlatNode {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seeded: Option<Seeded>,
     pub bursts: Vec<Burst>,
+    /// Seconds waited before each burst until every node was idle (at most
+    /// [`IDLE_LIMIT`]): long waits mean a node works in the background (a resync pass).
+    pub idle_waits_s: Vec<f64>,
     /// Median over its bursts, create → ALLOCATED, applications per second.
     pub allocate_apps_per_s: f64,
     /// The same over the node with none stored.
@@ -266,10 +271,12 @@ pub async fn run(fishd: &Path, work: &Path, plan: &Plan) -> Result<Flat> {
         clients.push((0..CONNECTIONS).map(|_| d.new_client()).collect::<Result<Vec<_>>>()?);
     }
     let mut bursts: Vec<Vec<Burst>> = vec![Vec::new(); order.len()];
+    let mut waits: Vec<Vec<f64>> = vec![Vec::new(); order.len()];
     let mut added = vec![0usize; order.len()];
     for round in 0..plan.rounds {
         for (k, d) in order.iter().enumerate() {
-            let waited = quiesce(&order, Duration::from_secs(60)).await;
+            let waited = quiesce(&order, IDLE_LIMIT).await;
+            waits[k].push(waited);
             let prefix = format!("flat{}-r{round}", stored[k]);
             info!(round, stored = stored[k] + added[k], waited, "flat: burst");
             let b = burst(d, &trackers[k], &clients[k], &prefix, LABEL, BURST, stored[k] + added[k]).await?;
@@ -291,6 +298,7 @@ pub async fn run(fishd: &Path, work: &Path, plan: &Plan) -> Result<Flat> {
             stored: stored[k],
             seeded: if k == 0 { None } else { seeded.get(k - 1).cloned() },
             bursts: b,
+            idle_waits_s: std::mem::take(&mut waits[k]),
             allocate_apps_per_s: alloc,
             ratio_to_none: 0.0,
             deallocate_apps_per_s: dealloc,
@@ -310,7 +318,7 @@ pub async fn run(fishd: &Path, work: &Path, plan: &Plan) -> Result<Flat> {
     // One at a time, on the node with none stored and on the largest.
     let last = order.len() - 1;
     for k in [0, last] {
-        quiesce(&order, Duration::from_secs(60)).await;
+        quiesce(&order, IDLE_LIMIT).await;
         let s = singles(
             order[k],
             &trackers[k],
@@ -326,7 +334,7 @@ pub async fn run(fishd: &Path, work: &Path, plan: &Plan) -> Result<Flat> {
     }
     // Lists on the seeded nodes.
     for k in 1..order.len() {
-        quiesce(&order, Duration::from_secs(60)).await;
+        quiesce(&order, IDLE_LIMIT).await;
         let (all, bytes, phase) = lists(order[k], plan.list_samples, stored[k] <= plan.list_all_max).await?;
         nodes[k].list_all = all;
         nodes[k].list_all_bytes = bytes;

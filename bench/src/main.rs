@@ -79,6 +79,10 @@ struct Args {
     /// `latest.json`; exits 1 when one dropped by more than 25 %.
     #[arg(long, conflicts_with_all = ["quick", "only"])]
     check: bool,
+    /// With --check: compare this results file (e.g. bench/results/check.json) instead
+    /// of running anything.
+    #[arg(long, requires = "check")]
+    compare: Option<PathBuf>,
     /// Run only this part: `main` (latest.*) or `cluster` (cluster.*; a quick run
     /// writes quick-cluster.*).
     #[arg(long, value_enum)]
@@ -195,9 +199,11 @@ async fn run(args: Args) -> Result<()> {
     }
     let out = args.out.clone().unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("results"));
     if args.check {
-        let results = run_main(&args, &fishd, &out).await?;
-        let committed = out.join("latest.json");
-        let ok = check::compare(&committed, &results)?;
+        let now = match &args.compare {
+            Some(file) => check::ratios_of(file)?,
+            None => run_main(&args, &fishd, &out).await?.ratios,
+        };
+        let ok = check::compare(&out.join("latest.json"), &now)?;
         if !ok {
             std::process::exit(1);
         }

@@ -394,8 +394,8 @@ impl Results {
              the bursts ({:.0}) and just after them ({:.0}); the node with none stored allocates at {:.2}× that. \
              fishd store commands/s just before: {:.0} one at a time, {:.0} from 64 callers (group commit). At \
              the start of the run: {:.0} redb commits/s.\n\n\
-             | stored | create → ALLOCATED apps/s (median) | ratio to none | deallocate apps/s (median) | ratio to none | rounds (create apps/s) |\n\
-             |---|---|---|---|---|---|",
+             | stored | create → ALLOCATED apps/s (median) | ratio to none | deallocate apps/s (median) | ratio to none | rounds (create apps/s) | waited for idle (s) |\n\
+             |---|---|---|---|---|---|---|",
             f.nodes.iter().skip(1).map(|n| n.stored.to_string()).collect::<Vec<_>>().join(" and "),
             f.rounds,
             f.burst_applications,
@@ -412,13 +412,14 @@ impl Results {
             let rounds: Vec<String> = n.bursts.iter().map(|b| format!("{:.0}", b.allocate.apps_per_s)).collect();
             let _ = writeln!(
                 s,
-                "| {} | {:.0} | {:.2} | {:.0} | {:.2} | {} |",
+                "| {} | {:.0} | {:.2} | {:.0} | {:.2} | {} | {} |",
                 n.stored,
                 n.allocate_apps_per_s,
                 n.ratio_to_none,
                 n.deallocate_apps_per_s,
                 n.deallocate_ratio_to_none,
-                rounds.join(", ")
+                rounds.join(", "),
+                n.idle_waits_s.iter().map(|w| format!("{w:.1}")).collect::<Vec<_>>().join(", ")
             );
         }
         let _ = writeln!(
