@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use api_types::{Application, Definition, Label, NodeCapacity, Phase};
+use api_types::{Application, Definition, NodeCapacity, Phase};
 use futures::future::join_all;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -208,10 +208,11 @@ pub async fn pass(ctx: &Ctx) -> Result<(), StoreError> {
     // Promises first: the room of every committed Fit vote stays reserved. A node that
     // stopped taking work (draining, maintenance) withdraws them: its votes become Wait.
     let taking = ctx.accepting() && !maintenance;
+    let labels = ctx.new_labels(&new)?;
     let mut promised = vec![false; new.len()];
-    for (k, (uid, ballot)) in new.iter().zip(&ballots).enumerate().filter(|_| taking) {
+    for (k, (ballot, label)) in ballots.iter().zip(&labels).enumerate().filter(|_| taking) {
         if let Some(Vote::Fit { definition, .. }) = ballot.votes.get(me)
-            && let Some(label) = ctx.store.application_label(*uid)?
+            && let Some(label) = label
             && let Some(def) = label.spec.definitions.get(*definition)
         {
             ledger.reserve(def);
@@ -219,12 +220,12 @@ pub async fn pass(ctx: &Ctx) -> Result<(), StoreError> {
         }
     }
     let mut votes = Vec::new();
-    for ((uid, ballot), promised) in new.into_iter().zip(ballots).zip(promised) {
+    for (((uid, ballot), label), promised) in new.into_iter().zip(ballots).zip(labels).zip(promised) {
         if promised {
             continue;
         }
+        let Some(label) = label else { continue };
         let Some(app) = ctx.store.get_application_by_uid(uid)? else { continue };
-        let Some(label): Option<Label> = ctx.store.application_label(uid)? else { continue };
         let start = app.status.attempts as usize;
         let decision = if !ctx.accepting() {
             Decision::Wait(format!("node {me} is shutting down and takes no new applications"))

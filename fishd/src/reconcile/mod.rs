@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api_types::{ApplicationStatus, Definition, HistoryEntry, NodeCapacity, Phase};
+use api_types::{ApplicationStatus, Definition, HistoryEntry, Label, NodeCapacity, Phase};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio::sync::broadcast::error::RecvError;
@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::drivers::{CallTimeouts, DriverError, DriverOp, Drivers};
 use crate::meta_token::MetaTokens;
-use crate::store::{Kind, Store};
+use crate::store::{Kind, Store, StoreError};
 
 pub use capacity::Ledger;
 use queue::Queue;
@@ -102,6 +102,12 @@ pub struct Ctx {
     /// this node elects the application (or finds it elected here after a restart) and
     /// removed when the application leaves the node (failed attempt, release, purge).
     definitions: Mutex<HashMap<Uuid, Definition>>,
+    /// The label each NEW application was created with (immutable), as the last
+    /// election pass read it: a pass runs after every creation and election, and in a
+    /// cluster the NEW queue is deep (each waits for every node's vote), so parsing
+    /// every label again each pass was much of a node's work in a burst. Kept for the
+    /// NEW applications of the latest pass only.
+    new_labels: Mutex<HashMap<Uuid, Arc<Label>>>,
     /// Consecutive failures per application, for backoff.
     failures: Mutex<HashMap<Uuid, u32>>,
     /// Last availability of each driver instance.
@@ -164,6 +170,7 @@ impl Ctx {
             election: Notify::new(),
             ledger: Mutex::new(Ledger::default()),
             definitions: Mutex::new(HashMap::new()),
+            new_labels: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             availability: Mutex::new(BTreeMap::new()),
             leftovers: Mutex::new(HashMap::new()),
@@ -339,6 +346,27 @@ impl Ctx {
             }
         }
         out
+    }
+
+    /// The labels of the NEW applications `uids` (`None`: gone), read once per
+    /// application; the cache keeps only these.
+    fn new_labels(&self, uids: &[Uuid]) -> Result<Vec<Option<Arc<Label>>>, StoreError> {
+        let mut cache = self.new_labels.lock().unwrap_or_else(|e| e.into_inner());
+        let keep: HashSet<&Uuid> = uids.iter().collect();
+        cache.retain(|uid, _| keep.contains(uid));
+        let mut out = Vec::with_capacity(uids.len());
+        for uid in uids {
+            if let Some(label) = cache.get(uid) {
+                out.push(Some(label.clone()));
+                continue;
+            }
+            let label = self.store.application_label(*uid)?.map(Arc::new);
+            if let Some(l) = &label {
+                cache.insert(*uid, l.clone());
+            }
+            out.push(label);
+        }
+        Ok(out)
     }
 
     /// The application no longer reserves anything on this node.

@@ -19,7 +19,7 @@
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
-use api_types::{Application, HistoryEntry, Node, Phase};
+use api_types::{HistoryEntry, Node, Phase};
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -242,8 +242,7 @@ pub(super) fn vote(
     }
     let voters = voters(&tx.txn.open_table(NODES)?)?;
     for v in votes {
-        let Some(app) = super::state::load_app(tx, v.uid)? else { continue };
-        if app.status.phase != Phase::New {
+        if !is_new(tx, v.uid)? {
             continue;
         }
         let mut ballot = read(&tx.txn.open_table(BALLOTS)?, v.uid)?;
@@ -252,7 +251,7 @@ pub(super) fn vote(
         }
         ballot.opened.get_or_insert(now);
         ballot.votes.insert(node.to_owned(), v.vote);
-        settle(tx, app, ballot, &voters, now, false)?;
+        settle(tx, v.uid, ballot, &voters, now, false)?;
     }
     Ok(Ok(Response::Done))
 }
@@ -267,27 +266,36 @@ pub(super) fn close(
 ) -> Result<Outcome, StoreError> {
     let voters = only_heard(voters(&tx.txn.open_table(NODES)?)?, heard);
     for uid in uids {
-        let Some(app) = super::state::load_app(tx, uid)? else { continue };
-        if app.status.phase != Phase::New {
+        if !is_new(tx, uid)? {
             continue;
         }
         let ballot = read(&tx.txn.open_table(BALLOTS)?, uid)?;
-        settle(tx, app, ballot, &voters, now, true)?;
+        settle(tx, uid, ballot, &voters, now, true)?;
     }
     Ok(Ok(Response::Done))
 }
 
+/// Whether `uid` is a NEW application, from the phase index: a vote or a close
+/// touches the application itself (parsing it) only when the round changes it.
+fn is_new(tx: &Tx<'_>, uid: Uuid) -> Result<bool, StoreError> {
+    let key = (super::phase_code(Phase::New), uid.as_u128());
+    Ok(tx.txn.open_table(super::tables::APP_BY_PHASE)?.get(key)?.is_some())
+}
+
+/// Applies the rule to `uid`'s ballot: elects (the application moves to ELECTED and
+/// the next round begins) or records the ballot, with the waiting message if it
+/// changed. `uid` is NEW (see [`is_new`]).
 fn settle(
     tx: &mut Tx<'_>,
-    mut app: Application,
+    uid: Uuid,
     mut ballot: Ballot,
     voters: &[Voter],
     now: OffsetDateTime,
     force: bool,
 ) -> Result<(), StoreError> {
-    let uid = app.metadata.uid.unwrap_or_default();
     match decide(uid, &ballot, voters, force) {
         Verdict::Elect { node, definition, driver } => {
+            let Some(mut app) = super::state::load_app(tx, uid)? else { return Ok(()) };
             let message = format!("elected node {node} with definition {definition} ({driver})");
             app.status.phase = Phase::Elected;
             app.status.message = message.clone();
@@ -303,6 +311,7 @@ fn settle(
         Verdict::Wait(message) => {
             write(tx, uid, &ballot)?;
             if let Some(m) = message
+                && let Some(mut app) = super::state::load_app(tx, uid)?
                 && m != app.status.message
             {
                 app.status.message = m;
