@@ -1,6 +1,6 @@
 //! Reconciling one application: allocate what is ELECTED here, watch what is
-//! ALLOCATED, release what is asked to DEALLOCATE, purge what has been finished
-//! for longer than the retention, and release leftovers nothing else owns.
+//! ALLOCATED, release what is asked to DEALLOCATE, and release leftovers nothing else
+//! owns. (Finished applications are purged by [`super::retention`].)
 //!
 //! # Guarantees
 //! - Never runs twice at once for one application (the queue ensures it).
@@ -85,7 +85,8 @@ async fn reconcile_once(ctx: Arc<Ctx>, uid: Uuid) -> Next {
             Phase::Elected if mine => allocate(&ctx, app).await,
             Phase::Allocated if mine => observe(&ctx, app).await,
             Phase::Deallocate if mine => release(&ctx, app).await,
-            Phase::Deallocated | Phase::Error => retention(&ctx, app).await,
+            // Its purge is the retention loop's; leftovers were released above.
+            Phase::Deallocated | Phase::Error => Ok(None),
             // Another node's application: not ours to touch.
             _ => Ok(None),
         }
@@ -524,30 +525,12 @@ async fn release(ctx: &Ctx, app: Application) -> Result<Option<Duration>, StoreE
     Ok(None)
 }
 
-async fn retention(ctx: &Ctx, app: Application) -> Result<Option<Duration>, StoreError> {
-    let uid = app.metadata.uid.unwrap_or_default();
-    let finished =
-        app.status.history.last().map(|h| h.at).or(app.metadata.created_at).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let retention = time::Duration::try_from(ctx.config.history_retention).unwrap_or(time::Duration::MAX);
-    let due = finished.checked_add(retention).unwrap_or(max_time());
-    let now = OffsetDateTime::now_utc();
-    if due <= now {
-        // One purge for the pool, not one per node: the leader's. Others look again
-        // later, in case leadership moves to them.
-        if !ctx.leads() {
-            return Ok(Some(ctx.config.resync));
-        }
-        ctx.store.execute(Command::PurgeApplication { uid }).await?.ok();
-        ctx.forget(uid);
-        return Ok(None);
-    }
-    Ok(Some(Duration::try_from(due - now).unwrap_or(Duration::ZERO)))
-}
-
 /// After a start: queues the release of resources the drivers own for applications
 /// that are gone, finished, or placed with another driver or node (orphans), and
 /// queues every application with work left, so ELECTED ones are allocated
-/// (idempotently) and ALLOCATED ones adopted.
+/// (idempotently) and ALLOCATED ones adopted. Only active ones: finished ones wait
+/// for their purge without being read (see [`super::retention`]), NEW ones for the
+/// election pass.
 pub async fn adopt(ctx: &Ctx, queue: &Queue) {
     for (name, driver) in ctx.drivers.iter() {
         let owned = match ctx.call(name, DriverOp::ListOwned, driver.list_owned()).await {
@@ -583,10 +566,7 @@ pub async fn adopt(ctx: &Ctx, queue: &Queue) {
             }
         }
     }
-    for phase in Phase::ALL {
-        if phase == Phase::New {
-            continue;
-        }
+    for phase in [Phase::Elected, Phase::Allocated, Phase::Deallocate] {
         if let Ok(uids) = ctx.store.uids_in_phase(phase) {
             uids.into_iter().for_each(|u| queue.now(u));
         }

@@ -10,6 +10,7 @@ pub mod application;
 pub mod capacity;
 pub mod election;
 pub mod queue;
+pub mod retention;
 #[cfg(test)]
 mod tests;
 
@@ -95,6 +96,8 @@ pub struct Ctx {
     /// Cleared on drain: no new application is elected.
     accepting: AtomicBool,
     election: Notify,
+    /// An application finished: the purge loop looks at when the next purge is due.
+    purge: Notify,
     /// What this node's applications reserve, as of the last election pass.
     ledger: Mutex<Ledger>,
     /// Definitions of active applications elected on this node, so passes don't
@@ -168,6 +171,7 @@ impl Ctx {
             secrets: Default::default(),
             accepting: AtomicBool::new(true),
             election: Notify::new(),
+            purge: Notify::new(),
             ledger: Mutex::new(Ledger::default()),
             definitions: Mutex::new(HashMap::new()),
             new_labels: Mutex::new(HashMap::new()),
@@ -248,20 +252,25 @@ impl Ctx {
     }
 
     /// Whether a change of application `uid` (now in `phase`, as `object`) gives this
-    /// node's reconcile anything to do. A waiting application, or one active on another
-    /// node, does not, unless this node still holds or must release something of it:
-    /// in a cluster, reading and parsing each of those on every node for every change
-    /// was most of a follower's work in a burst. Finished ones always do (retention).
+    /// node's reconcile anything to do. A waiting application, or one active or
+    /// finished on another node, does not, unless this node still holds or must release
+    /// something of it: in a cluster, reading and parsing each of those on every node
+    /// for every change was most of a follower's work in a burst. Purging finished ones
+    /// is the [`retention`] loop's, not the queue's.
     fn concerns(&self, uid: Uuid, phase: Option<Phase>, object: &serde_json::Value) -> bool {
-        let ours = || {
-            object["status"]["node"].as_str() == Some(self.node.name.as_str())
-                || self.holds_resource(uid)
-                || self.leftovers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&uid)
-        };
+        let holds =
+            || self.holds_resource(uid) || self.leftovers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&uid);
         match phase {
-            Some(Phase::New | Phase::Elected | Phase::Allocated | Phase::Deallocate) => ours(),
-            Some(Phase::Deallocated | Phase::Error) | None => true,
+            // Finished: only a resource still held here (or left over) is work.
+            Some(p) if p.is_terminal() => holds(),
+            Some(_) => object["status"]["node"].as_str() == Some(self.node.name.as_str()) || holds(),
+            None => true,
         }
+    }
+
+    /// Asks the purge loop to look at the finished applications again soon.
+    pub fn wake_purge(&self) {
+        self.purge.notify_one();
     }
 
     /// Sets how this node tells whether it hears another (once; later calls are ignored).
@@ -433,6 +442,7 @@ impl Controller {
         tokio::spawn(election::close_overdue_loop(ctx.clone(), stop.clone()));
         tokio::spawn(trigger_loop(ctx.clone(), queue.clone(), stop.clone()));
         tokio::spawn(resync_loop(ctx.clone(), queue.clone(), stop.clone()));
+        tokio::spawn(retention::purge_loop(ctx.clone(), stop.clone()));
         Controller { ctx, tracker, stop }
     }
 
@@ -519,13 +529,19 @@ async fn trigger_loop(ctx: Arc<Ctx>, queue: Queue, stop: CancellationToken) {
                     if matches!(phase, Some(Phase::New | Phase::Elected | Phase::Deallocated | Phase::Error)) {
                         ctx.wake_election();
                     }
+                    if phase.is_some_and(Phase::is_terminal) {
+                        ctx.wake_purge();
+                    }
                 }
                 Kind::Node => ctx.wake_election(),
                 Kind::Label | Kind::User => {}
             },
-            // Missed events are made up for by a full resync, finished applications
-            // included: a missed "finished" event is a purge never scheduled.
-            Err(RecvError::Lagged(_)) => resync_after_lag(&ctx, &queue),
+            // Missed events are made up for by a resync (finished applications need
+            // none: their purge is due by the store's index, not by an event).
+            Err(RecvError::Lagged(_)) => {
+                resync(&ctx, &queue);
+                ctx.wake_purge();
+            }
             Err(RecvError::Closed) => return,
         }
     }
@@ -543,22 +559,10 @@ async fn resync_loop(ctx: Arc<Ctx>, queue: Queue, stop: CancellationToken) {
     }
 }
 
-/// After missed events: queues every application but NEW ones (the election pass
-/// reads those), so finished ones get their purge scheduled too.
-fn resync_after_lag(ctx: &Ctx, queue: &Queue) {
-    for phase in [Phase::Deallocated, Phase::Error] {
-        match ctx.store.uids_in_phase(phase) {
-            Ok(uids) => uids.into_iter().for_each(|u| queue.now(u)),
-            Err(e) => tracing::error!(error = %e, "resync could not list applications"),
-        }
-    }
-    resync(ctx, queue);
-}
-
 /// Queues every application that has something left to happen.
 fn resync(ctx: &Ctx, queue: &Queue) {
-    // Finished applications are queued once (at start and when they finish) and stay
-    // scheduled for their purge; re-reading them every resync would cost more than it finds.
+    // Not finished applications: nothing happens to them but their purge (see
+    // [`retention`]), and there may be 100,000 of them.
     for phase in [Phase::Elected, Phase::Allocated, Phase::Deallocate] {
         match ctx.store.uids_in_phase(phase) {
             Ok(uids) => uids.into_iter().for_each(|u| queue.now(u)),

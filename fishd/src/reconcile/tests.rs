@@ -383,23 +383,30 @@ async fn a_huge_default_lifetime_does_not_overflow_the_expiry() {
     assert!(phase_of(&store, "x").status.resource.unwrap().expires_at.is_some());
 }
 
-#[tokio::test(start_paused = true)]
-async fn resync_after_a_lagged_channel_schedules_purges() {
+/// Purges come from the store's index of finished applications, not from events:
+/// one whose event was missed (a lagged channel) is purged all the same, and a look
+/// reads only the due ones.
+#[tokio::test]
+async fn finished_applications_are_purged_from_the_index_without_their_events() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("fish.redb")).await.unwrap();
-    apply(&store, &(label("l", "{driver: test, resources: {cpu: 1}}") + &app("x", "l"))).await;
+    let yaml = label("l", "{driver: test, resources: {cpu: 1}}") + &app("x", "l") + &app("y", "l");
+    apply(&store, &yaml).await;
     deallocate(&store, "x").await;
-    let uid = phase_of(&store, "x").metadata.uid.unwrap();
-    let ctx = driverless_ctx(&store);
-    let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let r = ran.clone();
-    let (queue, _h) =
-        queue::start(4, tokio_util::task::TaskTracker::new(), tokio_util::sync::CancellationToken::new(), move |uid| {
-            r.lock().unwrap().push(uid);
-            async { None }
-        });
-    resync_after_lag(&ctx, &queue);
-    until("the finished application queued for its purge", || ran.lock().unwrap().contains(&uid)).await;
+    let node = NodeIdentity { name: "host-a".into(), identifiers: vec![], capacity: cap(8, 16) };
+    let config = ReconcileConfig { history_retention: Duration::from_secs(3600), ..Default::default() };
+    let ctx = Ctx::new(store.clone(), Arc::default(), node, config, crate::meta_token::MetaTokens::new([1; 32]));
+    let wait = retention::purge_due(&ctx).await.unwrap();
+    assert!(wait > Duration::ZERO && wait <= ctx.config.resync, "{wait:?}");
+    assert!(store.get_application("x").unwrap().is_some(), "purged before its retention");
+    let node = NodeIdentity { name: "host-a".into(), identifiers: vec![], capacity: cap(8, 16) };
+    let config = ReconcileConfig { history_retention: Duration::ZERO, ..Default::default() };
+    let ctx = Ctx::new(store.clone(), Arc::default(), node, config, crate::meta_token::MetaTokens::new([1; 32]));
+    let reads = store.application_reads();
+    retention::purge_due(&ctx).await.unwrap();
+    assert!(store.get_application("x").unwrap().is_none(), "not purged");
+    assert!(store.get_application("y").unwrap().is_some(), "an active application purged");
+    assert_eq!(store.application_reads(), reads, "a purge pass reads no application");
 }
 
 #[tokio::test]
@@ -838,4 +845,46 @@ async fn a_queue_longer_than_one_vote_command_is_elected_in_full() {
     }
     apply(&p.store, &yaml).await;
     until("700 allocated", || held(&p.store, &[Phase::Allocated]).values().sum::<usize>() == 700).await;
+}
+
+/// Start-up and the loops after it read the active applications, not the finished
+/// ones (100,000 of them may be stored): none is queued, timed or read before its purge.
+#[tokio::test(start_paused = true)]
+async fn start_up_reads_active_applications_only() {
+    const FINISHED: usize = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("fish.redb")).await.unwrap();
+    let yaml: String = (0..FINISHED).map(|i| app(&format!("done-{i}"), "l")).collect();
+    apply(&store, &(label("l", "{driver: test, resources: {cpu: 1}}") + &yaml)).await;
+    let now = OffsetDateTime::now_utc();
+    let finishing = (0..FINISHED).map(|i| {
+        let uid = store.get_application(&format!("done-{i}")).unwrap().unwrap().metadata.uid.unwrap();
+        store.execute(Command::RequestDeallocate { uid, by: "test".into(), now })
+    });
+    for r in futures::future::join_all(finishing).await {
+        r.unwrap().unwrap();
+    }
+    assert_eq!(store.count_in_phase(Phase::Deallocated).unwrap(), FINISHED as u64);
+    let before = store.application_reads();
+    let mut drivers = crate::drivers::Drivers::new();
+    let d: Arc<dyn crate::drivers::Driver> =
+        Arc::new(TestDriver::new("test".into(), TestConfig::default(), dir.path()).unwrap());
+    drivers.insert("test".into(), d);
+    let node = NodeIdentity { name: "host-a".into(), identifiers: vec![], capacity: cap(4, 8) };
+    let ctx = Ctx::new(
+        store.clone(),
+        Arc::new(drivers),
+        node,
+        ReconcileConfig::default(),
+        crate::meta_token::MetaTokens::new([1; 32]),
+    );
+    let _controller = Controller::start(ctx).await;
+    // An active one goes through while they stay stored.
+    apply(&store, &app("live", "l")).await;
+    wait_phase(&store, "live", Phase::Allocated).await;
+    // A resync and the purge loop's look (retention: a day) pass too.
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let reads = store.application_reads() - before;
+    assert!(reads < 50, "{reads} applications read with {FINISHED} finished ones stored");
+    assert_eq!(store.count_in_phase(Phase::Deallocated).unwrap(), FINISHED as u64);
 }

@@ -370,6 +370,8 @@ pub fn load(txn: &WriteTransaction, input: impl BufRead) -> Result<Summary, Back
     if want_sha != hex(&hash.finalize()) {
         return Err(BackupError::Truncated("the SHA-256 of the content does not match the end line".into()));
     }
+    // The node-local indexes of the applications now loaded.
+    super::derived::rebuild(txn)?;
     Ok(sum)
 }
 

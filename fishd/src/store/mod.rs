@@ -19,6 +19,7 @@ mod applyset;
 pub mod backup;
 pub mod ballots;
 mod command;
+pub mod derived;
 mod dry_run;
 pub mod gates;
 mod join_tokens;
@@ -308,6 +309,9 @@ pub struct Store {
     leading: mpsc::Sender<Waiting>,
     /// Token digest → user, invalidated by the state machine (see [`tokens`]).
     tokens: Arc<tokens::TokenCache>,
+    /// Applications read one by one through [`Store::get_application_by_uid`] (the
+    /// control loops' read): tests check that a pass reads O(active), not O(stored).
+    app_reads: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Most proposals in one log entry.
@@ -482,7 +486,17 @@ impl Store {
         tokio::spawn(snapshot_when_the_log_grew(raft.clone(), growth));
         let (leading, rx) = mpsc::channel(PROPOSAL_QUEUE);
         tokio::spawn(Leading { raft: raft.clone(), id }.run(rx));
-        Ok(Store { db, raft, id, node: options.node, forward: options.forward, events, leading, tokens })
+        Ok(Store {
+            db,
+            raft,
+            id,
+            node: options.node,
+            forward: options.forward,
+            events,
+            leading,
+            tokens,
+            app_reads: Arc::default(),
+        })
     }
 
     /// Stops this node's Raft and releases the database file.
@@ -665,6 +679,44 @@ impl Store {
         Ok(out)
     }
 
+    /// How many applications [`Store::get_application_by_uid`] has read so far.
+    pub fn application_reads(&self) -> u64 {
+        self.app_reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many applications are in `phase` (a counter, not a scan).
+    pub fn count_in_phase(&self, phase: Phase) -> Result<u64, StoreError> {
+        let tx = self.read()?;
+        let t = tx.open_table(derived::LOCAL_PHASE_COUNTS)?;
+        Ok(t.get(phase_code(phase))?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Up to `limit` finished (DEALLOCATED, ERROR) applications that finished at or
+    /// before `cutoff`, those that finished first first: reads only them.
+    pub fn finished_by(&self, cutoff: time::OffsetDateTime, limit: usize) -> Result<Vec<Uuid>, StoreError> {
+        let tx = self.read()?;
+        let t = tx.open_table(derived::LOCAL_FINISHED)?;
+        let mut out = Vec::new();
+        for e in t.range((i64::MIN, 0u128)..=(derived::millis(cutoff), u128::MAX))?.take(limit) {
+            out.push(Uuid::from_u128(e?.0.value().1));
+        }
+        Ok(out)
+    }
+
+    /// When the finished application that finished first did (the next purge is due
+    /// `historyRetention` after it); `None` when none is finished.
+    pub fn first_finished(&self) -> Result<Option<time::OffsetDateTime>, StoreError> {
+        let tx = self.read()?;
+        let t = tx.open_table(derived::LOCAL_FINISHED)?;
+        Ok(match t.first()? {
+            Some((k, _)) => {
+                let ms = i128::from(k.value().0);
+                time::OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).ok()
+            }
+            None => None,
+        })
+    }
+
     /// One application by name or uid.
     pub fn get_application(&self, name_or_uid: &str) -> Result<Option<Application>, StoreError> {
         let tx = self.read()?;
@@ -680,6 +732,7 @@ impl Store {
 
     /// One application by uid.
     pub fn get_application_by_uid(&self, uid: Uuid) -> Result<Option<Application>, StoreError> {
+        self.app_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tx = self.read()?;
         state::read_app(&tx.open_table(APPS)?, uid.as_u128())
     }

@@ -46,6 +46,12 @@ pub(super) fn init(db: &Database) -> Result<(), StoreError> {
         txn.open_table(super::gates::GATE_DELIVERIES)?;
         txn.open_table(super::gates::GATE_JOBS)?;
         txn.open_table(super::gates::GATE_RUNNERS)?;
+        txn.open_table(super::derived::LOCAL_FINISHED)?;
+        txn.open_table(super::derived::LOCAL_PHASE_COUNTS)?;
+    }
+    // A store of an older fishd has no derived tables yet (once, O(stored)).
+    if super::derived::ensure(&txn)? {
+        tracing::info!("built the node-local application indexes (finished, phase counts)");
     }
     txn.commit()?;
     Ok(())
@@ -195,6 +201,7 @@ pub(super) fn write_app(tx: &mut Tx<'_>, mut app: Application, old_phase: Phase)
     let rev = tx.bump();
     app.metadata.resource_version = Some(rev.to_string());
     let uid = app.metadata.uid.map(|u| u.as_u128()).unwrap_or_default();
+    super::derived::changed(tx.txn, old_phase, &app)?;
     if old_phase != app.status.phase {
         let mut idx = tx.txn.open_table(APP_BY_PHASE)?;
         idx.remove((phase_code(old_phase), uid))?;
@@ -276,6 +283,7 @@ fn purge(tx: &mut Tx<'_>, uid: Uuid) -> Result<Outcome, StoreError> {
     tx.txn.open_table(APP_BY_PHASE)?.remove((phase_code(app.status.phase), key))?;
     tx.txn.open_table(APP_BY_LABEL)?.remove((app.spec.label.name.as_str(), key))?;
     tx.txn.open_table(APP_BY_OWNER)?.remove((owner.as_str(), key))?;
+    super::derived::removed(tx.txn, &app)?;
     super::ballots::forget(tx, uid)?;
     emit_deleted(tx, Kind::Application, serde_json::to_value(&app)?, Some(owner));
     Ok(Ok(Response::Done))

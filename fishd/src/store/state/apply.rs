@@ -288,6 +288,7 @@ fn write_new_application(tx: &mut Tx<'_>, mut app: Application, label: &Label) -
     tx.txn.open_table(APP_BY_PHASE)?.insert((phase_code(Phase::New), uid), ())?;
     tx.txn.open_table(APP_BY_LABEL)?.insert((app.spec.label.name.as_str(), uid), ())?;
     tx.txn.open_table(APP_BY_OWNER)?.insert((owner.as_str(), uid), ())?;
+    super::super::derived::created(tx.txn, &app)?;
     tx.emit(Kind::Application, WatchEventType::Added, serde_json::to_value(&app)?, Some(owner));
     Ok(())
 }
