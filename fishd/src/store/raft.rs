@@ -94,8 +94,123 @@ mod as_json {
 
 openraft::declare_raft_types!(
     /// The Raft types of Aquarium.
-    pub TypeConfig: D = Batch, R = Vec<Applied>, Node = FishNode
+    pub TypeConfig: D = Batch, R = Vec<Applied>, Node = FishNode, SnapshotData = SnapshotData
 );
+
+/// A snapshot's bytes, made only when they are read.
+///
+/// A snapshot is the replicated tables as one redb read transaction sees them (MVCC:
+/// writes go on, none is half in it): building one costs nothing but that transaction,
+/// and the dump ([`backup::dump`], O(stored)) is made only if a follower needs it sent.
+/// Building a full copy of the state every thousand log entries, and storing it in the
+/// file, made each allocation cost more the more applications were stored, and start-up
+/// read the whole copy into memory (openraft asks for the current snapshot at start).
+pub struct SnapshotData(Lazy);
+
+enum Lazy {
+    /// Not dumped yet: what it is a snapshot of.
+    Pending(Box<redb::ReadTransaction>),
+    Ready(Cursor<Vec<u8>>),
+}
+
+impl Default for SnapshotData {
+    fn default() -> Self {
+        SnapshotData(Lazy::Ready(Cursor::new(Vec::new())))
+    }
+}
+
+impl Debug for SnapshotData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Lazy::Pending(_) => f.write_str("SnapshotData(not dumped yet)"),
+            Lazy::Ready(c) => write!(f, "SnapshotData({} bytes)", c.get_ref().len()),
+        }
+    }
+}
+
+impl SnapshotData {
+    fn of(tx: redb::ReadTransaction) -> Self {
+        SnapshotData(Lazy::Pending(Box::new(tx)))
+    }
+
+    /// The bytes, dumped now if they were not yet.
+    fn cursor(&mut self) -> std::io::Result<&mut Cursor<Vec<u8>>> {
+        if let Lazy::Pending(tx) = &self.0 {
+            let mut data = Vec::new();
+            backup::dump(tx, &mut data).map_err(|e| std::io::Error::other(format!("snapshot: {e}")))?;
+            self.0 = Lazy::Ready(Cursor::new(data));
+        }
+        match &mut self.0 {
+            Lazy::Ready(c) => Ok(c),
+            Lazy::Pending(_) => Err(std::io::Error::other("snapshot not dumped")),
+        }
+    }
+
+    /// All the bytes.
+    pub fn into_bytes(mut self) -> std::io::Result<Vec<u8>> {
+        self.cursor()?;
+        match self.0 {
+            Lazy::Ready(c) => Ok(c.into_inner()),
+            Lazy::Pending(_) => Err(std::io::Error::other("snapshot not dumped")),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for SnapshotData {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut().cursor() {
+            Ok(c) => std::pin::Pin::new(c).poll_read(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for SnapshotData {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut().cursor() {
+            Ok(c) => std::pin::Pin::new(c).poll_write(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncSeek for SnapshotData {
+    fn start_seek(self: std::pin::Pin<&mut Self>, position: std::io::SeekFrom) -> std::io::Result<()> {
+        std::pin::Pin::new(self.get_mut().cursor()?).start_seek(position)
+    }
+
+    fn poll_complete(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<u64>> {
+        match self.get_mut().cursor() {
+            Ok(c) => std::pin::Pin::new(c).poll_complete(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+}
 
 /// The Raft instance of this node.
 pub type Raft = openraft::Raft<TypeConfig>;
@@ -147,24 +262,20 @@ fn db<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, String> {
 #[derive(Debug, Default)]
 pub struct LogGrowth {
     appended: AtomicU64,
-    last_snapshot: AtomicU64,
 }
 
-/// The log may grow to this many bytes before a snapshot folds it in, or to the size of
-/// the last snapshot if that is larger (replaying the log then costs about as much as
-/// installing the snapshot).
+/// The log may grow to this many bytes before a snapshot folds it in (a snapshot costs
+/// one read transaction, see [`SnapshotData`], so this bounds the log, not the work).
 const LOG_BYTES_BEFORE_SNAPSHOT: u64 = 1024 * 1024;
 
 impl LogGrowth {
     /// Whether the log grew enough since the last snapshot to take another.
     pub fn snapshot_due(&self) -> bool {
-        let limit = LOG_BYTES_BEFORE_SNAPSHOT.max(self.last_snapshot.load(Ordering::Relaxed));
-        self.appended.load(Ordering::Relaxed) > limit
+        self.appended.load(Ordering::Relaxed) > LOG_BYTES_BEFORE_SNAPSHOT
     }
 
-    fn snapshot_taken(&self, bytes: u64) {
+    fn snapshot_taken(&self) {
         self.appended.store(0, Ordering::Relaxed);
-        self.last_snapshot.store(bytes, Ordering::Relaxed);
     }
 }
 
@@ -309,7 +420,6 @@ pub struct StateMachine {
     events: broadcast::Sender<Arc<Event>>,
     /// Events of watch history kept (node-local), whole revisions at a time.
     history: u64,
-    snapshot_seq: Arc<AtomicU64>,
     growth: Arc<LogGrowth>,
     /// Emptied whenever an applied entry or an installed snapshot changed users.
     tokens: Arc<TokenCache>,
@@ -322,14 +432,7 @@ impl StateMachine {
         history: u64,
         growth: Arc<LogGrowth>,
     ) -> Self {
-        StateMachine {
-            db,
-            events,
-            history: history.max(1),
-            snapshot_seq: Arc::new(AtomicU64::new(0)),
-            growth,
-            tokens: Arc::default(),
-        }
+        StateMachine { db, events, history: history.max(1), growth, tokens: Arc::default() }
     }
 
     /// This state machine invalidating `tokens` (the store's cache) on user changes.
@@ -443,37 +546,53 @@ impl StateMachine {
         Ok((out, events))
     }
 
-    fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
+    /// A snapshot of the state as it is now (see [`SnapshotData`]): its meta and the
+    /// read transaction its bytes come from, both from one view. `None` before
+    /// anything was applied. Its id names the entry it ends at, so the same state
+    /// always has the same id.
+    fn snapshot_now(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
         let tx = self.db.begin_read()?;
-        let sm = tx.open_table(RAFT_SM)?;
-        let last_log_id: Option<LogId<NodeId>> = match sm.get("last_applied")? {
-            Some(v) => serde_json::from_slice(v.value())?,
-            None => None,
+        let (last_log_id, last_membership) = {
+            let sm = tx.open_table(RAFT_SM)?;
+            let last_log_id: Option<LogId<NodeId>> = match sm.get("last_applied")? {
+                Some(v) => serde_json::from_slice(v.value())?,
+                None => None,
+            };
+            let last_membership: StoredMembership<NodeId, FishNode> = match sm.get("last_membership")? {
+                Some(v) => serde_json::from_slice(v.value())?,
+                None => StoredMembership::default(),
+            };
+            (last_log_id, last_membership)
         };
-        let last_membership: StoredMembership<NodeId, FishNode> = match sm.get("last_membership")? {
-            Some(v) => serde_json::from_slice(v.value())?,
-            None => StoredMembership::default(),
-        };
-        let mut data = Vec::new();
-        backup::dump(&tx, &mut data).map_err(snapshot_err)?;
-        drop(sm);
-        drop(tx);
-        let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
-        let snapshot_id = match &last_log_id {
-            Some(l) => format!("{}-{}-{seq}", l.leader_id, l.index),
-            None => format!("--{seq}"),
-        };
-        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-        self.save_snapshot(&meta, &data)?;
-        self.growth.snapshot_taken(data.len() as u64);
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        let Some(last) = last_log_id else { return Ok(None) };
+        let snapshot_id = format!("{}-{}", last.leader_id, last.index);
+        let meta = SnapshotMeta { last_log_id: Some(last), last_membership, snapshot_id };
+        Ok(Some(Snapshot { meta, snapshot: Box::new(SnapshotData::of(tx)) }))
     }
 
-    fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, FishNode>, data: &[u8]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        store_snapshot(&txn, meta, data)?;
-        txn.commit()?;
-        Ok(())
+    fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
+        let snapshot = match self.snapshot_now()? {
+            Some(s) => s,
+            // Nothing applied yet: an empty state.
+            None => {
+                let meta = SnapshotMeta {
+                    last_log_id: None,
+                    last_membership: StoredMembership::default(),
+                    snapshot_id: "-".into(),
+                };
+                Snapshot { meta, snapshot: Box::new(SnapshotData::of(self.db.begin_read()?)) }
+            }
+        };
+        // What a snapshot of an older fishd left in the file.
+        let old = self.db.begin_read()?.open_table(RAFT_SNAPSHOT)?.len()?;
+        if old > 0 {
+            let txn = self.db.begin_write()?;
+            txn.open_table(RAFT_SNAPSHOT)?.retain(|_, _| false)?;
+            txn.commit()?;
+        }
+        // The log may now be purged behind it: start counting its growth again.
+        self.growth.snapshot_taken();
+        Ok(snapshot)
     }
 
     fn install(&self, meta: &SnapshotMeta<NodeId, FishNode>, data: &[u8]) -> Result<(), StoreError> {
@@ -483,7 +602,8 @@ impl StateMachine {
             let mut sm = txn.open_table(RAFT_SM)?;
             sm.insert("last_applied", serde_json::to_vec(&meta.last_log_id)?.as_slice())?;
             sm.insert("last_membership", serde_json::to_vec(&meta.last_membership)?.as_slice())?;
-            store_snapshot(&txn, meta, data)?;
+            // The state now is the snapshot (see [`SnapshotData`]); nothing is kept apart.
+            txn.open_table(RAFT_SNAPSHOT)?.retain(|_, _| false)?;
             // The changes the snapshot folds in were never seen here as events.
             txn.open_table(LOCAL_EVENTS)?.retain(|_, _| false)?;
             let base = txn.open_table(META)?.get(REVISION_BASE)?.map(|v| v.value()).unwrap_or(0);
@@ -493,7 +613,7 @@ impl StateMachine {
         txn.commit()?;
         // Any user may have changed.
         self.tokens.invalidate();
-        self.growth.snapshot_taken(data.len() as u64);
+        self.growth.snapshot_taken();
         tracing::info!(
             index = meta.last_log_id.map(|l| l.index).unwrap_or(0),
             bytes = data.len(),
@@ -502,39 +622,11 @@ impl StateMachine {
         Ok(())
     }
 
+    /// The snapshot openraft sends a follower that is behind the log: the state as
+    /// it is now (always at or after the last snapshot built, whose log is purged).
     fn current(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(RAFT_SNAPSHOT)?;
-        let Some(meta) = t.get("meta")? else {
-            return Ok(None);
-        };
-        let meta: SnapshotMeta<NodeId, FishNode> = serde_json::from_slice(meta.value())?;
-        let mut data = Vec::new();
-        for chunk in t.range::<&str>("data/"..="data/~")? {
-            data.extend_from_slice(chunk?.1.value());
-        }
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        self.snapshot_now()
     }
-}
-
-/// Size of the pieces a snapshot is stored in. redb keeps a value in one contiguous,
-/// power-of-two sized run of pages: a multi-MiB snapshot in one value needs a free run
-/// that big each time it is replaced, and the file doubles to find one.
-const SNAPSHOT_CHUNK: usize = 64 * 1024;
-
-/// Replaces the stored snapshot with `meta` and `data` (in [`SNAPSHOT_CHUNK`] pieces).
-fn store_snapshot(
-    txn: &redb::WriteTransaction,
-    meta: &SnapshotMeta<NodeId, FishNode>,
-    data: &[u8],
-) -> Result<(), StoreError> {
-    let mut t = txn.open_table(RAFT_SNAPSHOT)?;
-    t.retain(|_, _| false)?;
-    t.insert("meta", serde_json::to_vec(meta)?.as_slice())?;
-    for (i, chunk) in data.chunks(SNAPSHOT_CHUNK).enumerate() {
-        t.insert(format!("data/{i:08}").as_str(), chunk)?;
-    }
-    Ok(())
 }
 
 /// A snapshot that cannot be written or read back, as a store error.
@@ -590,16 +682,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<NodeId>> {
+        Ok(Box::default())
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, FishNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError<NodeId>> {
-        let data = snapshot.into_inner();
+        let sig = || ErrorSubject::Snapshot(Some(meta.signature()));
+        let data = snapshot.into_bytes().map_err(|e| serr(sig(), ErrorVerb::Read, e))?;
         self.install(meta, &data)
             .map_err(|e| serr(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, flatten(e)))
     }

@@ -45,7 +45,9 @@ pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_m
 /// `last_applied`, `last_membership` → JSON; written in the same transaction as the
 /// replicated tables they describe.
 pub const RAFT_SM: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_sm");
-/// `meta`, `data/<n>`: the last snapshot built or installed (its data in pieces).
+/// Unused since a snapshot is a read transaction of the state (see
+/// [`super::raft::SnapshotData`]); what an older fishd stored here is emptied by the
+/// next snapshot.
 pub const RAFT_SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
 
 // Node-local tables.
