@@ -263,17 +263,23 @@ async fn wave(store: &Store, node: &str, template: &Template, first: usize, n: u
         }
     }
 
+    // One status write per application, as the node's reconciler sends it: from
+    // `expect` to the template's `recorded` status, with this seed's times.
+    let moves = |expect: Phase, recorded, times: &[OffsetDateTime]| -> Result<Vec<Command>> {
+        uids.iter()
+            .map(|uid| {
+                Ok(Command::SetApplicationStatus {
+                    uid: *uid,
+                    expect,
+                    status: Box::new(template.status(recorded, *uid, times)?),
+                    expect_node: Some(node.to_owned()),
+                })
+            })
+            .collect()
+    };
+
     times.push(OffsetDateTime::now_utc());
-    let mut allocate = Vec::with_capacity(n);
-    for uid in &uids {
-        allocate.push(Command::SetApplicationStatus {
-            uid: *uid,
-            expect: Phase::Elected,
-            status: Box::new(template.status(&template.allocated, *uid, &times)?),
-            expect_node: Some(node.to_owned()),
-        });
-    }
-    run_all(store, "allocate", allocate, in_flight).await?;
+    run_all(store, "allocate", moves(Phase::Elected, &template.allocated, &times)?, in_flight).await?;
 
     times.push(OffsetDateTime::now_utc());
     let release =
@@ -281,14 +287,5 @@ async fn wave(store: &Store, node: &str, template: &Template, first: usize, n: u
     run_all(store, "deallocate", release, in_flight).await?;
 
     times.push(OffsetDateTime::now_utc());
-    let mut done = Vec::with_capacity(n);
-    for uid in &uids {
-        done.push(Command::SetApplicationStatus {
-            uid: *uid,
-            expect: Phase::Deallocate,
-            status: Box::new(template.status(&template.deallocated, *uid, &times)?),
-            expect_node: Some(node.to_owned()),
-        });
-    }
-    run_all(store, "release", done, in_flight).await
+    run_all(store, "release", moves(Phase::Deallocate, &template.deallocated, &times)?, in_flight).await
 }
