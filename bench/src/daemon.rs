@@ -20,6 +20,9 @@ const CLOCK_TICKS: f64 = 100.0;
 /// way, unless a label's `slots` bound how many of its resources a node holds.
 pub const SLOTS: u32 = 1_000_000;
 
+/// tmpfs, for the simulated resources (see [`Daemon::resource_dir`]).
+const SHM: &str = "/dev/shm";
+
 /// Open API connections a bench node accepts (fishd's default is 512): the watch
 /// fan-out holds 1,000 watchers, each on its own connection, next to the tracker's.
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -118,6 +121,20 @@ impl Daemon {
         self.dir.join("data")
     }
 
+    /// Where the test driver keeps its simulated resources: on tmpfs when there is one
+    /// (named after the node's directory, so a restart finds them). On this machine's
+    /// journal-less ext4, a file created per resource and deleted at its release made
+    /// every burst slower than the last (the kernel's inode allocator skips inodes
+    /// deleted in the last minutes, one by one), which measured the disk, not fishd.
+    pub fn resource_dir(&self) -> PathBuf {
+        let shm = Path::new(SHM);
+        if shm.is_dir() {
+            shm.join(format!("fish-bench{}", self.dir.display().to_string().replace('/', "_")))
+        } else {
+            self.data_dir().join("test")
+        }
+    }
+
     fn write_config(&self) -> Result<PathBuf> {
         // The capacity is out of the way on purpose: these benchmarks measure the
         // control plane, not the admission of work.
@@ -125,10 +142,11 @@ impl Daemon {
             "nodeName: {}\ndataDir: {}\napi: 127.0.0.1:{}\n\
              capacity: {{cpu: 1000000, ram: 1000000, slots: {SLOTS}}}\n\
              maxConnections: {MAX_CONNECTIONS}\n\
-             drivers:\n  test: {{}}\n",
+             drivers:\n  test: {{dir: {}}}\n",
             self.name,
             self.data_dir().display(),
-            self.port
+            self.port,
+            self.resource_dir().display()
         );
         if let Some(j) = &self.join {
             yml.push_str(&format!("cluster: {{join: \"{}\", joinToken: \"{}\"}}\n", j.via, j.token));
@@ -370,6 +388,9 @@ impl Drop for Daemon {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if self.resource_dir().starts_with(SHM) {
+            let _ = std::fs::remove_dir_all(self.resource_dir());
         }
     }
 }

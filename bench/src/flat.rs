@@ -374,3 +374,60 @@ pub async fn run(fishd: &Path, work: &Path, plan: &Plan) -> Result<Flat> {
         single_ratio_p50,
     })
 }
+
+/// `fish-bench bursts`: `rounds` bursts of `size` on one fresh node in `dir` (see the
+/// subcommand's help).
+pub async fn bursts(
+    fishd: &Path,
+    dir: Option<&Path>,
+    rounds: usize,
+    size: usize,
+    perf_round: Option<usize>,
+) -> Result<()> {
+    let temp = tempfile::tempdir()?;
+    let work = dir.unwrap_or(temp.path()).to_owned();
+    let (d, _) = Daemon::start(fishd, &work.join("node")).await?;
+    d.apply(&label_yaml(LABEL)).await?;
+    let tracker = Tracker::start(&d).await?;
+    let clients = (0..CONNECTIONS).map(|_| d.new_client()).collect::<Result<Vec<_>>>()?;
+    info!(pid = ?d.pid(), work = %work.display(), "bursts: node started");
+    for round in 0..rounds {
+        let waited = quiesce(&[&d], IDLE_LIMIT).await;
+        let perf = match (perf_round, d.pid()) {
+            (Some(k), Some(pid)) if k == round => {
+                let out = work.join(format!("perf-round-{round}.data"));
+                Some(
+                    tokio::process::Command::new("perf")
+                        .args(["record", "-g", "-o"])
+                        .arg(&out)
+                        .args(["-p", &pid.to_string()])
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .context("perf record")?,
+                )
+            }
+            _ => None,
+        };
+        let prefix = format!("round{round}");
+        let b = burst(&d, &tracker, &clients, &prefix, LABEL, size, 0).await?;
+        if let Some(mut p) = perf {
+            if let Some(id) = p.id() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(id as i32), nix::sys::signal::Signal::SIGINT);
+            }
+            p.wait().await?;
+        }
+        remove(&d, &clients, &prefix, size).await?;
+        info!(
+            round,
+            waited,
+            allocate_apps_per_s = b.allocate.apps_per_s,
+            deallocate_apps_per_s = b.deallocate.apps_per_s,
+            fishd_cores = b.fishd_cores,
+            rss_mb = mb(d.rss_kib()),
+            store_mb = d.store_bytes() as f64 / 1e6,
+            "bursts: round done"
+        );
+    }
+    Ok(())
+}

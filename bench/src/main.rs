@@ -116,6 +116,21 @@ enum Sub {
         #[arg(long, default_value_t = seed::IN_FLIGHT)]
         in_flight: usize,
     },
+    /// Bursts on one fresh node, one after another (each removes its applications
+    /// afterwards): for profiling how a node's allocation rate moves with the work it
+    /// has done. Prints each round's rates; `--perf-round K` records round K with
+    /// `perf record -g` into `perf-round-K.data` in the work directory.
+    Bursts {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value_t = flat::BURST)]
+        size: usize,
+        /// The work directory (kept); a temporary one when missing.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        perf_round: Option<usize>,
+    },
 }
 
 /// The parts of the suite, each with its own results file.
@@ -196,6 +211,9 @@ async fn run(args: Args) -> Result<()> {
             );
         }
         return Ok(());
+    }
+    if let Some(Sub::Bursts { rounds, size, dir, perf_round }) = &args.command {
+        return flat::bursts(&fishd, dir.as_deref(), *rounds, *size, *perf_round).await;
     }
     let out = args.out.clone().unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("results"));
     if args.check {
