@@ -23,6 +23,9 @@
 //! - [`TABLES`] is THE list of replicated tables: a Raft snapshot is this same dump
 //!   ([`dump`] on any read transaction, [`load`] into any write transaction), so a
 //!   table added to the state machine and forgotten here is missing from both.
+//! - A Raft snapshot's header has no `createdAt` ([`Purpose::Snapshot`]): one state
+//!   dumps to the same bytes every time, as a snapshot's id promises (a follower
+//!   resuming a stream of that id may keep bytes of an earlier dump of it).
 //! - A restored store is the start of a new cluster: its resourceVersions continue
 //!   after the backup's revision (`revision_base`), never going back.
 
@@ -167,13 +170,36 @@ fn json_of(bytes: &[u8]) -> Result<Value, StoreError> {
     Ok(serde_json::from_slice(bytes)?)
 }
 
-/// Dumps every table of [`TABLES`] as the transaction sees it.
+/// What a dump is made for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// A user's backup: its header says when it was made.
+    Backup,
+    /// A Raft snapshot: a function of the state alone, so every dump of one state is
+    /// the same bytes (openraft keeps a snapshot's id for one state, and a follower
+    /// resumes or restarts a stream by that id).
+    Snapshot,
+}
+
+/// Dumps every table of [`TABLES`] as the transaction sees it, as a backup.
 pub fn dump<W: Write>(tx: &ReadTransaction, out: W) -> Result<Summary, BackupError> {
+    dump_for(tx, out, Purpose::Backup)
+}
+
+/// Dumps every table of [`TABLES`] as the transaction sees it, for `purpose`.
+pub fn dump_for<W: Write>(tx: &ReadTransaction, out: W, purpose: Purpose) -> Result<Summary, BackupError> {
     let mut w = Hashing { inner: out, hash: Sha256::new() };
     let revision = tx.open_table(META)?.get("revision")?.map(|v| v.value()).unwrap_or(0);
-    let created =
-        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-    w.line(&json!({"aquariumBackup": FORMAT, "revision": revision, "createdAt": created}))?;
+    let header = match purpose {
+        Purpose::Backup => {
+            let created = time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            json!({"aquariumBackup": FORMAT, "revision": revision, "createdAt": created})
+        }
+        Purpose::Snapshot => json!({"aquariumBackup": FORMAT, "revision": revision}),
+    };
+    w.line(&header)?;
     let mut sum = Summary { revision, ..Summary::default() };
     let mut put = |w: &mut Hashing<W>, t: &str, k: Value, v: Value| -> Result<(), BackupError> {
         sum.count(t);

@@ -105,6 +105,13 @@ openraft::declare_raft_types!(
 /// Building a full copy of the state every thousand log entries, and storing it in the
 /// file, made each allocation cost more the more applications were stored, and start-up
 /// read the whole copy into memory (openraft asks for the current snapshot at start).
+///
+/// The id of a snapshot names the entry it ends at (openraft's storage suite wants
+/// one state's current snapshot to keep its id), so each dump of one state must be the
+/// same bytes ([`backup::Purpose::Snapshot`]: no time in the header). Receiving, the
+/// stream ends where its last write ended (`poll_shutdown` truncates there): openraft
+/// restarts a stream of the same id at offset 0 over the old buffer, and a shorter
+/// second stream must not keep the first one's tail.
 pub struct SnapshotData(Lazy);
 
 enum Lazy {
@@ -137,7 +144,8 @@ impl SnapshotData {
     fn cursor(&mut self) -> std::io::Result<&mut Cursor<Vec<u8>>> {
         if let Lazy::Pending(tx) = &self.0 {
             let mut data = Vec::new();
-            backup::dump(tx, &mut data).map_err(|e| std::io::Error::other(format!("snapshot: {e}")))?;
+            backup::dump_for(tx, &mut data, backup::Purpose::Snapshot)
+                .map_err(|e| std::io::Error::other(format!("snapshot: {e}")))?;
             self.0 = Lazy::Ready(Cursor::new(data));
         }
         match &mut self.0 {
@@ -188,10 +196,16 @@ impl tokio::io::AsyncWrite for SnapshotData {
         std::task::Poll::Ready(Ok(()))
     }
 
+    /// The end of a received stream: what lies after the last write is left from an
+    /// earlier stream of the same id, and goes.
     fn poll_shutdown(
         self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        if let Lazy::Ready(c) = &mut self.get_mut().0 {
+            let end = c.position();
+            c.get_mut().truncate(usize::try_from(end).unwrap_or(usize::MAX));
+        }
         std::task::Poll::Ready(Ok(()))
     }
 }
@@ -735,5 +749,121 @@ mod conformance {
     #[test]
     fn openraft_storage_suite_passes() {
         openraft::testing::Suite::test_all(Builder).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod snapshot_stream {
+    //! A snapshot sent to a follower in chunks, through openraft's own receiving path
+    //! (`Raft::install_snapshot`, which is `Chunked::receive_snapshot`).
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use openraft::raft::InstallSnapshotRequest;
+
+    use super::*;
+    use crate::store::{Store, StoreOptions};
+
+    const CHUNK: usize = 97;
+
+    /// A leader holding a label and an application, and a follower that has nothing.
+    async fn leader_and_follower() -> (tempfile::TempDir, Store, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let leader = Store::open(&dir.path().join("leader.redb")).await.unwrap();
+        let yaml = "kind: Label\nmetadata: {name: l}\nspec: {definitions: [{driver: test, resources: {cpu: 1, ram: 1}}]}\n\
+                    ---\nkind: Application\nmetadata: {name: a}\nspec: {label: l}\n";
+        let items = crate::store::tests::items(yaml);
+        let now = time::OffsetDateTime::now_utc();
+        leader.execute(Command::Apply { items, owner: "admin".into(), now }).await.unwrap().unwrap();
+        let options = StoreOptions {
+            node: FishNode { name: "follower".into(), api: String::new() },
+            bootstrap: false,
+            ..StoreOptions::default()
+        };
+        let follower = Store::open_with(&dir.path().join("follower.redb"), options).await.unwrap();
+        (dir, leader, follower)
+    }
+
+    /// The leader's current snapshot, as `get_current_snapshot` gives it.
+    fn current(leader: &Store) -> (SnapshotMeta<NodeId, FishNode>, Vec<u8>) {
+        let (events, _) = broadcast::channel(16);
+        let sm = StateMachine::new(leader.db.clone(), events, 100, Arc::default());
+        let s = sm.current().unwrap().unwrap();
+        (s.meta, s.snapshot.into_bytes().unwrap())
+    }
+
+    /// Sends `bytes` as the snapshot `meta` from offset 0, the chunks up to `upto` bytes
+    /// only (a transfer that failed there) or all of them, the last one `done`.
+    async fn send(
+        leader: &Store,
+        to: &Store,
+        meta: &SnapshotMeta<NodeId, FishNode>,
+        bytes: &[u8],
+        upto: Option<usize>,
+    ) {
+        let vote = leader.raft().metrics().borrow().vote;
+        let end = upto.unwrap_or(bytes.len());
+        let mut offset = 0;
+        while offset < end {
+            let next = (offset + CHUNK).min(end);
+            let req = InstallSnapshotRequest {
+                vote,
+                meta: meta.clone(),
+                offset: offset as u64,
+                data: bytes[offset..next].to_vec(),
+                done: upto.is_none() && next == end,
+            };
+            to.raft().install_snapshot(req).await.unwrap();
+            offset = next;
+        }
+    }
+
+    async fn installed(follower: &Store, meta: &SnapshotMeta<NodeId, FishNode>) {
+        let index = meta.last_log_id.map(|l| l.index);
+        follower.raft().wait(Some(Duration::from_secs(10))).applied_index(index, "snapshot installed").await.unwrap();
+        assert_eq!(follower.get_application("a").unwrap().unwrap().metadata.name_str(), "a");
+        assert_eq!(follower.get_label("l", None).unwrap().unwrap().metadata.version, Some(1));
+    }
+
+    /// A quiet cluster: replication gets the current snapshot again after a transfer
+    /// failed partway, with the same id (it names the same entry).
+    #[tokio::test]
+    async fn a_snapshot_stream_restarted_with_the_same_id_installs() {
+        within(async {
+            let (_d, leader, follower) = leader_and_follower().await;
+            let (meta, first) = current(&leader);
+            let (meta2, second) = current(&leader);
+            assert_eq!(meta2, meta);
+            assert!(first == second, "two dumps of one state differ; a restarted stream of that id would mix them");
+            send(&leader, &follower, &meta, &first, Some(first.len() * 2 / 3)).await;
+            send(&leader, &follower, &meta2, &second, None).await;
+            installed(&follower, &meta).await;
+            leader.close().await;
+            follower.close().await;
+        })
+        .await;
+    }
+
+    /// Whatever the first stream left after the end of the second goes: a restarted
+    /// stream that is shorter installs.
+    #[tokio::test]
+    async fn a_shorter_restarted_snapshot_stream_leaves_no_tail() {
+        within(async {
+            let (_d, leader, follower) = leader_and_follower().await;
+            let (meta, bytes) = current(&leader);
+            let mut longer = bytes.clone();
+            longer.extend_from_slice(b"{\"left\":\"from an earlier stream\"}\n".repeat(8).as_slice());
+            send(&leader, &follower, &meta, &longer, Some(longer.len())).await;
+            send(&leader, &follower, &meta, &bytes, None).await;
+            installed(&follower, &meta).await;
+            leader.close().await;
+            follower.close().await;
+        })
+        .await;
+    }
+
+    async fn within(test: impl std::future::Future<Output = ()>) {
+        tokio::time::timeout(Duration::from_secs(60), test).await.expect("the test took over 60 s");
     }
 }
