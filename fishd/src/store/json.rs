@@ -14,7 +14,8 @@
 //! # Assumptions
 //! - Whoever changes how `Application`, `Label` or `Node` serializes (a new field, a
 //!   rename, a default) bumps [`OBJECT_FORMAT`]: objects are sent as they were
-//!   written, not as the current types would write them.
+//!   written, not as the current types would write them. A golden test holds this:
+//!   it fails on a shape the committed file of the current format does not have.
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 use serde::Serialize;
@@ -25,6 +26,8 @@ use super::tables::*;
 use super::{AppFilter, Store, StoreError, matching_uids, revision_in};
 
 /// The serialized shape of stored objects; bump it when it changes (see the module).
+/// `tests::the_object_format_matches_the_types` holds the shape of each format in
+/// `testdata/object_format_<N>.json` and fails when the types no longer write it.
 const OBJECT_FORMAT: u64 = 1;
 /// `local_meta` key: the [`OBJECT_FORMAT`] the stored objects are in.
 const OBJECT_FORMAT_KEY: &str = "object_format";
@@ -157,5 +160,182 @@ impl Store {
             sink.object(e?.1.value());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::path::PathBuf;
+
+    use api_types::application::ApplicationKind;
+    use api_types::label::LabelKind;
+    use api_types::meta::ApiVersion;
+    use api_types::node::NodeKind;
+    use api_types::*;
+    use serde_json::json;
+    use time::OffsetDateTime;
+
+    use super::OBJECT_FORMAT;
+
+    fn at(unix: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(unix).unwrap()
+    }
+
+    fn meta(name: &str, version: Option<u32>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.parse().unwrap()),
+            uid: Some(uuid::Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0001)),
+            created_at: Some(at(1_764_000_000)),
+            resource_version: Some("42".into()),
+            owner: Some("alice".into()),
+            version,
+        }
+    }
+
+    /// Every field set, written out with no `..Default::default()`: a new field does
+    /// not compile here until it is set too, and then shows in the shape.
+    fn application() -> Application {
+        Application {
+            api_version: ApiVersion,
+            kind: ApplicationKind,
+            metadata: meta("a", None),
+            spec: ApplicationSpec {
+                label: "l:2".parse().unwrap(),
+                metadata: [("KEY".to_owned(), json!("value"))].into(),
+                lifetime: Some("2h".parse().unwrap()),
+            },
+            status: ApplicationStatus {
+                phase: Phase::Allocated,
+                label_version: Some(2),
+                node: Some("node-1".into()),
+                definition: Some(0),
+                message: "allocated".into(),
+                resource: Some(ResourceStatus {
+                    driver: "docker/dev".into(),
+                    identifier: "c0ffee".into(),
+                    ip_addr: Some("10.0.0.2".into()),
+                    hw_addr: Some("02:00:00:00:00:02".into()),
+                    expires_at: Some(at(1_764_007_200)),
+                    details: [("pid".to_owned(), json!(1234))].into_iter().collect(),
+                }),
+                attempts: 1,
+                deallocate_requested: Some("2026-11-24T17:00:00Z".into()),
+                history: vec![HistoryEntry { phase: Phase::New, at: at(1_764_000_000), message: "created".into() }],
+            },
+        }
+    }
+
+    fn label() -> Label {
+        Label {
+            api_version: ApiVersion,
+            kind: LabelKind,
+            metadata: meta("l", Some(2)),
+            spec: LabelSpec {
+                definitions: vec![Definition {
+                    driver: "docker/dev".into(),
+                    images: vec![Image {
+                        name: Some("ubuntu".into()),
+                        tag: Some("24.04".into()),
+                        url: Some("https://example.com/ubuntu.tar".into()),
+                        sum: Some(format!("sha256:{}", "0".repeat(64))),
+                    }],
+                    resources: Resources {
+                        cpu: 2,
+                        ram: 4,
+                        disks: [("data".to_owned(), Disk { size: 10 })].into(),
+                        network: Network::Nat,
+                        allow: vec!["example.com:443".into()],
+                        pids: Some(512),
+                        node_filter: vec!["node-*".into()],
+                        slots: Some(2),
+                        cpu_overbook: true,
+                        ram_overbook: true,
+                        lifetime: Some("1d".parse().unwrap()),
+                    },
+                    options: [("privileged".to_owned(), json!(false))].into_iter().collect(),
+                }],
+                metadata: [("LABEL_KEY".to_owned(), json!(1))].into(),
+                remove_at: Some(at(1_764_086_400)),
+            },
+            status: Some(json!({"any": "thing"})),
+        }
+    }
+
+    fn node() -> Node {
+        let capacity = NodeCapacity { cpu: 8, ram: 32, slots: 4, applications: 1 };
+        Node {
+            api_version: ApiVersion,
+            kind: NodeKind,
+            metadata: meta("node-1", None),
+            status: NodeStatus {
+                address: "10.0.0.1:8001".into(),
+                version: "0.1.0".into(),
+                identifiers: vec!["linux".into()],
+                location: "rack-1".into(),
+                drivers: vec![DriverStatus {
+                    name: "docker/dev".into(),
+                    available: false,
+                    reason: "no socket".into(),
+                    info: "accel: kvm".into(),
+                }],
+                capacity,
+                allocated: capacity,
+                maintenance: true,
+                ready: true,
+                role: Some("leader".into()),
+                last_seen: Some(at(1_764_000_100)),
+            },
+        }
+    }
+
+    #[derive(serde::Serialize)]
+    struct Shapes {
+        application: Application,
+        label: Label,
+        node: Node,
+    }
+
+    fn golden_path(format: u64) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("src/store/testdata/object_format_{format}.json"))
+    }
+
+    /// The shape the stored objects have is the one [`OBJECT_FORMAT`] names: a change
+    /// to the types without a bump would leave every object written before it in the
+    /// old shape, served as it is (see the module). `UPDATE_GOLDEN=1` writes the file of
+    /// a new format; the file of a format that was committed is never rewritten.
+    #[test]
+    fn the_object_format_matches_the_types() {
+        let shapes = Shapes { application: application(), label: label(), node: node() };
+        let mut now = serde_json::to_string_pretty(&shapes).unwrap();
+        now.push('\n');
+        let path = golden_path(OBJECT_FORMAT);
+        let committed = std::fs::read_to_string(&path).ok();
+        let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
+        match committed {
+            Some(c) if c == now => {}
+            Some(c) => {
+                let (old, new) = (c.lines().collect::<Vec<_>>(), now.lines().collect::<Vec<_>>());
+                let at = old.iter().zip(&new).position(|(a, b)| a != b).unwrap_or(old.len().min(new.len()));
+                panic!(
+                    "the serialized shape of Application, Label or Node is no longer the one of OBJECT_FORMAT \
+                     {OBJECT_FORMAT} ({}, line {}: {:?} now {:?}): bump OBJECT_FORMAT in fishd/src/store/json.rs and \
+                     regenerate with UPDATE_GOLDEN=1 (stored objects are served as they were written; only a new \
+                     format rewrites them when the store opens)",
+                    path.display(),
+                    at + 1,
+                    old.get(at).unwrap_or(&""),
+                    new.get(at).unwrap_or(&"")
+                )
+            }
+            None if update => std::fs::write(&path, now).unwrap(),
+            None => panic!(
+                "{} is missing: after bumping OBJECT_FORMAT, regenerate it with UPDATE_GOLDEN=1 \
+                 (e.g. UPDATE_GOLDEN=1 cargo nextest run --workspace -E 'test(the_object_format_matches_the_types)') \
+                 and commit it",
+                path.display()
+            ),
+        }
     }
 }
