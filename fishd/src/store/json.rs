@@ -17,6 +17,8 @@
 //!   written, not as the current types would write them. A golden test holds this:
 //!   it fails on a shape the committed file of the current format does not have.
 
+use std::ops::Bound;
+
 use redb::{Database, ReadableDatabase, ReadableTable};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -32,66 +34,114 @@ const OBJECT_FORMAT: u64 = 1;
 /// `local_meta` key: the [`OBJECT_FORMAT`] the stored objects are in.
 const OBJECT_FORMAT_KEY: &str = "object_format";
 
+/// Objects read per write transaction by [`upgrade`] (at most that many rewritten):
+/// a store whose every object changes shape (say 100,000 applications that came in
+/// through an older snapshot) is rewritten in transactions of a few MB each, not in
+/// one that holds every changed object and its dirty pages at once.
+const UPGRADE_BATCH: usize = 1_000;
+
 /// Rewrites every stored application, label and node through its type if they were
 /// written in another [`OBJECT_FORMAT`] (or before there was one), so the API's stored
 /// answers have the current shape. Deterministic: every node of a version rewrites
 /// the same objects to the same bytes. A new store only records the format.
+///
+/// Runs before Raft starts, in transactions of [`UPGRADE_BATCH`] objects; the format
+/// mark is set last, so a start cut short upgrades again (objects already in the
+/// current shape are left as they are).
 pub(super) fn upgrade(db: &Database) -> Result<(), StoreError> {
-    let txn = db.begin_write()?;
-    {
-        let mut local = txn.open_table(LOCAL_META)?;
-        if local.get(OBJECT_FORMAT_KEY)?.map(|v| v.value()) == Some(OBJECT_FORMAT) {
-            return Ok(());
-        }
+    upgrade_in_batches(db, UPGRADE_BATCH)
+}
+
+/// One table's objects rewritten `$batch` at a time: `$owned` makes an owned key (of
+/// type `$okey`) from the key guard `$k`, `$borrowed` the table's key from the owned `$o`.
+macro_rules! rewrite_table {
+    ($db:expr, $batch:expr, $table:expr, $ty:ty, $key:ty, $okey:ty, |$k:ident| $owned:expr, |$o:ident| $borrowed:expr) => {{
         let mut rewritten = 0usize;
-        {
-            let mut t = txn.open_table(APPS)?;
-            let changed = reencode::<api_types::Application, _>(t.iter()?.map(|e| e.map(|(k, v)| (k.value(), v))))?;
-            rewritten += changed.len();
-            for (k, v) in changed {
-                t.insert(k, v.as_slice())?;
+        let mut after: Option<$okey> = None;
+        loop {
+            let txn = $db.begin_write()?;
+            let (read, last, changed) = {
+                let mut t = txn.open_table($table)?;
+                let entries = match &after {
+                    Some($o) => t.range::<$key>((Bound::Excluded($borrowed), Bound::Unbounded))?,
+                    None => t.range::<$key>(..)?,
+                };
+                let batch = reencode::<$ty, _>(entries.take($batch).map(|e| e.map(|($k, v)| ($owned, v))))?;
+                for ($o, v) in &batch.changed {
+                    t.insert($borrowed, v.as_slice())?;
+                }
+                (batch.read, batch.last, batch.changed.len())
+            };
+            if changed > 0 {
+                txn.commit()?;
+            } else {
+                txn.abort()?;
             }
-        }
-        {
-            let mut t = txn.open_table(LABELS)?;
-            let changed = reencode::<api_types::Label, _>(
-                t.iter()?.map(|e| e.map(|(k, v)| ((k.value().0.to_owned(), k.value().1), v))),
-            )?;
-            rewritten += changed.len();
-            for ((name, version), v) in changed {
-                t.insert((name.as_str(), version), v.as_slice())?;
+            rewritten += changed;
+            if read < $batch {
+                break;
             }
+            after = last;
         }
-        {
-            let mut t = txn.open_table(NODES)?;
-            let changed = reencode::<api_types::Node, _>(t.iter()?.map(|e| e.map(|(k, v)| (k.value().to_owned(), v))))?;
-            rewritten += changed.len();
-            for (k, v) in changed {
-                t.insert(k.as_str(), v.as_slice())?;
-            }
-        }
-        local.insert(OBJECT_FORMAT_KEY, OBJECT_FORMAT)?;
-        if rewritten > 0 {
-            tracing::info!(rewritten, format = OBJECT_FORMAT, "stored objects rewritten in the current format");
-        }
+        rewritten
+    }};
+}
+
+/// [`upgrade`], `batch` objects per transaction.
+pub(super) fn upgrade_in_batches(db: &Database, batch: usize) -> Result<(), StoreError> {
+    let format = db.begin_read()?.open_table(LOCAL_META)?.get(OBJECT_FORMAT_KEY)?.map(|v| v.value());
+    if format == Some(OBJECT_FORMAT) {
+        return Ok(());
     }
+    let batch = batch.max(1);
+    let mut rewritten = 0usize;
+    rewritten += rewrite_table!(db, batch, APPS, api_types::Application, u128, u128, |k| k.value(), |o| *o);
+    rewritten += rewrite_table!(
+        db,
+        batch,
+        LABELS,
+        api_types::Label,
+        (&str, u32),
+        (String, u32),
+        |k| (k.value().0.to_owned(), k.value().1),
+        |o| (o.0.as_str(), o.1)
+    );
+    rewritten +=
+        rewrite_table!(db, batch, NODES, api_types::Node, &str, String, |k| k.value().to_owned(), |o| o.as_str());
+    let txn = db.begin_write()?;
+    txn.open_table(LOCAL_META)?.insert(OBJECT_FORMAT_KEY, OBJECT_FORMAT)?;
     txn.commit()?;
+    if rewritten > 0 {
+        tracing::info!(rewritten, format = OBJECT_FORMAT, "stored objects rewritten in the current format");
+    }
     Ok(())
 }
 
-/// The entries whose value, read as a `T` and written again, changes: key and new bytes.
-fn reencode<'a, T: Serialize + DeserializeOwned, K>(
+/// What [`reencode`] found in one batch of entries.
+struct Reencoded<K> {
+    /// The entries whose value, read as a `T` and written again, changes: key and new bytes.
+    changed: Vec<(K, Vec<u8>)>,
+    /// Entries read.
+    read: usize,
+    /// The key of the last entry read: the next batch starts after it.
+    last: Option<K>,
+}
+
+/// Reads each entry as a `T` and writes it again, keeping the ones that change.
+fn reencode<'a, T: Serialize + DeserializeOwned, K: Clone>(
     entries: impl Iterator<Item = Result<(K, redb::AccessGuard<'a, &'static [u8]>), redb::StorageError>>,
-) -> Result<Vec<(K, Vec<u8>)>, StoreError> {
-    let mut changed = Vec::new();
+) -> Result<Reencoded<K>, StoreError> {
+    let mut out = Reencoded { changed: Vec::new(), read: 0, last: None };
     for e in entries {
         let (k, v) = e?;
+        out.read += 1;
         let bytes = serde_json::to_vec(&serde_json::from_slice::<T>(v.value())?)?;
         if bytes != v.value() {
-            changed.push((k, bytes));
+            out.changed.push((k.clone(), bytes));
         }
+        out.last = Some(k);
     }
-    Ok(changed)
+    Ok(out)
 }
 
 /// Receives stored objects: first the revision they were read at, then each object's

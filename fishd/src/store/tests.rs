@@ -513,6 +513,50 @@ async fn a_watch_line_is_the_watch_event_serde_writes_encoded_once() {
     assert_eq!(shared.watch_line().as_ptr(), first.as_ptr());
 }
 
+/// Writes every stored application again as a `Value` writes it (another key order:
+/// as an older writer may have left them) and removes the format mark.
+fn untype_applications(db: &Database) -> usize {
+    let txn = db.begin_write().unwrap();
+    let n;
+    {
+        let mut t = txn.open_table(APPS).unwrap();
+        let entries: Vec<(u128, Vec<u8>)> = t
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value(), v.value().to_vec())
+            })
+            .collect();
+        n = entries.len();
+        for (k, v) in entries {
+            let other = serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&v).unwrap()).unwrap();
+            assert_ne!(other, v, "the test changes nothing");
+            t.insert(k, other.as_slice()).unwrap();
+        }
+        txn.open_table(LOCAL_META).unwrap().remove("object_format").unwrap();
+    }
+    txn.commit().unwrap();
+    n
+}
+
+/// How many stored applications are not what their type writes.
+fn untyped_applications(db: &Database) -> usize {
+    let tx = db.begin_read().unwrap();
+    let t = tx.open_table(APPS).unwrap();
+    t.iter()
+        .unwrap()
+        .filter(|e| {
+            let v = e.as_ref().unwrap().1.value().to_vec();
+            serde_json::to_vec(&serde_json::from_slice::<Application>(&v).unwrap()).unwrap() != v
+        })
+        .count()
+}
+
+fn object_format_mark(db: &Database) -> Option<u64> {
+    db.begin_read().unwrap().open_table(LOCAL_META).unwrap().get("object_format").unwrap().map(|v| v.value())
+}
+
 #[tokio::test]
 async fn objects_written_in_an_older_format_are_rewritten_when_the_store_opens() {
     let dir = tempfile::tempdir().unwrap();
@@ -522,30 +566,46 @@ async fn objects_written_in_an_older_format_are_rewritten_when_the_store_opens()
         apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
         s.close().await;
     }
-    // As another writer may have left them (here: a `Value`'s key order), unmarked.
-    {
-        let db = Database::create(&path).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut t = txn.open_table(APPS).unwrap();
-            let entries: Vec<(u128, Vec<u8>)> = t
-                .iter()
-                .unwrap()
-                .map(|e| {
-                    let (k, v) = e.unwrap();
-                    (k.value(), v.value().to_vec())
-                })
-                .collect();
-            for (k, v) in entries {
-                let other = serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&v).unwrap()).unwrap();
-                assert_ne!(other, v, "the test changes nothing");
-                t.insert(k, other.as_slice()).unwrap();
-            }
-            txn.open_table(LOCAL_META).unwrap().remove("object_format").unwrap();
-        }
-        txn.commit().unwrap();
-    }
+    untype_applications(&Database::create(&path).unwrap());
     let s = Store::open(&path).await.unwrap();
     let app = s.get_application("a").unwrap().unwrap();
     assert_eq!(s.application_json("a", None).unwrap().unwrap(), serde_json::to_vec(&app).unwrap());
+}
+
+#[tokio::test]
+async fn the_format_upgrade_commits_in_batches_and_marks_the_format_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fish.redb");
+    {
+        let s = Store::open(&path).await.unwrap();
+        let apps: Vec<String> =
+            (0..25).map(|i| format!("kind: Application\nmetadata: {{name: a{i}}}\nspec: {{label: l}}\n")).collect();
+        apply(&s, &format!("{LABEL}---\n{}", apps.join("---\n"))).await.unwrap();
+        s.close().await;
+    }
+    let db = Database::create(&path).unwrap();
+    assert_eq!(untype_applications(&db), 25);
+    // A start cut short after the applications (here: a node record no type reads).
+    {
+        let txn = db.begin_write().unwrap();
+        txn.open_table(NODES).unwrap().insert("bad", br#"{"kind":"Label"}"#.as_slice()).unwrap();
+        txn.commit().unwrap();
+    }
+    assert!(json::upgrade_in_batches(&db, 7).is_err());
+    assert_eq!(untyped_applications(&db), 0, "the batches before the failure are committed");
+    assert_eq!(object_format_mark(&db), None, "marked before every object was rewritten");
+    {
+        let txn = db.begin_write().unwrap();
+        txn.open_table(NODES).unwrap().remove("bad").unwrap();
+        txn.commit().unwrap();
+    }
+    // A batch size that divides the count: the last batch reads nothing.
+    untype_applications(&db);
+    json::upgrade_in_batches(&db, 5).unwrap();
+    assert_eq!(untyped_applications(&db), 0);
+    assert!(object_format_mark(&db).is_some());
+    drop(db);
+    let s = Store::open(&path).await.unwrap();
+    let app = s.get_application("a24").unwrap().unwrap();
+    assert_eq!(s.application_json("a24", None).unwrap().unwrap(), serde_json::to_vec(&app).unwrap());
 }
