@@ -376,6 +376,63 @@ async fn watch_added_modified_resume_and_expired() {
     while w.next().await.is_some() {}
 }
 
+/// A watch lives with the rights it was opened with only until they change: a
+/// demotion, a token rotation or the user's deletion closes it (410: list again,
+/// authenticated again). Other users' changes leave it open.
+#[tokio::test]
+async fn a_watch_ends_when_its_users_rights_change() {
+    let fx = fixture().await;
+    let s = &fx.state;
+    send(s, Method::POST, "/api/v1/apply", Some(&fx.admin), Some(LABEL)).await;
+    let closed = |e: Value, who: &str| {
+        assert_eq!(e["type"], "ERROR", "{e}");
+        assert_eq!((e["object"]["code"].clone(), e["object"]["reason"].clone()), (json!(410), json!("Expired")));
+        assert!(e["object"]["message"].as_str().unwrap().contains(&format!("user \"{who}\" changed")), "{e}");
+    };
+    // A second admin, demoted while watching every application.
+    let carol = secrets::new_token().unwrap();
+    let user = |role: Role| User {
+        api_version: Default::default(),
+        kind: Default::default(),
+        metadata: api_types::ObjectMeta { name: "carol".parse().ok(), ..Default::default() },
+        spec: UserSpec { roles: vec![role], password: None, rate_limit: None },
+        status: Default::default(),
+    };
+    let record =
+        |role| UserRecord { user: user(role), password_hash: None, token_digest: secrets::token_digest(&carol) };
+    let apply_user = |role| Command::Apply {
+        items: vec![ApplyItem::User { record: record(role), uid: Uuid::now_v7() }],
+        owner: "admin".into(),
+        now: OffsetDateTime::now_utc(),
+    };
+    s.store.execute(apply_user(Role::Admin)).await.unwrap().unwrap();
+    let mut w = watch(s, "/api/v1/applications?watch=true", &carol).await;
+    let mut alice_w = watch(s, "/api/v1/applications?watch=true", &fx.alice).await;
+    send(s, Method::POST, "/api/v1/apply", Some(&fx.bob), Some(&app_yaml("b1"))).await;
+    assert_eq!(w.next().await.unwrap()["object"]["metadata"]["name"], "b1", "an admin sees bob's");
+    s.store.execute(apply_user(Role::User)).await.unwrap().unwrap();
+    closed(w.next().await.unwrap(), "carol");
+    assert!(w.next().await.is_none(), "the stream ends after the error");
+    // Watching again: with the rights carol has now.
+    let mut w = watch(s, "/api/v1/applications?watch=true", &carol).await;
+    // A token rotation (here by the user herself).
+    let r = send(s, Method::POST, "/api/v1/users/carol/token", Some(&carol), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    closed(w.next().await.unwrap(), "carol");
+    assert!(w.next().await.is_none());
+    let carol = r.body["token"].as_str().unwrap().to_owned();
+    // The deletion of the user.
+    let mut w = watch(s, "/api/v1/applications?watch=true", &carol).await;
+    let r = send(s, Method::DELETE, "/api/v1/users/carol", Some(&fx.admin), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    closed(w.next().await.unwrap(), "carol");
+    assert!(w.next().await.is_none());
+    // Alice's watch saw none of it, and goes on.
+    send(s, Method::POST, "/api/v1/apply", Some(&fx.alice), Some(&app_yaml("a1"))).await;
+    let e = alice_w.next().await.unwrap();
+    assert_eq!((e["type"].clone(), e["object"]["metadata"]["name"].clone()), (json!("ADDED"), json!("a1")));
+}
+
 /// `n` labels named `<prefix>0`, `<prefix>1`, … to apply in one command.
 fn labels(prefix: &str, n: u64) -> Vec<ApplyItem> {
     (0..n)

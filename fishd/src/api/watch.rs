@@ -8,6 +8,11 @@
 //! - Nothing is dropped silently: a watcher whose live channel overflowed, or who
 //!   resumes from a revision older than the kept history, gets a final `ERROR` event
 //!   with code 410 and the stream ends; it lists again and resumes.
+//! - A watch ends when the rights it was opened with change: on any change to its
+//!   user's record (roles, token, password, rate limit) or the user's deletion, it gets a final
+//!   `ERROR` 410 and ends, so the client lists again, authenticated again. Otherwise a
+//!   demoted admin would go on seeing every user's applications, and a rotated or
+//!   deleted token would keep an open stream.
 //! - The stream ends when fishd shuts down.
 
 use std::sync::Arc;
@@ -96,6 +101,7 @@ pub fn watch_response(
     let mut live = state.store.subscribe();
     let admin = user.is_admin();
     let me = user.name.clone();
+    let caller = user.name.clone();
     let visible = move |e: &Event| {
         e.kind == kind && (admin || kind != Kind::Application || e.owner.as_deref() == Some(me.as_str())) && filter(e)
     };
@@ -139,6 +145,15 @@ pub fn watch_response(
             };
             match next {
                 Ok(e) => {
+                    // Committed after the caller was authenticated (this subscription
+                    // came later), whatever its revision.
+                    if e.kind == Kind::User && object_name(&e) == caller {
+                        let message = format!(
+                            "user {caller:?} changed or was deleted; list again with valid credentials and watch again"
+                        );
+                        yield Ok(line(&expired_event(message)));
+                        break;
+                    }
                     if e.revision <= seen || !visible(&e) {
                         continue;
                     }
