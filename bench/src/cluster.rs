@@ -119,6 +119,9 @@ pub struct Side {
     pub burst: Burst,
     /// 1-minute load average when this side's measurement began.
     pub loadavg_1m: f64,
+    /// Raft log entries the burst took (both directions), per application: what each
+    /// node's state machine applied and each log appended, per application.
+    pub burst_log_entries_per_app: f64,
 }
 
 /// The pool burst: the cluster's burst again, each node holding at most `room_per_node`.
@@ -289,16 +292,25 @@ async fn side(nodes: &[&Daemon], trackers: &[&Tracker], tag: &str, sizes: Sizes)
     let singles = singles_spread(nodes, trackers, &format!("single-{tag}"), "bench", sizes.singles, 0).await?;
     let targets = spread(nodes, sizes.connections)?;
     let stored = WARMUP_SINGLES + sizes.singles;
+    let index0 = commit_index(nodes[0]).await;
     let burst =
         burst_spread(nodes, trackers, &targets, &format!("burst-{tag}"), "bench", sizes.burst, stored, true).await?;
+    let entries = commit_index(nodes[0]).await.saturating_sub(index0);
+    let burst_log_entries_per_app = round3(entries as f64 / sizes.burst as f64);
     info!(
         tag,
         p50 = singles.allocate.p50_ms,
         p99 = singles.allocate.p99_ms,
         apps_per_s = burst.allocate.apps_per_s,
+        burst_log_entries_per_app,
         "side measured"
     );
-    Ok(Side { nodes: nodes.len(), singles, burst, loadavg_1m })
+    Ok(Side { nodes: nodes.len(), singles, burst, loadavg_1m, burst_log_entries_per_app })
+}
+
+/// The node's Raft commit index (0 when it cannot say).
+async fn commit_index(d: &Daemon) -> u64 {
+    status(d).await.ok().and_then(|v| v["commitIndex"].as_u64()).unwrap_or(0)
 }
 
 /// `connections` request workers, each with its own connection, spread over `nodes`.
