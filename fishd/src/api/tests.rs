@@ -300,6 +300,8 @@ async fn apply_actions_and_errors() {
 struct Lines {
     stream: axum::body::BodyDataStream,
     buf: Vec<u8>,
+    /// Body chunks read so far.
+    chunks: usize,
 }
 
 impl Lines {
@@ -310,7 +312,10 @@ impl Lines {
                 return Some(serde_json::from_slice(&line).unwrap());
             }
             match tokio::time::timeout(T, self.stream.next()).await.expect("watch timed out") {
-                Some(chunk) => self.buf.extend_from_slice(&chunk.unwrap()),
+                Some(chunk) => {
+                    self.chunks += 1;
+                    self.buf.extend_from_slice(&chunk.unwrap())
+                }
                 None => return None,
             }
         }
@@ -321,7 +326,7 @@ async fn watch(state: &AppState, uri: &str, token: &str) -> Lines {
     let req = Request::get(uri).header(header::AUTHORIZATION, format!("Bearer {token}")).body(Body::empty()).unwrap();
     let resp = tokio::time::timeout(T, router(state.clone()).oneshot(req)).await.expect("timeout").unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    Lines { stream: resp.into_body().into_data_stream(), buf: Vec::new() }
+    Lines { stream: resp.into_body().into_data_stream(), buf: Vec::new(), chunks: 0 }
 }
 
 #[tokio::test]
@@ -442,6 +447,29 @@ fn labels(prefix: &str, n: u64) -> Vec<ApplyItem> {
             ApplyItem::Label { label, uid: Uuid::now_v7() }
         })
         .collect()
+}
+
+/// Changes that are already waiting when a watcher is served go out together (fewer,
+/// larger writes), whole lines, every one of them, in order.
+#[tokio::test]
+async fn waiting_events_go_out_together_in_order() {
+    let fx = fixture().await;
+    let s = &fx.state;
+    let mut w = watch(s, "/api/v1/labels?watch=true", &fx.admin).await;
+    let items = labels("c", 300);
+    s.store
+        .execute(Command::Apply { items, owner: "admin".into(), now: OffsetDateTime::now_utc() })
+        .await
+        .unwrap()
+        .unwrap();
+    for i in 0..300 {
+        let e = w.next().await.expect("the stream ended early");
+        assert_eq!(
+            (e["type"].clone(), e["object"]["metadata"]["name"].clone()),
+            (json!("ADDED"), json!(format!("c{i}")))
+        );
+    }
+    assert!(w.chunks < 100, "300 waiting events took {} writes", w.chunks);
 }
 
 /// A watcher that does not keep up is told so (410) and closed, never silently skipped.

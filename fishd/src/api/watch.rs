@@ -21,7 +21,8 @@ use api_types::{ErrorBody, ErrorReason, WatchEvent, WatchEventType};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
-use tokio::sync::broadcast::error::RecvError;
+use bytes::BytesMut;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::AppState;
 use super::error::ApiError;
@@ -49,6 +50,17 @@ pub fn parse_resource_version(rv: Option<&str>) -> Result<Option<u64>, ApiError>
 
 /// Largest piece the initial ADDED lines are sent in (a slice of one buffer, no copy).
 const INITIAL_CHUNK: usize = 64 * 1024;
+
+/// Waiting live events sent together stop at about this many bytes.
+const COALESCE: usize = 64 * 1024;
+
+/// What one live event means for a watcher.
+enum Step {
+    Skip,
+    Send(Bytes),
+    /// The last thing it gets (empty: nothing more to say), then the stream ends.
+    End(Bytes),
+}
 
 /// Appends the ADDED line of `object` (JSON, e.g. as stored) to `buf`: the bytes
 /// `serde_json` gives for `WatchEvent { type: ADDED, object }` and a newline.
@@ -128,6 +140,20 @@ pub fn watch_response(
     };
     let mut initial = Bytes::from(initial);
     let shutdown = state.shutdown.clone();
+    let step = move |e: &Event| {
+        // Committed after the caller was authenticated (this subscription came
+        // later), whatever its revision.
+        if e.kind == Kind::User && object_name(e) == caller {
+            let message =
+                format!("user {caller:?} changed or was deleted; list again with valid credentials and watch again");
+            return Step::End(line(&expired_event(message)));
+        }
+        if e.revision <= seen || !visible(e) {
+            return Step::Skip;
+        }
+        // Encoded once, shared by every watcher of this event.
+        Step::Send(e.watch_line())
+    };
     let stream = async_stream::stream! {
         let _guard = guard;
         while !initial.is_empty() {
@@ -143,29 +169,42 @@ pub fn watch_response(
                 _ = shutdown.cancelled() => break,
                 next = live.recv() => next,
             };
-            match next {
-                Ok(e) => {
-                    // Committed after the caller was authenticated (this subscription
-                    // came later), whatever its revision.
-                    if e.kind == Kind::User && object_name(&e) == caller {
-                        let message = format!(
-                            "user {caller:?} changed or was deleted; list again with valid credentials and watch again"
-                        );
-                        yield Ok(line(&expired_event(message)));
-                        break;
+            // Events already waiting go out with this one, in one write: in a burst a
+            // frame per event (one TLS record, one system call each) was most of what a
+            // watch cost, and a cluster node streams every node's changes.
+            let mut out = BytesMut::new();
+            let mut end = None;
+            let mut next = Some(next);
+            while let Some(n) = next.take() {
+                match n {
+                    Ok(e) => match step(&e) {
+                        Step::Skip => {}
+                        Step::Send(b) => out.extend_from_slice(&b),
+                        Step::End(b) => end = Some(b),
+                    },
+                    Err(RecvError::Lagged(n)) => {
+                        let message = format!("watch fell {n} events behind and was closed; list again and resume");
+                        end = Some(line(&expired_event(message)));
                     }
-                    if e.revision <= seen || !visible(&e) {
-                        continue;
-                    }
-                    // Encoded once, shared by every watcher of this event.
-                    yield Ok(e.watch_line());
+                    Err(RecvError::Closed) => end = Some(Bytes::new()),
                 }
-                Err(RecvError::Lagged(n)) => {
-                    let message = format!("watch fell {n} events behind and was closed; list again and resume");
-                    yield Ok(line(&expired_event(message)));
-                    break;
+                if end.is_none() && out.len() < COALESCE {
+                    next = match live.try_recv() {
+                        Ok(e) => Some(Ok(e)),
+                        Err(TryRecvError::Empty) => None,
+                        Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                        Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+                    };
                 }
-                Err(RecvError::Closed) => break,
+            }
+            if !out.is_empty() {
+                yield Ok(out.freeze());
+            }
+            if let Some(last) = end {
+                if !last.is_empty() {
+                    yield Ok(last);
+                }
+                break;
             }
         }
     };
