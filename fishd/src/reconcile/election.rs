@@ -127,9 +127,12 @@ pub async fn current_ledger(ctx: &Ctx) -> Result<Ledger, StoreError> {
         // active application instead of reading and parsing each one. This pass runs
         // after every creation and every deallocation, so that cost was paid thousands
         // of times a second under load.
-        // In a cluster most active applications are other nodes': those ALLOCATED or
-        // DEALLOCATE elsewhere can never become this node's again (they only finish),
-        // so they are remembered (`Ctx::others`) and not read again either.
+        // In a cluster most active applications are other nodes': they are remembered
+        // (`Ctx::others`) and not read again either. One ALLOCATED or DEALLOCATE
+        // elsewhere only finishes; one ELECTED elsewhere may come back to NEW and be
+        // elected here, but only by a Fit vote of this node in a later round, and the
+        // pass that sends (or keeps) that vote first forgets it from `others` (see
+        // `pass`), so the pass after its election reads it and reserves it.
         let uncached: Vec<Uuid> = {
             let defs = ctx.definitions.lock().unwrap_or_else(|e| e.into_inner());
             let others = ctx.others.lock().unwrap_or_else(|e| e.into_inner());
@@ -146,8 +149,11 @@ pub async fn current_ledger(ctx: &Ctx) -> Result<Ledger, StoreError> {
         for uid in uncached {
             let Some(app) = ctx.store.get_application_by_uid(uid)? else { continue };
             if app.status.node.as_deref() != Some(ctx.node.name.as_str()) {
-                // An ELECTED one may come back to NEW and be elected here: read it again.
-                if matches!(app.status.phase, Phase::Allocated | Phase::Deallocate) {
+                // As read (it may have moved on since the index scan): active on
+                // another node. A NEW one is nobody's yet and is not remembered.
+                if app.status.node.is_some()
+                    && matches!(app.status.phase, Phase::Elected | Phase::Allocated | Phase::Deallocate)
+                {
                     ctx.others.lock().unwrap_or_else(|e| e.into_inner()).insert(uid);
                 }
                 continue;
@@ -195,6 +201,17 @@ pub async fn pass(ctx: &Ctx) -> Result<(), StoreError> {
     *ctx.ledger.lock().unwrap_or_else(|e| e.into_inner()) = ledger.clone();
     if new.is_empty() {
         return Ok(());
+    }
+    // Every NEW application is nobody's: none is remembered as another node's. This is
+    // what keeps `others` safe: an application becomes ELECTED here only through a Fit
+    // vote of this node for its current round (a later round than any election
+    // elsewhere that was remembered), sent or kept below, after this; the next
+    // pass then reads it (it is neither cached nor remembered) and reserves it.
+    {
+        let mut others = ctx.others.lock().unwrap_or_else(|e| e.into_inner());
+        for uid in &new {
+            others.remove(uid);
+        }
     }
     let me = ctx.node.name.as_str();
     let availability = probe_drivers(ctx).await;

@@ -101,8 +101,9 @@ pub struct Ctx {
     /// What this node's applications reserve, as of the last election pass.
     ledger: Mutex<Ledger>,
     /// Definitions of active applications elected on this node, so passes don't
-    /// re-read them. An entry means "this node's, reserving this": it is written when
-    /// this node elects the application (or finds it elected here after a restart) and
+    /// re-read them. An entry means "this node's, reserving this": it is written by
+    /// the first election pass that finds the application elected here (it is then
+    /// neither cached nor in `others`, so that pass reads it) and
     /// removed when the application leaves the node (failed attempt, release, purge).
     definitions: Mutex<HashMap<Uuid, Definition>>,
     /// The label each NEW application was created with (immutable), as the last
@@ -131,8 +132,11 @@ pub struct Ctx {
     /// round closed at its deadline elects only among nodes heard, not one that died
     /// after voting and is not yet declared lost.
     heard: std::sync::OnceLock<Box<Heard>>,
-    /// Applications ALLOCATED or DEALLOCATE on another node: never this node's again
-    /// (they can only finish), so the election's ledger skips them without a read.
+    /// Applications ELECTED, ALLOCATED or DEALLOCATE on another node, as the election's
+    /// ledger last read them: it skips them without a read. An ELECTED one may come
+    /// back to NEW and be elected here; it is forgotten by the pass that sees it NEW
+    /// (before this node votes for it: see `election::pass`), and also on any event
+    /// showing it NEW or on this node, and all are forgotten when events were missed.
     /// Dropped when the application is purged.
     others: Mutex<HashSet<Uuid>>,
     /// How a resource ended by itself, kept from its cleanup until DEALLOCATED is
@@ -221,6 +225,11 @@ impl Ctx {
         self.clear_failures(uid);
         self.release_definition(uid);
         self.ended.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+        self.others.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+    }
+
+    /// `uid` is not another node's application (any more), as far as the election knows.
+    fn forget_other(&self, uid: Uuid) {
         self.others.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
     }
 
@@ -510,6 +519,12 @@ async fn trigger_loop(ctx: Arc<Ctx>, queue: Queue, stop: CancellationToken) {
                 Kind::Application => {
                     let phase = ev.object["status"]["phase"].as_str().and_then(|p| p.parse::<Phase>().ok());
                     if let Some(uid) = ev.object["metadata"]["uid"].as_str().and_then(|u| Uuid::try_parse(u).ok()) {
+                        // Not (or no longer) another node's: the election reads it again.
+                        if phase == Some(Phase::New)
+                            || ev.object["status"]["node"].as_str() == Some(ctx.node.name.as_str())
+                        {
+                            ctx.forget_other(uid);
+                        }
                         match ev.event_type {
                             api_types::WatchEventType::Deleted => {
                                 ctx.forget(uid);
@@ -539,6 +554,7 @@ async fn trigger_loop(ctx: Arc<Ctx>, queue: Queue, stop: CancellationToken) {
             // Missed events are made up for by a resync (finished applications need
             // none: their purge is due by the store's index, not by an event).
             Err(RecvError::Lagged(_)) => {
+                ctx.others.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 resync(&ctx, &queue);
                 ctx.wake_purge();
             }

@@ -888,3 +888,64 @@ async fn start_up_reads_active_applications_only() {
     assert!(reads < 50, "{reads} applications read with {FINISHED} finished ones stored");
     assert_eq!(store.count_in_phase(Phase::Deallocated).unwrap(), FINISHED as u64);
 }
+
+/// The election's ledger remembers the applications active on other nodes, ELECTED
+/// ones too, and reads them no more; one that comes back to NEW and is then elected
+/// here (by this node's vote) is reserved by the next pass all the same.
+#[tokio::test(start_paused = true)]
+async fn the_ledger_remembers_other_nodes_applications_and_reserves_one_elected_here_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("fish.redb")).await.unwrap();
+    let mut drivers = crate::drivers::Drivers::new();
+    drivers.insert("test".into(), test_driver(dir.path(), "test"));
+    let node = NodeIdentity { name: "host-a".into(), identifiers: vec![], capacity: cap(8, 16) };
+    // No loops: the passes are run here, one at a time.
+    let ctx = Ctx::new(
+        store.clone(),
+        Arc::new(drivers),
+        node,
+        ReconcileConfig::default(),
+        crate::meta_token::MetaTokens::new([1; 32]),
+    );
+    let mut yaml = label("l", "{driver: test, resources: {cpu: 1}}");
+    for i in 0..6 {
+        yaml += &app(&format!("e{i}"), "l");
+    }
+    apply(&store, &yaml).await;
+    for i in 0..3 {
+        move_to(&store, &format!("e{i}"), Phase::New, Phase::Elected, "host-b", "elected node host-b").await;
+    }
+    for i in 3..6 {
+        move_to(&store, &format!("e{i}"), Phase::New, Phase::Allocated, "host-b", "allocated on node host-b").await;
+    }
+    election::pass(&ctx).await.unwrap();
+    assert_eq!(ctx.ledger().node.applications, 0);
+    let reads = store.application_reads();
+    election::pass(&ctx).await.unwrap();
+    assert_eq!(store.application_reads(), reads, "a pass reads no application remembered as another node's");
+
+    // e0 fails on host-b and comes back to NEW; this node's pass votes for it and, the
+    // only voter, is elected at once.
+    let e0 = phase_of(&store, "e0");
+    let mut s = transition(&e0.status, Phase::New, "allocation attempt 1 failed on node host-b; retrying");
+    s.node = None;
+    s.attempts = 1;
+    let uid = e0.metadata.uid.unwrap();
+    store
+        .execute(Command::SetApplicationStatus { uid, expect: Phase::Elected, status: Box::new(s), expect_node: None })
+        .await
+        .unwrap()
+        .unwrap();
+    election::pass(&ctx).await.unwrap();
+    let e0 = phase_of(&store, "e0");
+    assert_eq!((e0.status.phase, e0.status.node.as_deref()), (Phase::Elected, Some("host-a")));
+    // The next pass reserves it: it was not left remembered as host-b's.
+    election::pass(&ctx).await.unwrap();
+    assert_eq!(ctx.ledger().node.applications, 1);
+    assert_eq!(ctx.ledger().node.cpu, 1);
+    // And from then on it is reserved from the cache, still without reads.
+    let reads = store.application_reads();
+    election::pass(&ctx).await.unwrap();
+    assert_eq!(store.application_reads(), reads);
+    assert_eq!(ctx.ledger().node.cpu, 1);
+}
