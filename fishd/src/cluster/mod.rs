@@ -29,6 +29,7 @@ pub fn peer_routes<S>(store: Store) -> Router<S> {
         .route("/raft/vote", post(raft_net::vote))
         .route("/raft/snapshot", post(raft_net::snapshot))
         .route("/cluster/write", post(raft_net::write))
+        .route("/cluster/write-batch", post(raft_net::write_batch))
         .route("/cluster/members", post(raft_membership::members_route))
         .with_state(store)
 }

@@ -20,6 +20,7 @@ use crate::store::{ApplyItem, Command, FishNode, Proposal, Store, StoreError, St
 struct TestNode {
     store: Store,
     client: reqwest::Client,
+    forward: Arc<HttpForward>,
     handle: axum_server::Handle<SocketAddr>,
 }
 
@@ -46,12 +47,13 @@ async fn start(root: &Path, name: &str, bootstrap: bool) -> TestNode {
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
     let client = peer_client(crate::tls::peer_client_config(&dir).unwrap()).unwrap();
+    let forward = Arc::new(HttpForward::new(client.clone()));
     let options = StoreOptions {
         event_history: 10_000,
         node: FishNode { name: name.into(), api: addr.to_string() },
         bootstrap,
         network: Some(Arc::new(HttpNetwork::new(client.clone()))),
-        forward: Some(Arc::new(HttpForward::new(client.clone()))),
+        forward: Some(forward.clone()),
     };
     let store = Store::open_with(&dir.join("fish.redb"), options).await.unwrap();
     let handle = axum_server::Handle::new();
@@ -63,7 +65,7 @@ async fn start(root: &Path, name: &str, bootstrap: bool) -> TestNode {
     let membership =
         Arc::new(super::raft_membership::RaftMembership::new(store.clone(), client.clone(), 3, "test".into(), vec![]));
     tokio::spawn(membership.promote_learners(tokio_util::sync::CancellationToken::new()));
-    TestNode { store, client, handle }
+    TestNode { store, client, forward, handle }
 }
 
 /// Adds `node` to the cluster, asking `via` (forwarded if `via` does not lead).
@@ -232,6 +234,46 @@ async fn a_token_rotated_or_deleted_through_the_log_stops_working_on_a_follower_
     assert!(b.store.token_user("digest-2").unwrap().is_some());
     on_a_then_applied_on_b(Command::DeleteUser { name: "carol".into() }).await;
     assert!(b.store.token_user("digest-2").unwrap().is_none(), "the deleted user's token still works on b");
+    b.stop().await;
+    a.stop().await;
+}
+
+/// Writes forwarded concurrently from a follower travel together (one request per
+/// batch), yet each caller gets its own answer: its write applied and readable there,
+/// or its own refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_forwarded_writes_share_requests_and_each_gets_its_own_answer() {
+    const WRITES: usize = 300;
+    let root = tempfile::tempdir().unwrap();
+    shared_ca(root.path());
+    let a = start(root.path(), "node-a", true).await;
+    let b = start(root.path(), "node-b", false).await;
+    add(&a, &b).await;
+    let before = b.forward.requests();
+    let writes = (0..WRITES).map(|i| {
+        let s = b.store.clone();
+        tokio::spawn(async move {
+            if i % 3 == 2 {
+                // Refused by the state machine: the refusal names this caller's uid.
+                let uid = Uuid::now_v7();
+                let cmd = Command::RequestDeallocate { uid, by: "test".into(), now: OffsetDateTime::now_utc() };
+                let e = s.execute(cmd).await.unwrap().unwrap_err();
+                assert!(e.to_string().contains(&uid.to_string()), "{e} (for {uid})");
+            } else {
+                let name = format!("fw-{i}");
+                s.execute(label(&name, 1)).await.unwrap().unwrap();
+                assert!(s.get_label(&name, None).unwrap().is_some(), "{name}: read-your-writes on the follower");
+            }
+        })
+    });
+    for w in futures::future::join_all(writes).await {
+        w.unwrap();
+    }
+    let requests = b.forward.requests() - before;
+    tracing::info!(requests, "forwarded requests for {WRITES} writes");
+    assert!(requests > 0 && requests < WRITES as u64 / 2, "{requests} requests for {WRITES} writes");
+    until_has(&a.store, &format!("fw-{}", WRITES - 2)).await;
+    assert_eq!(a.store.list_labels(None).unwrap().1.len(), WRITES - WRITES / 3);
     b.stop().await;
     a.stop().await;
 }

@@ -44,7 +44,7 @@ use super::{Event, Kind, REVISION_BASE, StoreError, backup, state};
 pub type NodeId = u64;
 
 /// What membership remembers of a node: where its API (and Raft routes) listen.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FishNode {
     pub name: String,
     /// `host:port` of its HTTPS API, which also serves `/raft/*` and `/cluster/*`.

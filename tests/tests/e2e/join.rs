@@ -186,22 +186,42 @@ async fn node_routes_take_only_member_certificates() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["node"], "node-b");
 
+    // The forwarded-write routes: a member reaches them (an empty body is no proposal).
+    let writes = ["/cluster/write", "/cluster/write-batch"].map(|p| format!("{}{p}", a.url));
+    for w in &writes {
+        let r = member.post(w).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{w}");
+    }
+
     // A plain user token (even the admin's) is not a node.
     let r = a.client.get(&peer).bearer_auth(&a.token).send().await.unwrap();
     assert_eq!(r.status(), 403);
+    for w in &writes {
+        let r = a.client.post(w).bearer_auth(&a.token).send().await.unwrap();
+        assert_eq!(r.status(), 403, "{w}");
+    }
 
     // A certificate of the cluster CA for a node that is not a member.
     let (cert, key) = cert_signed_by(&a.data_dir(), "intruder");
-    let r = client_with_cert(&ca, &cert, &key).get(&peer).send().await.unwrap();
+    let intruder = client_with_cert(&ca, &cert, &key);
+    let r = intruder.get(&peer).send().await.unwrap();
     assert_eq!(r.status(), 403);
     let body: Value = r.json().await.unwrap();
     assert!(body["message"].as_str().unwrap().contains("not a member"), "{body}");
+    for w in &writes {
+        let r = intruder.post(w).send().await.unwrap();
+        assert_eq!(r.status(), 403, "{w}");
+    }
 
     // A certificate of another CA fails the TLS handshake.
     let other = TestDaemon::start("nodeName: node-b\n").await.unwrap();
     let foreign = client_with_cert(&ca, &read(&other, "node.crt"), &read(&other, "node.key"));
     let r = foreign.get(&peer).send().await;
     assert!(r.is_err(), "a foreign CA's certificate must be refused: {r:?}");
+    for w in &writes {
+        let r = foreign.post(w).send().await;
+        assert!(r.is_err(), "{w}: a foreign CA's certificate must be refused: {r:?}");
+    }
     // ...while users without a certificate still reach the user API.
     let (status, _) = a.get("/api/v1/whoami").await.unwrap();
     assert_eq!(status, 200);
