@@ -375,19 +375,26 @@ pub async fn run(fishd: &Path, work: &Path, plan: &Plan) -> Result<Flat> {
     })
 }
 
-/// `fish-bench bursts`: `rounds` bursts of `size` on one fresh node in `dir` (see the
-/// subcommand's help).
+/// `fish-bench bursts`: `rounds` bursts of `size` on one fresh node in `dir`, or on
+/// the node of `attach` (see the subcommand's help).
 pub async fn bursts(
     fishd: &Path,
     dir: Option<&Path>,
+    attach: Option<&Path>,
     rounds: usize,
     size: usize,
     perf_round: Option<usize>,
 ) -> Result<()> {
     let temp = tempfile::tempdir()?;
     let work = dir.unwrap_or(temp.path()).to_owned();
-    let (d, _) = Daemon::start(fishd, &work.join("node")).await?;
-    d.apply(&label_yaml(LABEL)).await?;
+    let d = match attach {
+        Some(node) => Daemon::attach(fishd, node).await?.0,
+        None => {
+            let (d, _) = Daemon::start(fishd, &work.join("node")).await?;
+            d.apply(&label_yaml(LABEL)).await?;
+            d
+        }
+    };
     let tracker = Tracker::start(&d).await?;
     let clients = (0..CONNECTIONS).map(|_| d.new_client()).collect::<Result<Vec<_>>>()?;
     info!(pid = ?d.pid(), work = %work.display(), "bursts: node started");

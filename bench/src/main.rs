@@ -130,6 +130,10 @@ enum Sub {
         dir: Option<PathBuf>,
         #[arg(long)]
         perf_round: Option<usize>,
+        /// Run on the node that ran in this directory before (a seeded one, see `seed`)
+        /// instead of a fresh one.
+        #[arg(long)]
+        attach: Option<PathBuf>,
     },
 }
 
@@ -212,8 +216,8 @@ async fn run(args: Args) -> Result<()> {
         }
         return Ok(());
     }
-    if let Some(Sub::Bursts { rounds, size, dir, perf_round }) = &args.command {
-        return flat::bursts(&fishd, dir.as_deref(), *rounds, *size, *perf_round).await;
+    if let Some(Sub::Bursts { rounds, size, dir, perf_round, attach }) = &args.command {
+        return flat::bursts(&fishd, dir.as_deref(), attach.as_deref(), *rounds, *size, *perf_round).await;
     }
     let out = args.out.clone().unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("results"));
     if args.check {
