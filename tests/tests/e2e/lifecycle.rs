@@ -109,7 +109,11 @@ async fn sigterm_finishes_the_allocation_in_flight_and_the_restart_adopts_it() {
     let yaml =
         label("slow", "{driver: test, resources: {cpu: 1}, options: {allocateDelay: 2s}}") + &app("inflight", "slow");
     assert_eq!(d.apply(&yaml).await.unwrap().0, 200);
-    d.wait_phase("inflight", "ELECTED").await.unwrap();
+    let elected = d.wait_phase("inflight", "ELECTED").await.unwrap();
+    // In flight: the driver has begun (its half-made resource is on disk) and sleeps
+    // through allocateDelay. ELECTED alone can be seen before the reconciler starts.
+    let resource = d.data_dir().join(format!("test/test/{}.json", elected["metadata"]["uid"].as_str().unwrap()));
+    eventually("the allocation in flight", || async { resource.exists() }).await.unwrap();
     let (status, took) = d.sigterm(Duration::from_secs(12)).await.unwrap();
     assert!(status.success(), "fishd exited with {status}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
