@@ -173,8 +173,13 @@ async fn churn_does_not_grow_the_store() {
         }
     }
     let size_after_5000 = std::fs::metadata(&db).unwrap().len();
+    // The file is a high-water mark: redb grows it by half when it runs out of free pages,
+    // and a loaded machine (CI running other tests beside this one) can reach one more
+    // peak later (seen once: 7.57 MB after 1,000, 11.36 MB after 5,000). A store that
+    // keeps what it churns grows ~3 KB per application, 12 MB over these 4,000: more
+    // than one step.
     assert!(
-        size_after_5000 <= size_after_1000,
+        size_after_5000 <= size_after_1000 * 3 / 2,
         "redb grew from {size_after_1000} bytes after 1,000 applications to {size_after_5000} after 5,000"
     );
 }
