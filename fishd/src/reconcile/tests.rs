@@ -228,15 +228,26 @@ impl crate::drivers::Driver for PanicOnce {
     }
 }
 
+/// A context of node `host-a` with `capacity` over `drivers` (name → driver); its loops
+/// are not started.
+fn ctx_of(
+    store: &Store,
+    drivers: Vec<(&str, Arc<dyn crate::drivers::Driver>)>,
+    capacity: NodeCapacity,
+    config: ReconcileConfig,
+) -> Arc<Ctx> {
+    let drivers: crate::drivers::Drivers = drivers.into_iter().map(|(n, d)| (n.to_owned(), d)).collect();
+    let node = NodeIdentity { name: "host-a".into(), identifiers: vec![], capacity };
+    Ctx::new(store.clone(), Arc::new(drivers), node, config, crate::meta_token::MetaTokens::new([1; 32]))
+}
+
 /// A controller over `drivers` (name → driver) on a store in `dir`.
 async fn start_with(
     store: &Store,
     drivers: Vec<(&str, Arc<dyn crate::drivers::Driver>)>,
     config: ReconcileConfig,
 ) -> (Arc<Ctx>, Controller) {
-    let drivers: crate::drivers::Drivers = drivers.into_iter().map(|(n, d)| (n.to_owned(), d)).collect();
-    let node = NodeIdentity { name: "host-a".into(), identifiers: vec![], capacity: cap(8, 16) };
-    let ctx = Ctx::new(store.clone(), Arc::new(drivers), node, config, crate::meta_token::MetaTokens::new([1; 32]));
+    let ctx = ctx_of(store, drivers, cap(8, 16), config);
     let controller = Controller::start(ctx.clone()).await;
     (ctx, controller)
 }
@@ -247,14 +258,7 @@ fn test_driver(dir: &std::path::Path, name: &str) -> Arc<dyn crate::drivers::Dri
 
 /// A context with no drivers, for tests of what the reconciler computes rather than allocates.
 fn driverless_ctx(store: &Store) -> Arc<Ctx> {
-    let node = NodeIdentity { name: "host-a".into(), identifiers: vec![], capacity: cap(8, 16) };
-    Ctx::new(
-        store.clone(),
-        Arc::default(),
-        node,
-        ReconcileConfig::default(),
-        crate::meta_token::MetaTokens::new([1; 32]),
-    )
+    ctx_of(store, vec![], cap(8, 16), ReconcileConfig::default())
 }
 
 /// Waits, by the wall clock (time may be paused), until `cond` holds.
@@ -393,15 +397,13 @@ async fn finished_applications_are_purged_from_the_index_without_their_events() 
     let yaml = label("l", "{driver: test, resources: {cpu: 1}}") + &app("x", "l") + &app("y", "l");
     apply(&store, &yaml).await;
     deallocate(&store, "x").await;
-    let node = NodeIdentity { name: "host-a".into(), identifiers: vec![], capacity: cap(8, 16) };
     let config = ReconcileConfig { history_retention: Duration::from_secs(3600), ..Default::default() };
-    let ctx = Ctx::new(store.clone(), Arc::default(), node, config, crate::meta_token::MetaTokens::new([1; 32]));
+    let ctx = ctx_of(&store, vec![], cap(8, 16), config);
     let wait = retention::purge_due(&ctx).await.unwrap();
     assert!(wait > Duration::ZERO && wait <= ctx.config.resync, "{wait:?}");
     assert!(store.get_application("x").unwrap().is_some(), "purged before its retention");
-    let node = NodeIdentity { name: "host-a".into(), identifiers: vec![], capacity: cap(8, 16) };
     let config = ReconcileConfig { history_retention: Duration::ZERO, ..Default::default() };
-    let ctx = Ctx::new(store.clone(), Arc::default(), node, config, crate::meta_token::MetaTokens::new([1; 32]));
+    let ctx = ctx_of(&store, vec![], cap(8, 16), config);
     let reads = store.application_reads();
     retention::purge_due(&ctx).await.unwrap();
     assert!(store.get_application("x").unwrap().is_none(), "not purged");
@@ -866,18 +868,7 @@ async fn start_up_reads_active_applications_only() {
     }
     assert_eq!(store.count_in_phase(Phase::Deallocated).unwrap(), FINISHED as u64);
     let before = store.application_reads();
-    let mut drivers = crate::drivers::Drivers::new();
-    let d: Arc<dyn crate::drivers::Driver> =
-        Arc::new(TestDriver::new("test".into(), TestConfig::default(), dir.path()).unwrap());
-    drivers.insert("test".into(), d);
-    let node = NodeIdentity { name: "host-a".into(), identifiers: vec![], capacity: cap(4, 8) };
-    let ctx = Ctx::new(
-        store.clone(),
-        Arc::new(drivers),
-        node,
-        ReconcileConfig::default(),
-        crate::meta_token::MetaTokens::new([1; 32]),
-    );
+    let ctx = ctx_of(&store, vec![("test", test_driver(dir.path(), "test"))], cap(4, 8), ReconcileConfig::default());
     let _controller = Controller::start(ctx).await;
     // An active one goes through while they stay stored.
     apply(&store, &app("live", "l")).await;
@@ -896,17 +887,8 @@ async fn start_up_reads_active_applications_only() {
 async fn the_ledger_remembers_other_nodes_applications_and_reserves_one_elected_here_later() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("fish.redb")).await.unwrap();
-    let mut drivers = crate::drivers::Drivers::new();
-    drivers.insert("test".into(), test_driver(dir.path(), "test"));
-    let node = NodeIdentity { name: "host-a".into(), identifiers: vec![], capacity: cap(8, 16) };
     // No loops: the passes are run here, one at a time.
-    let ctx = Ctx::new(
-        store.clone(),
-        Arc::new(drivers),
-        node,
-        ReconcileConfig::default(),
-        crate::meta_token::MetaTokens::new([1; 32]),
-    );
+    let ctx = ctx_of(&store, vec![("test", test_driver(dir.path(), "test"))], cap(8, 16), ReconcileConfig::default());
     let mut yaml = label("l", "{driver: test, resources: {cpu: 1}}");
     for i in 0..6 {
         yaml += &app(&format!("e{i}"), "l");
