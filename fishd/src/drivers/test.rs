@@ -87,7 +87,6 @@ struct TestOptions {
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Record {
-    identifier: String,
     /// False while an allocation is under way (or failed half-way): still owned.
     allocated: bool,
     #[serde(default)]
@@ -145,16 +144,17 @@ impl TestDriver {
     /// profile of the fifth burst). The write is under a page: a killed fishd leaves
     /// the old record or the new one.
     async fn write_in_place(&self, path: PathBuf, mut bytes: Vec<u8>) -> Result<(), DriverError> {
-        let err = |e| DriverError::with_source("cannot write test resource", e);
-        let f =
-            tokio::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&path).await.map_err(err)?;
-        let len = f.metadata().await.map_err(err)?.len() as usize;
-        bytes.resize(bytes.len().max(len), b' ');
-        let f = f.into_std().await;
-        tokio::task::spawn_blocking(move || std::os::unix::fs::FileExt::write_all_at(&f, &bytes, 0))
+        // Open, size and write in one trip to the blocking pool.
+        let write = move || {
+            let f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&path)?;
+            let len = f.metadata()?.len() as usize;
+            bytes.resize(bytes.len().max(len), b' ');
+            std::os::unix::fs::FileExt::write_all_at(&f, &bytes, 0)
+        };
+        tokio::task::spawn_blocking(write)
             .await
             .map_err(|e| DriverError::failed(format!("cannot write test resource: {e}")))?
-            .map_err(err)
+            .map_err(|e| DriverError::with_source("cannot write test resource", e))
     }
 
     async fn write(&self, uid: Uuid, r: &Record) -> Result<(), DriverError> {
@@ -259,14 +259,13 @@ impl Driver for TestDriver {
         let opts = options(&req.definition).map_err(|e| DriverError::Invalid(format!("{}", e[0])))?;
         let mut rec = self.read(req.uid).await?.unwrap_or_default();
         if rec.allocated {
-            return Ok(allocated(&rec));
+            return Ok(allocated(req.uid));
         }
         // Counted apart from the resource and before anything can fail, so neither a
         // restart nor the release of a failed attempt's leftovers resets it.
         // (Only when failures are asked for: otherwise the count decides nothing.)
         let counted = opts.fail_allocations > 0;
         let attempt = if counted { self.count_attempt(req.uid).await? } else { 1 };
-        rec.identifier = identifier(req.uid);
         // Half-made: owned (listed, released) from here on.
         self.write(req.uid, &rec).await?;
         self.inject("allocate", |f| f.allocate).await?;
@@ -286,7 +285,7 @@ impl Driver for TestDriver {
         if counted {
             let _ = tokio::fs::remove_file(self.attempts_path(req.uid)).await;
         }
-        Ok(allocated(&rec))
+        Ok(allocated(req.uid))
     }
 
     async fn inspect(&self, uid: Uuid, _identifier: &str) -> Result<ResourceState, DriverError> {
@@ -324,13 +323,14 @@ impl Driver for TestDriver {
     }
 }
 
+/// A resource's identifier: it follows from the uid, so no record needs to hold it.
 fn identifier(uid: Uuid) -> String {
     format!("test-{}", uid.simple())
 }
 
-fn allocated(rec: &Record) -> Allocated {
+fn allocated(uid: Uuid) -> Allocated {
     Allocated {
-        identifier: rec.identifier.clone(),
+        identifier: identifier(uid),
         ip_addr: Some("127.0.0.1".into()),
         hw_addr: None,
         details: serde_json::Map::new(),
