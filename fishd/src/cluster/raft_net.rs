@@ -27,10 +27,9 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-
-use super::liveness::PeerAcks;
 use tokio::sync::{mpsc, oneshot};
 
+use super::liveness::PeerAcks;
 use crate::store::{Applied, FishNode, Forward, NodeId, Proposal, Raft, Store, TypeConfig, WRITE_TIMEOUT};
 
 const POSTCARD: &str = "application/x-postcard";
@@ -292,21 +291,11 @@ async fn send_batch(client: &reqwest::Client, leader: &FishNode, requests: &Atom
         return;
     }
     let body = batch_body(batch.iter().map(|q| q.body.as_slice()));
-    match post_leader(client, leader, "/cluster/write-batch", WRITE_TIMEOUT, body).await {
+    let answers = match post_leader(client, leader, "/cluster/write-batch", WRITE_TIMEOUT, body).await {
         Ok(bytes) => match postcard::from_bytes::<Vec<Result<Applied, String>>>(&bytes) {
-            Ok(answers) if answers.len() == batch.len() => {
-                for (q, a) in batch.into_iter().zip(answers) {
-                    let _ = q.reply.send(a);
-                }
-            }
-            Ok(answers) => {
-                let e = format!("the leader answered {} of {} forwarded writes", answers.len(), batch.len());
-                batch.into_iter().for_each(|q| drop(q.reply.send(Err(e.clone()))));
-            }
-            Err(e) => {
-                let e = format!("cannot decode the leader's answer: {e}");
-                batch.into_iter().for_each(|q| drop(q.reply.send(Err(e.clone()))));
-            }
+            Ok(answers) if answers.len() == batch.len() => Ok(answers),
+            Ok(answers) => Err(format!("the leader answered {} of {} forwarded writes", answers.len(), batch.len())),
+            Err(e) => Err(format!("cannot decode the leader's answer: {e}")),
         },
         // A leader of an older version has no batch route: one request each.
         Err(Post::Status(StatusCode::NOT_FOUND, _)) => {
@@ -314,12 +303,15 @@ async fn send_batch(client: &reqwest::Client, leader: &FishNode, requests: &Atom
                 requests.fetch_add(1, Ordering::Relaxed);
                 let _ = q.reply.send(send_one(client, leader, q.body).await);
             });
-            futures::future::join_all(singles).await;
+            join_all(singles).await;
+            return;
         }
-        Err(e) => {
-            let e = e.to_string();
-            batch.into_iter().for_each(|q| drop(q.reply.send(Err(e.clone()))));
-        }
+        Err(e) => Err(e.to_string()),
+    };
+    match answers {
+        Ok(answers) => batch.into_iter().zip(answers).for_each(|(q, a)| drop(q.reply.send(a))),
+        // The whole request failed: every caller hears why (and retries on its own).
+        Err(e) => batch.into_iter().for_each(|q| drop(q.reply.send(Err(e.clone())))),
     }
 }
 

@@ -707,8 +707,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError<NodeId>> {
         let sig = || ErrorSubject::Snapshot(Some(meta.signature()));
         let data = snapshot.into_bytes().map_err(|e| serr(sig(), ErrorVerb::Read, e))?;
-        self.install(meta, &data)
-            .map_err(|e| serr(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, flatten(e)))
+        self.install(meta, &data).map_err(|e| serr(sig(), ErrorVerb::Write, flatten(e)))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
