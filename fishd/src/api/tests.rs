@@ -364,12 +364,7 @@ async fn watch_added_modified_resume_and_expired() {
 
     // Push the history past its 8 revisions; resuming from revision 1 is then 410.
     for i in 0..10 {
-        let items = labels(&format!("x{i}-"), 1);
-        s.store
-            .execute(Command::Apply { items, owner: "admin".into(), now: OffsetDateTime::now_utc() })
-            .await
-            .unwrap()
-            .unwrap();
+        apply_labels(s, &format!("x{i}-"), 1).await;
     }
     let mut old = watch(s, "/api/v1/labels?watch=true&resourceVersion=1", &fx.admin).await;
     let e = old.next().await.unwrap();
@@ -439,14 +434,22 @@ async fn a_watch_ends_when_its_users_rights_change() {
 }
 
 /// `n` labels named `<prefix>0`, `<prefix>1`, … to apply in one command.
-fn labels(prefix: &str, n: u64) -> Vec<ApplyItem> {
-    (0..n)
+/// Applies labels `<prefix>0..n` as the admin, in one command (one log entry: their
+/// events come at once).
+async fn apply_labels(state: &AppState, prefix: &str, n: u64) {
+    let items = (0..n)
         .map(|i| {
             let label: api_types::Label =
                 serde_saphyr::from_str(&LABEL.replace("name: l}", &format!("name: {prefix}{i}}}"))).unwrap();
             ApplyItem::Label { label, uid: Uuid::now_v7() }
         })
-        .collect()
+        .collect();
+    state
+        .store
+        .execute(Command::Apply { items, owner: "admin".into(), now: OffsetDateTime::now_utc() })
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 /// Changes that are already waiting when a watcher is served go out together (fewer,
@@ -456,12 +459,7 @@ async fn waiting_events_go_out_together_in_order() {
     let fx = fixture().await;
     let s = &fx.state;
     let mut w = watch(s, "/api/v1/labels?watch=true", &fx.admin).await;
-    let items = labels("c", 300);
-    s.store
-        .execute(Command::Apply { items, owner: "admin".into(), now: OffsetDateTime::now_utc() })
-        .await
-        .unwrap()
-        .unwrap();
+    apply_labels(s, "c", 300).await;
     for i in 0..300 {
         let e = w.next().await.expect("the stream ended early");
         assert_eq!(
@@ -479,12 +477,7 @@ async fn a_watcher_that_falls_behind_gets_410_and_is_closed() {
     let s = &fx.state;
     let mut slow = watch(s, "/api/v1/labels?watch=true", &fx.admin).await;
     // More changes at once than a watcher's buffer holds, while it reads nothing.
-    let items = labels("s", 5_000);
-    s.store
-        .execute(Command::Apply { items, owner: "admin".into(), now: OffsetDateTime::now_utc() })
-        .await
-        .unwrap()
-        .unwrap();
+    apply_labels(s, "s", 5_000).await;
     // Events may still be flowing when it starts reading: it sees some, then the
     // error, never a silent gap.
     let mut delivered = 0;
