@@ -58,7 +58,7 @@ const COALESCE: usize = 64 * 1024;
 enum Step {
     Skip,
     Send(Bytes),
-    /// The last thing it gets (empty: nothing more to say), then the stream ends.
+    /// The last thing it gets, then the stream ends.
     End(Bytes),
 }
 
@@ -186,6 +186,7 @@ pub fn watch_response(
                         let message = format!("watch fell {n} events behind and was closed; list again and resume");
                         end = Some(line(&expired_event(message)));
                     }
+                    // Nothing more to say: an empty last piece is not sent.
                     Err(RecvError::Closed) => end = Some(Bytes::new()),
                 }
                 if end.is_none() && out.len() < COALESCE {

@@ -225,7 +225,7 @@ impl Ctx {
         self.clear_failures(uid);
         self.release_definition(uid);
         self.ended.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
-        self.others.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+        self.forget_other(uid);
     }
 
     /// `uid` is not another node's application (any more), as far as the election knows.
