@@ -474,16 +474,16 @@ mod tests {
     #[test]
     fn a_batch_body_decodes_as_the_proposals() {
         for n in [1usize, 2, 127, 128, 300] {
-            let ps: Vec<Proposal> = (0..n)
-                .map(|i| Proposal { id: uuid::Uuid::now_v7(), command: Command::DeleteUser { name: format!("u{i}") } })
-                .collect();
+            let ps: Vec<Proposal> =
+                (0..n).map(|i| Proposal::new(&Command::DeleteUser { name: format!("u{i}") }).unwrap()).collect();
             let parts: Vec<Vec<u8>> = ps.iter().map(|p| postcard::to_allocvec(p).unwrap()).collect();
             let body = batch_body(parts.iter().map(Vec::as_slice));
             let back: Vec<Proposal> = postcard::from_bytes(&body).unwrap();
             assert_eq!(back.len(), n);
             for (i, (p, q)) in ps.iter().zip(&back).enumerate() {
                 assert_eq!(p.id, q.id);
-                assert!(matches!(&q.command, Command::DeleteUser { name } if *name == format!("u{i}")), "{q:?}");
+                let command = q.command.decode().unwrap();
+                assert!(matches!(&command, Command::DeleteUser { name } if *name == format!("u{i}")), "{q:?}");
             }
         }
     }

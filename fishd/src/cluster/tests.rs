@@ -215,7 +215,7 @@ async fn a_token_rotated_or_deleted_through_the_log_stops_working_on_a_follower_
     let on_a_then_applied_on_b = |command: Command| {
         let (a, b) = (a.store.clone(), b.store.clone());
         async move {
-            let applied = a.propose(Proposal { id: Uuid::now_v7(), command }).await.unwrap();
+            let applied = a.propose(Proposal::new(&command).unwrap()).await.unwrap();
             assert!(applied.outcome.is_ok(), "{:?}", applied.outcome);
             b.wait_applied(applied.index, tokio::time::Instant::now() + Duration::from_secs(10)).await.unwrap();
         }

@@ -45,7 +45,7 @@ pub use backup::Summary;
 pub use command::{ApplyItem, Command, Outcome, Rejection, Response, UserRecord};
 pub use join_tokens::{JoinTokenRecord, unknown as unknown_join_token};
 pub use json::JsonSink;
-pub use raft::{Applied, Batch, FishNode, NodeId, Proposal, Raft, TypeConfig, node_id_for};
+pub use raft::{Applied, Batch, CommandText, FishNode, NodeId, Proposal, Raft, TypeConfig, node_id_for};
 use tables::*;
 
 /// Default number of recent events kept for watches to resume from (the value and
@@ -71,6 +71,8 @@ pub enum StoreError {
     Db(#[from] redb::Error),
     #[error("stored object is corrupt")]
     Corrupt(#[from] serde_json::Error),
+    #[error("stored Raft log entry is corrupt")]
+    CorruptLog(#[from] postcard::Error),
     #[error("the store is shut down")]
     Closed,
     /// No leader with a quorum answered in time: the write may or may not happen.
@@ -523,8 +525,7 @@ impl Store {
 
     /// Applies one command on the cluster and answers once it is applied here.
     pub async fn execute(&self, command: Command) -> Result<Outcome, StoreError> {
-        let proposal = Proposal { id: Uuid::now_v7(), command };
-        Ok(self.propose(proposal).await?.outcome)
+        Ok(self.propose(Proposal::new(&command)?).await?.outcome)
     }
 
     /// Commits `proposal` through the leader (this node or, forwarded, another) within

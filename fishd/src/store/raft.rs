@@ -55,11 +55,45 @@ pub struct FishNode {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Proposal {
     pub id: Uuid,
-    /// Kept as JSON text even inside binary encodings: the API types it holds use
-    /// serde attributes only self-describing formats support, and old log entries
-    /// must stay readable by newer binaries.
-    #[serde(with = "as_json")]
-    pub command: Command,
+    pub command: CommandText,
+}
+
+impl Proposal {
+    /// A proposal of `command` under a new id.
+    pub fn new(command: &Command) -> Result<Proposal, StoreError> {
+        Ok(Proposal { id: Uuid::now_v7(), command: CommandText::encode(command)? })
+    }
+}
+
+/// A command as its JSON text, parsed only by the state machine that applies it.
+///
+/// JSON even inside binary encodings: the API types it holds use serde attributes only
+/// self-describing formats support. Text in memory too, because an entry is encoded
+/// and decoded many times on its way: the leader appends it, then reads it back from
+/// the log once to apply it and once per follower it sends it to, each follower
+/// decodes the request, appends it and reads it back to apply it. Parsing and printing
+/// the command at each of those steps (seven parses and five prints per command in a
+/// three-node cluster) was much of a node's work in a burst; now each node parses it
+/// once, to apply it, and a retried (deduplicated) proposal not at all.
+///
+/// Encoded as a string holding the command's JSON, exactly as before this type
+/// existed, so log entries, snapshots and peers of older and newer fishd read each
+/// other. A command that does not parse fails the apply as a storage error, as an
+/// unreadable log entry did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CommandText(String);
+
+impl CommandText {
+    /// The JSON text of `command`.
+    pub fn encode(command: &Command) -> Result<CommandText, StoreError> {
+        Ok(CommandText(serde_json::to_string(command)?))
+    }
+
+    /// The command this text holds.
+    pub fn decode(&self) -> Result<Command, StoreError> {
+        Ok(serde_json::from_str(&self.0)?)
+    }
 }
 
 /// One log entry's payload: the proposals the leader had waiting when it wrote the
@@ -270,6 +304,29 @@ fn db<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, String> {
     })
 }
 
+/// The first byte of a log entry stored as postcard (the rest of its bytes).
+///
+/// Each entry is read back many times (by the leader once to apply it and once per
+/// follower it sends it to), and as JSON each read parsed the entry and unescaped every
+/// command's text again, each append escaped it. Postcard copies the command text as it
+/// is. Entries an older fishd wrote are their JSON, which starts with `{`, and still
+/// read (a log is read back until a snapshot folds it in, so both kinds meet in one
+/// log after an upgrade). An older fishd cannot read a log this one wrote.
+const LOG_POSTCARD: u8 = 0x01;
+
+/// A log entry as it is stored (see [`LOG_POSTCARD`]).
+fn encode_entry(entry: &Entry<TypeConfig>) -> Result<Vec<u8>, StoreError> {
+    Ok(postcard::to_extend(entry, vec![LOG_POSTCARD])?)
+}
+
+/// A stored log entry, of this fishd (postcard) or of an older one (JSON).
+fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, StoreError> {
+    match bytes.split_first() {
+        Some((&LOG_POSTCARD, rest)) => Ok(postcard::from_bytes(rest)?),
+        _ => Ok(serde_json::from_slice(bytes)?),
+    }
+}
+
 /// Log bytes written since the last snapshot, which decide when the next one is due:
 /// openraft's policy counts entries, but one entry of a group commit may hold hundreds
 /// of commands, so a count alone lets the log (and the file) grow with load.
@@ -327,7 +384,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             let t = tx.open_table(RAFT_LOG)?;
             let mut out = Vec::new();
             for e in t.range::<u64>(range)? {
-                out.push(serde_json::from_slice(e?.1.value())?);
+                out.push(decode_entry(e?.1.value())?);
             }
             Ok(out)
         })
@@ -344,7 +401,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let tx = self.db.begin_read()?;
             let t = tx.open_table(RAFT_LOG)?;
             Ok(match t.last()? {
-                Some((_, v)) => Some(serde_json::from_slice::<Entry<TypeConfig>>(v.value())?.log_id),
+                Some((_, v)) => Some(decode_entry(v.value())?.log_id),
                 None => None,
             })
         })
@@ -381,7 +438,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             {
                 let mut t = txn.open_table(RAFT_LOG)?;
                 for e in entries {
-                    let v = serde_json::to_vec(&e)?;
+                    let v = encode_entry(&e)?;
                     bytes += v.len() as u64;
                     t.insert(e.log_id.index, v.as_slice())?;
                 }
@@ -499,7 +556,8 @@ impl StateMachine {
                 let answer = match seen {
                     Some(bytes) => serde_json::from_slice(&bytes)?,
                     None => {
-                        let outcome = state::apply_command(&txn, index + base, p.command, &mut events)?;
+                        let command = p.command.decode()?;
+                        let outcome = state::apply_command(&txn, index + base, command, &mut events)?;
                         let answer = Applied { index, outcome };
                         txn.open_table(DEDUP)?.insert(key, serde_json::to_vec(&answer)?.as_slice())?;
                         txn.open_table(DEDUP_BY_INDEX)?.insert((index, key), ())?;
@@ -719,6 +777,92 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 pub fn log_len(db: &Database) -> Result<u64, StoreError> {
     let tx = db.begin_read()?;
     Ok(tx.open_table(RAFT_LOG)?.len()?)
+}
+
+#[cfg(test)]
+mod log_format {
+    //! Log entries of an older fishd (JSON, the command as a JSON string) and of this
+    //! one (postcard) in one log, as after an upgrade.
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::Membership;
+
+    use super::*;
+
+    /// `Proposal` as fishd defined it before [`CommandText`].
+    #[derive(Serialize)]
+    struct OldProposal {
+        id: Uuid,
+        #[serde(with = "as_json")]
+        command: Command,
+    }
+
+    fn delete_user(name: &str) -> Command {
+        Command::DeleteUser { name: name.into() }
+    }
+
+    fn normal(index: u64, names: &[&str]) -> Entry<TypeConfig> {
+        let proposals = names.iter().map(|n| Proposal::new(&delete_user(n)).unwrap()).collect();
+        Entry { log_id: openraft::testing::log_id(2, 7, index), payload: EntryPayload::Normal(Batch(proposals)) }
+    }
+
+    fn membership(index: u64) -> Entry<TypeConfig> {
+        let node = |n: &str| FishNode { name: n.into(), api: format!("{n}:8001") };
+        let m = Membership::new(vec![BTreeSet::from([7, 8])], BTreeMap::from([(7, node("a")), (8, node("b"))]));
+        Entry { log_id: openraft::testing::log_id(2, 7, index), payload: EntryPayload::Membership(m) }
+    }
+
+    /// What openraft and `apply` see of an entry: its id and, for a batch, each
+    /// proposal's id and command.
+    fn seen(e: &Entry<TypeConfig>) -> String {
+        match &e.payload {
+            EntryPayload::Normal(Batch(ps)) => {
+                let ps: Vec<_> = ps.iter().map(|p| format!("{} {:?}", p.id, p.command.decode().unwrap())).collect();
+                format!("{} {ps:?}", e.log_id)
+            }
+            other => format!("{} {other:?}", e.log_id),
+        }
+    }
+
+    /// A proposal is encoded as before `CommandText`, in JSON (log entries of older
+    /// fishd, and their answers) and in postcard (requests between peers of both).
+    #[test]
+    fn a_proposal_is_encoded_as_before() {
+        let new = Proposal::new(&delete_user("u")).unwrap();
+        let old = OldProposal { id: new.id, command: delete_user("u") };
+        assert_eq!(serde_json::to_string(&new).unwrap(), serde_json::to_string(&old).unwrap());
+        assert_eq!(postcard::to_allocvec(&new).unwrap(), postcard::to_allocvec(&old).unwrap());
+    }
+
+    /// A log an older fishd wrote in JSON, appended to by this one, reads whole and in order.
+    #[tokio::test]
+    async fn old_json_entries_and_new_postcard_entries_read_in_one_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = Arc::new(Database::create(dir.path().join("fish.redb")).unwrap());
+        state::init(&database).unwrap();
+        let entries = [normal(1, &["a", "b"]), membership(2), normal(3, &["c"]), membership(4), normal(5, &["d"])];
+        let txn = database.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(RAFT_LOG).unwrap();
+            for e in &entries[..2] {
+                // Written as an older fishd did: `serde_json::to_vec` of the entry.
+                let json = serde_json::to_vec(e).unwrap();
+                assert_eq!(json[0], b'{');
+                t.insert(e.log_id.index, json.as_slice()).unwrap();
+            }
+            for e in &entries[2..] {
+                t.insert(e.log_id.index, encode_entry(e).unwrap().as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        let mut log = LogStore::new(database, Arc::default());
+        let read = log.try_get_log_entries(1..=5).await.unwrap();
+        assert_eq!(read.iter().map(seen).collect::<Vec<_>>(), entries.iter().map(seen).collect::<Vec<_>>());
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(entries[4].log_id));
+    }
 }
 
 #[cfg(test)]

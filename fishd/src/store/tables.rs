@@ -38,7 +38,8 @@ pub const DEDUP: TableDefinition<u128, &[u8]> = TableDefinition::new("dedup");
 pub const DEDUP_BY_INDEX: TableDefinition<(u64, u128), ()> = TableDefinition::new("dedup_by_index");
 
 // Raft's own tables (node-local: never in a snapshot).
-/// log index → JSON `Entry`.
+/// log index → `Entry`: a `LOG_POSTCARD` byte and postcard (see `raft`), or JSON as
+/// an older fishd wrote it.
 pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// `vote`, `last_purged` → JSON.
 pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");

@@ -173,10 +173,8 @@ async fn old_revisions_expire_with_a_small_history() {
 async fn a_retried_proposal_is_applied_once() {
     let (_d, s) = store().await;
     apply(&s, LABEL).await.unwrap();
-    let p = Proposal {
-        id: Uuid::now_v7(),
-        command: Command::Apply { items: items(APP), owner: "admin".into(), now: OffsetDateTime::now_utc() },
-    };
+    let p = Proposal::new(&Command::Apply { items: items(APP), owner: "admin".into(), now: OffsetDateTime::now_utc() })
+        .unwrap();
     let a = s.propose(p.clone()).await.unwrap();
     let b = s.propose(p).await.unwrap();
     // The second is answered with the first answer (same index), and nothing changed.
