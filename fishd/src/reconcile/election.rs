@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use api_types::{Application, Definition, NodeCapacity, Phase};
+use api_types::{Application, Definition, NodeCapacity};
 use futures::future::join_all;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -17,7 +17,8 @@ use uuid::Uuid;
 use super::Ctx;
 use super::capacity::{Ledger, Shortage, filter_matches, fits};
 use crate::store::ballots::{BallotVote, Room, Vote};
-use crate::store::{Command, StoreError};
+use crate::store::holdings::HOLDING;
+use crate::store::{Command, ElectionView, StoreError};
 
 /// What the election decided for one application.
 #[derive(Debug, PartialEq, Eq)]
@@ -117,50 +118,42 @@ async fn reserved_definition(ctx: &Ctx, app: &Application) -> Result<Option<Defi
     Ok(def)
 }
 
-/// What this node's ELECTED, ALLOCATED and DEALLOCATE applications reserve.
+/// What this node's ELECTED, ALLOCATED and DEALLOCATE applications reserve now.
 pub async fn current_ledger(ctx: &Ctx) -> Result<Ledger, StoreError> {
+    ledger_of(ctx, ctx.store.held_by(&ctx.node.name)).await
+}
+
+/// What the applications this node holds (`held`: ELECTED, ALLOCATED or DEALLOCATE
+/// here, see [`Store::election_view`](crate::store::Store::election_view)) reserve.
+///
+/// One elected here has its definition cached (see `Ctx::definitions`): reserving it
+/// needs no read, so a pass costs a map lookup per application this node holds. The
+/// pass runs after every creation and every deallocation; it used to scan every active
+/// application of the cluster (in a three-node cluster two thirds of them other
+/// nodes') and that scan was much of a node's election work in a burst.
+async fn ledger_of(ctx: &Ctx, held: Vec<Uuid>) -> Result<Ledger, StoreError> {
     let mut ledger = Ledger::default();
-    for phase in [Phase::Elected, Phase::Allocated, Phase::Deallocate] {
-        let uids = ctx.store.uids_in_phase(phase)?;
-        // An application elected here has its definition cached (see `Ctx::definitions`):
-        // reserving it needs no read, so a pass costs one index scan and a map lookup per
-        // active application instead of reading and parsing each one. This pass runs
-        // after every creation and every deallocation, so that cost was paid thousands
-        // of times a second under load.
-        // In a cluster most active applications are other nodes': they are remembered
-        // (`Ctx::others`) and not read again either. One ALLOCATED or DEALLOCATE
-        // elsewhere only finishes; one ELECTED elsewhere may come back to NEW and be
-        // elected here, but only by a Fit vote of this node in a later round, and the
-        // pass that sends (or keeps) that vote first forgets it from `others` (see
-        // `pass`), so the pass after its election reads it and reserves it.
-        let uncached: Vec<Uuid> = {
-            let defs = ctx.definitions.lock().unwrap_or_else(|e| e.into_inner());
-            let others = ctx.others.lock().unwrap_or_else(|e| e.into_inner());
-            uids.into_iter()
-                .filter(|uid| match defs.get(uid) {
-                    Some(def) => {
-                        ledger.reserve(def);
-                        false
-                    }
-                    None => !others.contains(uid),
-                })
-                .collect()
-        };
-        for uid in uncached {
-            let Some(app) = ctx.store.get_application_by_uid(uid)? else { continue };
-            if app.status.node.as_deref() != Some(ctx.node.name.as_str()) {
-                // As read (it may have moved on since the index scan): active on
-                // another node. A NEW one is nobody's yet and is not remembered.
-                if app.status.node.is_some()
-                    && matches!(app.status.phase, Phase::Elected | Phase::Allocated | Phase::Deallocate)
-                {
-                    ctx.others.lock().unwrap_or_else(|e| e.into_inner()).insert(uid);
+    let uncached: Vec<Uuid> = {
+        let defs = ctx.definitions.lock().unwrap_or_else(|e| e.into_inner());
+        held.into_iter()
+            .filter(|uid| match defs.get(uid) {
+                Some(def) => {
+                    ledger.reserve(def);
+                    false
                 }
-                continue;
-            }
-            if let Some(def) = reserved_definition(ctx, &app).await? {
-                ledger.reserve(&def);
-            }
+                None => true,
+            })
+            .collect()
+    };
+    for uid in uncached {
+        let Some(app) = ctx.store.get_application_by_uid(uid)? else { continue };
+        // As read now, a newer state than `held`'s: one that left this node since
+        // (back to NEW, finished) holds nothing here any more.
+        if app.status.node.as_deref() != Some(ctx.node.name.as_str()) || !HOLDING.contains(&app.status.phase) {
+            continue;
+        }
+        if let Some(def) = reserved_definition(ctx, &app).await? {
+            ledger.reserve(&def);
         }
     }
     Ok(ledger)
@@ -192,26 +185,16 @@ fn room(capacity: &NodeCapacity, ledger: &Ledger) -> Room {
 /// reserved before anything else and the vote is not sent again. Only votes that
 /// differ from the committed ones are sent, all in one command.
 pub async fn pass(ctx: &Ctx) -> Result<(), StoreError> {
-    // NEW and its ballots first, then the ledger (ELECTED, ALLOCATED, DEALLOCATE, in the
-    // order applications move): an application moving on between these reads is counted
-    // twice (for a moment, too cautious), never missed (which would promise its room twice).
-    let new: Vec<Uuid> = ctx.store.uids_in_phase(Phase::New)?;
-    let ballots = ctx.store.ballots(&new)?;
-    let mut ledger = current_ledger(ctx).await?;
+    // NEW, its ballots and what this node holds, as of one state. An application
+    // becomes ELECTED here only through a Fit vote of this node, committed before this
+    // pass (a pass waits for its votes to be applied here): while NEW that vote in its
+    // ballot reserves its room (below), once elected the ledger does. Read apart, an
+    // election between the reads could leave it in neither.
+    let ElectionView { new, ballots, held } = ctx.store.election_view(&ctx.node.name)?;
+    let mut ledger = ledger_of(ctx, held).await?;
     *ctx.ledger.lock().unwrap_or_else(|e| e.into_inner()) = ledger.clone();
     if new.is_empty() {
         return Ok(());
-    }
-    // Every NEW application is nobody's: none is remembered as another node's. This is
-    // what keeps `others` safe: an application becomes ELECTED here only through a Fit
-    // vote of this node for its current round (a later round than any election
-    // elsewhere that was remembered), sent or kept below, after this; the next
-    // pass then reads it (it is neither cached nor remembered) and reserves it.
-    {
-        let mut others = ctx.others.lock().unwrap_or_else(|e| e.into_inner());
-        for uid in &new {
-            others.remove(uid);
-        }
     }
     let me = ctx.node.name.as_str();
     let availability = probe_drivers(ctx).await;

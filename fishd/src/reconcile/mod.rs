@@ -102,9 +102,9 @@ pub struct Ctx {
     ledger: Mutex<Ledger>,
     /// Definitions of active applications elected on this node, so passes don't
     /// re-read them. An entry means "this node's, reserving this": it is written by
-    /// the first election pass that finds the application elected here (it is then
-    /// neither cached nor in `others`, so that pass reads it) and
-    /// removed when the application leaves the node (failed attempt, release, purge).
+    /// the first election pass that finds the application held here (not cached yet,
+    /// so that pass reads it) and removed when the application leaves the node (failed
+    /// attempt, release, purge).
     definitions: Mutex<HashMap<Uuid, Definition>>,
     /// The label each NEW application was created with (immutable), as the last
     /// election pass read it: a pass runs after every creation and election, and in a
@@ -132,13 +132,6 @@ pub struct Ctx {
     /// round closed at its deadline elects only among nodes heard, not one that died
     /// after voting and is not yet declared lost.
     heard: std::sync::OnceLock<Box<Heard>>,
-    /// Applications ELECTED, ALLOCATED or DEALLOCATE on another node, as the election's
-    /// ledger last read them: it skips them without a read. An ELECTED one may come
-    /// back to NEW and be elected here; it is forgotten by the pass that sees it NEW
-    /// (before this node votes for it: see `election::pass`), and also on any event
-    /// showing it NEW or on this node, and all are forgotten when events were missed.
-    /// Dropped when the application is purged.
-    others: Mutex<HashSet<Uuid>>,
     /// How a resource ended by itself, kept from its cleanup until DEALLOCATED is
     /// written: when that write fails (no quorum, a leader change) the next inspect
     /// finds the resource gone, and must still report how it ended, not "lost".
@@ -185,7 +178,6 @@ impl Ctx {
             held: Mutex::new(HashMap::new()),
             own_writes: Mutex::new(HashSet::new()),
             ended: Mutex::new(HashMap::new()),
-            others: Mutex::new(HashSet::new()),
             heard: std::sync::OnceLock::new(),
         })
     }
@@ -225,12 +217,6 @@ impl Ctx {
         self.clear_failures(uid);
         self.release_definition(uid);
         self.ended.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
-        self.forget_other(uid);
-    }
-
-    /// `uid` is not another node's application (any more), as far as the election knows.
-    fn forget_other(&self, uid: Uuid) {
-        self.others.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
     }
 
     /// Notes (`Some`) or forgets (`None`) how `uid`'s resource ended by itself.
@@ -519,12 +505,6 @@ async fn trigger_loop(ctx: Arc<Ctx>, queue: Queue, stop: CancellationToken) {
                 Kind::Application => {
                     let phase = ev.object["status"]["phase"].as_str().and_then(|p| p.parse::<Phase>().ok());
                     if let Some(uid) = ev.object["metadata"]["uid"].as_str().and_then(|u| Uuid::try_parse(u).ok()) {
-                        // Not (or no longer) another node's: the election reads it again.
-                        if phase == Some(Phase::New)
-                            || ev.object["status"]["node"].as_str() == Some(ctx.node.name.as_str())
-                        {
-                            ctx.forget_other(uid);
-                        }
                         match ev.event_type {
                             api_types::WatchEventType::Deleted => {
                                 ctx.forget(uid);
@@ -554,7 +534,6 @@ async fn trigger_loop(ctx: Arc<Ctx>, queue: Queue, stop: CancellationToken) {
             // Missed events are made up for by a resync (finished applications need
             // none: their purge is due by the store's index, not by an event).
             Err(RecvError::Lagged(_)) => {
-                ctx.others.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 resync(&ctx, &queue);
                 ctx.wake_purge();
             }

@@ -32,7 +32,7 @@ fn dry_run(db: &Database, command: Command) -> Result<(Outcome, Vec<serde_json::
     let result = (|| {
         // The next entry's revision is at least this (Raft's own entries may come first).
         let rev = txn.open_table(META)?.get("revision")?.map(|v| v.value()).unwrap_or(0) + 1;
-        let mut tx = Tx { txn: &txn, rev, events: Vec::new() };
+        let mut tx = Tx { txn: &txn, rev, events: Vec::new(), held: Vec::new() };
         let outcome = state::apply(&mut tx, command)?;
         let objects = match &outcome {
             Ok(Response::Applied(results)) => {

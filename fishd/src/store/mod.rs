@@ -22,6 +22,7 @@ mod command;
 pub mod derived;
 mod dry_run;
 pub mod gates;
+pub mod holdings;
 mod join_tokens;
 mod json;
 pub mod raft;
@@ -311,9 +312,25 @@ pub struct Store {
     leading: mpsc::Sender<Waiting>,
     /// Token digest → user, invalidated by the state machine (see [`tokens`]).
     tokens: Arc<tokens::TokenCache>,
+    /// Which node holds which applications, kept by the state machine.
+    holdings: Arc<holdings::Holdings>,
     /// Applications read one by one through [`Store::get_application_by_uid`] (the
     /// control loops' read): tests check that a pass reads O(active), not O(stored).
     app_reads: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The NEW applications, their ballots and the applications a node holds (ELECTED,
+/// ALLOCATED or DEALLOCATE on it), all as of one state: an application elected on the
+/// node is either NEW with the node's committed vote in its ballot, or held; never
+/// neither (which would let the node promise its room twice).
+#[derive(Debug, Default, PartialEq)]
+pub struct ElectionView {
+    /// In creation order.
+    pub new: Vec<Uuid>,
+    /// The ballot of each of `new`, in the same order.
+    pub ballots: Vec<ballots::Ballot>,
+    /// In no particular order.
+    pub held: Vec<Uuid>,
 }
 
 /// Most proposals in one log entry.
@@ -465,8 +482,11 @@ impl Store {
         let growth = Arc::new(raft::LogGrowth::default());
         let log = raft::LogStore::new(db.clone(), growth.clone());
         let tokens = Arc::new(tokens::TokenCache::default());
+        let holdings = Arc::new(holdings::Holdings::default());
+        holdings.load(&db)?;
         let sm = raft::StateMachine::new(db.clone(), events.clone(), options.event_history, growth.clone())
-            .with_token_cache(tokens.clone());
+            .with_token_cache(tokens.clone())
+            .with_holdings(holdings.clone());
         let config = raft_config()?;
         let raft = match &options.network {
             Some(n) => n.start(id, config, log, sm).await,
@@ -497,6 +517,7 @@ impl Store {
             events,
             leading,
             tokens,
+            holdings,
             app_reads: Arc::default(),
         })
     }
@@ -678,6 +699,26 @@ impl Store {
             out.push(Uuid::from_u128(e?.0.value().1));
         }
         Ok(out)
+    }
+
+    /// What `node`'s election pass reads, all as of one state (see [`ElectionView`]).
+    /// Costs O(NEW + held), not a scan of the active applications.
+    pub fn election_view(&self, node: &str) -> Result<ElectionView, StoreError> {
+        let (tx, held) = self.holdings.view(&self.db, node)?;
+        let t = tx.open_table(APP_BY_PHASE)?;
+        let p = phase_code(Phase::New);
+        let mut new = Vec::new();
+        for e in t.range((p, 0u128)..=(p, u128::MAX))? {
+            new.push(Uuid::from_u128(e?.0.value().1));
+        }
+        let t = tx.open_table(ballots::BALLOTS)?;
+        let ballots = new.iter().map(|&uid| ballots::read(&t, uid)).collect::<Result<_, _>>()?;
+        Ok(ElectionView { new, ballots, held })
+    }
+
+    /// The applications `node` holds now (ELECTED, ALLOCATED or DEALLOCATE on it).
+    pub fn held_by(&self, node: &str) -> Vec<Uuid> {
+        self.holdings.held_by(node)
     }
 
     /// How many applications [`Store::get_application_by_uid`] has read so far.

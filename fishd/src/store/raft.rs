@@ -14,6 +14,9 @@
 //!   ([`Applied::outcome`]); a command id seen before is answered with the stored
 //!   answer and changes nothing (a retried forwarded write is not applied twice).
 //! - Nothing here reads a clock or a random source: commands carry those.
+//! - The in-memory [`super::holdings`] (which node holds which application) change with
+//!   the commit that changes the applications, under one lock, and are rebuilt when a
+//!   snapshot is installed.
 //! - The watch history (`local_events`) is node-local and outside snapshots; installing a
 //!   snapshot drops it and marks everything up to the snapshot as expired.
 #![allow(clippy::result_large_err)] // openraft's StorageError is large; its traits dictate it
@@ -35,6 +38,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::command::{Command, Outcome};
+use super::holdings::Holdings;
 use super::tables::*;
 use super::tokens::TokenCache;
 use super::{Event, Kind, REVISION_BASE, StoreError, backup, state};
@@ -494,6 +498,8 @@ pub struct StateMachine {
     growth: Arc<LogGrowth>,
     /// Emptied whenever an applied entry or an installed snapshot changed users.
     tokens: Arc<TokenCache>,
+    /// Changed with every commit that changes applications' holders.
+    holdings: Arc<Holdings>,
 }
 
 impl StateMachine {
@@ -503,7 +509,13 @@ impl StateMachine {
         history: u64,
         growth: Arc<LogGrowth>,
     ) -> Self {
-        StateMachine { db, events, history: history.max(1), growth, tokens: Arc::default() }
+        StateMachine { db, events, history: history.max(1), growth, tokens: Arc::default(), holdings: Arc::default() }
+    }
+
+    /// This state machine keeping `holdings` (the store's) in step with its commits.
+    pub(super) fn with_holdings(mut self, holdings: Arc<Holdings>) -> Self {
+        self.holdings = holdings;
+        self
     }
 
     /// This state machine invalidating `tokens` (the store's cache) on user changes.
@@ -534,6 +546,7 @@ impl StateMachine {
         txn.set_durability(redb::Durability::None).map_err(|e| StoreError::Raft(e.to_string()))?;
         let mut out = Vec::with_capacity(entries.len());
         let mut events = Vec::new();
+        let mut held = Vec::new();
         let mut last_applied = None;
         let mut membership = None;
         // A restored store's log restarts at 1; its revisions go on after the backup's.
@@ -557,7 +570,7 @@ impl StateMachine {
                     Some(bytes) => serde_json::from_slice(&bytes)?,
                     None => {
                         let command = p.command.decode()?;
-                        let outcome = state::apply_command(&txn, index + base, command, &mut events)?;
+                        let outcome = state::apply_command(&txn, index + base, command, &mut events, &mut held)?;
                         let answer = Applied { index, outcome };
                         txn.open_table(DEDUP)?.insert(key, serde_json::to_vec(&answer)?.as_slice())?;
                         txn.open_table(DEDUP_BY_INDEX)?.insert((index, key), ())?;
@@ -614,7 +627,7 @@ impl StateMachine {
                 txn.open_table(LOCAL_META)?.insert("events_cut", cut)?;
             }
         }
-        txn.commit()?;
+        self.holdings.commit(held, || Ok(txn.commit()?))?;
         Ok((out, events))
     }
 
@@ -682,7 +695,7 @@ impl StateMachine {
             let cut = meta.last_log_id.map(|l| l.index + base).unwrap_or(0);
             txn.open_table(LOCAL_META)?.insert("events_cut", cut)?;
         }
-        txn.commit()?;
+        self.holdings.commit_and_reload(&self.db, || Ok(txn.commit()?))?;
         // Any user may have changed.
         self.tokens.invalidate();
         self.growth.snapshot_taken();
@@ -1000,6 +1013,37 @@ mod snapshot_stream {
             send(&leader, &follower, &meta, &longer, Some(longer.len())).await;
             send(&leader, &follower, &meta, &bytes, None).await;
             installed(&follower, &meta).await;
+            leader.close().await;
+            follower.close().await;
+        })
+        .await;
+    }
+
+    /// What a snapshot brings is held: the follower's holdings are those of the state
+    /// it installed (no entry applied there changed them).
+    #[tokio::test]
+    async fn an_installed_snapshot_brings_its_holdings() {
+        within(async {
+            let (_d, leader, follower) = leader_and_follower().await;
+            let app = leader.get_application("a").unwrap().unwrap();
+            let uid = app.metadata.uid.unwrap();
+            let mut status = app.status.clone();
+            status.phase = api_types::Phase::Elected;
+            status.node = Some("node-x".into());
+            let expect = api_types::Phase::New;
+            let elect = Command::SetApplicationStatus { uid, expect, status: Box::new(status), expect_node: None };
+            leader.execute(elect).await.unwrap().unwrap();
+            assert!(follower.election_view("node-x").unwrap().held.is_empty());
+            let (meta, bytes) = current(&leader);
+            send(&leader, &follower, &meta, &bytes, None).await;
+            let index = meta.last_log_id.map(|l| l.index);
+            follower
+                .raft()
+                .wait(Some(Duration::from_secs(10)))
+                .applied_index(index, "snapshot installed")
+                .await
+                .unwrap();
+            assert_eq!(follower.election_view("node-x").unwrap().held, vec![uid]);
             leader.close().await;
             follower.close().await;
         })

@@ -61,6 +61,8 @@ pub(super) struct Tx<'a> {
     pub(super) txn: &'a WriteTransaction,
     pub(super) rev: u64,
     pub(super) events: Vec<Event>,
+    /// How the applications' holders changed, in order (see [`super::holdings`]).
+    pub(super) held: Vec<super::holdings::Change>,
 }
 
 impl Tx<'_> {
@@ -76,16 +78,19 @@ impl Tx<'_> {
 }
 
 /// Applies one command inside `txn` (committed by the caller) as the log entry at
-/// `index`; the events of its changes are appended to `events`.
+/// `index`; the events of its changes are appended to `events`, how it changed the
+/// applications' holders to `held`.
 pub(super) fn apply_command(
     txn: &WriteTransaction,
     index: u64,
     cmd: Command,
     events: &mut Vec<Event>,
+    held: &mut Vec<super::holdings::Change>,
 ) -> Result<Outcome, StoreError> {
-    let mut tx = Tx { txn, rev: index, events: Vec::new() };
+    let mut tx = Tx { txn, rev: index, events: Vec::new(), held: Vec::new() };
     let outcome = apply(&mut tx, cmd)?;
     events.append(&mut tx.events);
+    held.append(&mut tx.held);
     Ok(outcome)
 }
 
@@ -208,6 +213,9 @@ pub(super) fn write_app(tx: &mut Tx<'_>, mut app: Application, old_phase: Phase)
         idx.insert((phase_code(app.status.phase), uid), ())?;
     }
     tx.txn.open_table(APPS)?.insert(uid, serde_json::to_vec(&app)?.as_slice())?;
+    if let Some(u) = app.metadata.uid {
+        tx.held.push((u, super::holdings::holder(app.status.phase, app.status.node.as_deref())));
+    }
     tx.emit(Kind::Application, WatchEventType::Modified, serde_json::to_value(&app)?, app.metadata.owner.clone());
     Ok(app)
 }
@@ -285,6 +293,7 @@ fn purge(tx: &mut Tx<'_>, uid: Uuid) -> Result<Outcome, StoreError> {
     tx.txn.open_table(APP_BY_OWNER)?.remove((owner.as_str(), key))?;
     super::derived::removed(tx.txn, &app)?;
     super::ballots::forget(tx, uid)?;
+    tx.held.push((uid, None));
     emit_deleted(tx, Kind::Application, serde_json::to_value(&app)?, Some(owner));
     Ok(Ok(Response::Done))
 }

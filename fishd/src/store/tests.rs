@@ -607,3 +607,62 @@ async fn the_format_upgrade_commits_in_batches_and_marks_the_format_last() {
     let app = s.get_application("a24").unwrap().unwrap();
     assert_eq!(s.application_json("a24", None).unwrap().unwrap(), serde_json::to_vec(&app).unwrap());
 }
+
+/// Moves application `name` from phase `from` to `to` on `node` (`None`: nobody's).
+async fn move_app(s: &Store, name: &str, from: Phase, to: Phase, node: Option<&str>) -> Uuid {
+    let app = s.get_application(name).unwrap().unwrap();
+    let uid = app.metadata.uid.unwrap();
+    let mut status = app.status.clone();
+    status.phase = to;
+    status.node = node.map(str::to_owned);
+    s.execute(Command::SetApplicationStatus { uid, expect: from, status: Box::new(status), expect_node: None })
+        .await
+        .unwrap()
+        .unwrap();
+    uid
+}
+
+/// What an election pass reads (NEW, their ballots, what a node holds) follows the
+/// phases and nodes the state machine writes, and is the same after the store opens again.
+#[tokio::test]
+async fn the_election_view_follows_elections_deallocations_purges_and_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fish.redb");
+    let s = Store::open(&path).await.unwrap();
+    let apps: String = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| APP.replace("{name: a}", &format!("{{name: {n}}}")))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    apply(&s, &format!("{LABEL}---\n{apps}")).await.unwrap();
+    let uid = |n: &str| s.get_application(n).unwrap().unwrap().metadata.uid.unwrap();
+    let (a, b, c, d) = (uid("a"), uid("b"), uid("c"), uid("d"));
+    // NEW (in creation order) and held (sorted here) as the view gives them.
+    let sorted = |v: ElectionView| {
+        assert_eq!(v.ballots.len(), v.new.len());
+        let mut held = v.held;
+        held.sort();
+        (v.new, held)
+    };
+    assert_eq!(sorted(s.election_view("n1").unwrap()), (vec![a, b, c, d], vec![]));
+    move_app(&s, "a", Phase::New, Phase::Elected, Some("n1")).await;
+    move_app(&s, "b", Phase::New, Phase::Elected, Some("n2")).await;
+    move_app(&s, "c", Phase::New, Phase::Elected, Some("n1")).await;
+    assert_eq!(sorted(s.election_view("n1").unwrap()), (vec![d], vec![a, c]));
+    assert_eq!(sorted(s.election_view("n2").unwrap()), (vec![d], vec![b]));
+    // Allocated and being released: still held. Released, failed back to NEW, purged: not.
+    move_app(&s, "a", Phase::Elected, Phase::Allocated, Some("n1")).await;
+    move_app(&s, "a", Phase::Allocated, Phase::Deallocate, Some("n1")).await;
+    assert_eq!(sorted(s.election_view("n1").unwrap()), (vec![d], vec![a, c]));
+    move_app(&s, "a", Phase::Deallocate, Phase::Deallocated, Some("n1")).await;
+    move_app(&s, "c", Phase::Elected, Phase::New, None).await;
+    assert_eq!(sorted(s.election_view("n1").unwrap()), (vec![c, d], vec![]));
+    s.execute(Command::PurgeApplication { uid: b }).await.unwrap().unwrap();
+    assert_eq!(sorted(s.election_view("n2").unwrap()), (vec![c, d], vec![]));
+    move_app(&s, "d", Phase::New, Phase::Elected, Some("n2")).await;
+    s.close().await;
+    drop(s);
+    let s = Store::open(&path).await.unwrap();
+    assert_eq!(sorted(s.election_view("n2").unwrap()), (vec![c], vec![d]));
+    assert_eq!(sorted(s.election_view("n1").unwrap()), (vec![c], vec![]));
+}
