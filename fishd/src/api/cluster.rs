@@ -81,20 +81,19 @@ impl FromRequestParts<AppState> for PeerNode {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let cert = parts.extensions.get::<PeerCert>().and_then(|p| p.0.clone());
-        let Some(cert) = cert else {
+        let Some(peer) = parts.extensions.get::<PeerCert>().filter(|p| p.cert.is_some()) else {
             return Err(ApiError::Forbidden(
                 "node-to-node route: only a member node's certificate is accepted, not a user's credentials".into(),
             ));
         };
-        let Some(name) = crate::tls::common_name(cert.as_ref()) else {
+        let Some(name) = peer.common_name.as_deref() else {
             return Err(ApiError::Forbidden("the client certificate has no common name".into()));
         };
-        if !state.cluster.membership.is_member(&name) {
+        if !state.cluster.membership.is_member(name) {
             tracing::warn!(peer = %name, "refused a node-to-node request from a non-member");
             return Err(ApiError::Forbidden(format!("node {name:?} is not a member of this cluster")));
         }
-        Ok(PeerNode(name))
+        Ok(PeerNode(name.to_owned()))
     }
 }
 
