@@ -25,6 +25,9 @@ use uuid::Uuid;
 
 /// When a reconcile that panicked (and did not catch it itself) runs again.
 const PANIC_RETRY: Duration = Duration::from_secs(60);
+/// Messages taken from the channel in one go before the scheduler looks at its other
+/// inputs (a burst of thousands must not hold up finished reconciles).
+const BATCH: usize = 1024;
 
 /// Handle to enqueue work; cheap to clone.
 #[derive(Clone, Debug)]
@@ -96,42 +99,69 @@ async fn run<F, Fut>(
             }
         };
 
+    // Starts `uid`'s reconcile (it waits for a slot in its own task).
+    let launch = |uid: Uuid, running: &mut HashSet<Uuid>| {
+        running.insert(uid);
+        let permits = permits.clone();
+        let work = work.clone();
+        let done = done_tx.clone();
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            let permit = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                p = permits.acquire_owned() => p,
+            };
+            let Ok(_permit) = permit else { return };
+            let next = match AssertUnwindSafe(work(uid)).catch_unwind().await {
+                Ok(next) => next,
+                Err(_) => {
+                    tracing::error!(%uid, "reconcile panicked; running it again in a minute");
+                    Some(PANIC_RETRY)
+                }
+            };
+            let _ = done.send((uid, next));
+        });
+    };
+
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             msg = rx.recv() => {
-                let Some((uid, when)) = msg else { return };
-                if running.contains(&uid) {
-                    let e = deferred.entry(uid).or_insert(when);
-                    *e = (*e).min(when);
-                } else {
-                    schedule(&mut delays, &mut keys, uid, when);
+                let Some(first) = msg else { return };
+                // Everything already sent is taken together, so a uid queued several
+                // times at once runs once. Work due now starts here rather than through
+                // the delay queue: its timer ticks in whole milliseconds, which put a
+                // millisecond or two into every allocation's path (ELECTED → driver).
+                let mut due: Vec<Uuid> = Vec::new();
+                let mut seen: HashSet<Uuid> = HashSet::new();
+                let mut next = Some(first);
+                let mut taken = 0;
+                while let Some((uid, when)) = next {
+                    if running.contains(&uid) {
+                        let e = deferred.entry(uid).or_insert(when);
+                        *e = (*e).min(when);
+                    } else if when <= Instant::now() {
+                        if let Some((key, _)) = keys.remove(&uid) {
+                            delays.remove(&key);
+                        }
+                        if seen.insert(uid) {
+                            due.push(uid);
+                        }
+                    } else if !seen.contains(&uid) {
+                        schedule(&mut delays, &mut keys, uid, when);
+                    }
+                    taken += 1;
+                    next = if taken < BATCH { rx.try_recv().ok() } else { None };
+                }
+                for uid in due {
+                    launch(uid, &mut running);
                 }
             }
             Some(expired) = delays.next(), if !delays.is_empty() => {
                 let uid = expired.into_inner();
                 keys.remove(&uid);
-                running.insert(uid);
-                let permits = permits.clone();
-                let work = work.clone();
-                let done = done_tx.clone();
-                let stop = stop.clone();
-                tracker.spawn(async move {
-                    let permit = tokio::select! {
-                        biased;
-                        _ = stop.cancelled() => return,
-                        p = permits.acquire_owned() => p,
-                    };
-                    let Ok(_permit) = permit else { return };
-                    let next = match AssertUnwindSafe(work(uid)).catch_unwind().await {
-                        Ok(next) => next,
-                        Err(_) => {
-                            tracing::error!(%uid, "reconcile panicked; running it again in a minute");
-                            Some(PANIC_RETRY)
-                        }
-                    };
-                    let _ = done.send((uid, next));
-                });
+                launch(uid, &mut running);
             }
             Some((uid, next)) = done_rx.recv() => {
                 running.remove(&uid);
@@ -139,8 +169,10 @@ async fn run<F, Fut>(
                 if let Some(d) = deferred.remove(&uid) {
                     when = Some(when.map_or(d, |w| w.min(d)));
                 }
-                if let Some(when) = when {
-                    schedule(&mut delays, &mut keys, uid, when);
+                match when {
+                    Some(when) if when <= Instant::now() => launch(uid, &mut running),
+                    Some(when) => schedule(&mut delays, &mut keys, uid, when),
+                    None => {}
                 }
             }
         }
@@ -185,6 +217,32 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(runs.load(Ordering::SeqCst), 2);
         assert_eq!(*max_seen.lock().unwrap(), 1);
+    }
+
+    /// Work due now starts at once: not on the delay queue's next millisecond tick,
+    /// which every allocation would wait for between its election and its driver.
+    /// With the clock paused, a timer can only fire by the clock moving on; the clock
+    /// stands between two milliseconds, as it always does in real life.
+    #[tokio::test(start_paused = true)]
+    async fn work_due_now_starts_without_waiting_for_a_timer_tick() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (q, _h) = start(8, TaskTracker::new(), CancellationToken::new(), move |uid| {
+            let _ = tx.send((uid, Instant::now()));
+            async { None }
+        });
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_micros(300)).await;
+            let (uid, asked) = (Uuid::now_v7(), Instant::now());
+            q.now(uid);
+            let (ran, at) = rx.recv().await.unwrap();
+            assert_eq!(ran, uid);
+            assert_eq!(at, asked, "the reconcile waited for the clock to move");
+        }
+        // Later work still waits for its time.
+        let (uid, asked) = (Uuid::now_v7(), Instant::now());
+        q.at(uid, asked + Duration::from_secs(5));
+        let (_, at) = rx.recv().await.unwrap();
+        assert!(at >= asked + Duration::from_secs(5), "ran before its time");
     }
 
     #[tokio::test(start_paused = true)]
