@@ -596,15 +596,17 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     ));
     tokio::spawn(membership.clone().promote_learners(beat.clone()));
     let cluster = api::cluster::ClusterCtx::new(membership, &tls, data_dir.clone());
-    let mut state =
+    let state =
         AppState::new(store.clone(), node_name.clone(), drivers.clone(), meta_tokens.clone(), limits, api_stop.clone())
-            .with_cluster(cluster);
-    state.metrics = Arc::new(api::Metrics::with_registry(ctx.metrics.clone(), |r| {
-        proxy_metrics.register(r);
-        gate_metrics.register(r);
-    }));
-    state.secrets = ctx.secrets.clone();
-    state.gates = gates.clone();
+            .with_cluster(cluster)
+            .with(|s| {
+                s.metrics = Arc::new(api::Metrics::with_registry(ctx.metrics.clone(), |r| {
+                    proxy_metrics.register(r);
+                    gate_metrics.register(r);
+                }));
+                s.secrets = ctx.secrets.clone();
+                s.gates = gates.clone();
+            });
     gates.start(tls.server_config.clone(), beat.clone()).map_err(|e| RunError::Config(ConfigError::Invalid(e)))?;
     let metrics = ctx.metrics.clone();
     let binder = meta_binder(state.clone(), api_stop.clone());

@@ -77,8 +77,11 @@ impl Metrics {
     }
 
     fn observe(&self, method: &str, route: &str, status: u16, took: Duration) {
-        let (method, route) = (method.to_owned(), route.to_owned());
-        self.requests.get_or_create(&RequestLabels { method: method.clone(), route: route.clone(), status }).inc();
+        // One pair of strings serves both lookups (the families copy a key only when
+        // they first see it).
+        let request = RequestLabels { method: method.to_owned(), route: route.to_owned(), status };
+        self.requests.get_or_create(&request).inc();
+        let RequestLabels { method, route, .. } = request;
         self.latency.get_or_create(&RouteLabels { method, route }).observe(took.as_secs_f64());
     }
 
@@ -95,11 +98,12 @@ impl Metrics {
 /// Middleware counting every routed request by its route template (not its path,
 /// so names and uids don't explode the label set).
 pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "other".into());
-    let method = req.method().as_str().to_owned();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let start = Instant::now();
     let resp = next.run(req).await;
-    state.metrics.observe(&method, &route, resp.status().as_u16(), start.elapsed());
+    let route = route.as_ref().map_or("other", MatchedPath::as_str);
+    state.metrics.observe(method.as_str(), route, resp.status().as_u16(), start.elapsed());
     resp
 }
 
