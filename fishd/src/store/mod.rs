@@ -598,6 +598,13 @@ impl Store {
     /// Applies a write forwarded by a follower, on this node only (never forwarding it
     /// again): the answer, or why not (not the leader, no quorum).
     pub async fn write_as_leader(&self, proposal: &Proposal) -> Result<Applied, String> {
+        // A command travels as its text (see `CommandText`) and is parsed only when
+        // applied. One this node cannot read (a peer's bug, or a newer fishd's new
+        // command) must be refused here: in the log it would fail the apply of every
+        // node that reads it.
+        if let Err(e) = proposal.command.decode() {
+            return Err(format!("unreadable command: {e}"));
+        }
         match self.write_here(proposal).await {
             Ok(applied) => Ok(applied),
             Err(LeadError::Raft(e)) => Err(e.to_string()),

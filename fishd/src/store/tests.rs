@@ -185,6 +185,20 @@ async fn a_retried_proposal_is_applied_once() {
     assert_eq!(s.revision().unwrap(), a.index);
 }
 
+/// A forwarded command the leader cannot read (a newer fishd's, or garbage) is refused
+/// at the door; in the log it would fail every node's apply and stop the state machine.
+#[tokio::test]
+async fn a_forwarded_command_the_leader_cannot_read_is_refused_and_the_store_goes_on() {
+    let (_d, s) = store().await;
+    for text in [r#"{"NoSuchCommand":{}}"#, "not json"] {
+        let bad: Proposal = serde_json::from_value(serde_json::json!({"id": Uuid::now_v7(), "command": text})).unwrap();
+        let e = s.write_as_leader(&bad).await.unwrap_err();
+        assert!(e.starts_with("unreadable command"), "{text}: {e}");
+    }
+    apply(&s, LABEL).await.unwrap();
+    assert!(s.get_label("l", None).unwrap().is_some(), "the store stopped taking writes");
+}
+
 fn user_record(name: &str, password_hash: &str, token_digest: &str) -> UserRecord {
     let user: api_types::User =
         serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": {"roles": ["user"]}})).unwrap();
