@@ -20,9 +20,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("metadata", &[]),
     ("ratelimit", &[]),
     ("telemetry", &[]),
-    ("listener", &[]),
     ("store", &["defaults", "fsutil"]),
     ("tls", &["fsutil"]),
+    // The accept loop reads a peer certificate's common name once per connection.
+    ("listener", &["tls"]),
     ("meta_token", &["fsutil"]),
     ("auth", &["ratelimit", "store"]),
     ("logs", &["store"]),
