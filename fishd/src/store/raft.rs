@@ -281,6 +281,10 @@ pub fn node_id_for(name: &str) -> NodeId {
 /// for, few enough that the answers kept do not make the file grow with churn. A count
 /// of proposals, not of log indices: one entry may hold hundreds of them.
 const DEDUP_KEEP: u64 = 1_000;
+/// How far past [`DEDUP_KEEP`] the table may grow before the oldest are forgotten, all
+/// at once: forgetting a few on every apply dirtied the tables' oldest pages in every
+/// transaction, pages the next durable log commit then had to write.
+const DEDUP_SLACK: u64 = 256;
 
 fn serr(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl ToString) -> StorageError<NodeId> {
     StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
@@ -586,7 +590,7 @@ impl StateMachine {
         {
             let mut by_index = txn.open_table(DEDUP_BY_INDEX)?;
             let excess = by_index.len()?.saturating_sub(DEDUP_KEEP);
-            if excess > 0 {
+            if excess >= DEDUP_SLACK {
                 let mut old = Vec::new();
                 for e in by_index.iter()?.take(excess as usize) {
                     old.push(e?.0.value());
@@ -617,8 +621,10 @@ impl StateMachine {
             }
             // Keep the latest `history` events, dropping whole revisions only (a watch
             // resumes after a revision, so it must have all of a revision or none).
+            // They are dropped once an eighth more has gathered, not a few on every
+            // apply (see `DEDUP_SLACK`): a watch may resume from a little further back.
             let excess = t.len()?.saturating_sub(self.history);
-            if excess > 0 {
+            if excess > self.history / 8 {
                 let mut cut = 0;
                 if let Some(e) = t.iter()?.nth(excess as usize - 1) {
                     cut = e?.0.value().0;
