@@ -1,14 +1,14 @@
 //! A connection the proxy serves or relays to: a TCP socket (clients identified by token
 //! or source address, and every target) or a unix socket a driver hands in for one
-//! resource ([`super::Proxy::serve_stream`]). Both are sockets, so the relay splices
-//! either the same way.
+//! resource ([`super::Proxy::serve_stream`]). The relay reads and writes either the same
+//! way.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 /// A TCP or unix stream socket.
@@ -44,14 +44,6 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.writable().await,
             Stream::Unix(s) => s.writable().await,
-        }
-    }
-
-    /// Runs `f` on the raw socket, clearing the readiness `interest` when it would block.
-    pub fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
-        match self {
-            Stream::Tcp(s) => s.try_io(interest, f),
-            Stream::Unix(s) => s.try_io(interest, f),
         }
     }
 
