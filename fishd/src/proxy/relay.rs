@@ -22,11 +22,13 @@
 //! fills it: an interactive connection keeps a small buffer, a bulk one gets the size that
 //! moves it in few system calls at once (doubling step by step measured slower: a relay
 //! that keeps up with its sender rarely fills a buffer, so it stayed small). It lives as
-//! long as its direction.
+//! long as its direction. Bulk buffers are counted over all relays of the process
+//! ([`BULK_BUDGET`]): past the budget a direction keeps its small buffer, slower but
+//! never refused, so many parallel downloads cannot take the node's memory.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nix::sys::socket::{Shutdown, shutdown};
@@ -44,10 +46,51 @@ const BUF_MIN: usize = 64 * 1024;
 /// and one [`BUF_MIN`] for its requests.
 const BUF_MAX: usize = 2 << 20;
 
+/// [`BUF_MAX`] buffers held at once by all relays of this process (128 MiB). A resource
+/// may hold 128 connections, and a parallel download tool fills most of them.
+const BULK_BUDGET: usize = 64;
+
+/// The process's bulk buffers in use.
+static BULK: Budget = Budget::new(BULK_BUDGET);
+
+/// A count of buffers that may be held at once.
+struct Budget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl Budget {
+    const fn new(limit: usize) -> Budget {
+        Budget { limit, used: AtomicUsize::new(0) }
+    }
+
+    /// One buffer's worth, if the budget has room; given back when the guard drops.
+    fn take(&self) -> Option<BulkGuard<'_>> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.limit).then_some(n + 1))
+            .ok()
+            .map(|_| BulkGuard(self))
+    }
+}
+
+/// One bulk buffer counted in its [`Budget`].
+struct BulkGuard<'a>(&'a Budget);
+
+impl Drop for BulkGuard<'_> {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Relays until both directions ended or the link was idle for `idle`; returns the bytes
 /// delivered (client to target, target to client). `pending` is what the client sent after
 /// its request, already read, to be delivered first.
-pub async fn relay(client: Stream, mut target: Stream, pending: &[u8], idle: Duration) -> (u64, u64) {
+pub async fn relay(client: Stream, target: Stream, pending: &[u8], idle: Duration) -> (u64, u64) {
+    relay_in(&BULK, client, target, pending, idle).await
+}
+
+/// [`relay`] with the bulk buffers counted in `budget` (tests use a budget of their own).
+async fn relay_in(budget: &Budget, client: Stream, mut target: Stream, pending: &[u8], idle: Duration) -> (u64, u64) {
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
     if !pending.is_empty() {
@@ -57,7 +100,9 @@ pub async fn relay(client: Stream, mut target: Stream, pending: &[u8], idle: Dur
         up.store(pending.len() as u64, Ordering::Relaxed);
     }
     let last = Activity::new();
-    let both = async { tokio::try_join!(pump(&client, &target, &up, &last), pump(&target, &client, &down, &last)) };
+    let both = async {
+        tokio::try_join!(pump(budget, &client, &target, &up, &last), pump(budget, &target, &client, &down, &last))
+    };
     let quiet = async {
         loop {
             let deadline = last.last() + idle;
@@ -79,8 +124,9 @@ pub async fn relay(client: Stream, mut target: Stream, pending: &[u8], idle: Dur
 /// One direction: `from` to `to` until `from` ends (then `to`'s write side is shut down),
 /// counting delivered bytes in `moved` and stamping `last` on every move. An error reading
 /// `from` ends it as its end would; an error writing `to` is returned.
-async fn pump(from: &Stream, to: &Stream, moved: &AtomicU64, last: &Activity) -> io::Result<()> {
+async fn pump(budget: &Budget, from: &Stream, to: &Stream, moved: &AtomicU64, last: &Activity) -> io::Result<()> {
     let mut buf = vec![0u8; BUF_MIN];
+    let mut bulk = None;
     loop {
         let n = match read(from, &mut buf).await {
             Ok(0) | Err(_) => break,
@@ -94,8 +140,11 @@ async fn pump(from: &Stream, to: &Stream, moved: &AtomicU64, last: &Activity) ->
             moved.fetch_add(m as u64, Ordering::Relaxed);
             last.touch();
         }
-        if n == buf.len() && buf.len() < BUF_MAX {
-            buf = vec![0u8; BUF_MAX];
+        if n == buf.len() && bulk.is_none() {
+            bulk = budget.take();
+            if bulk.is_some() {
+                buf = vec![0u8; BUF_MAX];
+            }
         }
     }
     // The source ended: forward its FIN, keep the other direction open. A destination
@@ -183,6 +232,29 @@ mod tests {
     /// client reading in small slow pieces, and the counts the metrics get.
     #[tokio::test]
     async fn a_relay_moves_both_ways_and_forwards_each_fin() {
+        relays_both_ways_and_forwards_each_fin(&Budget::new(BULK_BUDGET)).await;
+    }
+
+    /// With the bulk budget spent, a relay still moves everything, through its small
+    /// buffers.
+    #[tokio::test]
+    async fn a_relay_past_the_bulk_budget_moves_everything_through_small_buffers() {
+        let spent = Budget::new(0);
+        assert!(spent.take().is_none());
+        relays_both_ways_and_forwards_each_fin(&spent).await;
+    }
+
+    #[test]
+    fn the_bulk_budget_counts_buffers_held_and_given_back() {
+        let budget = Budget::new(2);
+        let (a, b) = (budget.take(), budget.take());
+        assert!(a.is_some() && b.is_some());
+        assert!(budget.take().is_none(), "a third buffer past a budget of two");
+        drop(a);
+        assert!(budget.take().is_some(), "a buffer given back makes room");
+    }
+
+    async fn relays_both_ways_and_forwards_each_fin(budget: &Budget) {
         tokio::time::timeout(LIMIT, async {
             let (mut client, client_side) = connection().await;
             let (mut target, target_side) = connection().await;
@@ -210,7 +282,7 @@ mod tests {
                 }
                 assert!(got == down, "the client got {} other bytes", got.len());
             };
-            let relayed = relay(client_side.into(), target_side.into(), b"early ", Duration::from_secs(10));
+            let relayed = relay_in(budget, client_side.into(), target_side.into(), b"early ", Duration::from_secs(10));
             let (counts, ()) = tokio::join!(relayed, parties);
             assert_eq!(counts, (up.len() as u64 + 6, down.len() as u64), "bytes counted");
         })
