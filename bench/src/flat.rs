@@ -377,14 +377,20 @@ pub async fn run(fishd: &Path, work: &Path, plan: &Plan) -> Result<Flat> {
 
 /// `fish-bench bursts`: `rounds` bursts of `size` on one fresh node in `dir`, or on
 /// the node of `attach` (see the subcommand's help).
-pub async fn bursts(
-    fishd: &Path,
-    dir: Option<&Path>,
-    attach: Option<&Path>,
-    rounds: usize,
-    size: usize,
-    perf_round: Option<usize>,
-) -> Result<()> {
+/// What the `bursts` tool runs in each round.
+#[derive(Clone, Copy, Debug)]
+pub struct BurstsPlan {
+    pub rounds: usize,
+    /// Applications per burst (0: none).
+    pub size: usize,
+    /// The round recorded with `perf record -g`.
+    pub perf_round: Option<usize>,
+    /// Applications one at a time after the burst (0: none).
+    pub singles: usize,
+}
+
+pub async fn bursts(fishd: &Path, dir: Option<&Path>, attach: Option<&Path>, plan: BurstsPlan) -> Result<()> {
+    let BurstsPlan { rounds, size, perf_round, singles: k } = plan;
     let temp = tempfile::tempdir()?;
     let work = dir.unwrap_or(temp.path()).to_owned();
     let d = match attach {
@@ -416,14 +422,27 @@ pub async fn bursts(
             }
             _ => None,
         };
-        let prefix = format!("round{round}");
-        let b = burst(&d, &tracker, &clients, &prefix, LABEL, size, 0).await?;
+        // Unique per run: an attached node keeps the applications of earlier runs.
+        let prefix = format!("run{}-round{round}", std::process::id());
+        let b = if size > 0 { Some(burst(&d, &tracker, &clients, &prefix, LABEL, size, 0).await?) } else { None };
+        if k > 0 {
+            quiesce(&[&d], IDLE_LIMIT).await;
+            let s = singles(&d, &tracker, &format!("{prefix}-single"), LABEL, k, 0).await?;
+            info!(
+                round,
+                samples = s.allocate.samples,
+                p50_ms = s.allocate.p50_ms,
+                p99_ms = s.allocate.p99_ms,
+                "bursts: one at a time, create -> ALLOCATED"
+            );
+        }
         if let Some(mut p) = perf {
             if let Some(id) = p.id() {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(id as i32), nix::sys::signal::Signal::SIGINT);
             }
             p.wait().await?;
         }
+        let Some(b) = b else { continue };
         remove(&d, &clients, &prefix, size).await?;
         info!(
             round,

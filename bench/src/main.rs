@@ -134,6 +134,10 @@ enum Sub {
         /// instead of a fresh one.
         #[arg(long)]
         attach: Option<PathBuf>,
+        /// After each round, this many applications one at a time (create → ALLOCATED
+        /// p50/p99 printed): the suite's one-at-a-time figure in seconds, not minutes.
+        #[arg(long, default_value_t = 0)]
+        singles: usize,
     },
 }
 
@@ -216,8 +220,9 @@ async fn run(args: Args) -> Result<()> {
         }
         return Ok(());
     }
-    if let Some(Sub::Bursts { rounds, size, dir, perf_round, attach }) = &args.command {
-        return flat::bursts(&fishd, dir.as_deref(), attach.as_deref(), *rounds, *size, *perf_round).await;
+    if let Some(Sub::Bursts { rounds, size, dir, perf_round, attach, singles }) = &args.command {
+        let plan = flat::BurstsPlan { rounds: *rounds, size: *size, perf_round: *perf_round, singles: *singles };
+        return flat::bursts(&fishd, dir.as_deref(), attach.as_deref(), plan).await;
     }
     let out = args.out.clone().unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("results"));
     if args.check {
