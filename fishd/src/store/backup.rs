@@ -253,7 +253,7 @@ pub fn dump_for<W: Write>(tx: &ReadTransaction, out: W, purpose: Purpose) -> Res
     }
     for e in tx.open_table(DEDUP)?.iter()? {
         let (k, v) = e?;
-        put(&mut w, "dedup", uid_str(k.value()), json_of(v.value())?)?;
+        put(&mut w, "dedup", uid_str(k.value()), super::dedup::to_json(v.value())?)?;
     }
     for e in tx.open_table(DEDUP_BY_INDEX)?.iter()? {
         let (k, _) = e?;
@@ -281,7 +281,7 @@ pub fn dump_for<W: Write>(tx: &ReadTransaction, out: W, purpose: Purpose) -> Res
     }
     for e in tx.open_table(BALLOTS)?.iter()? {
         let (k, v) = e?;
-        put(&mut w, "ballots", uid_str(k.value()), json_of(v.value())?)?;
+        put(&mut w, "ballots", uid_str(k.value()), super::ballots::to_json(v.value())?)?;
     }
     let digest = hex(&w.hash.clone().finalize());
     let trailer = json!({"end": {"entries": sum.entries, "sha256": digest}});
@@ -491,7 +491,10 @@ fn insert(txn: &WriteTransaction, table: &str, k: &Value, v: &Value) -> Result<(
             _ => return Err(Entry::Bad(format!("{k} is not a (set, kind, name) triple"))),
         },
         "dedup" => {
-            txn.open_table(DEDUP)?.insert(uid(k)?, object(v)?.as_slice())?;
+            if !v.is_object() {
+                return Err(Entry::Bad("the value is not an object".into()));
+            }
+            txn.open_table(DEDUP)?.insert(uid(k)?, super::dedup::from_json(v)?.as_slice())?;
         }
         "dedup_by_index" => {
             let (i, u) = pair(k)?;
@@ -514,7 +517,11 @@ fn insert(txn: &WriteTransaction, table: &str, k: &Value, v: &Value) -> Result<(
             txn.open_table(JOIN_TOKENS)?.insert(s(k)?, object(v)?.as_slice())?;
         }
         "ballots" => {
-            txn.open_table(BALLOTS)?.insert(uid(k)?, object(v)?.as_slice())?;
+            if !v.is_object() {
+                return Err(Entry::Bad("the value is not an object".into()));
+            }
+            let ballot = super::ballots::from_json(v).map_err(|e| Entry::Bad(format!("not a valid ballot: {e}")))?;
+            txn.open_table(BALLOTS)?.insert(uid(k)?, ballot.as_slice())?;
         }
         other => return Err(Entry::Bad(format!("unknown table {other:?}"))),
     }

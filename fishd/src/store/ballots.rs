@@ -30,8 +30,19 @@ use super::command::{Outcome, Response};
 use super::state::Tx;
 use super::tables::{APPS, NODES};
 
-/// uid of a NEW (or once NEW) application → its [`Ballot`] JSON. Replicated.
+/// uid of a NEW (or once NEW) application → its [`Ballot`] (see [`BALLOT_POSTCARD`]).
+/// Replicated.
 pub const BALLOTS: TableDefinition<u128, &[u8]> = TableDefinition::new("ballots");
+
+/// The first byte of a ballot stored as postcard (the rest of its bytes).
+///
+/// Every node applies every node's vote on every application (nine ballot reads and
+/// writes per application in a three-node cluster) and each election pass reads the
+/// ballot of every NEW application: as JSON, those parses and prints were much of a
+/// vote's work. A ballot an older fishd wrote is its JSON (first byte `{`) and still
+/// reads; a backup or snapshot holds ballots as JSON ([`to_json`], [`from_json`]), as
+/// before.
+const BALLOT_POSTCARD: u8 = 0x01;
 
 /// The votes of an application's current round, and what earlier rounds left.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -197,15 +208,38 @@ fn tie_break(uid: Uuid, node: &str) -> u64 {
 }
 
 pub(super) fn read<T: ReadableTable<u128, &'static [u8]>>(table: &T, uid: Uuid) -> Result<Ballot, StoreError> {
-    Ok(match table.get(uid.as_u128())? {
-        Some(v) => serde_json::from_slice(v.value())?,
-        None => Ballot::default(),
-    })
+    match table.get(uid.as_u128())? {
+        Some(v) => decode(v.value()),
+        None => Ok(Ballot::default()),
+    }
 }
 
 fn write(tx: &Tx<'_>, uid: Uuid, ballot: &Ballot) -> Result<(), StoreError> {
-    tx.txn.open_table(BALLOTS)?.insert(uid.as_u128(), serde_json::to_vec(ballot)?.as_slice())?;
+    tx.txn.open_table(BALLOTS)?.insert(uid.as_u128(), encode(ballot)?.as_slice())?;
     Ok(())
+}
+
+/// A ballot as it is stored (see [`BALLOT_POSTCARD`]).
+fn encode(ballot: &Ballot) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(ballot, vec![BALLOT_POSTCARD]).map_err(StoreError::CorruptRecord)
+}
+
+/// A stored ballot, of this fishd (postcard) or of an older one (JSON).
+fn decode(bytes: &[u8]) -> Result<Ballot, StoreError> {
+    match bytes.split_first() {
+        Some((&BALLOT_POSTCARD, rest)) => postcard::from_bytes(rest).map_err(StoreError::CorruptRecord),
+        _ => Ok(serde_json::from_slice(bytes)?),
+    }
+}
+
+/// A stored ballot as a backup holds it: its JSON.
+pub(super) fn to_json(bytes: &[u8]) -> Result<serde_json::Value, StoreError> {
+    Ok(serde_json::to_value(decode(bytes)?)?)
+}
+
+/// A backup's ballot (JSON) as it is stored.
+pub(super) fn from_json(v: &serde_json::Value) -> Result<Vec<u8>, StoreError> {
+    encode(&serde_json::from_value(v.clone())?)
 }
 
 /// Every node record, as the rule sees it.
@@ -339,9 +373,9 @@ pub(super) fn strip_node(tx: &Tx<'_>, node: &str) -> Result<(), StoreError> {
     let mut changed = Vec::new();
     for e in table.iter()? {
         let (k, v) = e?;
-        let mut ballot: Ballot = serde_json::from_slice(v.value())?;
+        let mut ballot = decode(v.value())?;
         if ballot.votes.remove(node).is_some() {
-            changed.push((k.value(), serde_json::to_vec(&ballot)?));
+            changed.push((k.value(), encode(&ballot)?));
         }
     }
     for (k, bytes) in changed {

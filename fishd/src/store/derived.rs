@@ -47,10 +47,18 @@ fn uid_of(app: &Application) -> u128 {
 }
 
 fn add_count(txn: &WriteTransaction, phase: Phase, delta: i64) -> Result<(), StoreError> {
+    add_counts(txn, &[(phase, delta)])
+}
+
+/// Adds each delta to its phase's count, opening the table once (a table open and
+/// close is a good part of a small write's redb work).
+fn add_counts(txn: &WriteTransaction, deltas: &[(Phase, i64)]) -> Result<(), StoreError> {
     let mut t = txn.open_table(LOCAL_PHASE_COUNTS)?;
-    let code = phase_code(phase);
-    let cur = t.get(code)?.map(|v| v.value()).unwrap_or(0);
-    t.insert(code, cur.saturating_add_signed(delta))?;
+    for &(phase, delta) in deltas {
+        let code = phase_code(phase);
+        let cur = t.get(code)?.map(|v| v.value()).unwrap_or(0);
+        t.insert(code, cur.saturating_add_signed(delta))?;
+    }
     Ok(())
 }
 
@@ -81,8 +89,7 @@ pub(super) fn changed(txn: &WriteTransaction, old_phase: Phase, new: &Applicatio
         txn.open_table(LOCAL_FINISHED)?.insert((millis(finished_at(new)), uid), ())?;
     }
     if old_phase != new.status.phase {
-        add_count(txn, old_phase, -1)?;
-        add_count(txn, new.status.phase, 1)?;
+        add_counts(txn, &[(old_phase, -1), (new.status.phase, 1)])?;
     }
     Ok(())
 }

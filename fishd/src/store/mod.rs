@@ -19,6 +19,7 @@ mod applyset;
 pub mod backup;
 pub mod ballots;
 mod command;
+mod dedup;
 pub mod derived;
 mod dry_run;
 pub mod gates;
@@ -74,6 +75,9 @@ pub enum StoreError {
     Corrupt(#[from] serde_json::Error),
     #[error("stored Raft log entry is corrupt")]
     CorruptLog(#[from] postcard::Error),
+    /// A ballot or a remembered answer stored as postcard that does not read back.
+    #[error("stored record is corrupt")]
+    CorruptRecord(#[source] postcard::Error),
     #[error("the store is shut down")]
     Closed,
     /// No leader with a quorum answered in time: the write may or may not happen.
@@ -118,6 +122,12 @@ pub struct Event {
     /// and shared by all the others (see [`Event::watch_line`]).
     #[serde(skip)]
     pub(crate) line: EncodedLine,
+    /// `object` as its table stores it (`serde_json::to_vec` of the typed object), when
+    /// the change wrote it so: the watch history and the watch line copy these bytes
+    /// instead of printing `object` again (two prints of every application write on
+    /// every node). `None`: printed from `object` (deletions, events read back).
+    #[serde(skip)]
+    pub(crate) stored: StoredJson,
 }
 
 impl Event {
@@ -128,6 +138,16 @@ impl Event {
         self.line
             .0
             .get_or_init(|| {
+                if let Some(raw) = self.stored.0.as_deref() {
+                    let mut v = Vec::with_capacity(raw.len() + 40);
+                    v.extend_from_slice(b"{\"type\":");
+                    if serde_json::to_writer(&mut v, &self.event_type).is_ok() {
+                        v.extend_from_slice(b",\"object\":");
+                        v.extend_from_slice(raw);
+                        v.extend_from_slice(b"}\n");
+                        return bytes::Bytes::from(v);
+                    }
+                }
                 /// `api_types::WatchEvent`, borrowing the object instead of copying it.
                 #[derive(Serialize)]
                 struct Line<'a> {
@@ -141,6 +161,52 @@ impl Event {
                 bytes::Bytes::from(v)
             })
             .clone()
+    }
+}
+
+impl Event {
+    /// This event as the watch history stores it: its JSON, with the object's stored
+    /// bytes copied in when there are some (see [`Event::stored`]). Reads back as
+    /// `serde_json::to_vec` of the event would (the fields in another order).
+    pub(crate) fn history_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let Some(raw) = self.stored.0.as_deref() else { return serde_json::to_vec(self) };
+        /// The event's fields but its object.
+        #[derive(Serialize)]
+        struct Head<'a> {
+            revision: u64,
+            kind: Kind,
+            event_type: WatchEventType,
+            owner: &'a Option<String>,
+        }
+        let head = Head { revision: self.revision, kind: self.kind, event_type: self.event_type, owner: &self.owner };
+        let mut v = Vec::with_capacity(raw.len() + 96);
+        serde_json::to_writer(&mut v, &head)?;
+        // `{...}` of the head: its closing brace gives way to the object.
+        v.pop();
+        v.extend_from_slice(b",\"object\":");
+        v.extend_from_slice(raw);
+        v.push(b'}');
+        Ok(v)
+    }
+}
+
+/// The stored JSON bytes of an event's object; a copy of what `object` says, so any two
+/// are equal (and `Debug` shows only their length).
+#[derive(Clone, Default)]
+pub(crate) struct StoredJson(pub(crate) Option<Vec<u8>>);
+
+impl PartialEq for StoredJson {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for StoredJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(b) => write!(f, "StoredJson({} bytes)", b.len()),
+            None => f.write_str("StoredJson(None)"),
+        }
     }
 }
 

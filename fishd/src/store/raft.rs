@@ -41,7 +41,7 @@ use super::command::{Command, Outcome};
 use super::holdings::Holdings;
 use super::tables::*;
 use super::tokens::TokenCache;
-use super::{Event, Kind, REVISION_BASE, StoreError, backup, state};
+use super::{Event, Kind, REVISION_BASE, StoreError, backup, dedup, state};
 
 /// A node's Raft id. Derived from its name (see [`node_id_for`]), so every member can
 /// compute any other's id and names stay the user-facing identity.
@@ -555,6 +555,10 @@ impl StateMachine {
         let mut membership = None;
         // A restored store's log restarts at 1; its revisions go on after the backup's.
         let base = txn.open_table(META)?.get(REVISION_BASE)?.map(|v| v.value()).unwrap_or(0);
+        // Open once for the whole batch (no command touches them): opening and closing
+        // a table for each proposal was a good part of an apply's redb work.
+        let mut ids = txn.open_table(DEDUP)?;
+        let mut by_index = txn.open_table(DEDUP_BY_INDEX)?;
         for entry in entries {
             let index = entry.log_id.index;
             last_applied = Some(entry.log_id);
@@ -569,15 +573,15 @@ impl StateMachine {
             let mut answers = Vec::with_capacity(batch.len());
             for p in batch {
                 let key = p.id.as_u128();
-                let seen = txn.open_table(DEDUP)?.get(key)?.map(|v| v.value().to_vec());
+                let seen = ids.get(key)?.map(|v| v.value().to_vec());
                 let answer = match seen {
-                    Some(bytes) => serde_json::from_slice(&bytes)?,
+                    Some(bytes) => dedup::recall(&txn, &bytes)?,
                     None => {
                         let command = p.command.decode()?;
                         let outcome = state::apply_command(&txn, index + base, command, &mut events, &mut held)?;
                         let answer = Applied { index, outcome };
-                        txn.open_table(DEDUP)?.insert(key, serde_json::to_vec(&answer)?.as_slice())?;
-                        txn.open_table(DEDUP_BY_INDEX)?.insert((index, key), ())?;
+                        ids.insert(key, dedup::remember(&answer)?.as_slice())?;
+                        by_index.insert((index, key), ())?;
                         answer
                     }
                 };
@@ -588,20 +592,19 @@ impl StateMachine {
         // Forget the oldest command ids beyond the window (deterministic: the same
         // entries leave the same tables on every node).
         {
-            let mut by_index = txn.open_table(DEDUP_BY_INDEX)?;
             let excess = by_index.len()?.saturating_sub(DEDUP_KEEP);
             if excess >= DEDUP_SLACK {
                 let mut old = Vec::new();
                 for e in by_index.iter()?.take(excess as usize) {
                     old.push(e?.0.value());
                 }
-                let mut ids = txn.open_table(DEDUP)?;
                 for (index, id) in old {
                     by_index.remove((index, id))?;
                     ids.remove(id)?;
                 }
             }
         }
+        drop((ids, by_index));
         {
             let mut sm = txn.open_table(RAFT_SM)?;
             sm.insert("last_applied", serde_json::to_vec(&last_applied)?.as_slice())?;
@@ -617,7 +620,7 @@ impl StateMachine {
             for e in &events {
                 n = if e.revision == prev { n + 1 } else { 0 };
                 prev = e.revision;
-                t.insert((e.revision, n), serde_json::to_vec(e)?.as_slice())?;
+                t.insert((e.revision, n), e.history_bytes()?.as_slice())?;
             }
             // Keep the latest `history` events, dropping whole revisions only (a watch
             // resumes after a revision, so it must have all of a revision or none).

@@ -73,7 +73,35 @@ impl Tx<'_> {
     }
 
     fn emit(&mut self, kind: Kind, event_type: WatchEventType, object: serde_json::Value, owner: Option<String>) {
-        self.events.push(Event { revision: self.rev, kind, event_type, object, owner, line: Default::default() });
+        self.events.push(Event {
+            revision: self.rev,
+            kind,
+            event_type,
+            object,
+            owner,
+            line: Default::default(),
+            stored: Default::default(),
+        });
+    }
+
+    /// Like [`Tx::emit`], for an object just written as `stored` (its JSON bytes).
+    fn emit_stored(
+        &mut self,
+        kind: Kind,
+        event_type: WatchEventType,
+        object: serde_json::Value,
+        stored: Vec<u8>,
+        owner: Option<String>,
+    ) {
+        self.events.push(Event {
+            revision: self.rev,
+            kind,
+            event_type,
+            object,
+            owner,
+            line: Default::default(),
+            stored: super::StoredJson(Some(stored)),
+        });
     }
 }
 
@@ -212,11 +240,13 @@ pub(super) fn write_app(tx: &mut Tx<'_>, mut app: Application, old_phase: Phase)
         idx.remove((phase_code(old_phase), uid))?;
         idx.insert((phase_code(app.status.phase), uid), ())?;
     }
-    tx.txn.open_table(APPS)?.insert(uid, serde_json::to_vec(&app)?.as_slice())?;
+    let stored = serde_json::to_vec(&app)?;
+    tx.txn.open_table(APPS)?.insert(uid, stored.as_slice())?;
     if let Some(u) = app.metadata.uid {
         tx.held.push((u, super::holdings::holder(app.status.phase, app.status.node.as_deref())));
     }
-    tx.emit(Kind::Application, WatchEventType::Modified, serde_json::to_value(&app)?, app.metadata.owner.clone());
+    let object = serde_json::to_value(&app)?;
+    tx.emit_stored(Kind::Application, WatchEventType::Modified, object, stored, app.metadata.owner.clone());
     Ok(app)
 }
 

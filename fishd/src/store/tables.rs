@@ -30,9 +30,10 @@ pub const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("tokens");
 pub const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// hex SHA-256 of a cluster join token → `JoinTokenRecord` JSON. Replicated state.
 pub const JOIN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("join_tokens");
-/// command id → JSON `Applied`: the answer a command got, so a retried command (a
-/// forwarded write whose outcome was unknown) is answered again, not applied twice.
-/// Replicated; the latest proposals only.
+/// command id → the answer a command got (see `dedup`: postcard, objects by key; or
+/// JSON `Applied` as an older fishd wrote it), so a retried command (a forwarded write
+/// whose outcome was unknown) is answered again, not applied twice. Replicated; the
+/// latest proposals only.
 pub const DEDUP: TableDefinition<u128, &[u8]> = TableDefinition::new("dedup");
 /// (log index, command id): the pruning order of [`DEDUP`].
 pub const DEDUP_BY_INDEX: TableDefinition<(u64, u128), ()> = TableDefinition::new("dedup_by_index");

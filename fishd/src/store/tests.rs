@@ -185,6 +185,73 @@ async fn a_retried_proposal_is_applied_once() {
     assert_eq!(s.revision().unwrap(), a.index);
 }
 
+/// A retried status write is answered with the application as stored (its answer is
+/// remembered by uid, see `dedup`), and an answer an older fishd stored (`Applied` JSON)
+/// still reads.
+#[tokio::test]
+async fn a_retried_status_write_is_answered_with_the_application_and_old_answers_read() {
+    let (_d, s) = store().await;
+    apply(&s, &format!("{LABEL}---\n{APP}")).await.unwrap();
+    let uid = s.get_application("a").unwrap().unwrap().metadata.uid.unwrap();
+    let mut st = s.get_application("a").unwrap().unwrap().status;
+    st.message = "first".into();
+    let p = Proposal::new(&Command::SetApplicationStatus {
+        uid,
+        expect: Phase::New,
+        status: Box::new(st),
+        expect_node: None,
+    })
+    .unwrap();
+    let a = s.propose(p.clone()).await.unwrap();
+    let b = s.propose(p).await.unwrap();
+    assert_eq!(a.index, b.index);
+    assert_eq!(a.outcome, b.outcome);
+    let Ok(Response::Application(app)) = b.outcome else { panic!("{:?}", b.outcome) };
+    assert_eq!(app.status.message, "first");
+    assert_eq!(app.metadata.resource_version, Some(a.index.to_string()));
+    // An answer in the old format, as an older fishd left it in the table.
+    let id = Uuid::now_v7();
+    let old = Applied { index: 1, outcome: Err(Rejection::NotFound("gone".into())) };
+    {
+        let txn = s.db.begin_write().unwrap();
+        let bytes = serde_json::to_vec(&old).unwrap();
+        assert_eq!(bytes.first(), Some(&b'{'));
+        txn.open_table(DEDUP).unwrap().insert(id.as_u128(), bytes.as_slice()).unwrap();
+        txn.commit().unwrap();
+    }
+    let retried = Proposal { id, command: CommandText::encode(&Command::PurgeApplication { uid }).unwrap() };
+    let r = s.propose(retried).await.unwrap();
+    assert_eq!((r.index, r.outcome), (1, Err(Rejection::NotFound("gone".into()))));
+    assert!(s.get_application("a").unwrap().is_some(), "a remembered command was applied again");
+}
+
+/// Application events copy the object's stored bytes into the watch history and the
+/// watch line: both read back as the object the event carries.
+#[tokio::test]
+async fn the_history_and_watch_line_of_a_write_hold_the_object_as_stored() {
+    let (_d, s) = store().await;
+    apply(&s, LABEL).await.unwrap();
+    let before = s.revision().unwrap();
+    let mut live = s.subscribe();
+    apply(&s, APP).await.unwrap();
+    let uid = s.get_application("a").unwrap().unwrap().metadata.uid.unwrap();
+    let now = OffsetDateTime::now_utc();
+    s.execute(Command::RequestDeallocate { uid, by: "alice".into(), now }).await.unwrap().unwrap();
+    s.execute(Command::PurgeApplication { uid }).await.unwrap().unwrap();
+    let (_, history) = s.events_since(before).unwrap().unwrap();
+    let types: Vec<_> = history.iter().map(|e| e.event_type).collect();
+    assert_eq!(types, vec![WatchEventType::Added, WatchEventType::Modified, WatchEventType::Deleted]);
+    for kept in &history {
+        let e = live.recv().await.unwrap();
+        assert_eq!(e.stored.0.is_some(), e.event_type != WatchEventType::Deleted);
+        assert_eq!((kept.revision, kept.kind, kept.event_type), (e.revision, e.kind, e.event_type));
+        assert_eq!((&kept.object, &kept.owner), (&e.object, &e.owner));
+        let line: serde_json::Value = serde_json::from_slice(&e.watch_line()).unwrap();
+        let wire = serde_json::to_value(api_types::WatchEvent { event_type: e.event_type, object: e.object.clone() });
+        assert_eq!(line, wire.unwrap());
+    }
+}
+
 /// A forwarded command the leader cannot read (a newer fishd's, or garbage) is refused
 /// at the door; in the log it would fail every node's apply and stop the state machine.
 #[tokio::test]
@@ -411,6 +478,71 @@ async fn a_deadline_close_elects_only_nodes_the_leader_hears() {
     s.execute(close(vec!["a", "b"])).await.unwrap().unwrap();
     let app = s.get_application("a").unwrap().unwrap();
     assert_eq!((app.status.phase, app.status.node.as_deref()), (Phase::Elected, Some("b")));
+}
+
+/// Ballots and remembered answers are stored as postcard; a snapshot (the backup dump)
+/// holds them as JSON and loads back to the same bytes, and a ballot an older fishd
+/// stored as JSON still reads and goes through.
+#[tokio::test]
+async fn ballots_and_answers_go_through_a_snapshot_and_old_json_ballots_read() {
+    use super::ballots::{Ballot, BallotVote, Room, Vote};
+    let (_d, s) = store().await;
+    ready_nodes(&s, &["a", "b"]).await;
+    apply(&s, &format!("{LABEL}---\n{APP}---\n{}", APP.replace("{name: a}", "{name: b}"))).await.unwrap();
+    let uid = s.get_application("a").unwrap().unwrap().metadata.uid.unwrap();
+    let other = s.get_application("b").unwrap().unwrap().metadata.uid.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let fit = Vote::Fit { definition: 0, order: 0, driver: "test".into(), free: Room { slots: 9, cpu: 9, ram: 9 } };
+    s.execute(Command::Vote { node: "b".into(), votes: vec![BallotVote { uid, round: 0, vote: fit.clone() }], now })
+        .await
+        .unwrap()
+        .unwrap();
+    // `other`'s ballot as an older fishd wrote it.
+    let old = Ballot {
+        round: 2,
+        opened: Some(now),
+        votes: [("a".to_string(), fit)].into(),
+        returned: [("b".to_string(), 1)].into(),
+    };
+    {
+        let txn = s.db.begin_write().unwrap();
+        txn.open_table(ballots::BALLOTS)
+            .unwrap()
+            .insert(other.as_u128(), serde_json::to_vec(&old).unwrap().as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let read = s.ballots(&[uid, other]).unwrap();
+    assert_eq!(read[1], old);
+    assert_eq!(read[0].votes.len(), 1);
+    let table = |db: &Database, def: redb::TableDefinition<u128, &[u8]>| -> Vec<(u128, Vec<u8>)> {
+        let tx = db.begin_read().unwrap();
+        let t = tx.open_table(def).unwrap();
+        t.iter().unwrap().map(|e| e.unwrap()).map(|(k, v)| (k.value(), v.value().to_vec())).collect()
+    };
+    let mut dump = Vec::new();
+    backup::dump_for(&s.db.begin_read().unwrap(), &mut dump, backup::Purpose::Snapshot).unwrap();
+    let text = String::from_utf8(dump.clone()).unwrap();
+    let line = text.lines().find(|l| l.contains(r#""t":"ballots""#) && l.contains(&uid.to_string())).unwrap();
+    let line: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(serde_json::from_value::<Ballot>(line["v"].clone()).unwrap(), read[0], "a ballot is JSON in a dump");
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::create(dir.path().join("copy.redb")).unwrap();
+    state::init(&db).unwrap();
+    let txn = db.begin_write().unwrap();
+    backup::load(&txn, dump.as_slice()).unwrap();
+    txn.commit().unwrap();
+    let answers = table(&s.db, DEDUP);
+    assert!(!answers.is_empty());
+    assert_eq!(table(&db, DEDUP), answers, "remembered answers load back as they were");
+    let loaded = table(&db, ballots::BALLOTS);
+    assert_eq!(
+        loaded.iter().find(|(k, _)| *k == uid.as_u128()),
+        table(&s.db, ballots::BALLOTS).iter().find(|(k, _)| *k == uid.as_u128())
+    );
+    let tx = db.begin_read().unwrap();
+    let t = tx.open_table(ballots::BALLOTS).unwrap();
+    assert_eq!(ballots::read(&t, other).unwrap(), old, "the old ballot went through (now stored as postcard)");
 }
 
 /// Records `names` as ready nodes, as their own status reports would.

@@ -282,14 +282,16 @@ fn write_new_application(tx: &mut Tx<'_>, mut app: Application, label: &Label) -
     app.metadata.resource_version = Some(rev.to_string());
     let uid = app.metadata.uid.map(|u| u.as_u128()).unwrap_or_default();
     let owner = app.metadata.owner.clone().unwrap_or_default();
-    tx.txn.open_table(APPS)?.insert(uid, serde_json::to_vec(&app)?.as_slice())?;
+    let stored = serde_json::to_vec(&app)?;
+    tx.txn.open_table(APPS)?.insert(uid, stored.as_slice())?;
     tx.txn.open_table(APP_LABELS)?.insert(uid, serde_json::to_vec(label)?.as_slice())?;
     tx.txn.open_table(APP_NAMES)?.insert(app.metadata.name_str(), uid)?;
     tx.txn.open_table(APP_BY_PHASE)?.insert((phase_code(Phase::New), uid), ())?;
     tx.txn.open_table(APP_BY_LABEL)?.insert((app.spec.label.name.as_str(), uid), ())?;
     tx.txn.open_table(APP_BY_OWNER)?.insert((owner.as_str(), uid), ())?;
     super::super::derived::created(tx.txn, &app)?;
-    tx.emit(Kind::Application, WatchEventType::Added, serde_json::to_value(&app)?, Some(owner));
+    let object = serde_json::to_value(&app)?;
+    tx.emit_stored(Kind::Application, WatchEventType::Added, object, stored, Some(owner));
     Ok(())
 }
 
