@@ -432,10 +432,15 @@ fn pair(v: &Value) -> Result<(&Value, &Value), Entry> {
 }
 
 fn object(v: &Value) -> Result<Vec<u8>, Entry> {
+    serde_json::to_vec(an_object(v)?).map_err(|e| Entry::Store(e.into()))
+}
+
+/// `v`, if it is a JSON object.
+fn an_object(v: &Value) -> Result<&Value, Entry> {
     if !v.is_object() {
         return Err(Entry::Bad("the value is not an object".into()));
     }
-    serde_json::to_vec(v).map_err(|e| Entry::Store(e.into()))
+    Ok(v)
 }
 
 /// An object of kind `T` as the state machine writes it: through its type, so the
@@ -491,10 +496,7 @@ fn insert(txn: &WriteTransaction, table: &str, k: &Value, v: &Value) -> Result<(
             _ => return Err(Entry::Bad(format!("{k} is not a (set, kind, name) triple"))),
         },
         "dedup" => {
-            if !v.is_object() {
-                return Err(Entry::Bad("the value is not an object".into()));
-            }
-            txn.open_table(DEDUP)?.insert(uid(k)?, super::dedup::from_json(v)?.as_slice())?;
+            txn.open_table(DEDUP)?.insert(uid(k)?, super::dedup::from_json(an_object(v)?)?.as_slice())?;
         }
         "dedup_by_index" => {
             let (i, u) = pair(k)?;
@@ -517,10 +519,8 @@ fn insert(txn: &WriteTransaction, table: &str, k: &Value, v: &Value) -> Result<(
             txn.open_table(JOIN_TOKENS)?.insert(s(k)?, object(v)?.as_slice())?;
         }
         "ballots" => {
-            if !v.is_object() {
-                return Err(Entry::Bad("the value is not an object".into()));
-            }
-            let ballot = super::ballots::from_json(v).map_err(|e| Entry::Bad(format!("not a valid ballot: {e}")))?;
+            let ballot =
+                super::ballots::from_json(an_object(v)?).map_err(|e| Entry::Bad(format!("not a valid ballot: {e}")))?;
             txn.open_table(BALLOTS)?.insert(uid(k)?, ballot.as_slice())?;
         }
         other => return Err(Entry::Bad(format!("unknown table {other:?}"))),

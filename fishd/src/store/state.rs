@@ -73,15 +73,7 @@ impl Tx<'_> {
     }
 
     fn emit(&mut self, kind: Kind, event_type: WatchEventType, object: serde_json::Value, owner: Option<String>) {
-        self.events.push(Event {
-            revision: self.rev,
-            kind,
-            event_type,
-            object,
-            owner,
-            line: Default::default(),
-            stored: Default::default(),
-        });
+        self.push_event(kind, event_type, object, super::StoredJson(None), owner);
     }
 
     /// Like [`Tx::emit`], for an object just written as `stored` (its JSON bytes).
@@ -93,6 +85,17 @@ impl Tx<'_> {
         stored: Vec<u8>,
         owner: Option<String>,
     ) {
+        self.push_event(kind, event_type, object, super::StoredJson(Some(stored)), owner);
+    }
+
+    fn push_event(
+        &mut self,
+        kind: Kind,
+        event_type: WatchEventType,
+        object: serde_json::Value,
+        stored: super::StoredJson,
+        owner: Option<String>,
+    ) {
         self.events.push(Event {
             revision: self.rev,
             kind,
@@ -100,7 +103,7 @@ impl Tx<'_> {
             object,
             owner,
             line: Default::default(),
-            stored: super::StoredJson(Some(stored)),
+            stored,
         });
     }
 }
