@@ -164,6 +164,7 @@ pub fn spawn(l: Launch<'_>) -> io::Result<PidRecord> {
 pub fn spawn_recorded(cmd: &mut tokio::process::Command, dir: &Path) -> io::Result<PidRecord> {
     // The process must outlive fishd: never kill it when the handle drops.
     cmd.kill_on_drop(false);
+    no_inherited_descriptors(cmd);
     let mut child = cmd.spawn()?;
     let pid =
         child.id().and_then(|p| i32::try_from(p).ok()).ok_or_else(|| io::Error::other("spawned without a pid"))?;
@@ -177,9 +178,72 @@ pub fn spawn_recorded(cmd: &mut tokio::process::Command, dir: &Path) -> io::Resu
     written.map(|()| record)
 }
 
+/// Makes the started process keep no file descriptor of fishd's. Rust opens its own
+/// with `O_CLOEXEC`, but fishd may have inherited open ones from whatever started it (a
+/// shell's redirections, `flock(1)`'s lock, a supervisor's sockets), and a resource
+/// would otherwise hold them, and the lock or socket behind them, for as long as it
+/// runs: a sandbox leak, and a lock nobody can take until the resource ends (seen: an
+/// agent left by a test kept the lock its test runner was started under).
+fn no_inherited_descriptors(cmd: &mut tokio::process::Command) {
+    use nix::libc;
+    let mark = || {
+        // Every descriptor from 3 up becomes close-on-exec (std's own error pipe already
+        // is, so exec failures are still reported). Kernels before 5.11 lack the flag:
+        // then the descriptors below a generous bound are marked one by one.
+        // SAFETY (for both calls): plain system calls on integers, async-signal-safe.
+        #[allow(unsafe_code)]
+        let marked = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) } == 0;
+        if !marked {
+            for fd in 3..FALLBACK_FD_BOUND {
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure runs in the forked child before exec; it only makes system
+    // calls that are async-signal-safe, allocates nothing and takes no lock.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(mark);
+    }
+}
+
+/// Descriptors marked one by one where `close_range` is missing.
+const FALLBACK_FD_BOUND: i32 = 4096;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_started_process_keeps_no_descriptor_fishd_inherited() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        // An inherited descriptor: open, and not close-on-exec.
+        let held = fs::File::create(dir.path().join("held")).unwrap();
+        nix::fcntl::fcntl(&held, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+        let out = dir.path().join("seen");
+        let script = format!(
+            "if [ -e /proc/$$/fd/{fd} ]; then echo inherited; else echo closed; fi > {out}.tmp && mv {out}.tmp {out}",
+            fd = held.as_raw_fd(),
+            out = out.display()
+        );
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c").arg(script);
+        spawn_recorded(&mut cmd, dir.path()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let seen = loop {
+            if let Ok(s) = fs::read_to_string(&out) {
+                break s;
+            }
+            assert!(std::time::Instant::now() < deadline, "the process wrote nothing");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        assert_eq!(seen.trim(), "closed");
+    }
 
     #[test]
     fn describes_statuses() {
