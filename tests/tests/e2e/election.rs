@@ -68,13 +68,17 @@ impl Records {
     }
 
     /// A label whose process records its start, runs `secs` seconds (`None`: until it
-    /// is deallocated), records its end and exits; pinned by `node_filter` if given.
+    /// is deallocated, or until these records are dropped), records its end and exits;
+    /// pinned by `node_filter` if given.
     pub(crate) fn label(&self, name: &str, node_filter: Option<&str>, secs: Option<u32>) -> String {
         let log = self.path();
         let record = format!("r() {{ echo \"$FISH_APPLICATION $FISH_NODE $1 $(date +%s%N)\" >> {}; }}", log.display());
         let body = match secs {
             Some(s) => format!("r start\nsleep {s}\nr end"),
-            None => "r start\nwhile true; do sleep 1; done".to_owned(),
+            // Process resources outlive their fishd by design (a restarted node adopts
+            // them), so a test that ends (or panics) with one allocated would leave it
+            // running: it stops on its own once the test's directory is gone.
+            None => format!("r start\nwhile [ -d {} ]; do sleep 1; done", self.dir.path().display()),
         };
         let script = format!("{record}\n{body}").replace('\n', "\n            ");
         let filter = node_filter.map(|f| format!(", nodeFilter: [\"{f}\"]")).unwrap_or_default();
