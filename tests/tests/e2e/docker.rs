@@ -213,3 +213,51 @@ async fn a_bad_sum_fails_clearly_and_leaves_nothing() {
     assert!(!docker(&["inspect", &container_of(&a)]).0, "container left behind");
     assert!(!docker(&["image", "inspect", "aquarium-test/never-loaded:x"]).0, "an unverified image was loaded");
 }
+
+/// Two fishd starting together can both create a network of one name (the engine checks
+/// names, but not atomically) and the engine then starts no container on that name: the
+/// node settles on one network, removes the others, and its containers start.
+#[tokio::test]
+async fn a_duplicate_network_left_by_a_race_is_removed_and_containers_start() {
+    if !engine() {
+        return;
+    }
+    let node = node_name();
+    let prefix = format!("aquarium-e2e-{node}");
+    let name = format!("{prefix}-isolated");
+    let racers: Vec<_> = (0..4)
+        .map(|_| {
+            let name = name.clone();
+            std::thread::spawn(move || {
+                let args = ["network", "create", "--internal", "--label", "aquarium.fish/managed=true", &name];
+                docker(&args).0
+            })
+        })
+        .collect();
+    let created = racers.into_iter().map(|r| r.join().is_ok_and(|ok| ok)).filter(|&ok| ok).count();
+    let of_name = || {
+        let (_, ids) = docker(&["network", "ls", "-q", "--no-trunc", "--filter", &format!("name=^{name}$")]);
+        ids.lines().map(str::to_owned).collect::<Vec<_>>()
+    };
+    assert!(created >= 2, "{created} of 4 racing creations went through: this test cannot set up the race");
+
+    let config = format!("nodeName: {node}\ndrivers:\n  docker: {{networkPrefix: {prefix}}}\n");
+    let d = TestDaemon::start(&config).await.unwrap();
+    let (code, body) = d.apply(&(label("dup", "sleep 3600", "") + &app("dup-1", "dup"))).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let a = d.wait_phase("dup-1", "ALLOCATED").await.unwrap();
+    let left = of_name();
+    assert_eq!(left.len(), 1, "duplicates are left: {left:?}");
+    let format = "{{range $k, $v := .NetworkSettings.Networks}}{{$v.NetworkID}}{{end}}";
+    let (_, on) = docker(&["inspect", "-f", format, &container_of(&a)]);
+    assert_eq!(on, left[0], "the container is not on the network that is left");
+
+    d.post("/api/v1/applications/dup-1/deallocate", None).await.unwrap();
+    d.wait_phase("dup-1", "DEALLOCATED").await.unwrap();
+    drop(d);
+    // Both networks of the test's prefix (the node makes the nat one at start).
+    let (_, ours) = docker(&["network", "ls", "-q", "--filter", &format!("name=^{prefix}-")]);
+    for id in ours.lines() {
+        assert!(docker(&["network", "rm", id]).0, "could not remove the test's network {id}");
+    }
+}

@@ -11,9 +11,11 @@
 //! put on the network (once per network and ports) and again at every
 //! [`Networks::enforce`] pass, which also deletes the chains of removed networks.
 //!
-//! Old engines (API < 1.44) accept two networks of one name, so creation is serialized
-//! within this process and, should another process race us, every caller settles on the
-//! same network: the one of that name with the lowest id.
+//! Engines accept two networks of one name when two creations race (seen with Docker 28:
+//! two fishd starting together), and then start no container on that name ("ambiguous").
+//! So creation is serialized within this process and, should another process race us,
+//! every caller settles on the same network, the oldest of that name, and removes the
+//! younger ones that no container uses.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -133,7 +135,9 @@ impl Networks {
     }
 }
 
-/// The network named exactly `name` with the lowest id, if any.
+/// The network named exactly `name` that every caller settles on, if any: the oldest
+/// (then the lowest id). Younger ones of ours are removed, so the name becomes usable
+/// again; one a container already uses is left (the engine refuses), and said.
 async fn find(docker: &Docker, name: &str) -> Result<Option<bollard::models::Network>, DriverError> {
     let filters = HashMap::from([("name", vec![name])]);
     let options = ListNetworksOptionsBuilder::default().filters(&filters).build();
@@ -142,12 +146,38 @@ async fn find(docker: &Docker, name: &str) -> Result<Option<bollard::models::Net
         .await
         .map_err(|e| engine_error("listing networks", e))?
         .into_iter()
+        // The name filter matches substrings.
         .filter(|n| n.name.as_deref() == Some(name))
         .collect();
-    // The name filter matches substrings, and duplicates are possible: pick one the same
-    // way every racer does.
-    networks.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(networks.into_iter().next())
+    networks.sort_by_cached_key(settling_order);
+    let mut networks = networks.into_iter();
+    let kept = networks.next();
+    for younger in networks {
+        let (Some(id), true) = (younger.id.as_deref(), is_ours(&younger)) else { continue };
+        match docker.remove_network(id).await {
+            Ok(()) => {
+                tracing::info!(network = %name, %id, "removed a duplicate docker network left by a racing creation")
+            }
+            // Already gone: another racer removed it.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(e) => tracing::warn!(network = %name, %id, error = %e, "cannot remove a duplicate docker network"),
+        }
+    }
+    Ok(kept)
+}
+
+/// Oldest first; a creation time the engine did not give (or we cannot read) sorts last,
+/// and the id breaks ties, so every caller orders the same list the same way.
+fn settling_order(n: &bollard::models::Network) -> (bool, Option<time::OffsetDateTime>, Option<String>) {
+    let created = n
+        .created
+        .as_deref()
+        .and_then(|c| time::OffsetDateTime::parse(c, &time::format_description::well_known::Rfc3339).ok());
+    (created.is_none(), created, n.id.clone())
+}
+
+fn is_ours(n: &bollard::models::Network) -> bool {
+    n.labels.as_ref().and_then(|l| l.get(LABEL_MANAGED)).is_some_and(|v| v == "true")
 }
 
 /// Refuses a network of our name that lost its isolation: a container put there would
@@ -178,4 +208,31 @@ fn checked(name: String, mode: Network, network: bollard::models::Network) -> Re
 
 fn policy(info: &NetworkInfo, mode: Network, ports: &[u16]) -> Policy {
     Policy { bridge: info.bridge.clone(), gateway: info.gateway, isolated: mode != Network::Nat, ports: ports.to_vec() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(id: &str, created: Option<&str>) -> bollard::models::Network {
+        bollard::models::Network { id: Some(id.into()), created: created.map(Into::into), ..Default::default() }
+    }
+
+    #[test]
+    fn racers_settle_on_the_oldest_network_whatever_order_the_engine_lists() {
+        let listed = [
+            net("aaa", Some("2026-11-30T23:54:53.384288035Z")),
+            net("zzz", Some("2026-11-30T23:54:53.38188Z")),
+            net("000", None),
+            net("bbb", Some("2026-11-30T23:54:53.384288035Z")),
+        ];
+        for rotation in 0..listed.len() {
+            let mut l = listed.to_vec();
+            l.rotate_left(rotation);
+            l.sort_by_cached_key(settling_order);
+            let ids: Vec<_> = l.iter().filter_map(|n| n.id.as_deref()).collect();
+            // Fewer fraction digits is an earlier time, not a later string; unknown last.
+            assert_eq!(ids, ["zzz", "aaa", "bbb", "000"]);
+        }
+    }
 }
