@@ -166,12 +166,13 @@ impl crate::store::RaftNetworkBuilder for HttpNetwork {
 /// and a forwarder sends what is queued as one `POST /cluster/write-batch` (at most
 /// [`FORWARD_BATCH`] proposals or [`FORWARD_BATCH_BYTES`]) as soon as one of its
 /// [`FORWARDS_IN_FLIGHT`] requests is free: one alone goes at once; whatever queues
-/// while requests are out goes in the next one (group commit's pattern, see the
-/// store's `Leading`). The leader writes a batch's proposals concurrently, so they
-/// share its log entries. Each proposal keeps its id and each caller gets its own
-/// answer or error, so [`crate::store::Store::propose`]'s deadline and retries are
-/// unchanged. A follower forwarded ~3 writes per application in a burst (its creates,
-/// its votes, its status writes), each its own TLS request: much of a cluster's CPU.
+/// while all requests are out goes in the next one. The leader writes a batch's
+/// proposals concurrently, so they share its log entries: the batching that counts
+/// is the leader's group commit (the store's `Leading`), over every node's writes.
+/// Each proposal keeps its id and each caller gets its own answer or error, so
+/// [`crate::store::Store::propose`]'s deadline and retries are unchanged. A follower
+/// forwarded ~3 writes per application in a burst (its creates, its votes, its status
+/// writes), each its own TLS request: much of a cluster's CPU.
 ///
 /// There is one forwarder per leader, so requests hung on a former leader (cut off,
 /// not yet timed out) never hold up the writes forwarded to the new one.
@@ -192,8 +193,19 @@ pub const FORWARD_BATCH: usize = 256;
 /// A request takes more proposals only while its body is smaller than this (one
 /// larger proposal still goes, alone).
 const FORWARD_BATCH_BYTES: usize = 1024 * 1024;
-/// Forwarded requests out at once (as the leader has log entries in flight).
-const FORWARDS_IN_FLIGHT: usize = 2;
+/// Forwarded requests out at once.
+///
+/// A forwarded request is answered once its proposals are applied on the leader: a
+/// whole commit cycle (the leader's append, a follower's over the network, the apply).
+/// With 2 out (as the leader has 2 log entries in flight), a follower's writes waited
+/// here up to one such cycle before they were even sent, then a cycle on the leader:
+/// about two where the leader's own writes take one. With more out, they reach the
+/// leader's queue at once and join its next entry with everything else: fewer, larger
+/// entries (each one an append and an fsync on every node, an AppendEntries per
+/// follower, an apply transaction per node). Measured in the 3-node burst
+/// (`fish-bench --only cluster`): 0.57 log entries per application with 2, 0.51 with
+/// 8, 0.50 with 16. Bounded, so a follower cannot flood a slow leader with requests.
+const FORWARDS_IN_FLIGHT: usize = 8;
 /// Proposals waiting for the forwarder before callers wait for room.
 const FORWARD_QUEUE: usize = 4096;
 
