@@ -21,8 +21,11 @@
 //! Once a request is allowed, each direction is read into a buffer of its own and written
 //! out (`relay`). Not splice(2): on a bulk download it measured a quarter slower, because
 //! handing socket pages on keeps every byte out of cache (see `relay`'s module doc).
+//! The leg to the resource is never paced, whatever the host's congestion control: it is
+//! local, and bbr's pacing there only costs wake-ups (`local_leg`).
 
 mod directory;
+mod local_leg;
 mod metrics;
 pub mod port;
 mod relay;

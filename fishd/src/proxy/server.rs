@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::stream::Stream;
 use super::wire::{self, Reply, Target, WireError};
-use super::{Client, Directory, ProxyLimits, ProxyMetrics, TOKEN_USER, relay};
+use super::{Client, Directory, ProxyLimits, ProxyMetrics, TOKEN_USER, local_leg, relay};
 
 /// Why the proxy cannot listen.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +157,7 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, stop: Cancellatio
             continue;
         };
         let _ = stream.set_nodelay(true);
+        local_leg::unpace(&stream);
         tokio::spawn(serve(inner.clone(), stream.into(), Peer::Addr(peer), permit));
     }
 }

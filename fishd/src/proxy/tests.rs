@@ -282,3 +282,38 @@ async fn a_handed_in_stream_is_its_owner_and_nobody_else() {
     .await
     .expect("test timed out");
 }
+
+/// The congestion control of each established socket `filter` selects, as an operator
+/// sees it: `ss -tin` prints it among each socket's flags.
+async fn congestion_controls(filter: &str) -> Vec<String> {
+    let known = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control").expect("read sysctl");
+    let known: Vec<&str> = known.split_whitespace().collect();
+    let mut ss = tokio::process::Command::new("ss");
+    ss.args(["-H", "-t", "-i", "-n", "state", "established"]).args(filter.split_whitespace());
+    let out = ss.output().await.expect("ss (iproute2) runs");
+    assert!(out.status.success(), "ss {filter}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace().filter(|word| known.contains(word)).map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn the_leg_to_the_resource_is_not_paced_and_the_leg_to_the_target_keeps_the_host_default() {
+    tokio::time::timeout(LIMIT, async {
+        let t = target().await;
+        let (p, _) = proxy(vec!["127.0.0.1:*"], ProxyLimits::default()).await;
+        let mut s = TcpStream::connect(p).await.expect("connect");
+        s.write_all(&socks_connect(t)).await.expect("write");
+        assert_eq!(read_n(&mut s, 12).await[..4], [5, 0, 5, 0]);
+        assert_eq!(read_n(&mut s, 5).await, b"hello", "relayed");
+        // Both legs are up while the relay runs. The proxy's end of the resource's leg:
+        let client = s.local_addr().expect("address").port();
+        let leg = congestion_controls(&format!("( sport = :{} and dport = :{client} )", p.port())).await;
+        assert!(leg == ["cubic"] || leg == ["reno"], "the resource's leg uses {leg:?}");
+        // The proxy's connection to the target is the only one to the target's port.
+        let host = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").expect("read sysctl");
+        let upstream = congestion_controls(&format!("( dport = :{} )", t.port())).await;
+        assert_eq!(upstream, [host.trim()], "the target's leg");
+    })
+    .await
+    .expect("test timed out");
+}
