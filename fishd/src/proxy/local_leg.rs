@@ -10,8 +10,9 @@
 //! socket, and with no `fq` qdisc TCP paces internally: an hrtimer armed per burst, the
 //! sending thread woken by it later. On a zero-RTT link that pacing only adds wake-ups
 //! and gaps: on a bulk download the relay's writes to the resource waited on their own
-//! pacing timer (issue 17, sessions 8 to 10; the download through the proxy went from
-//! 80–94 % of a direct one to 110–120 % with this leg unpaced, `benches/proxy.rs`).
+//! pacing timer. With this leg unpaced a bulk download through the proxy went from a
+//! median 87 % of the same download direct to 116 % (`benches/proxy.rs`, eleven alternated
+//! rounds on a bbr host, ahead in every one; issue 17, session 10).
 //!
 //! So the proxy gives this leg cubic, the kernel's classic default, which does not pace,
 //! or reno where cubic is not built or not permitted (an unprivileged fishd may only
