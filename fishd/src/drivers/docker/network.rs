@@ -25,7 +25,7 @@ use bollard::Docker;
 use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::ListNetworksOptionsBuilder;
 
-use super::{LABEL_MANAGED, engine_error};
+use super::{LABEL_MANAGED, engine_error, is_not_found};
 use crate::drivers::DriverError;
 use crate::drivers::firewall::{Firewall, Policy};
 
@@ -159,7 +159,7 @@ async fn find(docker: &Docker, name: &str) -> Result<Option<bollard::models::Net
                 tracing::info!(network = %name, %id, "removed a duplicate docker network left by a racing creation")
             }
             // Already gone: another racer removed it.
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(e) if is_not_found(&e) => {}
             Err(e) => tracing::warn!(network = %name, %id, error = %e, "cannot remove a duplicate docker network"),
         }
     }
