@@ -475,12 +475,14 @@ async fn open_store(
     bootstrap: bool,
     acks: &crate::cluster::liveness::PeerAcks,
 ) -> Result<Store, RunError> {
+    // One stream per peer, shared by Raft and the forwarder.
+    let links = crate::cluster::peer_stream::PeerLinks::new(client.clone());
     let options = StoreOptions {
         event_history: config.watch_history,
         node,
         bootstrap,
-        network: Some(Arc::new(crate::cluster::raft_net::HttpNetwork::new(client.clone()).with_acks(acks.clone()))),
-        forward: Some(Arc::new(crate::cluster::raft_net::HttpForward::new(client.clone()))),
+        network: Some(Arc::new(crate::cluster::raft_net::HttpNetwork::new(links.clone()).with_acks(acks.clone()))),
+        forward: Some(Arc::new(crate::cluster::raft_net::HttpForward::new(links))),
     };
     Ok(Store::open_with(&data_dir.join("fish.redb"), options).await?)
 }

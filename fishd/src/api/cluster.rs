@@ -232,7 +232,21 @@ pub fn peer_routes(state: &AppState) -> axum::Router<AppState> {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_PEER_BODY))
 }
 
-async fn only_members(_peer: PeerNode, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// Lets members through, and hands a stream ([`crate::cluster::peer_stream`]) what it
+/// needs to check the member again for each frame and to end on shutdown.
+async fn only_members(
+    State(state): State<AppState>,
+    peer: PeerNode,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let membership = state.cluster.membership.clone();
+    let name = peer.0.clone();
+    request.extensions_mut().insert(crate::cluster::peer_stream::PeerSession {
+        peer: peer.0,
+        still_member: Arc::new(move || membership.is_member(&name)),
+        shutdown: state.shutdown.clone(),
+    });
     next.run(request).await
 }
 

@@ -1,9 +1,14 @@
-//! Node-to-node Raft traffic: the HTTPS client openraft uses to reach peers, the
+//! Node-to-node Raft traffic: the client openraft uses to reach peers, the
 //! forwarding of writes to the leader, and the routes that serve both.
+//!
+//! Appends, votes and forwarded write batches travel as frames on one stream per
+//! peer ([`super::peer_stream`]); snapshots, membership changes, and every call to a
+//! peer without the stream route (an older version) are an HTTPS request each.
 //!
 //! # Invariants
 //! - Bodies are postcard (compact, fast for snapshot chunks); a command inside a log
-//!   entry stays JSON text (see [`crate::store::Proposal`]).
+//!   entry stays JSON text (see [`crate::store::Proposal`]). A frame's body is what
+//!   the per-request route takes or answers.
 //! - A peer that cannot be connected to is `Unreachable` (openraft backs off), any other
 //!   transport failure is a `Network` error, and an error the peer's Raft returned is a
 //!   `RemoteError`, so openraft reacts to each as it should.
@@ -30,23 +35,24 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
 use super::liveness::PeerAcks;
+use super::peer_stream::{FrameBuf, Kind, Link, LinkError, PeerLinks};
 use crate::store::{Applied, FishNode, Forward, NodeId, Proposal, Raft, Store, TypeConfig, WRITE_TIMEOUT};
 
 const POSTCARD: &str = "application/x-postcard";
 /// How long a peer request may run on after openraft stopped waiting for it.
 const SLOW_PEER: Duration = Duration::from_secs(5);
 
-/// Connects this node to its peers' `/raft/*` routes.
+/// Connects this node to its peers' streams and `/raft/*` routes.
 #[derive(Clone)]
 pub struct HttpNetwork {
-    client: reqwest::Client,
+    links: PeerLinks,
     acks: PeerAcks,
 }
 
 impl HttpNetwork {
-    /// `client` must trust the cluster CA and present this node's certificate.
-    pub fn new(client: reqwest::Client) -> Self {
-        HttpNetwork { client, acks: PeerAcks::default() }
+    /// `links`' client must trust the cluster CA and present this node's certificate.
+    pub fn new(links: PeerLinks) -> Self {
+        HttpNetwork { links, acks: PeerAcks::default() }
     }
 
     /// Records in `acks` when each peer last answered (see [`crate::cluster::liveness`]).
@@ -59,6 +65,7 @@ impl HttpNetwork {
 /// The connection to one peer.
 pub struct HttpPeer {
     client: reqwest::Client,
+    link: Arc<Link>,
     target: NodeId,
     base: String,
     acks: PeerAcks,
@@ -68,7 +75,13 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     type Network = HttpPeer;
 
     async fn new_client(&mut self, target: NodeId, node: &FishNode) -> HttpPeer {
-        HttpPeer { client: self.client.clone(), target, base: format!("https://{}", node.api), acks: self.acks.clone() }
+        HttpPeer {
+            client: self.links.client().clone(),
+            link: self.links.to(&node.api),
+            target,
+            base: self.links.base(&node.api),
+            acks: self.acks.clone(),
+        }
     }
 }
 
@@ -83,7 +96,40 @@ fn net<E: std::error::Error>(message: String) -> RPCError<NodeId, FishNode, E> {
 }
 
 impl HttpPeer {
-    async fn call<Req, Resp, E>(&self, path: &str, req: &Req, option: &RPCOption) -> Result<Resp, RpcErr<E>>
+    /// `req` as a frame of `kind` on the peer's stream; per request to `path` when the
+    /// peer has no stream (or `kind` is `None`).
+    async fn call<Req, Resp, E>(
+        &self,
+        kind: Option<Kind>,
+        path: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        if let Some(kind) = kind {
+            let frame = FrameBuf::encode(kind, req).map_err(|e| net(format!("cannot encode the request: {e}")))?;
+            let answer = match self.link.call(frame, option.hard_ttl()).await {
+                Ok(answer) => answer,
+                Err(LinkError::NoStream(_)) => return self.call_http(path, req, option).await,
+                Err(e @ LinkError::Unreachable { .. }) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
+                Err(e) => return Err(RPCError::Network(NetworkError::new(&e))),
+            };
+            // The peer is alive: whatever its Raft said, it answered.
+            self.acks.ack(self.target);
+            let body = answer.body().map_err(|e| net(format!("{path} on the stream failed: {e}")))?;
+            let r: Result<Resp, RaftError<NodeId, E>> =
+                postcard::from_bytes(body).map_err(|e| net(format!("cannot decode the answer of {path}: {e}")))?;
+            return r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)));
+        }
+        self.call_http(path, req, option).await
+    }
+
+    /// `req` as its own request to the peer's `path`.
+    async fn call_http<Req, Resp, E>(&self, path: &str, req: &Req, option: &RPCOption) -> Result<Resp, RpcErr<E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -127,7 +173,7 @@ impl RaftNetwork<TypeConfig> for HttpPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
-        self.call("/raft/append", &rpc, &option).await
+        self.call(Some(Kind::Append), "/raft/append", &rpc, &option).await
     }
 
     async fn install_snapshot(
@@ -135,7 +181,7 @@ impl RaftNetwork<TypeConfig> for HttpPeer {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<openraft::error::InstallSnapshotError>> {
-        self.call("/raft/snapshot", &rpc, &option).await
+        self.call(None, "/raft/snapshot", &rpc, &option).await
     }
 
     async fn vote(
@@ -143,7 +189,7 @@ impl RaftNetwork<TypeConfig> for HttpPeer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
-        self.call("/raft/vote", &rpc, &option).await
+        self.call(Some(Kind::Vote), "/raft/vote", &rpc, &option).await
     }
 }
 
@@ -163,7 +209,8 @@ impl crate::store::RaftNetworkBuilder for HttpNetwork {
 /// Forwards writes to the leader, several at once.
 ///
 /// Writes forwarded concurrently share requests: each `forward` queues its proposal,
-/// and a forwarder sends what is queued as one `POST /cluster/write-batch` (at most
+/// and a forwarder sends what is queued as one write-batch frame on the leader's
+/// stream (or one `POST /cluster/write-batch` to a leader without it) (at most
 /// [`FORWARD_BATCH`] proposals or [`FORWARD_BATCH_BYTES`]) as soon as one of its
 /// [`FORWARDS_IN_FLIGHT`] requests is free: one alone goes at once; whatever queues
 /// while all requests are out goes in the next one. The leader writes a batch's
@@ -177,7 +224,7 @@ impl crate::store::RaftNetworkBuilder for HttpNetwork {
 /// There is one forwarder per leader, so requests hung on a former leader (cut off,
 /// not yet timed out) never hold up the writes forwarded to the new one.
 pub struct HttpForward {
-    client: reqwest::Client,
+    links: PeerLinks,
     queues: std::sync::Mutex<std::collections::HashMap<FishNode, mpsc::Sender<Queued>>>,
     requests: Arc<AtomicU64>,
 }
@@ -210,11 +257,11 @@ const FORWARDS_IN_FLIGHT: usize = 8;
 const FORWARD_QUEUE: usize = 4096;
 
 impl HttpForward {
-    pub fn new(client: reqwest::Client) -> Self {
-        HttpForward { client, queues: Default::default(), requests: Arc::default() }
+    pub fn new(links: PeerLinks) -> Self {
+        HttpForward { links, queues: Default::default(), requests: Arc::default() }
     }
 
-    /// Requests sent to leaders so far (batches and single writes).
+    /// Batches sent to leaders so far (frames on a stream, or requests).
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
@@ -227,7 +274,7 @@ impl HttpForward {
             .entry(leader.clone())
             .or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
-                tokio::spawn(forwarder(self.client.clone(), leader.clone(), self.requests.clone(), rx));
+                tokio::spawn(forwarder(self.links.clone(), leader.clone(), self.requests.clone(), rx));
                 tx
             })
             .clone()
@@ -247,12 +294,7 @@ impl Forward for HttpForward {
 
 /// Takes what is queued for `leader`, a batch per free request slot (see
 /// [`HttpForward`]).
-async fn forwarder(
-    client: reqwest::Client,
-    leader: FishNode,
-    requests: Arc<AtomicU64>,
-    mut rx: mpsc::Receiver<Queued>,
-) {
+async fn forwarder(links: PeerLinks, leader: FishNode, requests: Arc<AtomicU64>, mut rx: mpsc::Receiver<Queued>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT));
     // One taken from the queue that did not fit the last batch (past the byte
     // budget): it opens the next.
@@ -281,34 +323,64 @@ async fn forwarder(
                 Err(_) => break,
             }
         }
-        let (client, leader, requests) = (client.clone(), leader.clone(), requests.clone());
+        let (links, leader, requests) = (links.clone(), leader.clone(), requests.clone());
         tokio::spawn(async move {
-            send_batch(&client, &leader, &requests, batch).await;
+            send_batch(&links, &leader, &requests, batch).await;
             drop(slot);
         });
     }
 }
 
 /// Sends `batch` to `leader` and hands each caller its answer.
-async fn send_batch(client: &reqwest::Client, leader: &FishNode, requests: &AtomicU64, mut batch: Vec<Queued>) {
+async fn send_batch(links: &PeerLinks, leader: &FishNode, requests: &AtomicU64, mut batch: Vec<Queued>) {
     // A caller past its deadline has given up (and was told no quorum): not sent.
     batch.retain(|q| !q.reply.is_closed());
     if batch.is_empty() {
         return;
     }
     requests.fetch_add(1, Ordering::Relaxed);
+    let mut frame = FrameBuf::new();
+    append_batch_body(frame.body_mut(), batch.iter().map(|q| q.body.as_slice()));
+    let answers = match frame.finish(Kind::WriteBatch) {
+        Ok(frame) => match links.to(&leader.api).call(frame, WRITE_TIMEOUT).await {
+            Err(LinkError::NoStream(_)) => return send_batch_http(links.client(), leader, requests, batch).await,
+            Err(e) => Err(e.to_string()),
+            Ok(answer) => answer.body().and_then(|body| decode_answers(body, batch.len())),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    hand_out(batch, answers);
+}
+
+/// The answers to a batch of `n` forwarded writes.
+fn decode_answers(body: &[u8], n: usize) -> Result<Vec<Result<Applied, String>>, String> {
+    match postcard::from_bytes::<Vec<Result<Applied, String>>>(body) {
+        Ok(answers) if answers.len() == n => Ok(answers),
+        Ok(answers) => Err(format!("the leader answered {} of {n} forwarded writes", answers.len())),
+        Err(e) => Err(format!("cannot decode the leader's answer: {e}")),
+    }
+}
+
+/// Each caller gets its answer, or all hear why the whole batch failed (and retry on
+/// their own).
+fn hand_out(batch: Vec<Queued>, answers: Result<Vec<Result<Applied, String>>, String>) {
+    match answers {
+        Ok(answers) => batch.into_iter().zip(answers).for_each(|(q, a)| drop(q.reply.send(a))),
+        Err(e) => batch.into_iter().for_each(|q| drop(q.reply.send(Err(e.clone())))),
+    }
+}
+
+/// Sends `batch` to a `leader` without the stream route, per request.
+async fn send_batch_http(client: &reqwest::Client, leader: &FishNode, requests: &AtomicU64, mut batch: Vec<Queued>) {
     if batch.len() == 1 {
         let q = batch.remove(0);
         let _ = q.reply.send(send_one(client, leader, q.body).await);
         return;
     }
-    let body = batch_body(batch.iter().map(|q| q.body.as_slice()));
+    let mut body = Vec::new();
+    append_batch_body(&mut body, batch.iter().map(|q| q.body.as_slice()));
     let answers = match post_leader(client, leader, "/cluster/write-batch", WRITE_TIMEOUT, body).await {
-        Ok(bytes) => match postcard::from_bytes::<Vec<Result<Applied, String>>>(&bytes) {
-            Ok(answers) if answers.len() == batch.len() => Ok(answers),
-            Ok(answers) => Err(format!("the leader answered {} of {} forwarded writes", answers.len(), batch.len())),
-            Err(e) => Err(format!("cannot decode the leader's answer: {e}")),
-        },
+        Ok(bytes) => decode_answers(&bytes, batch.len()),
         // A leader of an older version has no batch route: one request each.
         Err(Post::Status(StatusCode::NOT_FOUND, _)) => {
             let singles = batch.into_iter().map(|q| async move {
@@ -320,11 +392,7 @@ async fn send_batch(client: &reqwest::Client, leader: &FishNode, requests: &Atom
         }
         Err(e) => Err(e.to_string()),
     };
-    match answers {
-        Ok(answers) => batch.into_iter().zip(answers).for_each(|(q, a)| drop(q.reply.send(a))),
-        // The whole request failed: every caller hears why (and retries on its own).
-        Err(e) => batch.into_iter().for_each(|q| drop(q.reply.send(Err(e.clone())))),
-    }
+    hand_out(batch, answers);
 }
 
 /// One encoded proposal to the leader's `/cluster/write`.
@@ -333,12 +401,15 @@ async fn send_one(client: &reqwest::Client, leader: &FishNode, body: Vec<u8>) ->
     postcard::from_bytes::<Result<Applied, String>>(&bytes).map_err(|e| e.to_string())?
 }
 
-/// The postcard encoding of a `Vec<Proposal>` from its proposals' encodings: a
-/// sequence is its length (a varint, as a `u64` is encoded) then its elements.
-fn batch_body<'a>(parts: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut body = postcard::to_allocvec(&(parts.len() as u64)).unwrap_or_default();
+/// Appends to `body` the postcard encoding of a `Vec<Proposal>` from its proposals'
+/// encodings: a sequence is its length (a varint, as a `u64` is encoded) then its
+/// elements.
+fn append_batch_body<'a>(body: &mut Vec<u8>, parts: impl ExactSizeIterator<Item = &'a [u8]>) {
+    let mut len = [0u8; 10];
+    if let Ok(len) = postcard::to_slice(&(parts.len() as u64), &mut len) {
+        body.extend_from_slice(len);
+    }
     parts.for_each(|p| body.extend_from_slice(p));
-    body
 }
 
 /// Why a request to the leader failed.
@@ -489,7 +560,8 @@ mod tests {
             let ps: Vec<Proposal> =
                 (0..n).map(|i| Proposal::new(&Command::DeleteUser { name: format!("u{i}") }).unwrap()).collect();
             let parts: Vec<Vec<u8>> = ps.iter().map(|p| postcard::to_allocvec(p).unwrap()).collect();
-            let body = batch_body(parts.iter().map(Vec::as_slice));
+            let mut body = Vec::new();
+            append_batch_body(&mut body, parts.iter().map(Vec::as_slice));
             let back: Vec<Proposal> = postcard::from_bytes(&body).unwrap();
             assert_eq!(back.len(), n);
             for (i, (p, q)) in ps.iter().zip(&back).enumerate() {

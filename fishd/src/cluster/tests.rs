@@ -13,6 +13,7 @@ use axum_server::tls_rustls::RustlsConfig;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::peer_stream::PeerLinks;
 use super::raft_membership::{self, MemberChange};
 use super::raft_net::{HttpForward, HttpNetwork, peer_client};
 use crate::store::{ApplyItem, Command, FishNode, Proposal, Store, StoreError, StoreOptions, UserRecord};
@@ -20,6 +21,7 @@ use crate::store::{ApplyItem, Command, FishNode, Proposal, Store, StoreError, St
 struct TestNode {
     store: Store,
     client: reqwest::Client,
+    links: PeerLinks,
     forward: Arc<HttpForward>,
     handle: axum_server::Handle<SocketAddr>,
 }
@@ -37,35 +39,77 @@ fn shared_ca(root: &Path) {
 }
 
 async fn start(root: &Path, name: &str, bootstrap: bool) -> TestNode {
+    start_with(root, name, bootstrap, super::peer_routes).await
+}
+
+/// `name`'s data dir under `root`, holding the shared CA.
+fn node_dir(root: &Path, name: &str) -> std::path::PathBuf {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     for f in ["ca.crt", "ca.key"] {
         std::fs::copy(root.join("ca").join(f), dir.join(f)).unwrap();
     }
-    let tls = crate::tls::load_or_create(&dir, name, Some("127.0.0.1")).unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let client = peer_client(crate::tls::peer_client_config(&dir).unwrap()).unwrap();
-    let forward = Arc::new(HttpForward::new(client.clone()));
-    let options = StoreOptions {
-        event_history: 10_000,
-        node: FishNode { name: name.into(), api: addr.to_string() },
-        bootstrap,
-        network: Some(Arc::new(HttpNetwork::new(client.clone()))),
-        forward: Some(forward.clone()),
-    };
-    let store = Store::open_with(&dir.join("fish.redb"), options).await.unwrap();
+    dir
+}
+
+/// Serves `app` over TLS with `dir`'s certificate on `listener`.
+fn serve(
+    dir: &Path,
+    name: &str,
+    listener: std::net::TcpListener,
+    app: axum::Router,
+) -> axum_server::Handle<SocketAddr> {
+    let tls = crate::tls::load_or_create(dir, name, Some("127.0.0.1")).unwrap();
     let handle = axum_server::Handle::new();
-    let app: axum::Router = super::peer_routes(store.clone());
     let server = axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(tls.server_config))
         .unwrap()
         .handle(handle.clone());
     tokio::spawn(async move { server.serve(app.into_make_service()).await });
+    handle
+}
+
+fn listen() -> (std::net::TcpListener, SocketAddr) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+/// A node whose peer routes are `routes` (the current ones, or an older version's).
+async fn start_with(root: &Path, name: &str, bootstrap: bool, routes: fn(Store) -> axum::Router) -> TestNode {
+    let dir = node_dir(root, name);
+    crate::tls::load_or_create(&dir, name, Some("127.0.0.1")).unwrap();
+    let (listener, addr) = listen();
+    let client = peer_client(crate::tls::peer_client_config(&dir).unwrap()).unwrap();
+    let links = PeerLinks::new(client.clone());
+    let forward = Arc::new(HttpForward::new(links.clone()));
+    let options = StoreOptions {
+        event_history: 10_000,
+        node: FishNode { name: name.into(), api: addr.to_string() },
+        bootstrap,
+        network: Some(Arc::new(HttpNetwork::new(links.clone()))),
+        forward: Some(forward.clone()),
+    };
+    let store = Store::open_with(&dir.join("fish.redb"), options).await.unwrap();
+    let handle = serve(&dir, name, listener, routes(store.clone()));
     let membership =
         Arc::new(super::raft_membership::RaftMembership::new(store.clone(), client.clone(), 3, "test".into(), vec![]));
     tokio::spawn(membership.promote_learners(tokio_util::sync::CancellationToken::new()));
-    TestNode { store, client, forward, handle }
+    TestNode { store, client, links, forward, handle }
+}
+
+/// The peer routes of a version before the stream (`/raft/stream` answers 404).
+fn routes_without_stream(store: Store) -> axum::Router {
+    use super::raft_net;
+    use axum::routing::post;
+    axum::Router::new()
+        .route("/raft/append", post(raft_net::append))
+        .route("/raft/vote", post(raft_net::vote))
+        .route("/raft/snapshot", post(raft_net::snapshot))
+        .route("/cluster/write", post(raft_net::write))
+        .route("/cluster/write-batch", post(raft_net::write_batch))
+        .route("/cluster/members", post(raft_membership::members_route))
+        .with_state(store)
 }
 
 /// Adds `node` to the cluster, asking `via` (forwarded if `via` does not lead).
@@ -275,5 +319,154 @@ async fn concurrent_forwarded_writes_share_requests_and_each_gets_its_own_answer
     until_has(&a.store, &format!("fw-{}", WRITES - 2)).await;
     assert_eq!(a.store.list_labels(None).unwrap().1.len(), WRITES - WRITES / 3);
     b.stop().await;
+    a.stop().await;
+}
+
+/// A node of an older version (no stream route) in a cluster with a newer one: the
+/// newer one's appends to it, its forwarded writes and everything else go per request,
+/// and the cluster works as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_the_stream_route_is_called_per_request() {
+    let root = tempfile::tempdir().unwrap();
+    shared_ca(root.path());
+    let a = start(root.path(), "node-a", true).await;
+    let old = start_with(root.path(), "node-old", false, routes_without_stream).await;
+    add(&a, &old).await;
+    a.store.execute(label("to-old", 1)).await.unwrap().unwrap();
+    until_has(&old.store, "to-old").await;
+    // The old node forwards to the new leader (on the leader's stream: its client is new).
+    old.store.execute(label("from-old", 1)).await.unwrap().unwrap();
+    until_has(&a.store, "from-old").await;
+    assert_eq!(a.links.to(&old.store.node().api).opens(), 0, "no stream to a node without the route");
+    assert!(old.links.to(&a.store.node().api).opens() >= 1, "the new leader's stream is used");
+    old.stop().await;
+    a.stop().await;
+}
+
+/// Answers on a stream come as they are ready, not in the order asked, and each
+/// reaches its own caller; many calls share one stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_out_of_order_reach_their_callers() {
+    use super::peer_stream::{Decoder, FrameBuf, Kind};
+    let root = tempfile::tempdir().unwrap();
+    shared_ca(root.path());
+    // A peer that answers each pair of frames second first, echoing their bodies.
+    async fn reversing(body: axum::body::Body) -> axum::response::Response {
+        use futures::StreamExt;
+        let out = async_stream::stream! {
+            let mut data = body.into_data_stream();
+            let mut decoder = Decoder::default();
+            let mut held = Vec::new();
+            while let Some(Ok(chunk)) = data.next().await {
+                decoder.push(&chunk);
+                while let Some(f) = decoder.next_frame().unwrap() {
+                    held.push(f);
+                    if held.len() == 2 {
+                        for f in held.drain(..).rev() {
+                            let mut b = FrameBuf::new();
+                            b.body_mut().extend_from_slice(&f.body);
+                            let mut bytes = b.finish(Kind::Vote).unwrap();
+                            bytes[4..12].copy_from_slice(&f.id.to_le_bytes());
+                            yield Ok::<_, std::convert::Infallible>(bytes);
+                        }
+                    }
+                }
+            }
+        };
+        axum::response::Response::new(axum::body::Body::from_stream(out))
+    }
+    let dir = node_dir(root.path(), "peer");
+    let (listener, addr) = listen();
+    let app = axum::Router::new().route(super::peer_stream::STREAM_PATH, axum::routing::post(reversing));
+    let handle = serve(&dir, "peer", listener, app);
+    let me = node_dir(root.path(), "me");
+    crate::tls::load_or_create(&me, "me", Some("127.0.0.1")).unwrap();
+    let links = PeerLinks::new(peer_client(crate::tls::peer_client_config(&me).unwrap()).unwrap());
+    let link = links.to(&addr.to_string());
+    for round in 0..3 {
+        let calls = (0..2).map(|i| {
+            let link = link.clone();
+            async move {
+                let mut f = FrameBuf::new();
+                f.body_mut().extend_from_slice(format!("call {round}.{i}").as_bytes());
+                let answer = link.call(f.finish(Kind::Vote).unwrap(), Duration::from_secs(10)).await.unwrap();
+                String::from_utf8(answer.body().unwrap().to_vec()).unwrap()
+            }
+        });
+        let answers = futures::future::join_all(calls).await;
+        assert_eq!(answers, [format!("call {round}.0"), format!("call {round}.1")]);
+    }
+    assert_eq!(link.opens(), 1, "one stream for every call");
+    handle.shutdown();
+}
+
+/// A stream on which nothing comes back while a call waits (a cut link) is dropped
+/// after the stall time, its call fails, and the next call opens a new stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_stream_is_dropped_and_reopened() {
+    use super::peer_stream::{FrameBuf, Kind, LinkError, STALL};
+    let root = tempfile::tempdir().unwrap();
+    shared_ca(root.path());
+    // Opens streams, never answers anything on them (not even pings).
+    async fn silent(_body: axum::body::Body) -> axum::response::Response {
+        let never = futures::stream::pending::<Result<Vec<u8>, std::convert::Infallible>>();
+        axum::response::Response::new(axum::body::Body::from_stream(never))
+    }
+    let dir = node_dir(root.path(), "peer");
+    let (listener, addr) = listen();
+    let app = axum::Router::new().route(super::peer_stream::STREAM_PATH, axum::routing::post(silent));
+    let handle = serve(&dir, "peer", listener, app);
+    let me = node_dir(root.path(), "me");
+    crate::tls::load_or_create(&me, "me", Some("127.0.0.1")).unwrap();
+    let links = PeerLinks::new(peer_client(crate::tls::peer_client_config(&me).unwrap()).unwrap());
+    let link = links.to(&addr.to_string());
+    let ping = || FrameBuf::new().finish(Kind::Ping).unwrap();
+    let start = Instant::now();
+    let e = link.call(ping(), STALL * 3).await.unwrap_err();
+    let took = start.elapsed();
+    assert!(matches!(&e, LinkError::Network { why, .. } if why.contains("nothing received")), "{e}");
+    assert!(took >= STALL && took < STALL * 2, "dropped after {took:?}");
+    let e = link.call(ping(), Duration::from_millis(300)).await.unwrap_err();
+    assert!(matches!(e, LinkError::Timeout { .. }), "{e}");
+    let start = Instant::now();
+    while link.opens() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no new stream for the next call");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    handle.shutdown();
+}
+
+/// The member check holds for every frame, not only when the stream opened: once the
+/// peer is no longer a member its stream is closed with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_members_stream_is_no_longer_served() {
+    use super::peer_stream::{FrameBuf, Kind, LinkError, PeerSession};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let root = tempfile::tempdir().unwrap();
+    shared_ca(root.path());
+    let a = start(root.path(), "node-a", true).await;
+    let member = Arc::new(AtomicBool::new(true));
+    let session = PeerSession {
+        peer: "node-b".into(),
+        still_member: Arc::new({
+            let member = member.clone();
+            move || member.load(Ordering::Relaxed)
+        }),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+    };
+    let (listener, addr) = listen();
+    let app = super::peer_routes(a.store.clone()).layer(axum::Extension(session));
+    let handle = serve(&root.path().join("node-a"), "node-a", listener, app);
+    let b = node_dir(root.path(), "node-b");
+    crate::tls::load_or_create(&b, "node-b", Some("127.0.0.1")).unwrap();
+    let links = PeerLinks::new(peer_client(crate::tls::peer_client_config(&b).unwrap()).unwrap());
+    let link = links.to(&addr.to_string());
+    let ping = || FrameBuf::new().finish(Kind::Ping).unwrap();
+    let answer = link.call(ping(), Duration::from_secs(10)).await.unwrap();
+    assert_eq!(answer.kind, Kind::Ping as u8);
+    member.store(false, Ordering::Relaxed);
+    let e = link.call(ping(), Duration::from_secs(10)).await.unwrap_err();
+    assert!(matches!(&e, LinkError::Network { why, .. } if why.contains("not a member")), "{e}");
+    handle.shutdown();
     a.stop().await;
 }

@@ -192,6 +192,12 @@ async fn node_routes_take_only_member_certificates() {
         let r = member.post(w).send().await.unwrap();
         assert_eq!(r.status(), 400, "{w}");
     }
+    // The peer stream: a member opens it (an empty body is a stream of no frames).
+    let stream = format!("{}/raft/stream", a.url);
+    let r = member.post(&stream).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap().is_empty(), "no frames in, no answers out");
+    let writes = [writes[0].clone(), writes[1].clone(), stream];
 
     // A plain user token (even the admin's) is not a node.
     let r = a.client.get(&peer).bearer_auth(&a.token).send().await.unwrap();
