@@ -621,20 +621,27 @@ impl Store {
         let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
         let no_quorum =
             || StoreError::Unavailable("no quorum: no leader accepted the write in time; retry later".into());
+        // A follower that knows its leader sends the write there at once; asking its
+        // own Raft first would only be told to, after waiting its turn behind the
+        // appends Raft is busy with. Whatever goes wrong falls back to asking.
+        let mut known = self.other_leader();
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 return Err(no_quorum());
             }
-            let leader = match self.write_here(&proposal).await {
-                Err(LeadError::NoQuorum) => return Err(no_quorum()),
-                Ok(resp) => return Ok(resp),
-                Err(LeadError::Raft(e)) => match e.forward_to_leader::<FishNode>() {
-                    Some(f) => match (&f.leader_id, &f.leader_node) {
-                        (Some(id), Some(node)) if *id != self.id => Some(node.clone()),
-                        _ => None,
+            let leader = match known.take() {
+                Some(leader) => Some(leader),
+                None => match self.write_here(&proposal).await {
+                    Err(LeadError::NoQuorum) => return Err(no_quorum()),
+                    Ok(resp) => return Ok(resp),
+                    Err(LeadError::Raft(e)) => match e.forward_to_leader::<FishNode>() {
+                        Some(f) => match (&f.leader_id, &f.leader_node) {
+                            (Some(id), Some(node)) if *id != self.id => Some(node.clone()),
+                            _ => None,
+                        },
+                        None => return Err(StoreError::Raft(e.to_string())),
                     },
-                    None => return Err(StoreError::Raft(e.to_string())),
                 },
             };
             if let (Some(leader), Some(fwd)) = (leader, &self.forward) {
@@ -652,6 +659,19 @@ impl Store {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The leader as this node's Raft last saw it, when that is another member and
+    /// this node follows (a candidate or a leader asks its own Raft).
+    fn other_leader(&self) -> Option<FishNode> {
+        self.forward.as_ref()?;
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        if !matches!(m.state, openraft::ServerState::Follower | openraft::ServerState::Learner) {
+            return None;
+        }
+        let id = m.current_leader.filter(|id| *id != self.id)?;
+        m.membership_config.membership().get_node(&id).cloned()
     }
 
     /// Commits `proposal` with this node as leader, in the next group-commit entry.
