@@ -147,6 +147,11 @@ pub struct Flow {
     /// Per application: request sent → target phase seen on the watch.
     pub latency: Latency,
     pub seconds: f64,
+    /// Per node the requests went to (on a cluster): request sent → its answer. A
+    /// burst is as fast as its requests are answered, so this shows which path (the
+    /// leader's own writes, or a follower's forwarded ones) holds it back.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub request_latency_by_node: Vec<Latency>,
 }
 
 /// A burst of `n` applications created and then deallocated.
@@ -191,6 +196,8 @@ impl Target {
 struct Fanned {
     sent: Vec<Instant>,
     node: Vec<usize>,
+    /// Request sent → answer read.
+    took: Vec<Duration>,
     answered: Instant,
 }
 
@@ -210,7 +217,7 @@ async fn fan_requests(
     for t in targets {
         let (t, next, names, body) = (t.clone(), next.clone(), names.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
-            let mut sent: Vec<(usize, Instant)> = Vec::new();
+            let mut sent: Vec<(usize, Instant, Duration)> = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(name) = names.get(i) else { break };
@@ -228,24 +235,26 @@ async fn fan_requests(
                     bail!("{} on {} answered {code}, expected {expect}: {text}", path(name), t.base);
                 }
                 r.bytes().await?;
-                sent.push((i, t0));
+                sent.push((i, t0, t0.elapsed()));
             }
             Ok::<_, anyhow::Error>((t.node, sent, Instant::now()))
         }));
     }
     let mut stamps = vec![None; names.len()];
     let mut nodes = vec![0; names.len()];
+    let mut took = vec![Duration::ZERO; names.len()];
     let mut last = Instant::now();
     for t in tasks {
         let (node, sent, end) = t.await.context("request worker panicked")??;
-        for (i, t0) in sent {
+        for (i, t0, d) in sent {
             stamps[i] = Some(t0);
             nodes[i] = node;
+            took[i] = d;
         }
         last = end.max(last);
     }
     let stamps: Option<Vec<Instant>> = stamps.into_iter().collect();
-    Ok(Fanned { sent: stamps.context("a request was not sent")?, node: nodes, answered: last })
+    Ok(Fanned { sent: stamps.context("a request was not sent")?, node: nodes, took, answered: last })
 }
 
 /// Waits until every name reached `stamp` on the tracker of the node its request
@@ -270,7 +279,8 @@ async fn wait_each(
     out.context("a request went to a node without a tracker")
 }
 
-fn flow(sent: &[Instant], answered: Instant, reached: &[Instant]) -> Flow {
+fn flow(fanned: &Fanned, reached: &[Instant]) -> Flow {
+    let (sent, answered) = (&fanned.sent, fanned.answered);
     let first = sent.iter().min().copied().unwrap_or_else(Instant::now);
     let last = reached.iter().max().copied().unwrap_or(first);
     let secs = (last - first).as_secs_f64().max(1e-9);
@@ -280,7 +290,22 @@ fn flow(sent: &[Instant], answered: Instant, reached: &[Instant]) -> Flow {
         requests_per_s: round3(sent.len() as f64 / (answered - first).as_secs_f64().max(1e-9)),
         latency: Latency::of(latencies),
         seconds: round3(secs),
+        request_latency_by_node: by_node(fanned),
     }
+}
+
+/// Request latencies per node, when the requests went to more than one.
+fn by_node(fanned: &Fanned) -> Vec<Latency> {
+    let nodes = fanned.node.iter().max().map_or(0, |n| n + 1);
+    if nodes < 2 {
+        return Vec::new();
+    }
+    (0..nodes)
+        .map(|k| {
+            let mine = fanned.node.iter().zip(&fanned.took).filter(|(n, _)| **n == k).map(|(_, d)| *d);
+            Latency::of(mine.collect())
+        })
+        .collect()
 }
 
 /// How long a burst of `n` may take in each direction before the suite gives up.
@@ -326,7 +351,7 @@ pub async fn burst_spread(
     let created =
         fan_requests(targets, &names, |_| "/api/v1/applications".into(), move |n| application(n, &owned), 201).await?;
     let allocated = wait_each(trackers, &names, &created, Stamp::Allocated, limit(n)).await?;
-    let allocate = flow(&created.sent, created.answered, &allocated);
+    let allocate = flow(&created, &allocated);
     let placement = match (place, nodes.first()) {
         (true, Some(d)) => Some(placement(d, label, prefix).await?),
         _ => None,
@@ -334,7 +359,7 @@ pub async fn burst_spread(
     let freed =
         fan_requests(targets, &names, |n| format!("/api/v1/applications/{n}/deallocate"), |_| Value::Null, 202).await?;
     let deallocated = wait_each(trackers, &names, &freed, Stamp::Deallocated, limit(n)).await?;
-    let deallocate = flow(&freed.sent, freed.answered, &deallocated);
+    let deallocate = flow(&freed, &deallocated);
     let fishd_cores = match (cpu0, cpu()) {
         (Some(a), Some(b)) => round3((b - a) / t0.elapsed().as_secs_f64()),
         _ => 0.0,
