@@ -23,11 +23,14 @@ fn config(name: &str) -> String {
     )
 }
 
-/// A label whose one definition runs `sleep` with the process driver on node `node`.
-fn sleeper_on(label: &str, node: &str) -> String {
+/// A label whose one definition sleeps with the process driver on node `node`, for as
+/// long as the directory `while_dir` exists: a process still running when the test
+/// ends (a node killed for good keeps what it ran) ends with the test's directory.
+fn sleeper_on(label: &str, node: &str, while_dir: &std::path::Path) -> String {
     let user = if nix::unistd::geteuid().is_root() { "\n        user: root" } else { "" };
+    let dir = while_dir.display();
     format!(
-        "---\nkind: Label\nmetadata: {{name: {label}}}\nspec:\n  definitions:\n    - driver: process\n      resources: {{cpu: 1, ram: 1, network: host, nodeFilter: [{node}]}}\n      options:{user}\n        command: [sleep, \"1000\"]\n"
+        "---\nkind: Label\nmetadata: {{name: {label}}}\nspec:\n  definitions:\n    - driver: process\n      resources: {{cpu: 1, ram: 1, network: host, nodeFilter: [{node}]}}\n      options:{user}\n        command: [sh, -c, \"while [ -d {dir} ]; do sleep 1; done\"]\n"
     )
 }
 
@@ -100,7 +103,8 @@ async fn a_killed_nodes_applications_fail_and_it_releases_them_when_it_returns()
     let v = nodes.iter().rposition(|n| n.node_name() != lead).unwrap();
     let victim = nodes[v].node_name();
     let obs = (v + 1) % 3;
-    let (code, body) = nodes[obs].apply(&(sleeper_on("on-victim", &victim) + ANYWHERE)).await.unwrap();
+    let running = tempfile::tempdir().unwrap();
+    let (code, body) = nodes[obs].apply(&(sleeper_on("on-victim", &victim, running.path()) + ANYWHERE)).await.unwrap();
     assert_eq!(code, 200, "{body}");
     let mut pids = Vec::new();
     for name in ["lost-1", "lost-2"] {
@@ -300,7 +304,8 @@ async fn a_node_cut_off_past_node_timeout_releases_its_resources_when_healed() {
     let v = nodes.iter().rposition(|n| n.node_name() != lead).unwrap();
     let victim = nodes[v].node_name();
     let obs = (0..3).find(|i| nodes[*i].node_name() == lead).unwrap();
-    let yaml = sleeper_on("on-victim", &victim) + &app("cut-1", "on-victim");
+    let running = tempfile::tempdir().unwrap();
+    let yaml = sleeper_on("on-victim", &victim, running.path()) + &app("cut-1", "on-victim");
     assert_eq!(nodes[obs].apply(&yaml).await.unwrap().0, 200);
     let allocated = nodes[obs].wait_phase("cut-1", "ALLOCATED").await.unwrap();
     assert_eq!(allocated["status"]["node"], victim.as_str(), "{allocated}");
