@@ -490,6 +490,10 @@ async fn drive(s: &Arc<Shared>, opened: Opened, calls: &mut mpsc::Receiver<Out>)
     let _abort = AbortOnDrop(reader.abort_handle());
     let mut tick = tokio::time::interval(PING_AFTER / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When calls began to wait after the link was idle. Silence counts from then:
+    // an idle link hears nothing and sends no pings, so `heard` alone would make the
+    // first call after a quiet spell look like a cut link.
+    let mut waiting_since: Option<Instant> = None;
     loop {
         tokio::select! {
             call = calls.recv() => {
@@ -500,13 +504,16 @@ async fn drive(s: &Arc<Shared>, opened: Opened, calls: &mut mpsc::Receiver<Out>)
                     Ok(Err(_)) => return "the request body was dropped".into(),
                     Err(_) => return format!("nothing could be written for {STALL:?}"),
                 }
+                waiting_since.get_or_insert_with(Instant::now);
             }
             why = &mut reader => return why.unwrap_or_else(|e| format!("the reader failed: {e}")),
             _ = tick.tick() => {
                 if s.pending().is_empty() {
+                    waiting_since = None;
                     continue;
                 }
-                let silent = heard.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+                let heard_for = heard.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+                let silent = waiting_since.map_or(heard_for, |since| heard_for.min(since.elapsed()));
                 if silent >= STALL {
                     return format!("nothing received for {silent:?} while calls wait");
                 }

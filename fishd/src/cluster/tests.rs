@@ -400,6 +400,58 @@ async fn answers_out_of_order_reach_their_callers() {
     handle.shutdown();
 }
 
+/// A link idle for longer than the stall time is not taken for a cut one when the
+/// next call comes: its silence counts from that call, so an answer slower than the
+/// link's check interval still reaches it, on the same stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_after_a_quiet_spell_is_answered_on_the_same_stream() {
+    use super::peer_stream::{Decoder, FrameBuf, Kind, PING_AFTER, STALL};
+    let root = tempfile::tempdir().unwrap();
+    shared_ca(root.path());
+    // A peer that echoes each frame after longer than the link's check interval.
+    async fn slow_echo(body: axum::body::Body) -> axum::response::Response {
+        use futures::StreamExt;
+        let out = async_stream::stream! {
+            let mut data = body.into_data_stream();
+            let mut decoder = Decoder::default();
+            while let Some(Ok(chunk)) = data.next().await {
+                decoder.push(&chunk);
+                while let Some(f) = decoder.next_frame().unwrap() {
+                    tokio::time::sleep(PING_AFTER).await;
+                    let mut b = FrameBuf::new();
+                    b.body_mut().extend_from_slice(&f.body);
+                    let mut bytes = b.finish(Kind::Vote).unwrap();
+                    bytes[4..12].copy_from_slice(&f.id.to_le_bytes());
+                    yield Ok::<_, std::convert::Infallible>(bytes);
+                }
+            }
+        };
+        axum::response::Response::new(axum::body::Body::from_stream(out))
+    }
+    let dir = node_dir(root.path(), "peer");
+    let (listener, addr) = listen();
+    let app = axum::Router::new().route(super::peer_stream::STREAM_PATH, axum::routing::post(slow_echo));
+    let handle = serve(&dir, "peer", listener, app);
+    let me = node_dir(root.path(), "me");
+    crate::tls::load_or_create(&me, "me", Some("127.0.0.1")).unwrap();
+    let links = PeerLinks::new(peer_client(crate::tls::peer_client_config(&me).unwrap()).unwrap());
+    let link = links.to(&addr.to_string());
+    let vote = |text: &str| {
+        let mut f = FrameBuf::new();
+        f.body_mut().extend_from_slice(text.as_bytes());
+        f.finish(Kind::Vote).unwrap()
+    };
+    let first = link.call(vote("first"), STALL).await.unwrap();
+    assert_eq!(first.body().unwrap(), b"first");
+    // Quiet for longer than the stall time: nothing sent, nothing heard.
+    tokio::time::sleep(STALL + PING_AFTER).await;
+    let after = link.call(vote("after a quiet spell"), STALL).await;
+    let after = after.unwrap_or_else(|e| panic!("the call after a quiet spell failed: {e}"));
+    assert_eq!(after.body().unwrap(), b"after a quiet spell");
+    assert_eq!(link.opens(), 1, "the idle stream was kept");
+    handle.shutdown();
+}
+
 /// A stream on which nothing comes back while a call waits (a cut link) is dropped
 /// after the stall time, its call fails, and the next call opens a new stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
