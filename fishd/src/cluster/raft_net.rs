@@ -538,11 +538,20 @@ pub async fn write_batch(State(store): State<Store>, body: Bytes) -> Response {
 
 /// An HTTPS client for peers from [`crate::tls::peer_client_config`]: it trusts the
 /// cluster CA only and presents this node's certificate (mutual TLS).
+///
+/// HTTP/2 keep-alive pings close a connection whose peer stopped answering (a cut
+/// link drops packets without a reset): a stream dropped as stalled is then reopened
+/// on a new connection, not on the pooled dead one, so traffic resumes as soon as
+/// the link heals instead of at TCP's next backed-off retransmission.
 pub fn peer_client(tls: rustls::ClientConfig) -> Result<reqwest::Client, String> {
+    use super::peer_stream::{PING_AFTER, STALL};
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .connect_timeout(Duration::from_secs(2))
         .pool_idle_timeout(Duration::from_secs(30))
+        .http2_keep_alive_interval(PING_AFTER)
+        .http2_keep_alive_timeout(STALL)
+        .http2_keep_alive_while_idle(true)
         .build()
         .map_err(|e| format!("HTTPS client: {e}"))
 }
