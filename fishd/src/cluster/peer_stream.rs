@@ -188,6 +188,10 @@ pub struct Frame {
     pub body: Bytes,
 }
 
+/// Most a [`Decoder`] reserves for a frame beyond the bytes that arrived; a larger
+/// frame's buffer grows as its bytes come.
+const RESERVE_AHEAD: usize = 1024 * 1024;
+
 /// Splits a byte stream, in chunks as they come, into frames.
 #[derive(Default)]
 pub struct Decoder {
@@ -210,7 +214,10 @@ impl Decoder {
             return Err(FrameError::TooLarge(len));
         }
         if self.buf.len() < HEADER + len {
-            self.buf.reserve(HEADER + len - self.buf.len());
+            // Room for what is announced, but no more than RESERVE_AHEAD before the
+            // bytes arrive: a header alone must not pin 64 MiB (a peer that vanished
+            // mid-frame would hold it as long as its stream lives).
+            self.buf.reserve((HEADER + len - self.buf.len()).min(RESERVE_AHEAD));
             return Ok(None);
         }
         let mut head = self.buf.split_to(HEADER);
@@ -724,6 +731,21 @@ mod tests {
         let mut f = f.finish(kind).unwrap();
         set_id(&mut f, id);
         f
+    }
+
+    /// A header announcing a large body reserves a bounded buffer until the body comes,
+    /// and the frame still decodes whole once it has.
+    #[test]
+    fn a_large_frame_is_buffered_as_it_arrives() {
+        let body = vec![7u8; 8 * RESERVE_AHEAD];
+        let frame = request(9, Kind::Append, &body);
+        let mut d = Decoder::default();
+        d.push(&frame[..HEADER]);
+        assert!(d.next_frame().unwrap().is_none());
+        assert!(d.buf.capacity() <= HEADER + 2 * RESERVE_AHEAD, "reserved {} bytes ahead", d.buf.capacity());
+        d.push(&frame[HEADER..]);
+        let f = d.next_frame().unwrap().unwrap();
+        assert_eq!((f.id, f.kind, f.body.len()), (9, Kind::Append as u8, body.len()));
     }
 
     /// Frames written back to back come out whole and in order, however the bytes are
