@@ -75,6 +75,38 @@ fn listen() -> (std::net::TcpListener, SocketAddr) {
     (listener, addr)
 }
 
+/// A link from a node "me" to a fake peer serving `stream` on the stream route (both
+/// with certificates of the shared CA under `root`), and the peer's server handle.
+fn link_to_fake_peer(
+    root: &Path,
+    stream: axum::routing::MethodRouter,
+) -> (Arc<super::peer_stream::Link>, axum_server::Handle<SocketAddr>) {
+    shared_ca(root);
+    let dir = node_dir(root, "peer");
+    let (listener, addr) = listen();
+    let handle = serve(&dir, "peer", listener, axum::Router::new().route(super::peer_stream::STREAM_PATH, stream));
+    let me = node_dir(root, "me");
+    crate::tls::load_or_create(&me, "me", Some("127.0.0.1")).unwrap();
+    let links = PeerLinks::new(peer_client(crate::tls::peer_client_config(&me).unwrap()).unwrap());
+    (links.to(&addr.to_string()), handle)
+}
+
+/// A vote frame carrying `text`, as a caller sends it.
+fn vote_frame(text: &str) -> Vec<u8> {
+    let mut f = super::peer_stream::FrameBuf::new();
+    f.body_mut().extend_from_slice(text.as_bytes());
+    f.finish(super::peer_stream::Kind::Vote).unwrap()
+}
+
+/// A fake peer's answer to `f`: its body back, under its id.
+fn echo(f: &super::peer_stream::Frame) -> Vec<u8> {
+    let mut b = super::peer_stream::FrameBuf::new();
+    b.body_mut().extend_from_slice(&f.body);
+    let mut bytes = b.finish(super::peer_stream::Kind::Vote).unwrap();
+    bytes[4..12].copy_from_slice(&f.id.to_le_bytes());
+    bytes
+}
+
 /// A node whose peer routes are `routes` (the current ones, or an older version's).
 async fn start_with(root: &Path, name: &str, bootstrap: bool, routes: fn(Store) -> axum::Router) -> TestNode {
     let dir = node_dir(root, name);
@@ -347,9 +379,8 @@ async fn a_peer_without_the_stream_route_is_called_per_request() {
 /// reaches its own caller; many calls share one stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_out_of_order_reach_their_callers() {
-    use super::peer_stream::{Decoder, FrameBuf, Kind};
+    use super::peer_stream::Decoder;
     let root = tempfile::tempdir().unwrap();
-    shared_ca(root.path());
     // A peer that answers each pair of frames second first, echoing their bodies.
     async fn reversing(body: axum::body::Body) -> axum::response::Response {
         use futures::StreamExt;
@@ -363,11 +394,7 @@ async fn answers_out_of_order_reach_their_callers() {
                     held.push(f);
                     if held.len() == 2 {
                         for f in held.drain(..).rev() {
-                            let mut b = FrameBuf::new();
-                            b.body_mut().extend_from_slice(&f.body);
-                            let mut bytes = b.finish(Kind::Vote).unwrap();
-                            bytes[4..12].copy_from_slice(&f.id.to_le_bytes());
-                            yield Ok::<_, std::convert::Infallible>(bytes);
+                            yield Ok::<_, std::convert::Infallible>(echo(&f));
                         }
                     }
                 }
@@ -375,21 +402,13 @@ async fn answers_out_of_order_reach_their_callers() {
         };
         axum::response::Response::new(axum::body::Body::from_stream(out))
     }
-    let dir = node_dir(root.path(), "peer");
-    let (listener, addr) = listen();
-    let app = axum::Router::new().route(super::peer_stream::STREAM_PATH, axum::routing::post(reversing));
-    let handle = serve(&dir, "peer", listener, app);
-    let me = node_dir(root.path(), "me");
-    crate::tls::load_or_create(&me, "me", Some("127.0.0.1")).unwrap();
-    let links = PeerLinks::new(peer_client(crate::tls::peer_client_config(&me).unwrap()).unwrap());
-    let link = links.to(&addr.to_string());
+    let (link, handle) = link_to_fake_peer(root.path(), axum::routing::post(reversing));
     for round in 0..3 {
         let calls = (0..2).map(|i| {
             let link = link.clone();
             async move {
-                let mut f = FrameBuf::new();
-                f.body_mut().extend_from_slice(format!("call {round}.{i}").as_bytes());
-                let answer = link.call(f.finish(Kind::Vote).unwrap(), Duration::from_secs(10)).await.unwrap();
+                let answer =
+                    link.call(vote_frame(&format!("call {round}.{i}")), Duration::from_secs(10)).await.unwrap();
                 String::from_utf8(answer.body().unwrap().to_vec()).unwrap()
             }
         });
@@ -405,9 +424,8 @@ async fn answers_out_of_order_reach_their_callers() {
 /// link's check interval still reaches it, on the same stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_after_a_quiet_spell_is_answered_on_the_same_stream() {
-    use super::peer_stream::{Decoder, FrameBuf, Kind, PING_AFTER, STALL};
+    use super::peer_stream::{Decoder, PING_AFTER, STALL};
     let root = tempfile::tempdir().unwrap();
-    shared_ca(root.path());
     // A peer that echoes each frame after longer than the link's check interval.
     async fn slow_echo(body: axum::body::Body) -> axum::response::Response {
         use futures::StreamExt;
@@ -418,34 +436,18 @@ async fn a_call_after_a_quiet_spell_is_answered_on_the_same_stream() {
                 decoder.push(&chunk);
                 while let Some(f) = decoder.next_frame().unwrap() {
                     tokio::time::sleep(PING_AFTER).await;
-                    let mut b = FrameBuf::new();
-                    b.body_mut().extend_from_slice(&f.body);
-                    let mut bytes = b.finish(Kind::Vote).unwrap();
-                    bytes[4..12].copy_from_slice(&f.id.to_le_bytes());
-                    yield Ok::<_, std::convert::Infallible>(bytes);
+                    yield Ok::<_, std::convert::Infallible>(echo(&f));
                 }
             }
         };
         axum::response::Response::new(axum::body::Body::from_stream(out))
     }
-    let dir = node_dir(root.path(), "peer");
-    let (listener, addr) = listen();
-    let app = axum::Router::new().route(super::peer_stream::STREAM_PATH, axum::routing::post(slow_echo));
-    let handle = serve(&dir, "peer", listener, app);
-    let me = node_dir(root.path(), "me");
-    crate::tls::load_or_create(&me, "me", Some("127.0.0.1")).unwrap();
-    let links = PeerLinks::new(peer_client(crate::tls::peer_client_config(&me).unwrap()).unwrap());
-    let link = links.to(&addr.to_string());
-    let vote = |text: &str| {
-        let mut f = FrameBuf::new();
-        f.body_mut().extend_from_slice(text.as_bytes());
-        f.finish(Kind::Vote).unwrap()
-    };
-    let first = link.call(vote("first"), STALL).await.unwrap();
+    let (link, handle) = link_to_fake_peer(root.path(), axum::routing::post(slow_echo));
+    let first = link.call(vote_frame("first"), STALL).await.unwrap();
     assert_eq!(first.body().unwrap(), b"first");
     // Quiet for longer than the stall time: nothing sent, nothing heard.
     tokio::time::sleep(STALL + PING_AFTER).await;
-    let after = link.call(vote("after a quiet spell"), STALL).await;
+    let after = link.call(vote_frame("after a quiet spell"), STALL).await;
     let after = after.unwrap_or_else(|e| panic!("the call after a quiet spell failed: {e}"));
     assert_eq!(after.body().unwrap(), b"after a quiet spell");
     assert_eq!(link.opens(), 1, "the idle stream was kept");
@@ -458,20 +460,12 @@ async fn a_call_after_a_quiet_spell_is_answered_on_the_same_stream() {
 async fn a_silent_stream_is_dropped_and_reopened() {
     use super::peer_stream::{FrameBuf, Kind, LinkError, STALL};
     let root = tempfile::tempdir().unwrap();
-    shared_ca(root.path());
     // Opens streams, never answers anything on them (not even pings).
     async fn silent(_body: axum::body::Body) -> axum::response::Response {
         let never = futures::stream::pending::<Result<Vec<u8>, std::convert::Infallible>>();
         axum::response::Response::new(axum::body::Body::from_stream(never))
     }
-    let dir = node_dir(root.path(), "peer");
-    let (listener, addr) = listen();
-    let app = axum::Router::new().route(super::peer_stream::STREAM_PATH, axum::routing::post(silent));
-    let handle = serve(&dir, "peer", listener, app);
-    let me = node_dir(root.path(), "me");
-    crate::tls::load_or_create(&me, "me", Some("127.0.0.1")).unwrap();
-    let links = PeerLinks::new(peer_client(crate::tls::peer_client_config(&me).unwrap()).unwrap());
-    let link = links.to(&addr.to_string());
+    let (link, handle) = link_to_fake_peer(root.path(), axum::routing::post(silent));
     let ping = || FrameBuf::new().finish(Kind::Ping).unwrap();
     let start = Instant::now();
     let e = link.call(ping(), STALL * 3).await.unwrap_err();
