@@ -23,6 +23,7 @@ use std::time::Duration;
 use api_types::{ErrorBody, JoinMember, JoinRequest, JoinResponse};
 use serde::{Deserialize, Serialize};
 
+use super::error_chain;
 use super::token::{JoinToken, Malformed};
 use crate::fsutil::write_private;
 use crate::tls;
@@ -230,15 +231,4 @@ pub async fn join(
     std::fs::remove_file(&partial).map_err(io(&partial))?;
     tracing::info!(cluster = %joined.cluster_id, via = addr, members = joined.members.len(), "joined the cluster");
     Ok(joined)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

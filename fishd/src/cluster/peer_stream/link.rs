@@ -17,6 +17,7 @@ use super::frame::{Decoder, Kind, frame, set_id};
 use super::{
     COALESCE_BYTES, FRAMES, LINK_QUEUE, NO_STREAM_RETRY, OPEN_TIMEOUT, PING_AFTER, REOPEN_PAUSE, STALL, STREAM_PATH,
 };
+use crate::cluster::error_chain;
 
 /// Why a call over a link failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -267,17 +268,6 @@ async fn open(client: &reqwest::Client, s: &Shared, first: Vec<u8>) -> Result<Op
             Err(s.network(format!("{STREAM_PATH} answered {status}: {text}")))
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Writes queued calls and watches the answers until the stream ends; says why it did.
