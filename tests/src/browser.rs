@@ -149,16 +149,23 @@ impl Browser {
         Ok(self.client.execute(script, vec![]).await?)
     }
 
-    /// Waits until `script` returns true in the page.
+    /// Waits until `script` returns true in the page. A script that throws counts as
+    /// "not yet": right after a navigation the element it reads may not exist (a
+    /// `null` property read), and failing then made the tests flaky. The last error
+    /// is reported if the wait times out.
     pub async fn wait_js(&self, what: &str, script: &str) -> Result<Duration> {
         let start = Instant::now();
+        let mut last_error = None;
         loop {
-            if self.js(script).await? == Value::Bool(true) {
-                return Ok(start.elapsed());
+            match self.js(script).await {
+                Ok(Value::Bool(true)) => return Ok(start.elapsed()),
+                Ok(_) => {}
+                Err(e) => last_error = Some(format!("{e:#}")),
             }
             if start.elapsed() > PAGE_WAIT {
                 let body = self.js("return document.body.innerText").await.unwrap_or_default();
-                bail!("timed out waiting for {what}; the page shows:\n{}", body.as_str().unwrap_or(""));
+                let error = last_error.map(|e| format!(" (the script last failed: {e})")).unwrap_or_default();
+                bail!("timed out waiting for {what}{error}; the page shows:\n{}", body.as_str().unwrap_or(""));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
