@@ -80,7 +80,7 @@ pub async fn janitor(store: Store, data_dir: PathBuf, stop: CancellationToken) {
             _ = tick.tick() => sweep(&store, &data_dir),
             ev = events.recv() => match ev {
                 Ok(ev) if ev.kind == Kind::Application && ev.event_type == WatchEventType::Deleted => {
-                    let uid = ev.object.pointer("/metadata/uid").and_then(|u| u.as_str()).and_then(|u| u.parse().ok());
+                    let uid = ev.object().pointer("/metadata/uid").and_then(|u| u.as_str()).and_then(|u| u.parse().ok());
                     if let Some(uid) = uid {
                         remove(&data_dir, uid);
                     }

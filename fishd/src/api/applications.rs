@@ -70,15 +70,13 @@ pub async fn list_applications(
     // Checked even without `watch`: a malformed query is a 400, not silently ignored.
     let rv = parse_resource_version(q.resource_version.as_deref())?;
     if q.watch.unwrap_or(false) {
-        let (p, l) = (phase.map(|p| p.as_str().to_owned()), q.label.clone());
+        let (p, l) = (phase, q.label.clone());
         let event_filter = Arc::new(move |e: &Event| {
-            let phase_ok =
-                p.as_deref().is_none_or(|p| e.object.pointer("/status/phase").and_then(|v| v.as_str()) == Some(p));
-            let label_ok = l.as_deref().is_none_or(|l| {
-                let r = e.object.pointer("/spec/label").and_then(|v| v.as_str()).unwrap_or("");
-                r.split(':').next() == Some(l)
-            });
-            phase_ok && label_ok
+            if p.is_none() && l.is_none() {
+                return true;
+            }
+            let Some(f) = e.app_facts() else { return false };
+            p.is_none_or(|p| f.phase == p) && l.as_deref().is_none_or(|l| f.label_name == l)
         });
         let store = state.store.clone();
         return watch_response(&state, &user, Kind::Application, rv, event_filter, move || {

@@ -115,7 +115,7 @@ async fn identify(state: &AppState, peer: Option<IpAddr>, headers: &HeaderMap) -
                 }
             }
             Ok(Ok(e)) if e.kind == Kind::Application => {
-                if let Ok(app) = serde_json::from_value::<Application>(e.object.clone())
+                if let Ok(app) = serde_json::from_value::<Application>(e.object().clone())
                     && has_address(&app, ip)
                 {
                     return Ok(app);

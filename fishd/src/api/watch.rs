@@ -231,7 +231,7 @@ fn line(e: &WatchEvent) -> Bytes {
 
 /// The value of `metadata.name` of an event's object.
 pub fn object_name(e: &Event) -> &str {
-    e.object.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or("")
+    e.object().pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or("")
 }
 
 #[cfg(test)]

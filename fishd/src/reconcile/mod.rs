@@ -246,20 +246,20 @@ impl Ctx {
         self.leftovers.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid).unwrap_or_default()
     }
 
-    /// Whether a change of application `uid` (now in `phase`, as `object`) gives this
+    /// Whether a change of application `uid` (now in `phase`, elected to `node`) gives this
     /// node's reconcile anything to do. A waiting application, or one active or
     /// finished on another node, does not, unless this node still holds or must release
     /// something of it: in a cluster, reading and parsing each of those on every node
     /// for every change was most of a follower's work in a burst. Purging finished ones
     /// is the [`retention`] loop's, not the queue's.
-    fn concerns(&self, uid: Uuid, phase: Option<Phase>, object: &serde_json::Value) -> bool {
+    fn concerns(&self, uid: Uuid, phase: Phase, node: Option<&str>) -> bool {
         let holds =
             || self.holds_resource(uid) || self.leftovers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&uid);
-        match phase {
+        if phase.is_terminal() {
             // Finished: only a resource still held here (or left over) is work.
-            Some(p) if p.is_terminal() => holds(),
-            Some(_) => object["status"]["node"].as_str() == Some(self.node.name.as_str()) || holds(),
-            None => true,
+            holds()
+        } else {
+            node == Some(self.node.name.as_str()) || holds()
         }
     }
 
@@ -503,8 +503,10 @@ async fn trigger_loop(ctx: Arc<Ctx>, queue: Queue, stop: CancellationToken) {
         match ev {
             Ok(ev) => match ev.kind {
                 Kind::Application => {
-                    let phase = ev.object["status"]["phase"].as_str().and_then(|p| p.parse::<Phase>().ok());
-                    if let Some(uid) = ev.object["metadata"]["uid"].as_str().and_then(|u| Uuid::try_parse(u).ok()) {
+                    let facts = ev.app_facts();
+                    let phase = facts.as_ref().map(|f| f.phase);
+                    if let Some(f) = &facts {
+                        let uid = f.uid;
                         match ev.event_type {
                             api_types::WatchEventType::Deleted => {
                                 ctx.forget(uid);
@@ -515,7 +517,7 @@ async fn trigger_loop(ctx: Arc<Ctx>, queue: Queue, stop: CancellationToken) {
                             }
                             // A reconcile's own note: it already chose when to run again.
                             api_types::WatchEventType::Modified if ctx.is_own_write(uid) => {}
-                            _ if ctx.concerns(uid, phase, &ev.object) => queue.now(uid),
+                            _ if ctx.concerns(uid, f.phase, f.node.as_deref()) => queue.now(uid),
                             _ => {}
                         }
                     }

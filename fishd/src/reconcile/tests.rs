@@ -370,7 +370,7 @@ async fn a_panicking_reconcile_is_recorded_and_retried() {
     until("ALLOCATED", || phase_of(&store, "x").status.phase == Phase::Allocated).await;
     let mut recorded = false;
     while let Ok(e) = events.try_recv() {
-        recorded |= e.object["status"]["message"].as_str().is_some_and(|m| m.contains("driver bug"));
+        recorded |= e.object()["status"]["message"].as_str().is_some_and(|m| m.contains("driver bug"));
     }
     assert!(recorded, "the panic was not recorded on the application");
 }

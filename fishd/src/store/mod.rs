@@ -22,6 +22,7 @@ mod command;
 mod dedup;
 pub mod derived;
 mod dry_run;
+mod event;
 pub mod gates;
 pub mod holdings;
 mod join_tokens;
@@ -36,15 +37,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api_types::{Application, Label, Node, Phase, User, WatchEventType};
+use api_types::{Application, Label, Node, Phase, User};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
 pub use applyset::check_set_name;
 pub use backup::Summary;
 pub use command::{ApplyItem, Command, Outcome, Rejection, Response, UserRecord};
+pub use event::{AppFacts, Event, Kind};
 pub use join_tokens::{JoinTokenRecord, unknown as unknown_join_token};
 pub use json::JsonSink;
 pub use raft::{Applied, Batch, CommandText, FishNode, NodeId, Proposal, Raft, TypeConfig, node_id_for};
@@ -97,128 +98,6 @@ macro_rules! from_redb {
     )*};
 }
 from_redb!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
-
-/// Which kind of object an event is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Kind {
-    Label,
-    Application,
-    Node,
-    User,
-}
-
-/// One object change.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    pub revision: u64,
-    pub kind: Kind,
-    pub event_type: WatchEventType,
-    /// The object after the change; for DELETED, the object as it was, with the
-    /// deletion's revision as its `resourceVersion`.
-    pub object: serde_json::Value,
-    /// For applications: the owner, so watches can filter without parsing.
-    pub owner: Option<String>,
-    /// The event as a watch stream line, encoded by the first watcher that sends it
-    /// and shared by all the others (see [`Event::watch_line`]).
-    #[serde(skip)]
-    pub(crate) line: EncodedLine,
-    /// `object` as its table stores it (`serde_json::to_vec` of the typed object), when
-    /// the change wrote it so: the watch history and the watch line copy these bytes
-    /// instead of printing `object` again (two prints of every application write on
-    /// every node). `None`: printed from `object` (deletions, events read back).
-    #[serde(skip)]
-    pub(crate) stored: StoredJson,
-}
-
-impl Event {
-    /// This event as one line of a watch stream (`WatchEvent` JSON and a newline),
-    /// encoded once: every watcher of a live event holds the same `Arc<Event>`, so a
-    /// thousand watchers cost one serialization.
-    pub fn watch_line(&self) -> bytes::Bytes {
-        self.line
-            .0
-            .get_or_init(|| {
-                if let Some(raw) = self.stored.0.as_deref() {
-                    let mut v = Vec::with_capacity(raw.len() + 40);
-                    v.extend_from_slice(b"{\"type\":");
-                    if serde_json::to_writer(&mut v, &self.event_type).is_ok() {
-                        v.extend_from_slice(b",\"object\":");
-                        v.extend_from_slice(raw);
-                        v.extend_from_slice(b"}\n");
-                        return bytes::Bytes::from(v);
-                    }
-                }
-                /// `api_types::WatchEvent`, borrowing the object instead of copying it.
-                #[derive(Serialize)]
-                struct Line<'a> {
-                    #[serde(rename = "type")]
-                    event_type: WatchEventType,
-                    object: &'a serde_json::Value,
-                }
-                let mut v =
-                    serde_json::to_vec(&Line { event_type: self.event_type, object: &self.object }).unwrap_or_default();
-                v.push(b'\n');
-                bytes::Bytes::from(v)
-            })
-            .clone()
-    }
-}
-
-impl Event {
-    /// This event as the watch history stores it: its JSON, with the object's stored
-    /// bytes copied in when there are some (see [`Event::stored`]). Reads back as
-    /// `serde_json::to_vec` of the event would (the fields in another order).
-    pub(crate) fn history_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
-        let Some(raw) = self.stored.0.as_deref() else { return serde_json::to_vec(self) };
-        /// The event's fields but its object.
-        #[derive(Serialize)]
-        struct Head<'a> {
-            revision: u64,
-            kind: Kind,
-            event_type: WatchEventType,
-            owner: &'a Option<String>,
-        }
-        let head = Head { revision: self.revision, kind: self.kind, event_type: self.event_type, owner: &self.owner };
-        let mut v = Vec::with_capacity(raw.len() + 96);
-        serde_json::to_writer(&mut v, &head)?;
-        // `{...}` of the head: its closing brace gives way to the object.
-        v.pop();
-        v.extend_from_slice(b",\"object\":");
-        v.extend_from_slice(raw);
-        v.push(b'}');
-        Ok(v)
-    }
-}
-
-/// The stored JSON bytes of an event's object; a copy of what `object` says, so any two
-/// are equal (and `Debug` shows only their length).
-#[derive(Clone, Default)]
-pub(crate) struct StoredJson(pub(crate) Option<Vec<u8>>);
-
-impl PartialEq for StoredJson {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl std::fmt::Debug for StoredJson {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            Some(b) => write!(f, "StoredJson({} bytes)", b.len()),
-            None => f.write_str("StoredJson(None)"),
-        }
-    }
-}
-
-/// A lazily encoded watch line; it says nothing about the event, so any two are equal.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct EncodedLine(std::sync::OnceLock<bytes::Bytes>);
-
-impl PartialEq for EncodedLine {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
 
 /// A watch asked to resume from a revision older than the history kept.
 #[derive(Debug, thiserror::Error)]

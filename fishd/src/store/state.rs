@@ -73,38 +73,13 @@ impl Tx<'_> {
     }
 
     fn emit(&mut self, kind: Kind, event_type: WatchEventType, object: serde_json::Value, owner: Option<String>) {
-        self.push_event(kind, event_type, object, super::StoredJson(None), owner);
+        self.events.push(Event::new(self.rev, kind, event_type, object, owner));
     }
 
-    /// Like [`Tx::emit`], for an object just written as `stored` (its JSON bytes).
-    fn emit_stored(
-        &mut self,
-        kind: Kind,
-        event_type: WatchEventType,
-        object: serde_json::Value,
-        stored: Vec<u8>,
-        owner: Option<String>,
-    ) {
-        self.push_event(kind, event_type, object, super::StoredJson(Some(stored)), owner);
-    }
-
-    fn push_event(
-        &mut self,
-        kind: Kind,
-        event_type: WatchEventType,
-        object: serde_json::Value,
-        stored: super::StoredJson,
-        owner: Option<String>,
-    ) {
-        self.events.push(Event {
-            revision: self.rev,
-            kind,
-            event_type,
-            object,
-            owner,
-            line: Default::default(),
-            stored,
-        });
+    /// Like [`Tx::emit`], for an application just written as `stored` (its JSON bytes).
+    fn emit_application(&mut self, event_type: WatchEventType, app: &Application, stored: Vec<u8>) {
+        let facts = super::AppFacts::of(app);
+        self.events.push(Event::of_application(self.rev, event_type, stored, facts, app.metadata.owner.clone()));
     }
 }
 
@@ -248,8 +223,7 @@ pub(super) fn write_app(tx: &mut Tx<'_>, mut app: Application, old_phase: Phase)
     if let Some(u) = app.metadata.uid {
         tx.held.push((u, super::holdings::holder(app.status.phase, app.status.node.as_deref())));
     }
-    let object = serde_json::to_value(&app)?;
-    tx.emit_stored(Kind::Application, WatchEventType::Modified, object, stored, app.metadata.owner.clone());
+    tx.emit_application(WatchEventType::Modified, &app, stored);
     Ok(app)
 }
 

@@ -125,7 +125,7 @@ async fn watch_resumes_from_a_revision_and_expires_old_ones() {
     assert!(rev > first.revision);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, Kind::Application);
-    assert_eq!(events[0].object["metadata"]["resourceVersion"], serde_json::json!(rev.to_string()));
+    assert_eq!(events[0].object()["metadata"]["resourceVersion"], serde_json::json!(rev.to_string()));
     // Resuming from before both gets both, in order.
     let (_, events) = s.events_since(first.revision - 1).unwrap().unwrap();
     assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), vec![Kind::Label, Kind::Application]);
@@ -243,11 +243,11 @@ async fn the_history_and_watch_line_of_a_write_hold_the_object_as_stored() {
     assert_eq!(types, vec![WatchEventType::Added, WatchEventType::Modified, WatchEventType::Deleted]);
     for kept in &history {
         let e = live.recv().await.unwrap();
-        assert_eq!(e.stored.0.is_some(), e.event_type != WatchEventType::Deleted);
+        assert_eq!(e.has_stored_bytes(), e.event_type != WatchEventType::Deleted);
         assert_eq!((kept.revision, kept.kind, kept.event_type), (e.revision, e.kind, e.event_type));
-        assert_eq!((&kept.object, &kept.owner), (&e.object, &e.owner));
+        assert_eq!((kept.object(), &kept.owner), (e.object(), &e.owner));
         let line: serde_json::Value = serde_json::from_slice(&e.watch_line()).unwrap();
-        let wire = serde_json::to_value(api_types::WatchEvent { event_type: e.event_type, object: e.object.clone() });
+        let wire = serde_json::to_value(api_types::WatchEvent { event_type: e.event_type, object: e.object().clone() });
         assert_eq!(line, wire.unwrap());
     }
 }
@@ -289,7 +289,7 @@ async fn deleted_events_carry_the_deletion_revision_so_a_resume_replays_nothing(
     assert_eq!(deleted.len(), 3);
     for e in &deleted {
         assert_eq!(e.event_type, WatchEventType::Deleted);
-        let rv = e.object["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap();
+        let rv = e.object()["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap();
         assert_eq!(rv, e.revision, "{:?} was deleted with a stale resourceVersion", e.kind);
         // A client resuming from the revision it saw on the deletion gets only later changes.
         let (_, replay) = s.events_since(rv).unwrap().unwrap();
@@ -646,7 +646,7 @@ async fn a_watch_line_is_the_watch_event_serde_writes_encoded_once() {
     let mut live = s.subscribe();
     apply(&s, LABEL).await.unwrap();
     let e = live.recv().await.unwrap();
-    let expected = api_types::WatchEvent { event_type: e.event_type, object: e.object.clone() };
+    let expected = api_types::WatchEvent { event_type: e.event_type, object: e.object().clone() };
     let mut expected = serde_json::to_vec(&expected).unwrap();
     expected.push(b'\n');
     let (first, second) = (e.watch_line(), e.watch_line());

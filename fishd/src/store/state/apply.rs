@@ -290,8 +290,7 @@ fn write_new_application(tx: &mut Tx<'_>, mut app: Application, label: &Label) -
     tx.txn.open_table(APP_BY_LABEL)?.insert((app.spec.label.name.as_str(), uid), ())?;
     tx.txn.open_table(APP_BY_OWNER)?.insert((owner.as_str(), uid), ())?;
     super::super::derived::created(tx.txn, &app)?;
-    let object = serde_json::to_value(&app)?;
-    tx.emit_stored(Kind::Application, WatchEventType::Added, object, stored, Some(owner));
+    tx.emit_application(WatchEventType::Added, &app, stored);
     Ok(())
 }
 
