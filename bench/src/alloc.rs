@@ -7,6 +7,7 @@
 //! applications from `concurrency` connections at once, waits until every one is
 //! ALLOCATED, then deallocates them all the same way.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::daemon::Daemon;
@@ -26,6 +27,38 @@ struct Seen {
     allocated: HashMap<String, Instant>,
     deallocated: HashMap<String, Instant>,
     failure: Option<String>,
+}
+
+/// The fields of a watch line the tracker reads. Everything else is skipped unbuilt:
+/// parsing each line into a whole `Value` was most of this process's tracking work,
+/// and the CPU it takes is taken from the fishd processes sharing the cores (more so
+/// on the cluster side, whose three watches each carry every application's events).
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(rename = "type", borrow)]
+    event_type: Cow<'a, str>,
+    #[serde(default, borrow)]
+    object: LineObject<'a>,
+}
+
+#[derive(Default, Deserialize)]
+struct LineObject<'a> {
+    #[serde(default, borrow)]
+    metadata: LineMeta<'a>,
+    #[serde(default, borrow)]
+    status: LineStatus<'a>,
+}
+
+#[derive(Default, Deserialize)]
+struct LineMeta<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+}
+
+#[derive(Default, Deserialize)]
+struct LineStatus<'a> {
+    #[serde(default, borrow)]
+    phase: Option<Cow<'a, str>>,
 }
 
 /// A watch that stamps when applications reach ALLOCATED and DEALLOCATED.
@@ -64,25 +97,36 @@ impl Tracker {
                 let now = Instant::now();
                 let Ok(chunk) = chunk else { break };
                 buf.extend_from_slice(&chunk);
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
-                    let Ok(ev) = serde_json::from_slice::<Value>(&line) else { continue };
+                let mut start = 0;
+                while let Some(len) = buf[start..].iter().position(|b| *b == b'\n') {
+                    let line = &buf[start..start + len];
+                    start += len + 1;
                     let mut seen = s.lock().unwrap_or_else(|e| e.into_inner());
-                    if ev["type"] == "ERROR" {
-                        seen.failure = Some(format!("the tracking watch was closed: {}", ev["object"]));
-                        return;
-                    }
-                    let name = ev["object"]["metadata"]["name"].as_str().unwrap_or_default();
-                    match ev["object"]["status"]["phase"].as_str() {
-                        Some("ALLOCATED") => {
-                            seen.allocated.entry(name.to_owned()).or_insert(now);
+                    match serde_json::from_slice::<Line>(line) {
+                        Ok(ev) if ev.event_type != "ERROR" => {
+                            let name = ev.object.metadata.name.unwrap_or_default();
+                            match ev.object.status.phase.as_deref() {
+                                Some("ALLOCATED") => {
+                                    seen.allocated.entry(name.into_owned()).or_insert(now);
+                                }
+                                Some("DEALLOCATED") | Some("ERROR") => {
+                                    seen.deallocated.entry(name.into_owned()).or_insert(now);
+                                }
+                                _ => {}
+                            }
                         }
-                        Some("DEALLOCATED") | Some("ERROR") => {
-                            seen.deallocated.entry(name.to_owned()).or_insert(now);
+                        // An ERROR line's object is a status, not an application.
+                        _ => {
+                            if let Ok(ev) = serde_json::from_slice::<Value>(line)
+                                && ev["type"] == "ERROR"
+                            {
+                                seen.failure = Some(format!("the tracking watch was closed: {}", ev["object"]));
+                                return;
+                            }
                         }
-                        _ => {}
                     }
                 }
+                buf.drain(..start);
             }
             s.lock().unwrap_or_else(|e| e.into_inner()).failure.get_or_insert("the tracking watch ended".into());
         });
