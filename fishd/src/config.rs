@@ -64,6 +64,10 @@ pub struct Config {
     /// send each request's headers; slower clients are disconnected (slowloris).
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: HumanDuration,
+    /// How often an idle HTTP/2 connection is pinged, and how long its answer may take
+    /// before the connection is closed (see [`crate::defaults::HTTP2_KEEP_ALIVE`]).
+    #[serde(default = "default_http2_keep_alive")]
+    pub http2_keep_alive: HumanDuration,
     /// Open API connections at once; more are closed as soon as they are accepted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -237,6 +241,10 @@ fn default_retention() -> HumanDuration {
 fn default_rate_limit() -> u32 {
     crate::defaults::RATE_LIMIT_PER_MINUTE
 }
+fn default_http2_keep_alive() -> HumanDuration {
+    HumanDuration(crate::defaults::HTTP2_KEEP_ALIVE)
+}
+
 fn default_header_read_timeout() -> HumanDuration {
     HumanDuration(crate::defaults::HEADER_READ_TIMEOUT)
 }
@@ -331,6 +339,7 @@ impl Config {
             ("defaultLifetime", self.default_lifetime, MAX_LIFETIME),
             ("historyRetention", self.history_retention, MAX_LIFETIME),
             ("headerReadTimeout", self.header_read_timeout, Duration::from_secs(3600)),
+            ("http2KeepAlive", self.http2_keep_alive, Duration::from_secs(3600)),
             ("gracePeriod", self.grace_period, Duration::from_secs(DAY)),
             ("inspectInterval", self.inspect_interval, Duration::from_secs(DAY)),
             ("resyncInterval", self.resync_interval, Duration::from_secs(DAY)),

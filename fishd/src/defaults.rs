@@ -15,6 +15,13 @@ pub const MAX_WATCHES_PER_USER: usize = 32;
 /// TLS handshake, first request and each request's headers (`headerReadTimeout`):
 /// slowloris protection; a real client sends headers in milliseconds.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an HTTP/2 connection that sent nothing is pinged, and how long its
+/// answer may take (`http2KeepAlive`): a client or peer that vanished without closing
+/// (cut off, powered down) holds a watch slot, a connection slot and, for a peer, its
+/// Raft stream until TCP gives up, which for an idle connection is never. With 20 s
+/// it is dropped within 40 s, at the cost of one small frame per idle connection
+/// every 20 s.
+pub const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 /// Open API connections (`maxConnections`): well under the usual 1024 open files,
 /// which fishd also needs for the store, logs and drivers; far more than a CI fleet's
 /// agents need.

@@ -584,6 +584,7 @@ pub async fn run(overrides: Overrides) -> Result<(), RunError> {
     let limits = ApiLimits {
         rate_limit_per_minute: config.rate_limit,
         header_read_timeout: config.header_read_timeout.get(),
+        http2_keep_alive: config.http2_keep_alive.get(),
         max_connections: config.max_connections,
         auth_failures_per_minute: config.auth_failure_limit,
         max_watches_per_user: config.max_watches_per_user,

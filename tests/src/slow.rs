@@ -48,6 +48,15 @@ where
 /// A TLS client (HTTP/1.1 by ALPN) over `tcp`, trusting the CA in `ca_file` (a
 /// node's `ca.crt`) for the name 127.0.0.1.
 pub async fn tls(ca_file: &Path, tcp: TcpStream) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tls_alpn(ca_file, tcp, b"http/1.1").await
+}
+
+/// [`tls`] offering `alpn` (`b"h2"` for HTTP/2).
+pub async fn tls_alpn(
+    ca_file: &Path,
+    tcp: TcpStream,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     crate::install_crypto();
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(ca_file)?;
@@ -55,7 +64,7 @@ pub async fn tls(ca_file: &Path, tcp: TcpStream) -> std::io::Result<tokio_rustls
         roots.add(cert.map_err(std::io::Error::other)?).map_err(std::io::Error::other)?;
     }
     let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
     connector.connect(name, tcp).await

@@ -58,6 +58,9 @@ pub struct ApiLimits {
     /// How long a client may take for its TLS handshake, then to start a request,
     /// then to send each request's headers (slowloris); `headerReadTimeout` in fish.yml.
     pub header_read_timeout: Duration,
+    /// An idle HTTP/2 connection is pinged this often and closed when the ping is not
+    /// answered within as long again (`http2KeepAlive`).
+    pub http2_keep_alive: Duration,
     /// Open connections at once; more are closed on accept (`maxConnections`).
     pub max_connections: usize,
     /// Failed authentications per minute per source address before that address
@@ -75,6 +78,7 @@ impl Default for ApiLimits {
             rate_limit_per_minute: defaults::RATE_LIMIT_PER_MINUTE,
             max_watches_per_user: defaults::MAX_WATCHES_PER_USER,
             header_read_timeout: defaults::HEADER_READ_TIMEOUT,
+            http2_keep_alive: defaults::HTTP2_KEEP_ALIVE,
             max_connections: defaults::MAX_CONNECTIONS,
             auth_failures_per_minute: defaults::AUTH_FAILURES_PER_MINUTE,
             // Well inside fishd's 10 s grace period.
@@ -180,6 +184,7 @@ pub async fn serve(
     listener.set_nonblocking(true)?;
     let grace = state.limits.shutdown_grace;
     let header_timeout = state.limits.header_read_timeout;
+    let keep_alive = state.limits.http2_keep_alive;
     let acceptor = crate::listener::GuardedAcceptor::new(
         axum_server::tls_rustls::RustlsAcceptor::new(RustlsConfig::from_config(tls)),
         state.limits.max_connections,
@@ -189,7 +194,12 @@ pub async fn serve(
     let handle = axum_server::Handle::new();
     let mut server = axum_server::from_tcp(listener)?.acceptor(acceptor).handle(handle.clone());
     server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
-    server.http_builder().http2().timer(hyper_util::rt::TokioTimer::new());
+    server
+        .http_builder()
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(keep_alive))
+        .keep_alive_timeout(keep_alive);
     let stopper = {
         let handle = handle.clone();
         tokio::spawn(async move {

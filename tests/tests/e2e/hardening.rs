@@ -234,6 +234,33 @@ async fn slow_clients_are_cut_at_the_header_timeout_while_others_are_served() {
     honest.finish(FAST).await;
 }
 
+/// A client or peer that vanished without closing (cut off, powered down) must not keep
+/// its connection, and with it a watch slot or a Raft stream, until TCP gives up (for
+/// an idle connection: never). An HTTP/2 client that answers nothing after its
+/// preface, not even the server's pings, is closed.
+#[tokio::test]
+async fn an_http2_connection_whose_pings_go_unanswered_is_closed() {
+    let d = TestDaemon::start("http2KeepAlive: 1s\n").await.unwrap();
+    let honest = Honest::start(&d);
+    let started = Instant::now();
+    let tcp = TcpStream::connect(addr(&d)).await.unwrap();
+    let mut s = aquarium_e2e::slow::tls_alpn(&d.data_dir().join("ca.crt"), tcp, b"h2").await.unwrap();
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "the server should speak HTTP/2");
+    // The preface and an empty SETTINGS frame (RFC 9113 sections 3.4, 6.5), then silence.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    s.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]).await.unwrap();
+    s.flush().await.unwrap();
+    match dribble_until_closed(s, b"", started, Duration::from_secs(15)).await {
+        End::Closed(after) => {
+            eprintln!("closed after {after:?}");
+            // One interval to the ping, one more for its answer.
+            assert!(after >= Duration::from_millis(1500), "closed after {after:?}, before a ping went unanswered");
+        }
+        End::Open => panic!("still connected after 15 s with its pings unanswered"),
+    }
+    honest.finish(FAST).await;
+}
+
 #[tokio::test]
 async fn connections_beyond_the_cap_are_closed_and_slots_come_back() {
     let d = TestDaemon::start("headerReadTimeout: 3s\nmaxConnections: 4\n").await.unwrap();
