@@ -81,7 +81,7 @@ impl Tracker {
         let r = d
             .new_client()?
             .get(d.url(&format!("/api/v1/applications?watch=true&resourceVersion={rv}")))
-            .bearer_auth(&d.token)
+            .bearer_auth(d.client_token())
             .timeout(Duration::from_secs(24 * 3600))
             .send()
             .await?;
@@ -231,7 +231,10 @@ pub struct Target {
 impl Target {
     /// One target per client, all on `d` (node 0).
     pub fn all_on(d: &Daemon, clients: &[reqwest::Client]) -> Vec<Target> {
-        clients.iter().map(|c| Target { client: c.clone(), base: d.url(""), token: d.token.clone(), node: 0 }).collect()
+        clients
+            .iter()
+            .map(|c| Target { client: c.clone(), base: d.url(""), token: d.client_token().to_owned(), node: 0 })
+            .collect()
     }
 }
 
@@ -246,24 +249,35 @@ struct Fanned {
 }
 
 /// Sends `path(name)` with `body(name)` for every name from `targets` at once (each
-/// worker takes the next name as soon as its previous answer is read).
+/// worker takes the next name as soon as its previous answer is read). With `on`,
+/// name `i` goes only to a worker of node `on[i]` (each client acts on what it made:
+/// a user sees and deallocates only its own applications).
 async fn fan_requests(
     targets: &[Target],
     names: &[String],
     path: fn(&str) -> String,
     body: impl Fn(&str) -> Value + Send + Sync + 'static,
     expect: u16,
+    on: Option<&[usize]>,
 ) -> Result<Fanned> {
-    let next = Arc::new(AtomicUsize::new(0));
+    let node_count = targets.iter().map(|t| t.node + 1).max().unwrap_or(0);
+    // Per node: the names it takes (all of them when `on` is `None`) and the next one.
+    let queues: Vec<Arc<(AtomicUsize, Vec<usize>)>> = (0..node_count)
+        .map(|k| {
+            let mine = (0..names.len()).filter(|i| on.is_none_or(|on| on.get(*i) == Some(&k))).collect();
+            Arc::new((AtomicUsize::new(0), mine))
+        })
+        .collect();
+    let shared = Arc::new((AtomicUsize::new(0), (0..names.len()).collect::<Vec<_>>()));
     let names: Arc<Vec<String>> = Arc::new(names.to_vec());
     let body = Arc::new(body);
     let mut tasks = Vec::new();
     for t in targets {
-        let (t, next, names, body) = (t.clone(), next.clone(), names.clone(), body.clone());
+        let queue = if on.is_some() { queues[t.node].clone() } else { shared.clone() };
+        let (t, names, body) = (t.clone(), names.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             let mut sent: Vec<(usize, Instant, Duration)> = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
+            while let Some(&i) = queue.1.get(queue.0.fetch_add(1, Ordering::Relaxed)) {
                 let Some(name) = names.get(i) else { break };
                 let t0 = Instant::now();
                 let r = t
@@ -393,15 +407,17 @@ pub async fn burst_spread(
     let t0 = Instant::now();
     let owned = label.to_owned();
     let created =
-        fan_requests(targets, &names, |_| "/api/v1/applications".into(), move |n| application(n, &owned), 201).await?;
+        fan_requests(targets, &names, |_| "/api/v1/applications".into(), move |n| application(n, &owned), 201, None)
+            .await?;
     let allocated = wait_each(trackers, &names, &created, Stamp::Allocated, limit(n)).await?;
     let allocate = flow(&created, &allocated);
     let placement = match (place, nodes.first()) {
         (true, Some(d)) => Some(placement(d, label, prefix).await?),
         _ => None,
     };
-    let freed =
-        fan_requests(targets, &names, |n| format!("/api/v1/applications/{n}/deallocate"), |_| Value::Null, 202).await?;
+    // Each node's clients deallocate what they created: a CI user may act only on its own.
+    let path = |n: &str| format!("/api/v1/applications/{n}/deallocate");
+    let freed = fan_requests(targets, &names, path, |_| Value::Null, 202, Some(&created.node)).await?;
     let deallocated = wait_each(trackers, &names, &freed, Stamp::Deallocated, limit(n)).await?;
     let deallocate = flow(&freed, &deallocated);
     let fishd_cores = match (cpu0, cpu()) {
@@ -477,14 +493,14 @@ pub async fn singles_spread(
         let name = format!("{prefix}-{i}");
         let names = [name.clone()];
         let t0 = Instant::now();
-        let (code, v) = d.post("/api/v1/applications", &application(&name, label)).await?;
+        let (code, v) = d.post_as_client("/api/v1/applications", &application(&name, label)).await?;
         if code != 201 {
             bail!("create {name} on {}: {code} {v}", d.name);
         }
         let at = tracker.wait(&names, Stamp::Allocated, Duration::from_secs(30)).await?;
         alloc.push(at[0] - t0);
         let t0 = Instant::now();
-        let (code, v) = d.post(&format!("/api/v1/applications/{name}/deallocate"), &Value::Null).await?;
+        let (code, v) = d.post_as_client(&format!("/api/v1/applications/{name}/deallocate"), &Value::Null).await?;
         if code != 202 {
             bail!("deallocate {name} on {}: {code} {v}", d.name);
         }

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The longest a start may take before the suite gives up.
 const START_LIMIT: Duration = Duration::from_secs(120);
@@ -54,6 +54,9 @@ pub struct Daemon {
     joined: bool,
     pub url: String,
     pub token: String,
+    /// The token the benchmark's applications are created, deallocated and watched
+    /// with: a CI user's (see [`Daemon::use_ci_user`]), else the admin token.
+    ci_token: Option<String>,
     ca: Vec<u8>,
     port: u16,
     /// One shared client (one HTTP/2 connection) for control requests.
@@ -82,6 +85,7 @@ impl Daemon {
             joined,
             url: String::new(),
             token,
+            ci_token: None,
             ca,
             port: 0,
             client: reqwest::Client::new(),
@@ -104,6 +108,7 @@ impl Daemon {
             joined: false,
             url: String::new(),
             token: String::new(),
+            ci_token: None,
             ca: Vec::new(),
             port: 0,
             client: reqwest::Client::new(),
@@ -114,6 +119,27 @@ impl Daemon {
         }
         let took = d.spawn().await?;
         Ok((d, took))
+    }
+
+    /// The token of the benchmark's applications (see [`Daemon::use_ci_user`]).
+    pub fn client_token(&self) -> &str {
+        self.ci_token.as_deref().unwrap_or(&self.token)
+    }
+
+    /// Creates the non-admin user `name`, without a rate limit, and makes it the one
+    /// the benchmark's applications are created, deallocated and watched as. Its
+    /// watch carries its own applications only, as a CI server's does; an admin watch
+    /// carries everyone's, so on a cluster with a watch per node every event would
+    /// reach the load generator once per node and cost every node its delivery.
+    pub async fn use_ci_user(&mut self, name: &str) -> Result<()> {
+        let body = json!({"apiVersion": "aquarium.fish/v1", "kind": "User", "metadata": {"name": name},
+                          "spec": {"roles": ["user"], "rateLimit": 0}});
+        let (code, v) = self.post("/api/v1/users", &body).await?;
+        if code != 201 {
+            bail!("creating the user {name} on {}: {code} {v}", self.name);
+        }
+        self.ci_token = Some(v["status"]["token"].as_str().context("a new user without a token")?.to_owned());
+        Ok(())
     }
 
     /// The data directory.
@@ -348,6 +374,12 @@ impl Daemon {
     /// POST a JSON body with the admin token; status and JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
         let r = self.client.post(self.url(path)).bearer_auth(&self.token).json(body).send().await?;
+        Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// [`Daemon::post`] as the benchmark's client user ([`Daemon::client_token`]).
+    pub async fn post_as_client(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
+        let r = self.client.post(self.url(path)).bearer_auth(self.client_token()).json(body).send().await?;
         Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
     }
 
