@@ -16,11 +16,12 @@ use std::path::{Path, PathBuf};
 /// everything; `lib`/`main` (they only declare and call) and this check are not listed.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("defaults", &[]),
+    ("errors", &[]),
     ("fsutil", &[]),
     ("metadata", &[]),
     ("ratelimit", &[]),
     ("telemetry", &[]),
-    ("store", &["defaults", "fsutil"]),
+    ("store", &["defaults", "errors", "fsutil"]),
     ("tls", &["fsutil"]),
     // The accept loop reads a peer certificate's common name once per connection.
     ("listener", &["tls"]),
@@ -30,7 +31,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("proxy", &["fsutil", "meta_token", "store"]),
     ("gates", &["defaults", "fsutil", "listener", "metadata", "store"]),
     ("bootstrap", &["auth", "fsutil", "store"]),
-    ("cluster", &["auth", "fsutil", "store", "tls"]),
+    ("cluster", &["auth", "errors", "fsutil", "store", "tls"]),
     ("config", &["defaults", "gates", "proxy"]),
     ("drivers", &["logs", "metadata", "proxy"]),
     ("reconcile", &["drivers", "meta_token", "metadata", "store", "telemetry"]),
@@ -60,6 +61,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "config",
             "defaults",
             "drivers",
+            "errors",
             "gates",
             "logs",
             "meta_token",

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod defaults;
 pub mod drivers;
+pub mod errors;
 pub mod fsutil;
 pub mod gates;
 mod layering;

@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 use crate::api::{self, ApiLimits, AppState};
 use crate::config::{Config, ConfigError};
 use crate::drivers::{self, CallTimeouts, Driver, Drivers};
+use crate::errors::error_chain;
 use crate::meta_token::MetaTokens;
 use crate::proxy::{Proxy, ProxyMetrics, StoreDirectory};
 use crate::reconcile::{Controller, Ctx, NodeIdentity, ReconcileConfig};
@@ -243,17 +244,6 @@ fn settings<T: serde::de::DeserializeOwned>(name: &str, value: serde_json::Value
         name: name.to_owned(),
         message: format!("drivers.{name}.{}: {}", e.path(), e.inner()),
     })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Containers cannot reach the API on loopback: serve the metadata endpoint on the

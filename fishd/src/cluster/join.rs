@@ -23,8 +23,8 @@ use std::time::Duration;
 use api_types::{ErrorBody, JoinMember, JoinRequest, JoinResponse};
 use serde::{Deserialize, Serialize};
 
-use super::error_chain;
 use super::token::{JoinToken, Malformed};
+use crate::errors::error_chain;
 use crate::fsutil::write_private;
 use crate::tls;
 

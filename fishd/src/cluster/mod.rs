@@ -37,18 +37,5 @@ pub fn peer_routes<S>(store: Store) -> Router<S> {
         .with_state(store)
 }
 
-/// `e` and its sources, `: `-separated: reqwest's and hyper's top-level messages
-/// ("error sending request") say nothing of why without them.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests;

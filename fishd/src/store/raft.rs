@@ -300,16 +300,7 @@ fn sm_err(verb: ErrorVerb) -> impl Fn(String) -> StorageError<NodeId> {
 
 /// Runs a redb closure, flattening any redb/serde error into a message.
 fn db<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, String> {
-    f().map_err(|e| {
-        let mut s = e.to_string();
-        let mut cur = std::error::Error::source(&e);
-        while let Some(c) = cur {
-            s.push_str(": ");
-            s.push_str(&c.to_string());
-            cur = c.source();
-        }
-        s
-    })
+    f().map_err(|e| crate::errors::error_chain(&e))
 }
 
 /// The first byte of a log entry stored as postcard (the rest of its bytes).
@@ -732,7 +723,7 @@ fn snapshot_err(e: backup::BackupError) -> StoreError {
 }
 
 fn flatten(e: StoreError) -> String {
-    db::<()>(|| Err(e)).err().unwrap_or_default()
+    crate::errors::error_chain(&e)
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {

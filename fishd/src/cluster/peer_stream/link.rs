@@ -17,7 +17,7 @@ use super::frame::{Decoder, Kind, frame, set_id};
 use super::{
     COALESCE_BYTES, FRAMES, LINK_QUEUE, NO_STREAM_RETRY, OPEN_TIMEOUT, PING_AFTER, REOPEN_PAUSE, STALL, STREAM_PATH,
 };
-use crate::cluster::error_chain;
+use crate::errors::error_chain;
 
 /// Why a call over a link failed.
 #[derive(Debug, Clone, thiserror::Error)]
