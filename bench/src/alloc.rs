@@ -261,19 +261,20 @@ async fn fan_requests(
     on: Option<&[usize]>,
 ) -> Result<Fanned> {
     let node_count = targets.iter().map(|t| t.node + 1).max().unwrap_or(0);
-    // Per node: the names it takes (all of them when `on` is `None`) and the next one.
-    let queues: Vec<Arc<(AtomicUsize, Vec<usize>)>> = (0..node_count)
-        .map(|k| {
-            let mine = (0..names.len()).filter(|i| on.is_none_or(|on| on.get(*i) == Some(&k))).collect();
-            Arc::new((AtomicUsize::new(0), mine))
-        })
-        .collect();
-    let shared = Arc::new((AtomicUsize::new(0), (0..names.len()).collect::<Vec<_>>()));
+    // Per node: the names its workers take and the next one; without `on`, one queue
+    // of every name shared by all of them.
+    let queue_of = |mine: Vec<usize>| Arc::new((AtomicUsize::new(0), mine));
+    let queues: Vec<Arc<(AtomicUsize, Vec<usize>)>> = match on {
+        None => vec![queue_of((0..names.len()).collect()); node_count],
+        Some(on) => {
+            (0..node_count).map(|k| queue_of((0..names.len()).filter(|i| on.get(*i) == Some(&k)).collect())).collect()
+        }
+    };
     let names: Arc<Vec<String>> = Arc::new(names.to_vec());
     let body = Arc::new(body);
     let mut tasks = Vec::new();
     for t in targets {
-        let queue = if on.is_some() { queues[t.node].clone() } else { shared.clone() };
+        let queue = queues[t.node].clone();
         let (t, names, body) = (t.clone(), names.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             let mut sent: Vec<(usize, Instant, Duration)> = Vec::new();
