@@ -23,7 +23,6 @@ use std::time::Duration;
 use api_types::{Definition, FieldError, HumanDuration, NodeCapacity};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::{AllocateRequest, Allocated, Driver, DriverError, OwnedResource, ResourceState};
@@ -124,78 +123,14 @@ impl TestDriver {
     }
 
     async fn read(&self, uid: Uuid) -> Result<Option<Record>, DriverError> {
-        match tokio::fs::read(self.path(uid)).await {
-            // Created and not yet written (see `write_in_place`): nothing there yet.
-            Ok(b) if b.trim_ascii().is_empty() => Ok(None),
-            Ok(b) => {
-                serde_json::from_slice(&b).map(Some).map_err(|e| DriverError::with_source("corrupt test resource", e))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(DriverError::with_source("cannot read test resource", e)),
-        }
+        let path = self.path(uid);
+        blocking(move || read_record(&path)).await
     }
 
-    /// Writes `bytes` over the file at `path` in place: one write at offset 0, padded
-    /// with spaces (valid JSON whitespace) to at least the file's length, so no old
-    /// tail survives. Not by a temporary file and a rename: that took a fresh inode
-    /// per write, and ext4 without a journal (this project's CI disk) scans past every
-    /// inode deleted in the last minutes to allocate one, so each burst of simulated
-    /// allocations ran slower than the one before (a third of the samples in a
-    /// profile of the fifth burst). The write is under a page: a killed fishd leaves
-    /// the old record or the new one.
-    async fn write_in_place(&self, path: PathBuf, mut bytes: Vec<u8>) -> Result<(), DriverError> {
-        // Open, size and write in one trip to the blocking pool.
-        let write = move || {
-            let f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&path)?;
-            let len = f.metadata()?.len() as usize;
-            bytes.resize(bytes.len().max(len), b' ');
-            std::os::unix::fs::FileExt::write_all_at(&f, &bytes, 0)
-        };
-        tokio::task::spawn_blocking(write)
-            .await
-            .map_err(|e| DriverError::failed(format!("cannot write test resource: {e}")))?
-            .map_err(|e| DriverError::with_source("cannot write test resource", e))
-    }
-
-    async fn write(&self, uid: Uuid, r: &Record) -> Result<(), DriverError> {
-        let bytes = serde_json::to_vec(r).map_err(|e| DriverError::with_source("cannot encode test resource", e))?;
-        self.write_in_place(self.path(uid), bytes).await
-    }
-
-    /// Counts one more allocation attempt of `uid`; returns the count.
-    async fn count_attempt(&self, uid: Uuid) -> Result<u32, DriverError> {
-        let n = match tokio::fs::read_to_string(self.attempts_path(uid)).await {
-            Ok(s) => s.trim().parse::<u32>().unwrap_or(0),
-            Err(_) => 0,
-        } + 1;
-        self.write_in_place(self.attempts_path(uid), n.to_string().into_bytes()).await?;
-        Ok(n)
-    }
-
-    async fn journal(&self, line: String) -> Result<(), DriverError> {
-        let mut f = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("journal.log"))
-            .await
-            .map_err(|e| DriverError::with_source("cannot open the journal", e))?;
-        f.write_all(format!("{line}\n").as_bytes()).await.map_err(|e| DriverError::with_source("cannot journal", e))?;
-        // tokio writes in the background: done only once flushed.
-        f.flush().await.map_err(|e| DriverError::with_source("cannot journal", e))
-    }
-
-    /// The faults in force: `faults.json` if present, else the settings'.
+    /// The faults in force: `faults.json` if there is one, else the settings'.
     async fn faults(&self) -> Option<Faults> {
-        match tokio::fs::read(self.dir.join("faults.json")).await {
-            Ok(b) => match serde_json::from_slice(&b) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    tracing::warn!(driver = %self.name, error = %e, "faults.json is not valid; no faults injected");
-                    None
-                }
-            },
-            Err(_) => self.config.faults.clone(),
-        }
+        let (path, name, configured) = (self.dir.join("faults.json"), self.name.clone(), self.config.faults.clone());
+        blocking(move || Ok(read_faults(&path, &name, configured))).await.ok().flatten()
     }
 
     /// A number in [0, 1).
@@ -209,7 +144,18 @@ impl TestDriver {
 
     /// Stalls or fails the call `op` as the faults in force say.
     async fn inject(&self, op: &str, pick: impl Fn(&Faults) -> Fault) -> Result<(), DriverError> {
-        let Some(faults) = self.faults().await else { return Ok(()) };
+        let faults = self.faults().await;
+        self.inject_from(faults, op, pick).await
+    }
+
+    /// Stalls or fails the call `op` as `faults` (read by the caller) say.
+    async fn inject_from(
+        &self,
+        faults: Option<Faults>,
+        op: &str,
+        pick: impl Fn(&Faults) -> Fault,
+    ) -> Result<(), DriverError> {
+        let Some(faults) = faults else { return Ok(()) };
         let fault = pick(&faults);
         if fault.stall > 0.0 && self.roll() < fault.stall {
             let d = faults.stall_for.map(|d| d.get()).unwrap_or(Duration::from_secs(3600));
@@ -220,6 +166,83 @@ impl TestDriver {
             return Err(DriverError::failed(format!("injected {op} failure")));
         }
         Ok(())
+    }
+}
+
+/// Runs file work on the blocking pool. Each trip there wakes a thread and switches
+/// to it and back: an allocation makes two (see `allocate`), not one per file call,
+/// since a three-node cluster on one host allocates with every core busy and those
+/// switches were a good part of what a simulated allocation cost.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, DriverError> + Send + 'static,
+) -> Result<T, DriverError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| DriverError::failed(format!("test driver file work: {e}")))?
+}
+
+fn encode(r: &Record) -> Result<Vec<u8>, DriverError> {
+    serde_json::to_vec(r).map_err(|e| DriverError::with_source("cannot encode test resource", e))
+}
+
+fn read_record(path: &Path) -> Result<Option<Record>, DriverError> {
+    match std::fs::read(path) {
+        // Created and not yet written (see `write_in_place`): nothing there yet.
+        Ok(b) if b.trim_ascii().is_empty() => Ok(None),
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| DriverError::with_source("corrupt test resource", e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(DriverError::with_source("cannot read test resource", e)),
+    }
+}
+
+/// Writes `bytes` over the file at `path` in place: one write at offset 0, padded
+/// with spaces (valid JSON whitespace) to at least the file's length, so no old
+/// tail survives. Not by a temporary file and a rename: that took a fresh inode
+/// per write, and ext4 without a journal (this project's CI disk) scans past every
+/// inode deleted in the last minutes to allocate one, so each burst of simulated
+/// allocations ran slower than the one before (a third of the samples in a
+/// profile of the fifth burst). The write is under a page: a killed fishd leaves
+/// the old record or the new one.
+fn write_in_place(path: &Path, mut bytes: Vec<u8>) -> Result<(), DriverError> {
+    let mut write = || {
+        let f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(path)?;
+        let len = f.metadata()?.len() as usize;
+        bytes.resize(bytes.len().max(len), b' ');
+        std::os::unix::fs::FileExt::write_all_at(&f, &bytes, 0)
+    };
+    write().map_err(|e| DriverError::with_source("cannot write test resource", e))
+}
+
+/// Counts one more allocation attempt in the file at `path`; returns the count.
+fn count_attempt(path: &Path) -> Result<u32, DriverError> {
+    let n = match std::fs::read_to_string(path) {
+        Ok(s) => s.trim().parse::<u32>().unwrap_or(0),
+        Err(_) => 0,
+    } + 1;
+    write_in_place(path, n.to_string().into_bytes())?;
+    Ok(n)
+}
+
+fn journal(path: &Path, line: &str) -> Result<(), DriverError> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| DriverError::with_source("cannot open the journal", e))?;
+    std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes())
+        .map_err(|e| DriverError::with_source("cannot journal", e))
+}
+
+/// `faults.json` at `path` if it is there (read at every call, so a test can change it
+/// on demand), else `configured`.
+fn read_faults(path: &Path, driver: &str, configured: Option<Faults>) -> Option<Faults> {
+    match std::fs::read(path) {
+        Ok(b) => match serde_json::from_slice(&b) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(driver, error = %e, "faults.json is not valid; no faults injected");
+                None
+            }
+        },
+        Err(_) => configured,
     }
 }
 
@@ -255,20 +278,33 @@ impl Driver for TestDriver {
         self.config.capacity
     }
 
+    /// In two trips to the blocking pool (see [`blocking`]): what it finds and the
+    /// half-made record before anything can stall or fail, the made one after.
     async fn allocate(&self, req: &AllocateRequest) -> Result<Allocated, DriverError> {
         let opts = options(&req.definition).map_err(|e| DriverError::Invalid(format!("{}", e[0])))?;
-        let mut rec = self.read(req.uid).await?.unwrap_or_default();
-        if rec.allocated {
-            return Ok(allocated(req.uid));
-        }
         // Counted apart from the resource and before anything can fail, so neither a
         // restart nor the release of a failed attempt's leftovers resets it.
         // (Only when failures are asked for: otherwise the count decides nothing.)
         let counted = opts.fail_allocations > 0;
-        let attempt = if counted { self.count_attempt(req.uid).await? } else { 1 };
-        // Half-made: owned (listed, released) from here on.
-        self.write(req.uid, &rec).await?;
-        self.inject("allocate", |f| f.allocate).await?;
+        let (path, attempts) = (self.path(req.uid), self.attempts_path(req.uid));
+        let (faults_path, name, configured) =
+            (self.dir.join("faults.json"), self.name.clone(), self.config.faults.clone());
+        let started = {
+            let (path, attempts) = (path.clone(), attempts.clone());
+            blocking(move || {
+                let rec = read_record(&path)?.unwrap_or_default();
+                if rec.allocated {
+                    return Ok(None);
+                }
+                let attempt = if counted { count_attempt(&attempts)? } else { 1 };
+                // Half-made: owned (listed, released) from here on.
+                write_in_place(&path, encode(&rec)?)?;
+                Ok(Some((rec, attempt, read_faults(&faults_path, &name, configured))))
+            })
+            .await?
+        };
+        let Some((mut rec, attempt, faults)) = started else { return Ok(allocated(req.uid)) };
+        self.inject_from(faults, "allocate", |f| f.allocate).await?;
         if let Some(d) = opts.allocate_delay {
             tokio::time::sleep(d.get()).await;
         }
@@ -279,12 +315,18 @@ impl Driver for TestDriver {
             )));
         }
         rec.allocated = true;
-        self.write(req.uid, &rec).await?;
-        self.journal(format!("allocated {}", req.uid)).await?;
-        // Allocated: later calls return this resource, so the count has done its job.
-        if counted {
-            let _ = tokio::fs::remove_file(self.attempts_path(req.uid)).await;
-        }
+        let (made, line) = (encode(&rec)?, format!("allocated {}", req.uid));
+        let journal_path = self.dir.join("journal.log");
+        blocking(move || {
+            write_in_place(&path, made)?;
+            journal(&journal_path, &line)?;
+            // Allocated: later calls return this resource, so the count has done its job.
+            if counted {
+                let _ = std::fs::remove_file(&attempts);
+            }
+            Ok(())
+        })
+        .await?;
         Ok(allocated(req.uid))
     }
 
