@@ -15,6 +15,15 @@
 //! call, so a test can change it on demand), makes `allocate`, `deallocate` and
 //! `inspect` fail or stall at random: `{"allocate": {"fail": 0.3, "stall": 0.1},
 //! "stallFor": "5s"}`. A stall waits `stallFor` and then does the call.
+//!
+//! # Files
+//! A call's file work (a record of a few bytes, a journal line, `faults.json`) runs
+//! inline on the runtime's thread, not through `tokio::fs`: each `tokio::fs` call is a
+//! trip to the blocking pool (a thread woken through a futex, two context switches),
+//! which cost more than the work itself. An allocation made eight such trips; in the
+//! three-node cluster of the bench, where three fishd share two busy cores, those
+//! trips took about a tenth of the cluster's CPU (issue 12). The files are small and
+//! stay in the page cache (the bench keeps them on tmpfs).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -122,15 +131,13 @@ impl TestDriver {
         self.dir.join(format!("{uid}.attempts"))
     }
 
-    async fn read(&self, uid: Uuid) -> Result<Option<Record>, DriverError> {
-        let path = self.path(uid);
-        blocking(move || read_record(&path)).await
+    fn read(&self, uid: Uuid) -> Result<Option<Record>, DriverError> {
+        read_record(&self.path(uid))
     }
 
     /// The faults in force: `faults.json` if there is one, else the settings'.
-    async fn faults(&self) -> Option<Faults> {
-        let (path, name, configured) = (self.dir.join("faults.json"), self.name.clone(), self.config.faults.clone());
-        blocking(move || Ok(read_faults(&path, &name, configured))).await.ok().flatten()
+    fn faults(&self) -> Option<Faults> {
+        read_faults(&self.dir.join("faults.json"), &self.name, self.config.faults.clone())
     }
 
     /// A number in [0, 1).
@@ -144,18 +151,7 @@ impl TestDriver {
 
     /// Stalls or fails the call `op` as the faults in force say.
     async fn inject(&self, op: &str, pick: impl Fn(&Faults) -> Fault) -> Result<(), DriverError> {
-        let faults = self.faults().await;
-        self.inject_from(faults, op, pick).await
-    }
-
-    /// Stalls or fails the call `op` as `faults` (read by the caller) say.
-    async fn inject_from(
-        &self,
-        faults: Option<Faults>,
-        op: &str,
-        pick: impl Fn(&Faults) -> Fault,
-    ) -> Result<(), DriverError> {
-        let Some(faults) = faults else { return Ok(()) };
+        let Some(faults) = self.faults() else { return Ok(()) };
         let fault = pick(&faults);
         if fault.stall > 0.0 && self.roll() < fault.stall {
             let d = faults.stall_for.map(|d| d.get()).unwrap_or(Duration::from_secs(3600));
@@ -167,16 +163,6 @@ impl TestDriver {
         }
         Ok(())
     }
-}
-
-/// Runs file work on the blocking pool. Each trip there wakes a thread and switches
-/// to it and back: an allocation makes two (see `allocate`), not one per file call,
-/// since a three-node cluster on one host allocates with every core busy and those
-/// switches were a good part of what a simulated allocation cost.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, DriverError> + Send + 'static,
-) -> Result<T, DriverError> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| DriverError::failed(format!("test driver file work: {e}")))?
 }
 
 fn encode(r: &Record) -> Result<Vec<u8>, DriverError> {
@@ -278,33 +264,21 @@ impl Driver for TestDriver {
         self.config.capacity
     }
 
-    /// In two trips to the blocking pool (see [`blocking`]): what it finds and the
-    /// half-made record before anything can stall or fail, the made one after.
     async fn allocate(&self, req: &AllocateRequest) -> Result<Allocated, DriverError> {
         let opts = options(&req.definition).map_err(|e| DriverError::Invalid(format!("{}", e[0])))?;
+        let path = self.path(req.uid);
+        let mut rec = read_record(&path)?.unwrap_or_default();
+        if rec.allocated {
+            return Ok(allocated(req.uid));
+        }
         // Counted apart from the resource and before anything can fail, so neither a
         // restart nor the release of a failed attempt's leftovers resets it.
         // (Only when failures are asked for: otherwise the count decides nothing.)
         let counted = opts.fail_allocations > 0;
-        let (path, attempts) = (self.path(req.uid), self.attempts_path(req.uid));
-        let (faults_path, name, configured) =
-            (self.dir.join("faults.json"), self.name.clone(), self.config.faults.clone());
-        let started = {
-            let (path, attempts) = (path.clone(), attempts.clone());
-            blocking(move || {
-                let rec = read_record(&path)?.unwrap_or_default();
-                if rec.allocated {
-                    return Ok(None);
-                }
-                let attempt = if counted { count_attempt(&attempts)? } else { 1 };
-                // Half-made: owned (listed, released) from here on.
-                write_in_place(&path, encode(&rec)?)?;
-                Ok(Some((rec, attempt, read_faults(&faults_path, &name, configured))))
-            })
-            .await?
-        };
-        let Some((mut rec, attempt, faults)) = started else { return Ok(allocated(req.uid)) };
-        self.inject_from(faults, "allocate", |f| f.allocate).await?;
+        let attempt = if counted { count_attempt(&self.attempts_path(req.uid))? } else { 1 };
+        // Half-made: owned (listed, released) from here on.
+        write_in_place(&path, encode(&rec)?)?;
+        self.inject("allocate", |f| f.allocate).await?;
         if let Some(d) = opts.allocate_delay {
             tokio::time::sleep(d.get()).await;
         }
@@ -315,24 +289,18 @@ impl Driver for TestDriver {
             )));
         }
         rec.allocated = true;
-        let (made, line) = (encode(&rec)?, format!("allocated {}", req.uid));
-        let journal_path = self.dir.join("journal.log");
-        blocking(move || {
-            write_in_place(&path, made)?;
-            journal(&journal_path, &line)?;
-            // Allocated: later calls return this resource, so the count has done its job.
-            if counted {
-                let _ = std::fs::remove_file(&attempts);
-            }
-            Ok(())
-        })
-        .await?;
+        write_in_place(&path, encode(&rec)?)?;
+        journal(&self.dir.join("journal.log"), &format!("allocated {}", req.uid))?;
+        // Allocated: later calls return this resource, so the count has done its job.
+        if counted {
+            let _ = std::fs::remove_file(self.attempts_path(req.uid));
+        }
         Ok(allocated(req.uid))
     }
 
     async fn inspect(&self, uid: Uuid, _identifier: &str) -> Result<ResourceState, DriverError> {
         self.inject("inspect", |f| f.inspect).await?;
-        Ok(match self.read(uid).await? {
+        Ok(match self.read(uid)? {
             Some(Record { allocated: true, ended: None, .. }) => ResourceState::Running,
             Some(Record { allocated: true, ended: Some(m), .. }) => ResourceState::Ended(m),
             _ => ResourceState::Lost("simulated resource is gone".into()),
@@ -341,7 +309,7 @@ impl Driver for TestDriver {
 
     async fn deallocate(&self, uid: Uuid, _identifier: &str) -> Result<(), DriverError> {
         self.inject("deallocate", |f| f.deallocate).await?;
-        match tokio::fs::remove_file(self.path(uid)).await {
+        match std::fs::remove_file(self.path(uid)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(DriverError::with_source("cannot remove test resource", e)),
