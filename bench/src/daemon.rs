@@ -373,13 +373,16 @@ impl Daemon {
 
     /// POST a JSON body with the admin token; status and JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
-        let r = self.client.post(self.url(path)).bearer_auth(&self.token).json(body).send().await?;
-        Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+        self.post_with(&self.token, path, body).await
     }
 
     /// [`Daemon::post`] as the benchmark's client user ([`Daemon::client_token`]).
     pub async fn post_as_client(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
-        let r = self.client.post(self.url(path)).bearer_auth(self.client_token()).json(body).send().await?;
+        self.post_with(self.client_token(), path, body).await
+    }
+
+    async fn post_with(&self, token: &str, path: &str, body: &Value) -> Result<(u16, Value)> {
+        let r = self.client.post(self.url(path)).bearer_auth(token).json(body).send().await?;
         Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
     }
 
