@@ -15,6 +15,7 @@
 //! - Without a quorum a command fails with [`StoreError::Unavailable`] within
 //!   [`WRITE_TIMEOUT`], never hangs.
 
+mod answers;
 mod applyset;
 pub mod backup;
 pub mod ballots;
@@ -262,6 +263,8 @@ pub struct Store {
     /// Applications read one by one through [`Store::get_application_by_uid`] (the
     /// control loops' read): tests check that a pass reads O(active), not O(stored).
     app_reads: Arc<std::sync::atomic::AtomicU64>,
+    /// Answers and the applied index, from the state machine as it commits.
+    answers: Arc<answers::Answers>,
 }
 
 /// The NEW applications, their ballots and the applications a node holds (ELECTED,
@@ -305,6 +308,7 @@ type Waiting = (Proposal, oneshot::Sender<Result<Applied, LeadError>>);
 struct Leading {
     raft: Raft,
     id: NodeId,
+    answers: Arc<answers::Answers>,
 }
 
 impl Leading {
@@ -323,7 +327,9 @@ impl Leading {
             let this = self.clone();
             tokio::spawn(async move {
                 let proposals = Batch(batch.iter().map(|(p, _)| p.clone()).collect());
-                let result = this.write(proposals).await;
+                let ids: Vec<Uuid> = batch.iter().map(|(p, _)| p.id).collect();
+                let result = this.answered(proposals, &ids).await;
+                this.answers.forget(ids);
                 match result {
                     Ok(answers) if answers.len() == batch.len() => {
                         for ((_, reply), a) in batch.into_iter().zip(answers) {
@@ -348,6 +354,23 @@ impl Leading {
                 }
                 drop(slot);
             });
+        }
+    }
+
+    /// Commits `batch` (its proposals' `ids`, in order) and gives their answers: from
+    /// the state machine as soon as it committed them (see [`answers`]), or openraft's
+    /// when that comes first or the write fails.
+    async fn answered(&self, batch: Batch, ids: &[Uuid]) -> Result<Vec<Applied>, LeadError> {
+        let early = futures::future::join_all(ids.iter().map(|id| self.answers.expect(*id)));
+        let write = self.write(batch);
+        tokio::pin!(write);
+        tokio::select! {
+            r = &mut write => r,
+            early = early => match early.into_iter().collect::<Result<Vec<_>, _>>() {
+                Ok(answers) => Ok(answers),
+                // A waiter was replaced (the same proposal written twice at once).
+                Err(_) => write.await,
+            },
         }
     }
 
@@ -429,9 +452,14 @@ impl Store {
         let tokens = Arc::new(tokens::TokenCache::default());
         let holdings = Arc::new(holdings::Holdings::default());
         holdings.load(&db)?;
+        let answers = Arc::new(answers::Answers::default());
         let sm = raft::StateMachine::new(db.clone(), events.clone(), options.event_history, growth.clone())
             .with_token_cache(tokens.clone())
-            .with_holdings(holdings.clone());
+            .with_holdings(holdings.clone())
+            .with_answers(answers.clone());
+        if let Some(index) = raft::applied_index(&db)? {
+            answers.applied_up_to(index);
+        }
         let config = raft_config()?;
         let raft = match &options.network {
             Some(n) => n.start(id, config, log, sm).await,
@@ -452,7 +480,7 @@ impl Store {
         }
         tokio::spawn(snapshot_when_the_log_grew(raft.clone(), growth));
         let (leading, rx) = mpsc::channel(PROPOSAL_QUEUE);
-        tokio::spawn(Leading { raft: raft.clone(), id }.run(rx));
+        tokio::spawn(Leading { raft: raft.clone(), id, answers: answers.clone() }.run(rx));
         Ok(Store {
             db,
             raft,
@@ -464,6 +492,7 @@ impl Store {
             tokens,
             holdings,
             app_reads: Arc::default(),
+            answers,
         })
     }
 
@@ -577,12 +606,17 @@ impl Store {
         }
     }
 
-    /// Waits until this node applied the entry at `index` (read-your-writes).
+    /// Waits until this node applied the entry at `index` (read-your-writes): told by
+    /// the state machine as it commits (see [`answers`]), not by openraft's metrics,
+    /// which its core task publishes only between log appends.
     pub async fn wait_applied(&self, index: u64, deadline: tokio::time::Instant) -> Result<(), StoreError> {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(100));
-        self.raft.wait(Some(left)).applied_index_at_least(Some(index), "write applied here").await.map(|_| ()).map_err(
-            |e| StoreError::Unavailable(format!("no quorum: this node has not caught up with the leader: {e}")),
-        )
+        let deadline = deadline.max(tokio::time::Instant::now() + Duration::from_millis(100));
+        if self.answers.wait_applied(index, deadline).await {
+            return Ok(());
+        }
+        Err(StoreError::Unavailable(format!(
+            "no quorum: this node has not caught up with the leader: entry {index} not applied here in time"
+        )))
     }
 
     /// Live events from now on; pair with [`Store::events_since`] to resume.

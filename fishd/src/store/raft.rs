@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use super::answers::Answers;
 use super::command::{Command, Outcome};
 use super::holdings::Holdings;
 use super::tables::*;
@@ -483,6 +484,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// `last_applied` and the membership it includes.
 type AppliedState = (Option<LogId<NodeId>>, StoredMembership<NodeId, FishNode>);
 
+/// What one apply transaction did, once committed.
+struct ApplyResult {
+    /// Per entry, the answer of each of its proposals (openraft's response).
+    answers: Vec<Vec<Applied>>,
+    /// The proposals' ids, in the order of `answers` flattened.
+    ids: Vec<Uuid>,
+    /// The index of the last entry applied.
+    last_applied: Option<u64>,
+    events: Vec<Event>,
+}
+
 /// The state machine: the store's replicated tables, fed by committed entries.
 #[derive(Clone)]
 pub struct StateMachine {
@@ -495,6 +507,8 @@ pub struct StateMachine {
     tokens: Arc<TokenCache>,
     /// Changed with every commit that changes applications' holders.
     holdings: Arc<Holdings>,
+    /// Told each commit's answers and applied index (see [`super::answers`]).
+    answers: Arc<Answers>,
 }
 
 impl StateMachine {
@@ -504,7 +518,21 @@ impl StateMachine {
         history: u64,
         growth: Arc<LogGrowth>,
     ) -> Self {
-        StateMachine { db, events, history: history.max(1), growth, tokens: Arc::default(), holdings: Arc::default() }
+        StateMachine {
+            db,
+            events,
+            history: history.max(1),
+            growth,
+            tokens: Arc::default(),
+            holdings: Arc::default(),
+            answers: Arc::default(),
+        }
+    }
+
+    /// This state machine telling `answers` (the store's) what each commit applied.
+    pub(super) fn with_answers(mut self, answers: Arc<Answers>) -> Self {
+        self.answers = answers;
+        self
     }
 
     /// This state machine keeping `holdings` (the store's) in step with its commits.
@@ -523,10 +551,7 @@ impl StateMachine {
         db(|| {
             let tx = self.db.begin_read()?;
             let t = tx.open_table(RAFT_SM)?;
-            let last = match t.get("last_applied")? {
-                Some(v) => serde_json::from_slice(v.value())?,
-                None => None,
-            };
+            let last = last_applied(&t)?;
             let membership = match t.get("last_membership")? {
                 Some(v) => serde_json::from_slice(v.value())?,
                 None => StoredMembership::default(),
@@ -535,11 +560,12 @@ impl StateMachine {
         })
     }
 
-    fn apply_entries(&self, entries: Vec<Entry<TypeConfig>>) -> Result<(Vec<Vec<Applied>>, Vec<Event>), StoreError> {
+    fn apply_entries(&self, entries: Vec<Entry<TypeConfig>>) -> Result<ApplyResult, StoreError> {
         let mut txn = self.db.begin_write()?;
         // Durable through the log (see the module's invariants).
         txn.set_durability(redb::Durability::None).map_err(|e| StoreError::Raft(e.to_string()))?;
         let mut out = Vec::with_capacity(entries.len());
+        let mut ids = Vec::new();
         let mut events = Vec::new();
         let mut held = Vec::new();
         let mut last_applied = None;
@@ -548,7 +574,7 @@ impl StateMachine {
         let base = txn.open_table(META)?.get(REVISION_BASE)?.map(|v| v.value()).unwrap_or(0);
         // Open once for the whole batch (no command touches them): opening and closing
         // a table for each proposal was a good part of an apply's redb work.
-        let mut ids = txn.open_table(DEDUP)?;
+        let mut seen_ids = txn.open_table(DEDUP)?;
         let mut by_index = txn.open_table(DEDUP_BY_INDEX)?;
         for entry in entries {
             let index = entry.log_id.index;
@@ -564,14 +590,15 @@ impl StateMachine {
             let mut answers = Vec::with_capacity(batch.len());
             for p in batch {
                 let key = p.id.as_u128();
-                let seen = ids.get(key)?.map(|v| v.value().to_vec());
+                ids.push(p.id);
+                let seen = seen_ids.get(key)?.map(|v| v.value().to_vec());
                 let answer = match seen {
                     Some(bytes) => dedup::recall(&txn, &bytes)?,
                     None => {
                         let command = p.command.decode()?;
                         let outcome = state::apply_command(&txn, index + base, command, &mut events, &mut held)?;
                         let answer = Applied { index, outcome };
-                        ids.insert(key, dedup::remember(&answer)?.as_slice())?;
+                        seen_ids.insert(key, dedup::remember(&answer)?.as_slice())?;
                         by_index.insert((index, key), ())?;
                         answer
                     }
@@ -591,11 +618,11 @@ impl StateMachine {
                 }
                 for (index, id) in old {
                     by_index.remove((index, id))?;
-                    ids.remove(id)?;
+                    seen_ids.remove(id)?;
                 }
             }
         }
-        drop((ids, by_index));
+        drop((seen_ids, by_index));
         {
             let mut sm = txn.open_table(RAFT_SM)?;
             sm.insert("last_applied", serde_json::to_vec(&last_applied)?.as_slice())?;
@@ -628,7 +655,7 @@ impl StateMachine {
             }
         }
         self.holdings.commit(held, || Ok(txn.commit()?))?;
-        Ok((out, events))
+        Ok(ApplyResult { answers: out, ids, last_applied: last_applied.map(|l| l.index), events })
     }
 
     /// A snapshot of the state as it is now (see [`SnapshotData`]): its meta and the
@@ -698,6 +725,9 @@ impl StateMachine {
         self.holdings.commit_and_reload(&self.db, || Ok(txn.commit()?))?;
         // Any user may have changed.
         self.tokens.invalidate();
+        if let Some(last) = meta.last_log_id {
+            self.answers.applied_up_to(last.index);
+        }
         self.growth.snapshot_taken();
         tracing::info!(
             index = meta.last_log_id.map(|l| l.index).unwrap_or(0),
@@ -747,7 +777,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<_> = entries.into_iter().collect();
-        let (out, events) = self.apply_entries(entries).map_err(|e| {
+        let ApplyResult { answers: out, ids, last_applied, events } = self.apply_entries(entries).map_err(|e| {
             tracing::error!(error = %e, source = ?std::error::Error::source(&e), "store transaction failed");
             serr(ErrorSubject::StateMachine, ErrorVerb::Write, flatten(e))
         })?;
@@ -759,6 +789,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for e in events {
             // No receivers is fine: nobody is watching.
             let _ = self.events.send(Arc::new(e));
+        }
+        if let Some(index) = last_applied {
+            self.answers.applied(index, ids.into_iter().zip(out.iter().flatten()));
         }
         Ok(out)
     }
@@ -784,6 +817,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         self.current().map_err(|e| serr(ErrorSubject::Snapshot(None), ErrorVerb::Read, flatten(e)))
     }
+}
+
+/// The index of the last entry the stored state reflects (`None`: nothing applied).
+pub fn applied_index(db: &Database) -> Result<Option<u64>, StoreError> {
+    let tx = db.begin_read()?;
+    Ok(last_applied(&tx.open_table(RAFT_SM)?)?.map(|l| l.index))
+}
+
+fn last_applied<T: ReadableTable<&'static str, &'static [u8]>>(t: &T) -> Result<Option<LogId<NodeId>>, StoreError> {
+    Ok(match t.get("last_applied")? {
+        Some(v) => serde_json::from_slice(v.value())?,
+        None => None,
+    })
 }
 
 /// Number of entries in the Raft log (for tests and metrics).

@@ -185,6 +185,23 @@ async fn a_retried_proposal_is_applied_once() {
     assert_eq!(s.revision().unwrap(), a.index);
 }
 
+/// Two writes of one proposal at once (a forwarded write retried while the first is
+/// still in flight): the second wait on its id replaces the first in `answers`, and the
+/// first is answered by openraft instead; both get the one answer, nothing is applied twice.
+#[tokio::test]
+async fn one_proposal_written_twice_at_once_is_answered_twice_and_applied_once() {
+    let (_d, s) = store().await;
+    apply(&s, LABEL).await.unwrap();
+    let p = Proposal::new(&Command::Apply { items: items(APP), owner: "admin".into(), now: OffsetDateTime::now_utc() })
+        .unwrap();
+    let (a, b) = tokio::join!(s.write_as_leader(&p), s.write_as_leader(&p));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.index, b.index);
+    assert_eq!(a.outcome, b.outcome);
+    assert_eq!(s.revision().unwrap(), a.index);
+    assert!(s.answers.lock_is_empty(), "no waiter is left behind");
+}
+
 /// A retried status write is answered with the application as stored (its answer is
 /// remembered by uid, see `dedup`), and an answer an older fishd stored (`Applied` JSON)
 /// still reads.
