@@ -471,8 +471,8 @@ async fn open_store(
         event_history: config.watch_history,
         node,
         bootstrap,
-        network: Some(Arc::new(crate::cluster::raft_net::HttpNetwork::new(links.clone()).with_acks(acks.clone()))),
-        forward: Some(Arc::new(crate::cluster::raft_net::HttpForward::new(links))),
+        network: Some(Arc::new(crate::cluster::raft_net::PeerNetwork::new(links.clone()).with_acks(acks.clone()))),
+        forward: Some(Arc::new(crate::cluster::raft_net::PeerForward::new(links))),
     };
     Ok(Store::open_with(&data_dir.join("fish.redb"), options).await?)
 }

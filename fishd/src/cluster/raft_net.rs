@@ -44,15 +44,15 @@ const SLOW_PEER: Duration = Duration::from_secs(5);
 
 /// Connects this node to its peers' streams and `/raft/*` routes.
 #[derive(Clone)]
-pub struct HttpNetwork {
+pub struct PeerNetwork {
     links: PeerLinks,
     acks: PeerAcks,
 }
 
-impl HttpNetwork {
+impl PeerNetwork {
     /// `links`' client must trust the cluster CA and present this node's certificate.
     pub fn new(links: PeerLinks) -> Self {
-        HttpNetwork { links, acks: PeerAcks::default() }
+        PeerNetwork { links, acks: PeerAcks::default() }
     }
 
     /// Records in `acks` when each peer last answered (see [`crate::cluster::liveness`]).
@@ -63,7 +63,7 @@ impl HttpNetwork {
 }
 
 /// The connection to one peer.
-pub struct HttpPeer {
+pub struct PeerConnection {
     client: reqwest::Client,
     link: Arc<Link>,
     target: NodeId,
@@ -71,11 +71,11 @@ pub struct HttpPeer {
     acks: PeerAcks,
 }
 
-impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
-    type Network = HttpPeer;
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
 
-    async fn new_client(&mut self, target: NodeId, node: &FishNode) -> HttpPeer {
-        HttpPeer {
+    async fn new_client(&mut self, target: NodeId, node: &FishNode) -> PeerConnection {
+        PeerConnection {
             client: self.links.client().clone(),
             link: self.links.to(&node.api),
             target,
@@ -95,7 +95,7 @@ fn net<E: std::error::Error>(message: String) -> RPCError<NodeId, FishNode, E> {
     RPCError::Network(NetworkError::new(&std::io::Error::other(message)))
 }
 
-impl HttpPeer {
+impl PeerConnection {
     /// `req` as a frame of `kind` on the peer's stream; per request to `path` when the
     /// peer has no stream (or `kind` is `None`).
     async fn call<Req, Resp, E>(
@@ -167,7 +167,7 @@ impl HttpPeer {
     }
 }
 
-impl RaftNetwork<TypeConfig> for HttpPeer {
+impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
@@ -193,7 +193,7 @@ impl RaftNetwork<TypeConfig> for HttpPeer {
     }
 }
 
-impl crate::store::RaftNetworkBuilder for HttpNetwork {
+impl crate::store::RaftNetworkBuilder for PeerNetwork {
     fn start(
         &self,
         id: NodeId,
@@ -223,7 +223,7 @@ impl crate::store::RaftNetworkBuilder for HttpNetwork {
 ///
 /// There is one forwarder per leader, so requests hung on a former leader (cut off,
 /// not yet timed out) never hold up the writes forwarded to the new one.
-pub struct HttpForward {
+pub struct PeerForward {
     links: PeerLinks,
     queues: std::sync::Mutex<std::collections::HashMap<FishNode, mpsc::Sender<Queued>>>,
     requests: Arc<AtomicU64>,
@@ -256,9 +256,9 @@ const FORWARDS_IN_FLIGHT: usize = 8;
 /// Proposals waiting for the forwarder before callers wait for room.
 const FORWARD_QUEUE: usize = 4096;
 
-impl HttpForward {
+impl PeerForward {
     pub fn new(links: PeerLinks) -> Self {
-        HttpForward { links, queues: Default::default(), requests: Arc::default() }
+        PeerForward { links, queues: Default::default(), requests: Arc::default() }
     }
 
     /// Batches sent to leaders so far (frames on a stream, or requests).
@@ -282,7 +282,7 @@ impl HttpForward {
 }
 
 #[async_trait::async_trait]
-impl Forward for HttpForward {
+impl Forward for PeerForward {
     async fn forward(&self, leader: &FishNode, proposal: &Proposal) -> Result<Applied, String> {
         let body = postcard::to_allocvec(proposal).map_err(|e| e.to_string())?;
         let (reply, answer) = oneshot::channel();
@@ -293,7 +293,7 @@ impl Forward for HttpForward {
 }
 
 /// Takes what is queued for `leader`, a batch per free request slot (see
-/// [`HttpForward`]).
+/// [`PeerForward`]).
 async fn forwarder(links: PeerLinks, leader: FishNode, requests: Arc<AtomicU64>, mut rx: mpsc::Receiver<Queued>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT));
     // One taken from the queue that did not fit the last batch (past the byte
@@ -521,7 +521,7 @@ pub async fn write(State(store): State<Store>, body: Bytes) -> Response {
 }
 
 /// `POST /cluster/write-batch`: writes a follower forwarded together (see
-/// [`HttpForward`]); each is applied as by `/cluster/write`, all concurrently, so they
+/// [`PeerForward`]); each is applied as by `/cluster/write`, all concurrently, so they
 /// share log entries. The answers are in the proposals' order.
 pub async fn write_batch(State(store): State<Store>, body: Bytes) -> Response {
     let ps: Vec<Proposal> = match decode(&body) {

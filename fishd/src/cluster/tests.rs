@@ -15,14 +15,14 @@ use uuid::Uuid;
 
 use super::peer_stream::PeerLinks;
 use super::raft_membership::{self, MemberChange};
-use super::raft_net::{HttpForward, HttpNetwork, peer_client};
+use super::raft_net::{PeerForward, PeerNetwork, peer_client};
 use crate::store::{ApplyItem, Command, FishNode, Proposal, Store, StoreError, StoreOptions, UserRecord};
 
 struct TestNode {
     store: Store,
     client: reqwest::Client,
     links: PeerLinks,
-    forward: Arc<HttpForward>,
+    forward: Arc<PeerForward>,
     handle: axum_server::Handle<SocketAddr>,
 }
 
@@ -114,12 +114,12 @@ async fn start_with(root: &Path, name: &str, bootstrap: bool, routes: fn(Store) 
     let (listener, addr) = listen();
     let client = peer_client(crate::tls::peer_client_config(&dir).unwrap()).unwrap();
     let links = PeerLinks::new(client.clone());
-    let forward = Arc::new(HttpForward::new(links.clone()));
+    let forward = Arc::new(PeerForward::new(links.clone()));
     let options = StoreOptions {
         event_history: 10_000,
         node: FishNode { name: name.into(), api: addr.to_string() },
         bootstrap,
-        network: Some(Arc::new(HttpNetwork::new(links.clone()))),
+        network: Some(Arc::new(PeerNetwork::new(links.clone()))),
         forward: Some(forward.clone()),
     };
     let store = Store::open_with(&dir.join("fish.redb"), options).await.unwrap();
