@@ -289,11 +289,14 @@ const WRITES_IN_FLIGHT: usize = 2;
 /// Proposals waiting for a log entry before callers wait for room.
 const PROPOSAL_QUEUE: usize = 4096;
 
+/// openraft's refusal of a write.
+type RaftWriteError = openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, FishNode>>;
+
 /// Why this node could not commit a proposal as leader.
 #[derive(Clone, Debug)]
 enum LeadError {
     /// openraft refused: usually not the leader (then it names the one it knows).
-    Raft(Box<openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, FishNode>>>),
+    Raft(Box<RaftWriteError>),
     /// A leader without a quorum ack lately, or a write slower than [`SLOW_WRITE_LIMIT`].
     NoQuorum,
 }
@@ -541,15 +544,13 @@ impl Store {
             let leader = match known.take() {
                 Some(leader) => Some(leader),
                 None => match self.write_here(&proposal).await {
-                    Err(LeadError::NoQuorum) => return Err(no_quorum()),
                     Ok(resp) => return Ok(resp),
-                    Err(LeadError::Raft(e)) => match e.forward_to_leader::<FishNode>() {
-                        Some(f) => match (&f.leader_id, &f.leader_node) {
-                            (Some(id), Some(node)) if *id != self.id => Some(node.clone()),
-                            _ => None,
-                        },
-                        None => return Err(StoreError::Raft(e.to_string())),
-                    },
+                    Err(LeadError::NoQuorum) => return Err(no_quorum()),
+                    Err(LeadError::Raft(e)) if e.forward_to_leader::<FishNode>().is_none() => {
+                        return Err(StoreError::Raft(e.to_string()));
+                    }
+                    // Not the leader: the one it names, if it knows another.
+                    Err(LeadError::Raft(e)) => self.named_leader(&e),
                 },
             };
             if let (Some(leader), Some(fwd)) = (leader, &self.forward) {
@@ -566,6 +567,15 @@ impl Store {
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The leader a "not the leader" refusal names, when that is another member.
+    fn named_leader(&self, e: &RaftWriteError) -> Option<FishNode> {
+        let f = e.forward_to_leader::<FishNode>()?;
+        match (&f.leader_id, &f.leader_node) {
+            (Some(id), Some(node)) if *id != self.id => Some(node.clone()),
+            _ => None,
         }
     }
 
