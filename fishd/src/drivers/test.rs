@@ -131,10 +131,6 @@ impl TestDriver {
         self.dir.join(format!("{uid}.attempts"))
     }
 
-    fn read(&self, uid: Uuid) -> Result<Option<Record>, DriverError> {
-        read_record(&self.path(uid))
-    }
-
     /// The faults in force: `faults.json` if there is one, else the settings'.
     fn faults(&self) -> Option<Faults> {
         read_faults(&self.dir.join("faults.json"), &self.name, self.config.faults.clone())
@@ -300,7 +296,7 @@ impl Driver for TestDriver {
 
     async fn inspect(&self, uid: Uuid, _identifier: &str) -> Result<ResourceState, DriverError> {
         self.inject("inspect", |f| f.inspect).await?;
-        Ok(match self.read(uid)? {
+        Ok(match read_record(&self.path(uid))? {
             Some(Record { allocated: true, ended: None, .. }) => ResourceState::Running,
             Some(Record { allocated: true, ended: Some(m), .. }) => ResourceState::Ended(m),
             _ => ResourceState::Lost("simulated resource is gone".into()),
