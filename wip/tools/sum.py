@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Summary of cluster-benchmark runs: OUT/<tag>-<i>/cluster.{json,md} per run (see ab.sh).
 Per tag: ratio (median, mean, each run), cluster and single apps/s, one-at-a-time p50, and the
-burst's create p50 on the leader vs the followers (the forwarding gap)."""
+burst's create p50 on the leader vs the followers (the forwarding gap), and the CPU per application of
+each burst (fishd cores / apps/s: steadier than the ratio, as it does not depend on whether a side is
+latency-bound)."""
 import glob, json, os, re, statistics as st, sys
 
 rows = {}
@@ -20,8 +22,10 @@ for d in sorted(glob.glob(sys.argv[1] + '/*-*/')):
         vals = {k: float(v) for k, v in re.findall(r'(\w) ([\d.]+) /', lead.group(2))}
         fol = [v for k, v in vals.items() if k != lead.group(1)]
         gap = (vals[lead.group(1)], sum(fol) / len(fol))
+    per_app = lambda b: b['fishd_cores'] / b['allocate']['apps_per_s'] * 1000
+    cpu = (per_app(j['cluster']['burst']), per_app(j['single']['burst']))
     rows.setdefault(tag, []).append((int(m.group(1)), int(m.group(2)), int(m.group(3)), float(p.group(1)),
-                                     j['cluster'].get('burst_log_entries_per_app'), gap))
+                                     j['cluster'].get('burst_log_entries_per_app'), gap, cpu))
 for t, r in rows.items():
     med = lambda i: st.median([x[i] for x in r])
     print(f"{t}: {len(r)} runs, ratio median {med(0):.1f} mean {st.mean([x[0] for x in r]):.1f} "
@@ -30,3 +34,5 @@ for t, r in rows.items():
     if g:
         print(f"   burst create p50: leader {st.median([a for a, _ in g]):.1f} ms, "
               f"followers {st.median([b for _, b in g]):.1f} ms")
+    print(f"   core-ms/app: cluster {[round(x[6][0], 2) for x in r]} median {st.median([x[6][0] for x in r]):.2f}, "
+          f"single median {st.median([x[6][1] for x in r]):.2f}")
