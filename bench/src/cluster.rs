@@ -100,6 +100,10 @@ pub struct ClusterResults {
     /// The same node measured again after the cluster's singles and burst.
     pub single_after: Side,
     pub cluster: Side,
+    /// The cluster's burst again with every connection on the leader: nothing is
+    /// forwarded. Not a target figure (a pool's clients use every node); it shows how
+    /// much of the gap to the single node is the followers' forwarding.
+    pub leader_only: Option<LeaderOnly>,
     /// The burst that needs all three nodes.
     pub pool: Pool,
     /// Spawn of node `a` → one leader and two voters on every node.
@@ -157,6 +161,16 @@ pub struct Pool {
     pub placement: BTreeMap<String, usize>,
     /// 1-minute load average when the pool burst began.
     pub loadavg_1m: f64,
+}
+
+/// The cluster's bursts with all connections on the leader.
+#[derive(Clone, Debug, Serialize)]
+pub struct LeaderOnly {
+    pub leader: String,
+    /// The median of the bursts (by create → ALLOCATED throughput).
+    pub burst: Burst,
+    /// Create → ALLOCATED throughput of each burst, in the order they ran.
+    pub burst_rounds_apps_per_s: Vec<f64>,
 }
 
 /// The failover runs.
@@ -221,6 +235,8 @@ pub async fn run(fishd: &Path, work: &Path, quick: bool) -> Result<ClusterResult
     let cluster = side(&refs, &tracker_refs, "cluster", sizes).await?;
     info!("cluster part: pool burst");
     let pool = pool_burst(&refs, &tracker_refs, sizes).await?;
+    info!("cluster part: bursts through the leader only");
+    let leader_only = leader_only(&refs, &tracker_refs, cluster.leader.as_deref(), sizes).await?;
     drop(trackers);
 
     info!("cluster part: single node again");
@@ -258,6 +274,7 @@ pub async fn run(fishd: &Path, work: &Path, quick: bool) -> Result<ClusterResult
         single_before,
         single_after,
         cluster,
+        leader_only,
         pool,
         cluster_formed_ms,
         failover: Failover { runs, median_ms, max_ms },
@@ -299,6 +316,12 @@ fn notes(s: Sizes) -> Vec<String> {
         "The single node is measured before and after the cluster; its reference is the better figure of \
          the two (the higher throughput, the lower latency)."
             .to_owned(),
+        format!(
+            "Cluster through the leader only (not a target figure): the cluster's {} bursts again with all {} \
+             connections on the leader, so no write is forwarded; a pool's clients use every node (the target's \
+             row), this row shows how much of the gap to the single node is the followers' forwarding.",
+            s.burst_rounds, s.connections
+        ),
         format!(
             "Failover: SIGKILL of the leader → the first label applied on a survivor (attempts every {} ms, \
              each with a {} ms deadline, survivors in turn); {} runs, the killed node restarted without flags \
@@ -375,6 +398,42 @@ fn spread(nodes: &[&Daemon], connections: usize) -> Result<Vec<Target>> {
         targets.push(Target { client: d.new_client()?, base: d.url(""), token: d.client_token().to_owned(), node: k });
     }
     Ok(targets)
+}
+
+/// The cluster side's bursts again, every connection on the leader (none when the
+/// leader is not known).
+async fn leader_only(
+    nodes: &[&Daemon],
+    trackers: &[&Tracker],
+    leader: Option<&str>,
+    sizes: Sizes,
+) -> Result<Option<LeaderOnly>> {
+    let Some((k, d)) = leader.and_then(|l| nodes.iter().enumerate().find(|(_, d)| d.name == l)) else {
+        return Ok(None);
+    };
+    let mut targets = Vec::new();
+    for _ in 0..sizes.connections {
+        targets.push(Target { client: d.new_client()?, base: d.url(""), token: d.client_token().to_owned(), node: k });
+    }
+    // Stored before them: the cluster side's and the pool's.
+    let stored = WARMUP_SINGLES + sizes.singles + (sizes.burst_rounds + 1) * sizes.burst;
+    let mut rounds = Vec::new();
+    for round in 0..sizes.burst_rounds {
+        let prefix = format!("leader-{round}");
+        rounds.push(burst_spread(nodes, trackers, &targets, &prefix, "bench", sizes.burst, stored, true).await?);
+    }
+    let burst_rounds_apps_per_s: Vec<f64> = rounds.iter().map(|b| b.allocate.apps_per_s).collect();
+    rounds.sort_by(|x, y| x.allocate.apps_per_s.total_cmp(&y.allocate.apps_per_s));
+    let Some(burst) = rounds.into_iter().nth(sizes.burst_rounds / 2) else {
+        bail!("no leader-only burst was measured");
+    };
+    info!(
+        leader = d.name,
+        apps_per_s = burst.allocate.apps_per_s,
+        ?burst_rounds_apps_per_s,
+        "leader-only burst measured"
+    );
+    Ok(Some(LeaderOnly { leader: d.name.clone(), burst, burst_rounds_apps_per_s }))
 }
 
 /// How many of a pool burst of `n` one node may hold at once: a third and a tenth
@@ -732,7 +791,13 @@ impl ClusterResults {
         );
         let pool_name = format!("3-node pool burst (≤ {} per node)", self.pool.room_per_node);
         let bursts = sides.iter().map(|(name, x)| (name.to_string(), Some(&x.burst)));
-        for (name, b) in bursts.chain([(pool_name, self.pool.burst.as_ref())]) {
+        let leader_only = self.leader_only.as_ref().map(|l| {
+            (
+                format!("3-node cluster, every connection on the leader ({}; not a target figure)", l.leader),
+                Some(&l.burst),
+            )
+        });
+        for (name, b) in bursts.chain(leader_only).chain([(pool_name, self.pool.burst.as_ref())]) {
             let Some(b) = b else {
                 let why = self.pool.failure.as_deref().unwrap_or("no figures").replace('|', "/").replace('\n', " ");
                 let _ = writeln!(s, "| {name} | DID NOT COMPLETE: {why} | | | | | | |");
@@ -755,10 +820,17 @@ impl ClusterResults {
         let _ = writeln!(
             s,
             "\nEach burst's create → ALLOCATED apps/s, in order (the median is the side's figure): single node before \
-             {}; 3-node cluster {}; single node after {}.",
+             {}; 3-node cluster {}; single node after {}{}.",
             rounds(&self.single_before),
             rounds(&self.cluster),
-            rounds(&self.single_after)
+            rounds(&self.single_after),
+            self.leader_only
+                .as_ref()
+                .map(|l| {
+                    let r = l.burst_rounds_apps_per_s.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>();
+                    format!("; cluster through the leader only {}", r.join(", "))
+                })
+                .unwrap_or_default()
         );
         let by_node = &self.cluster.burst.allocate.request_latency_by_node;
         if by_node.len() == NODES {
@@ -780,7 +852,12 @@ impl ClusterResults {
         );
         let empty = BTreeMap::new();
         let cluster_placement = self.cluster.burst.placement.as_ref().unwrap_or(&empty);
-        for (name, p) in [("3-node cluster", cluster_placement), ("3-node pool burst", &self.pool.placement)] {
+        let leader_placement = self.leader_only.as_ref().and_then(|l| l.burst.placement.as_ref()).unwrap_or(&empty);
+        for (name, p) in [
+            ("3-node cluster", cluster_placement),
+            ("3-node cluster, leader only", leader_placement),
+            ("3-node pool burst", &self.pool.placement),
+        ] {
             let on = |n: &str| p.get(n).copied().unwrap_or(0);
             let _ =
                 writeln!(s, "| {name} | {} | {} | {} | {} |", on(NAMES[0]), on(NAMES[1]), on(NAMES[2]), on("(none)"));
