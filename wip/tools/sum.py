@@ -24,8 +24,10 @@ for d in sorted(glob.glob(sys.argv[1] + '/*-*/')):
         gap = (vals[lead.group(1)], sum(fol) / len(fol))
     per_app = lambda b: b['fishd_cores'] / b['allocate']['apps_per_s'] * 1000
     cpu = (per_app(j['cluster']['burst']), per_app(j['single']['burst']))
+    lo = j.get('leader_only')
+    lead_only = lo and 100 * lo['burst']['allocate']['apps_per_s'] / j['single']['burst']['allocate']['apps_per_s']
     rows.setdefault(tag, []).append((int(m.group(1)), int(m.group(2)), int(m.group(3)), float(p.group(1)),
-                                     j['cluster'].get('burst_log_entries_per_app'), gap, cpu))
+                                     j['cluster'].get('burst_log_entries_per_app'), gap, cpu, lead_only))
 for t, r in rows.items():
     med = lambda i: st.median([x[i] for x in r])
     print(f"{t}: {len(r)} runs, ratio median {med(0):.1f} mean {st.mean([x[0] for x in r]):.1f} "
@@ -36,3 +38,6 @@ for t, r in rows.items():
               f"followers {st.median([b for _, b in g]):.1f} ms")
     print(f"   core-ms/app: cluster {[round(x[6][0], 2) for x in r]} median {st.median([x[6][0] for x in r]):.2f}, "
           f"single median {st.median([x[6][1] for x in r]):.2f}")
+    lo = [x[7] for x in r if x[7]]
+    if lo:
+        print(f"   every connection on the leader (f511e12+): ratio median {st.median(lo):.1f} {[round(x) for x in lo]}")
