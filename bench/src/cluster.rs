@@ -352,9 +352,8 @@ async fn side(nodes: &[&Daemon], trackers: &[&Tracker], tag: &str, sizes: Sizes)
         let entries = commit_index(nodes[0]).await.saturating_sub(index0);
         rounds.push((burst, round3(entries as f64 / sizes.burst as f64)));
     }
-    let burst_rounds_apps_per_s: Vec<f64> = rounds.iter().map(|(b, _)| b.allocate.apps_per_s).collect();
-    rounds.sort_by(|(x, _), (y, _)| x.allocate.apps_per_s.total_cmp(&y.allocate.apps_per_s));
-    let Some((burst, burst_log_entries_per_app)) = rounds.into_iter().nth(sizes.burst_rounds / 2) else {
+    let (burst_rounds_apps_per_s, median) = median_round(rounds, |(b, _)| b);
+    let Some((burst, burst_log_entries_per_app)) = median else {
         bail!("no burst was measured");
     };
     let leader = match nodes.len() {
@@ -384,6 +383,15 @@ async fn side(nodes: &[&Daemon], trackers: &[&Tracker], tag: &str, sizes: Sizes)
     })
 }
 
+/// Each round's create → ALLOCATED throughput in the order they ran, and the median
+/// round by that throughput (none when no round ran).
+fn median_round<T>(mut rounds: Vec<T>, burst: impl Fn(&T) -> &Burst) -> (Vec<f64>, Option<T>) {
+    let in_order = rounds.iter().map(|r| burst(r).allocate.apps_per_s).collect();
+    rounds.sort_by(|x, y| burst(x).allocate.apps_per_s.total_cmp(&burst(y).allocate.apps_per_s));
+    let middle = rounds.len() / 2;
+    (in_order, rounds.into_iter().nth(middle))
+}
+
 /// The node's Raft commit index (0 when it cannot say).
 async fn commit_index(d: &Daemon) -> u64 {
     status(d).await.ok().and_then(|v| v["commitIndex"].as_u64()).unwrap_or(0)
@@ -391,13 +399,13 @@ async fn commit_index(d: &Daemon) -> u64 {
 
 /// `connections` request workers, each with its own connection, spread over `nodes`.
 fn spread(nodes: &[&Daemon], connections: usize) -> Result<Vec<Target>> {
-    let mut targets = Vec::new();
-    for i in 0..connections {
-        let k = i % nodes.len();
-        let d = nodes[k];
-        targets.push(Target { client: d.new_client()?, base: d.url(""), token: d.client_token().to_owned(), node: k });
-    }
-    Ok(targets)
+    (0..connections).map(|i| target(nodes, i % nodes.len())).collect()
+}
+
+/// A request worker with its own connection to `nodes[k]`.
+fn target(nodes: &[&Daemon], k: usize) -> Result<Target> {
+    let d = nodes[k];
+    Ok(Target { client: d.new_client()?, base: d.url(""), token: d.client_token().to_owned(), node: k })
 }
 
 /// The cluster side's bursts again, every connection on the leader (none when the
@@ -408,13 +416,10 @@ async fn leader_only(
     leader: Option<&str>,
     sizes: Sizes,
 ) -> Result<Option<LeaderOnly>> {
-    let Some((k, d)) = leader.and_then(|l| nodes.iter().enumerate().find(|(_, d)| d.name == l)) else {
+    let Some(k) = leader.and_then(|l| nodes.iter().position(|d| d.name == l)) else {
         return Ok(None);
     };
-    let mut targets = Vec::new();
-    for _ in 0..sizes.connections {
-        targets.push(Target { client: d.new_client()?, base: d.url(""), token: d.client_token().to_owned(), node: k });
-    }
+    let targets = (0..sizes.connections).map(|_| target(nodes, k)).collect::<Result<Vec<_>>>()?;
     // Stored before them: the cluster side's and the pool's.
     let stored = WARMUP_SINGLES + sizes.singles + (sizes.burst_rounds + 1) * sizes.burst;
     let mut rounds = Vec::new();
@@ -422,18 +427,13 @@ async fn leader_only(
         let prefix = format!("leader-{round}");
         rounds.push(burst_spread(nodes, trackers, &targets, &prefix, "bench", sizes.burst, stored, true).await?);
     }
-    let burst_rounds_apps_per_s: Vec<f64> = rounds.iter().map(|b| b.allocate.apps_per_s).collect();
-    rounds.sort_by(|x, y| x.allocate.apps_per_s.total_cmp(&y.allocate.apps_per_s));
-    let Some(burst) = rounds.into_iter().nth(sizes.burst_rounds / 2) else {
+    let (burst_rounds_apps_per_s, median) = median_round(rounds, |b| b);
+    let Some(burst) = median else {
         bail!("no leader-only burst was measured");
     };
-    info!(
-        leader = d.name,
-        apps_per_s = burst.allocate.apps_per_s,
-        ?burst_rounds_apps_per_s,
-        "leader-only burst measured"
-    );
-    Ok(Some(LeaderOnly { leader: d.name.clone(), burst, burst_rounds_apps_per_s }))
+    let leader = nodes[k].name.clone();
+    info!(leader, apps_per_s = burst.allocate.apps_per_s, ?burst_rounds_apps_per_s, "leader-only burst measured");
+    Ok(Some(LeaderOnly { leader, burst, burst_rounds_apps_per_s }))
 }
 
 /// How many of a pool burst of `n` one node may hold at once: a third and a tenth
@@ -815,21 +815,17 @@ impl ClusterResults {
                 b.fishd_cores
             );
         }
-        let rounds =
-            |x: &Side| x.burst_rounds_apps_per_s.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
+        let rounds = |r: &[f64]| r.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
         let _ = writeln!(
             s,
             "\nEach burst's create → ALLOCATED apps/s, in order (the median is the side's figure): single node before \
              {}; 3-node cluster {}; single node after {}{}.",
-            rounds(&self.single_before),
-            rounds(&self.cluster),
-            rounds(&self.single_after),
+            rounds(&self.single_before.burst_rounds_apps_per_s),
+            rounds(&self.cluster.burst_rounds_apps_per_s),
+            rounds(&self.single_after.burst_rounds_apps_per_s),
             self.leader_only
                 .as_ref()
-                .map(|l| {
-                    let r = l.burst_rounds_apps_per_s.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>();
-                    format!("; cluster through the leader only {}", r.join(", "))
-                })
+                .map(|l| format!("; cluster through the leader only {}", rounds(&l.burst_rounds_apps_per_s)))
                 .unwrap_or_default()
         );
         let by_node = &self.cluster.burst.allocate.request_latency_by_node;
